@@ -1,0 +1,240 @@
+//! `walcast check --connect`: reach every configured server once, report one line each.
+//!
+//! Probes run concurrently, each under the same deadline, so one unreachable host does not
+//! hide the others. A source probe also checks what logical replication needs from the
+//! server (`wal_level`, the REPLICATION attribute), because that is the first thing an
+//! operator gets wrong and the cheapest to report before anything starts.
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use tokio::task::JoinSet;
+
+use crate::config::{Config, RegistryConfig, SinkKind};
+use crate::redact;
+
+/// The result of reaching one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Reached; what the server said about itself.
+    Ok(String),
+    /// Deliberately not probed, and why.
+    Skipped(String),
+    /// Not reached or not usable, and what to do about it.
+    Failed(String),
+}
+
+/// One configured server and what probing it found.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// What the configuration calls it, e.g. `source users`.
+    pub target: String,
+    /// Where it is, with any password redacted.
+    pub address: String,
+    pub outcome: Outcome,
+}
+
+impl Probe {
+    fn status(&self) -> (&'static str, &str) {
+        match &self.outcome {
+            Outcome::Ok(d) => ("OK", d),
+            Outcome::Skipped(d) => ("SKIP", d),
+            Outcome::Failed(d) => ("FAIL", d),
+        }
+    }
+}
+
+/// One aligned line per probe: target, address, OK/SKIP/FAIL, detail.
+pub fn render(probes: &[Probe]) -> String {
+    let target_width = probes.iter().map(|p| p.target.len()).max().unwrap_or(0);
+    let address_width = probes.iter().map(|p| p.address.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for probe in probes {
+        let (status, detail) = probe.status();
+        out.push_str(&format!(
+            "{:<target_width$}  {:<address_width$}  {status:<4} {detail}\n",
+            probe.target, probe.address
+        ));
+    }
+    out
+}
+
+/// Probes every source database, the brokers, the registry and every sink store.
+/// The result is in configuration order.
+pub async fn probe_all(config: &Config, timeout: Duration) -> Vec<Probe> {
+    type Job = std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>;
+    let mut jobs: Vec<(String, String, Job)> = Vec::new();
+    for source in &config.sources {
+        jobs.push((
+            format!("source {}", source.name),
+            redact::url(&source.resolved_url),
+            Box::pin(probe_source(
+                source.resolved_url.clone(),
+                source.name.clone(),
+            )),
+        ));
+    }
+    let cc = crate::kafka::client_config(&config.kafka);
+    jobs.push((
+        "kafka".into(),
+        config.kafka.brokers.clone(),
+        Box::pin(probe_kafka(cc, timeout)),
+    ));
+    jobs.push((
+        "registry".into(),
+        config.registry.url.clone(),
+        Box::pin(probe_registry(registry_view(&config.registry))),
+    ));
+    for sink in &config.sinks {
+        let url = sink.kind.resolved_url().to_string();
+        let target = format!("sink {} ({})", sink.name(), sink.type_name());
+        let address = redact::url(&url);
+        let job: Job = match &sink.kind {
+            SinkKind::Postgres(_) => {
+                Box::pin(async move { store(connectors::postgres::probe(&url).await) })
+            }
+            SinkKind::Mysql(_) => {
+                Box::pin(async move { store(connectors::mysql::probe(&url).await) })
+            }
+            SinkKind::Redis(_) => {
+                Box::pin(async move { store(connectors::redis::probe(&url).await) })
+            }
+        };
+        jobs.push((target, address, job));
+    }
+
+    let mut set = JoinSet::new();
+    let mut probes = Vec::with_capacity(jobs.len());
+    for (i, (target, address, job)) in jobs.into_iter().enumerate() {
+        probes.push(Probe {
+            target,
+            address,
+            outcome: Outcome::Failed("did not finish".into()),
+        });
+        set.spawn(async move {
+            let outcome = match tokio::time::timeout(timeout, job).await {
+                Ok(outcome) => outcome,
+                Err(_) => Outcome::Failed(format!("no answer within {} ms", timeout.as_millis())),
+            };
+            (i, outcome)
+        });
+    }
+    while let Some(joined) = set.join_next().await {
+        if let Ok((i, outcome)) = joined {
+            probes[i].outcome = outcome;
+        }
+    }
+    probes
+}
+
+fn store(result: Result<String, connectors::Error>) -> Outcome {
+    match result {
+        Ok(version) => Outcome::Ok(version),
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+async fn probe_source(url: String, name: String) -> Outcome {
+    let (client, connection) = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+        Ok(pair) => pair,
+        Err(e) => return Outcome::Failed(connectors::describe(&e)),
+    };
+    tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version'), current_setting('wal_level'), \
+             current_user::text, r.rolreplication OR r.rolsuper \
+             FROM pg_roles r WHERE r.rolname = current_user",
+            &[],
+        )
+        .await;
+    let row = match row {
+        Ok(row) => row,
+        Err(e) => return Outcome::Failed(connectors::describe(&e)),
+    };
+    let (version, wal_level, user, replication): (String, String, String, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    if wal_level != "logical" {
+        return Outcome::Failed(format!(
+            "wal_level is {wal_level}; source {name} needs logical decoding: set wal_level = logical in postgresql.conf and restart PostgreSQL"
+        ));
+    }
+    if !replication {
+        return Outcome::Failed(format!(
+            "role {user} may not start replication; run ALTER ROLE \"{user}\" WITH REPLICATION"
+        ));
+    }
+    Outcome::Ok(format!("PostgreSQL {version}, wal_level=logical"))
+}
+
+async fn probe_kafka(cc: rdkafka::ClientConfig, timeout: Duration) -> Outcome {
+    let result = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = cc.create()?;
+        // Answer before the caller's deadline, so librdkafka's own reason is what is shown.
+        consumer.fetch_metadata(None, timeout.mul_f32(0.8))
+    })
+    .await;
+    match result {
+        Ok(Ok(md)) => Outcome::Ok(format!(
+            "{} broker(s), {} topic(s)",
+            md.brokers().len(),
+            md.topics().len()
+        )),
+        Ok(Err(e)) => Outcome::Failed(e.to_string()),
+        Err(e) => Outcome::Failed(format!("probe panicked: {e}")),
+    }
+}
+
+struct RegistryView {
+    url: String,
+    embedded: bool,
+    credentials: Option<(String, String)>,
+}
+
+fn registry_view(r: &RegistryConfig) -> RegistryView {
+    RegistryView {
+        url: r.url.trim_end_matches('/').to_string(),
+        embedded: r.embedded,
+        credentials: r.credentials.clone(),
+    }
+}
+
+async fn probe_registry(r: RegistryView) -> Outcome {
+    use base64::Engine as _;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    let mut request = hyper::Request::get(format!("{}/subjects", r.url))
+        .header("accept", "application/vnd.schemaregistry.v1+json");
+    if let Some((user, password)) = &r.credentials {
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        request = request.header("authorization", format!("Basic {token}"));
+    }
+    let request = match request.body(Empty::new()) {
+        Ok(req) => req,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    let response = match client.request(request).await {
+        Ok(response) => response,
+        Err(_) if r.embedded => {
+            return Outcome::Skipped(
+                "not running; registry.embedded = true, so `walcast run` serves it".into(),
+            )
+        }
+        Err(e) => return Outcome::Failed(connectors::describe(&e)),
+    };
+    let status = response.status();
+    let body = match response.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    if status.is_success() && body.first() == Some(&b'[') {
+        Outcome::Ok("Confluent-compatible registry".into())
+    } else {
+        Outcome::Failed(format!(
+            "GET /subjects answered {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        ))
+    }
+}

@@ -1,0 +1,379 @@
+//! Typed configuration: one TOML file describes the whole deployment.
+//!
+//! [`load`] parses and validates, and nothing connects to anything until it has returned
+//! `Ok`. Sources own their tables and each table's mapping onto event contracts in
+//! `schemas/`; sinks consume topics into read replicas. Naming follows vector's spec: unit
+//! suffixes (`_ms`, `_bytes`, `_secs`), a `type` tag for variants, secrets only through
+//! `*_env` keys that name an environment variable.
+//!
+//! Every key is documented in `config.example.toml`, which a test loads.
+
+mod error;
+mod sink;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use error::{ConfigError, ConfigIssue};
+pub use sink::{
+    MysqlSink, OnError, PostgresSink, RedisSink, SinkCommon, SinkConfig, SinkKind, TableSinkOptions,
+};
+
+/// The whole deployment: admin endpoint, Kafka, registry, sources and sinks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub admin: AdminConfig,
+    pub kafka: KafkaConfig,
+    pub registry: RegistryConfig,
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
+    /// Parsed in a second pass: a sink's keys depend on its `type`.
+    #[serde(default, rename = "sink")]
+    raw_sinks: Vec<toml::Value>,
+    #[serde(skip)]
+    pub sinks: Vec<SinkConfig>,
+    /// The file this configuration came from.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// `[admin]`: the HTTP endpoint serving `/healthz`, `/readyz` and `/metrics`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9187))
+}
+
+/// `[kafka]`: brokers, delivery semantics and topic settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` bootstrap list.
+    pub brokers: String,
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// One Kafka transaction per source transaction (see the events module for the cost).
+    #[serde(default)]
+    pub exactly_once: bool,
+    /// librdkafka properties passed through as they are.
+    #[serde(default)]
+    pub properties: BTreeMap<String, PropertyValue>,
+    /// librdkafka properties whose value is read from the named environment variable.
+    #[serde(default)]
+    pub properties_env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub topic_defaults: TopicSettings,
+    /// Per-topic overrides of `topic_defaults`, keyed by topic name.
+    #[serde(default)]
+    pub topic: BTreeMap<String, TopicOverride>,
+    /// Resolved `properties_env` values.
+    #[serde(skip)]
+    pub resolved_properties_env: BTreeMap<String, String>,
+}
+
+fn default_client_id() -> String {
+    "walcast".into()
+}
+
+/// A librdkafka property value as TOML allows it to be written.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum PropertyValue {
+    String(String),
+    Integer(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl std::fmt::Display for PropertyValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PropertyValue::String(s) => f.write_str(s),
+            PropertyValue::Integer(i) => write!(f, "{i}"),
+            PropertyValue::Float(x) => write!(f, "{x}"),
+            PropertyValue::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+/// How walcast creates a topic that does not exist yet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSettings {
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    #[serde(default)]
+    pub cleanup_policy: CleanupPolicy,
+}
+
+impl Default for TopicSettings {
+    fn default() -> Self {
+        Self {
+            partitions: default_partitions(),
+            replication_factor: default_replication_factor(),
+            cleanup_policy: CleanupPolicy::default(),
+        }
+    }
+}
+
+fn default_partitions() -> i32 {
+    3
+}
+fn default_replication_factor() -> i32 {
+    1
+}
+
+/// `[kafka.topic."name"]`: any subset of [`TopicSettings`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicOverride {
+    pub partitions: Option<i32>,
+    pub replication_factor: Option<i32>,
+    pub cleanup_policy: Option<CleanupPolicy>,
+}
+
+/// Kafka's `cleanup.policy`. With `compact`, a delete event is followed by a tombstone.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CleanupPolicy {
+    #[default]
+    Delete,
+    Compact,
+    #[serde(rename = "compact,delete")]
+    CompactDelete,
+}
+
+impl KafkaConfig {
+    /// The settings a topic is created with: its override on top of the defaults.
+    pub fn topic_settings(&self, topic: &str) -> TopicSettings {
+        let mut settings = self.topic_defaults.clone();
+        if let Some(o) = self.topic.get(topic) {
+            settings.partitions = o.partitions.unwrap_or(settings.partitions);
+            settings.replication_factor =
+                o.replication_factor.unwrap_or(settings.replication_factor);
+            settings.cleanup_policy = o.cleanup_policy.unwrap_or(settings.cleanup_policy);
+        }
+        settings
+    }
+}
+
+/// `[registry]`: any Confluent-compatible schema registry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    pub url: String,
+    /// Compatibility level set on subjects walcast creates.
+    #[serde(default)]
+    pub compatibility: Compatibility,
+    pub username_env: Option<String>,
+    pub password_env: Option<String>,
+    /// Serve walcast's own registry at `url`'s address from the daemon.
+    #[serde(default)]
+    pub embedded: bool,
+    #[serde(default = "default_registry_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Resolved basic-auth credentials.
+    #[serde(skip)]
+    pub credentials: Option<(String, String)>,
+}
+
+fn default_registry_timeout_ms() -> u64 {
+    10_000
+}
+
+/// Confluent compatibility levels.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Compatibility {
+    #[default]
+    Backward,
+    BackwardTransitive,
+    Forward,
+    ForwardTransitive,
+    Full,
+    FullTransitive,
+    None,
+}
+
+/// `[[source]]`: one service database whose logical replication stream walcast tails.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: String,
+    /// Connection URL; exactly one of `url` and `url_env`.
+    pub url: Option<String>,
+    pub url_env: Option<String>,
+    /// Overrides the password in the URL.
+    pub password_env: Option<String>,
+    /// Replication slot; default `walcast_<name>` with `-` as `_`.
+    pub slot: Option<String>,
+    /// Publication; default the slot's name.
+    pub publication: Option<String>,
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+    /// Interval of the heartbeat that keeps an idle database's slot advancing; 0 turns it off.
+    #[serde(default)]
+    pub heartbeat_interval_ms: u64,
+    /// Table the heartbeat upserts into; without it, `pg_logical_emit_message` is used.
+    pub heartbeat_table: Option<String>,
+    /// How often the confirmed position is reported to PostgreSQL.
+    #[serde(default = "default_status_interval_ms")]
+    pub status_interval_ms: u64,
+    /// Streamed (in-progress) transactions are buffered in memory up to this size, then spilled.
+    #[serde(default = "default_spill_threshold_bytes")]
+    pub spill_threshold_bytes: u64,
+    /// Where streamed transactions spill; default the system temporary directory.
+    pub spill_dir: Option<PathBuf>,
+    /// Cap of the reconnect backoff.
+    #[serde(default = "default_reconnect_max_backoff_ms")]
+    pub reconnect_max_backoff_ms: u64,
+    #[serde(default, rename = "table")]
+    pub tables: Vec<TableConfig>,
+    /// The connection URL with its secret resolved.
+    #[serde(skip)]
+    pub resolved_url: String,
+}
+
+fn default_status_interval_ms() -> u64 {
+    10_000
+}
+fn default_spill_threshold_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_reconnect_max_backoff_ms() -> u64 {
+    30_000
+}
+
+impl SourceConfig {
+    pub fn slot_name(&self) -> String {
+        self.slot
+            .clone()
+            .unwrap_or_else(|| format!("walcast_{}", self.name.replace('-', "_")))
+    }
+    pub fn publication_name(&self) -> String {
+        self.publication.clone().unwrap_or_else(|| self.slot_name())
+    }
+}
+
+/// Whether a new slot starts with a consistent snapshot of the configured tables.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    #[default]
+    Initial,
+    Never,
+}
+
+/// `[[source.table]]`: one table, its topic and the contracts its changes become.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// `schema.table`; `public` when no schema is given.
+    pub table: String,
+    pub topic: String,
+    /// Key record contract (`.avsc`), relative to the configuration file's directory.
+    pub key: PathBuf,
+    pub insert: Option<PathBuf>,
+    pub update: Option<PathBuf>,
+    pub delete: Option<PathBuf>,
+    /// Contract of snapshot reads; default the insert contract.
+    pub snapshot: Option<PathBuf>,
+    /// Event field = column, where the names differ.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+}
+
+impl TableConfig {
+    /// `(schema, table)`.
+    pub fn qualified_name(&self) -> (&str, &str) {
+        self.table
+            .split_once('.')
+            .unwrap_or(("public", &self.table))
+    }
+}
+
+/// Loads, parses and validates a configuration file. Env-var secrets are resolved here.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path, &|name| std::env::var(name).ok())
+}
+
+/// Parses and validates `text` as if read from `path`; `env` looks up secrets.
+pub fn parse(
+    text: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let invalid = |issues: Vec<ConfigIssue>| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        issues,
+    };
+    let line_of = |span: Option<std::ops::Range<usize>>| {
+        span.map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+    };
+    let de = toml::Deserializer::parse(text).map_err(|e| {
+        invalid(vec![ConfigIssue {
+            key: String::new(),
+            line: line_of(e.span()),
+            message: format!("not valid TOML: {}", e.message().trim()),
+        }])
+    })?;
+    let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        // A missing key's span is its whole table, which would point at the wrong line.
+        let line = if e.inner().message().starts_with("missing field") {
+            None
+        } else {
+            line_of(e.inner().span())
+        };
+        invalid(vec![error::from_serde(
+            &e.path().to_string(),
+            e.inner().message(),
+            line,
+        )])
+    })?;
+    config.path = path.to_path_buf();
+    config.sinks = sink::parse_all(std::mem::take(&mut config.raw_sinks)).map_err(invalid)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let issues = validate::validate(&mut config, base, env);
+    if issues.is_empty() {
+        Ok(config)
+    } else {
+        Err(invalid(issues))
+    }
+}
+
+impl Config {
+    /// Directory that relative paths (schema files) are resolved against.
+    pub fn base_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// Resolves a path from the file against [`Config::base_dir`].
+    pub fn resolve(&self, relative: &Path) -> PathBuf {
+        self.base_dir().join(relative)
+    }
+}

@@ -1,0 +1,563 @@
+//! Semantic checks that serde cannot express: uniqueness, exclusive keys, secrets present in
+//! the environment, files that exist, names PostgreSQL and Kafka accept.
+//!
+//! Each check pushes an issue and goes on, so one run reports every problem in the file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::str::FromStr;
+
+use super::error::ConfigIssue;
+use super::sink::SinkKind;
+use super::Config;
+
+type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub(super) fn validate(config: &mut Config, base: &Path, env: Env<'_>) -> Vec<ConfigIssue> {
+    let mut v = Validator {
+        issues: Vec::new(),
+        env,
+    };
+    v.kafka(config);
+    v.registry(config);
+    v.sources(config, base);
+    v.sinks(config);
+    v.issues
+}
+
+struct Validator<'a> {
+    issues: Vec<ConfigIssue>,
+    env: Env<'a>,
+}
+
+impl Validator<'_> {
+    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.issues.push(ConfigIssue::new(key, message));
+    }
+
+    /// The value of the environment variable named at `key`, or an issue.
+    fn secret(&mut self, key: &str, var: &str, holds: &str) -> Option<String> {
+        if var.is_empty() {
+            self.push(
+                key,
+                "found an empty string, expected the name of an environment variable",
+            );
+            return None;
+        }
+        match (self.env)(var) {
+            Some(value) => Some(value),
+            None => {
+                self.push(
+                    key,
+                    format!("environment variable {var} is not set; expected it to hold {holds} (export {var}=…)"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Resolves `url` / `url_env` (exactly one) and an optional `password_env`.
+    fn connection_url(
+        &mut self,
+        prefix: &str,
+        url: &Option<String>,
+        url_env: &Option<String>,
+        password_env: &Option<String>,
+        schemes: &[&str],
+    ) -> String {
+        let url = match (url, url_env) {
+            (Some(url), None) => Some(url.clone()),
+            (None, Some(var)) => {
+                self.secret(&format!("{prefix}.url_env"), var, "the connection URL")
+            }
+            (Some(_), Some(_)) => {
+                self.push(
+                    format!("{prefix}.url"),
+                    "found both url and url_env, expected exactly one of them",
+                );
+                None
+            }
+            (None, None) => {
+                self.push(
+                    format!("{prefix}.url"),
+                    "required key is missing; expected url or url_env",
+                );
+                None
+            }
+        };
+        let Some(mut url) = url else {
+            return String::new();
+        };
+        let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+        if !schemes.contains(&scheme) {
+            self.push(
+                format!("{prefix}.url"),
+                format!(
+                    "found a URL with scheme \"{scheme}\", expected one of: {}",
+                    schemes
+                        .iter()
+                        .map(|s| format!("{s}://"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+            return String::new();
+        }
+        if let Some(var) = password_env {
+            if let Some(password) =
+                self.secret(&format!("{prefix}.password_env"), var, "the password")
+            {
+                url = with_password(&url, &password);
+            }
+        }
+        url
+    }
+
+    fn kafka(&mut self, config: &mut Config) {
+        let kafka = &mut config.kafka;
+        if kafka.brokers.split(',').any(|b| !is_host_port(b.trim())) {
+            self.push(
+                "kafka.brokers",
+                format!(
+                    "found \"{}\", expected a comma-separated list of host:port",
+                    kafka.brokers
+                ),
+            );
+        }
+        for (name, value) in &kafka.properties {
+            let key = format!("kafka.properties.\"{name}\"");
+            match name.as_str() {
+                "bootstrap.servers" | "metadata.broker.list" => {
+                    self.push(key, "set kafka.brokers instead of this property")
+                }
+                "transactional.id" => self.push(key, "walcast derives transactional ids itself; set kafka.exactly_once = true instead"),
+                "enable.idempotence" | "acks" | "request.required.acks"
+                    if !matches!(value.to_string().as_str(), "true" | "all" | "-1") =>
+                {
+                    self.push(key, format!("found {value}, but walcast never loses an acknowledged change: idempotence stays on and acks stays \"all\"; remove this property"))
+                }
+                _ => {}
+            }
+        }
+        let mut resolved = BTreeMap::new();
+        for (name, var) in &kafka.properties_env {
+            let key = format!("kafka.properties_env.\"{name}\"");
+            if let Some(value) = self.secret(
+                &key,
+                var,
+                &format!("the value of librdkafka property {name}"),
+            ) {
+                resolved.insert(name.clone(), value);
+            }
+        }
+        kafka.resolved_properties_env = resolved;
+        let mut topic_checks = vec![(
+            "kafka.topic_defaults".to_string(),
+            kafka.topic_defaults.partitions,
+            kafka.topic_defaults.replication_factor,
+        )];
+        for (name, o) in &kafka.topic {
+            if let Err(why) = check_topic_name(name) {
+                self.push(format!("kafka.topic.\"{name}\""), why);
+            }
+            topic_checks.push((
+                format!("kafka.topic.\"{name}\""),
+                o.partitions.unwrap_or(1),
+                o.replication_factor.unwrap_or(1),
+            ));
+        }
+        for (key, partitions, replication) in topic_checks {
+            if partitions < 1 {
+                self.push(
+                    format!("{key}.partitions"),
+                    format!("found {partitions}, expected an integer of at least 1"),
+                );
+            }
+            if replication < 1 {
+                self.push(
+                    format!("{key}.replication_factor"),
+                    format!("found {replication}, expected an integer of at least 1"),
+                );
+            }
+        }
+    }
+
+    fn registry(&mut self, config: &mut Config) {
+        let registry = &mut config.registry;
+        if hyper::Uri::from_str(&registry.url)
+            .ok()
+            .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
+            .is_none()
+        {
+            self.push(
+                "registry.url",
+                format!(
+                    "found \"{}\", expected an http:// or https:// URL",
+                    registry.url
+                ),
+            );
+        }
+        if registry.timeout_ms == 0 {
+            self.push(
+                "registry.timeout_ms",
+                "found 0, expected a timeout of at least 1 ms",
+            );
+        }
+        registry.credentials = match (&registry.username_env, &registry.password_env) {
+            (None, None) => None,
+            (Some(u), Some(p)) => {
+                let user = self.secret("registry.username_env", u, "the registry user name");
+                let password = self.secret("registry.password_env", p, "the registry password");
+                user.zip(password)
+            }
+            (Some(_), None) => {
+                self.push(
+                    "registry.password_env",
+                    "required key is missing; basic auth needs both username_env and password_env",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                self.push(
+                    "registry.username_env",
+                    "required key is missing; basic auth needs both username_env and password_env",
+                );
+                None
+            }
+        };
+    }
+
+    fn sources(&mut self, config: &mut Config, base: &Path) {
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut slots: HashMap<(String, String), usize> = HashMap::new();
+        for (i, source) in config.sources.iter_mut().enumerate() {
+            let prefix = format!("source[{i}]");
+            self.unique_name(&mut names, &source.name, i, "source");
+            source.resolved_url = self.connection_url(
+                &prefix,
+                &source.url,
+                &source.url_env,
+                &source.password_env,
+                &["postgres", "postgresql"],
+            );
+            if !source.resolved_url.is_empty() {
+                if let Err(e) = tokio_postgres::Config::from_str(&source.resolved_url) {
+                    self.push(
+                        format!("{prefix}.url"),
+                        format!("not a valid PostgreSQL URL ({e})"),
+                    );
+                }
+            }
+            let slot = source.slot_name();
+            if let Err(why) = check_pg_slot_name(&slot) {
+                let key = if source.slot.is_some() {
+                    "slot"
+                } else {
+                    "name"
+                };
+                self.push(format!("{prefix}.{key}"), why);
+            }
+            if let Some(other) = slots.insert((source.resolved_url.clone(), slot.clone()), i) {
+                self.push(format!("{prefix}.slot"), format!("found \"{slot}\", which source[{other}] already uses on the same database; expected a slot per source"));
+            }
+            if let Some(publication) = &source.publication {
+                if let Err(why) = check_pg_identifier(publication) {
+                    self.push(format!("{prefix}.publication"), why);
+                }
+            }
+            if source.status_interval_ms == 0 {
+                self.push(
+                    format!("{prefix}.status_interval_ms"),
+                    "found 0, expected an interval of at least 1 ms",
+                );
+            }
+            if source.reconnect_max_backoff_ms == 0 {
+                self.push(
+                    format!("{prefix}.reconnect_max_backoff_ms"),
+                    "found 0, expected a backoff cap of at least 1 ms",
+                );
+            }
+            if let Some(t) = &source.heartbeat_table {
+                if let Err(why) = check_table_name(t) {
+                    self.push(format!("{prefix}.heartbeat_table"), why);
+                }
+            }
+            if source.tables.is_empty() {
+                self.push(
+                    format!("{prefix}.table"),
+                    "no [[source.table]] given; expected at least one table to replicate",
+                );
+            }
+            let mut tables: HashMap<(String, String), usize> = HashMap::new();
+            for (j, table) in source.tables.iter().enumerate() {
+                let prefix = format!("{prefix}.table[{j}]");
+                if let Err(why) = check_table_name(&table.table) {
+                    self.push(format!("{prefix}.table"), why);
+                }
+                let (schema, name) = table.qualified_name();
+                if let Some(other) = tables.insert((schema.into(), name.into()), j) {
+                    self.push(format!("{prefix}.table"), format!("found \"{}\", which table[{other}] of this source already maps; expected each table once", table.table));
+                }
+                if let Err(why) = check_topic_name(&table.topic) {
+                    self.push(format!("{prefix}.topic"), why);
+                }
+                if table.insert.is_none() && table.update.is_none() && table.delete.is_none() {
+                    self.push(
+                        format!("{prefix}.insert"),
+                        "no event contract given; expected at least one of insert, update, delete",
+                    );
+                }
+                let files = [
+                    ("key", Some(&table.key)),
+                    ("insert", table.insert.as_ref()),
+                    ("update", table.update.as_ref()),
+                    ("delete", table.delete.as_ref()),
+                    ("snapshot", table.snapshot.as_ref()),
+                ];
+                for (key, file) in files {
+                    let Some(file) = file else { continue };
+                    let resolved = base.join(file);
+                    if !resolved.is_file() {
+                        self.push(
+                            format!("{prefix}.{key}"),
+                            format!("file {} does not exist (looked for {}); expected the path of an Avro schema (.avsc), relative to the configuration file's directory", file.display(), resolved.display()),
+                        );
+                    }
+                }
+                for (field, column) in &table.columns {
+                    if column.is_empty() {
+                        self.push(
+                            format!("{prefix}.columns.{field}"),
+                            "found an empty string, expected a column name",
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn sinks(&mut self, config: &mut Config) {
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for (i, sink) in config.sinks.iter_mut().enumerate() {
+            let prefix = format!("sink[{i}]");
+            self.unique_name(&mut names, &sink.common.name, i, "sink");
+            let common = &sink.common;
+            if common.topics.is_empty() {
+                self.push(
+                    format!("{prefix}.topics"),
+                    "found an empty array, expected at least one topic",
+                );
+            }
+            for (j, topic) in common.topics.iter().enumerate() {
+                if let Err(why) = check_topic_name(topic) {
+                    self.push(format!("{prefix}.topics[{j}]"), why);
+                }
+            }
+            if let Some(t) = &common.dead_letter_topic {
+                if let Err(why) = check_topic_name(t) {
+                    self.push(format!("{prefix}.dead_letter_topic"), why);
+                }
+            }
+            if common.batch_max_records == 0 {
+                self.push(
+                    format!("{prefix}.batch_max_records"),
+                    "found 0, expected at least 1",
+                );
+            }
+            match &mut sink.kind {
+                SinkKind::Postgres(s) => {
+                    let t = &mut s.table;
+                    t.resolved_url = self.connection_url(
+                        &prefix,
+                        &t.url,
+                        &t.url_env,
+                        &t.password_env,
+                        &["postgres", "postgresql"],
+                    );
+                    self.table_sink(&prefix, &t.table, &t.key);
+                }
+                SinkKind::Mysql(s) => {
+                    let t = &mut s.table;
+                    t.resolved_url = self.connection_url(
+                        &prefix,
+                        &t.url,
+                        &t.url_env,
+                        &t.password_env,
+                        &["mysql", "mariadb"],
+                    );
+                    self.table_sink(&prefix, &t.table, &t.key);
+                }
+                SinkKind::Redis(r) => {
+                    r.resolved_url = self.connection_url(
+                        &prefix,
+                        &r.url,
+                        &r.url_env,
+                        &r.password_env,
+                        &["redis", "rediss"],
+                    );
+                    if let Err(why) = check_key_template(&r.key_template) {
+                        self.push(format!("{prefix}.key_template"), why);
+                    }
+                }
+            }
+        }
+    }
+
+    fn table_sink(&mut self, prefix: &str, table: &str, key: &[String]) {
+        if let Err(why) = check_table_name(table) {
+            self.push(format!("{prefix}.table"), why);
+        }
+        if key.is_empty() {
+            self.push(format!("{prefix}.key"), "found an empty array, expected the event fields that form the replica's primary key");
+        }
+    }
+
+    fn unique_name(&mut self, seen: &mut HashMap<String, usize>, name: &str, i: usize, what: &str) {
+        let key = format!("{what}[{i}].name");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            self.push(
+                key.clone(),
+                format!(
+                    "found \"{name}\", expected a non-empty name of letters, digits, '-' and '_'"
+                ),
+            );
+        }
+        if let Some(first) = seen.insert(name.to_string(), i) {
+            self.push(key, format!("found \"{name}\", which {what}[{first}] already uses; expected a name unique among {what}s"));
+        }
+    }
+}
+
+fn is_host_port(s: &str) -> bool {
+    matches!(s.rsplit_once(':'), Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+/// Kafka's own rule: 1 to 249 of `[a-zA-Z0-9._-]`, and not `.` or `..`.
+pub(crate) fn check_topic_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("found \"{name}\", expected a Kafka topic name: 1 to 249 of letters, digits, '.', '_' and '-'"))
+    }
+}
+
+/// PostgreSQL's slot rule: 1 to 63 of lower-case letters, digits and underscores.
+fn check_pg_slot_name(name: &str) -> Result<(), String> {
+    if !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        Ok(())
+    } else {
+        Err(format!("slot name \"{name}\" is not valid; expected 1 to 63 of lower-case letters, digits and '_'"))
+    }
+}
+
+fn check_pg_identifier(name: &str) -> Result<(), String> {
+    if !name.is_empty() && name.len() <= 63 && !name.contains('"') && !name.contains('\0') {
+        Ok(())
+    } else {
+        Err(format!(
+            "found \"{name}\", expected an identifier of 1 to 63 characters without '\"'"
+        ))
+    }
+}
+
+/// `table` or `schema.table`, each part a valid identifier.
+fn check_table_name(name: &str) -> Result<(), String> {
+    let parts: Vec<&str> = name.split('.').collect();
+    if parts.len() <= 2 && parts.iter().all(|p| check_pg_identifier(p).is_ok()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "found \"{name}\", expected a table name such as \"public.users\""
+        ))
+    }
+}
+
+fn check_key_template(template: &str) -> Result<(), String> {
+    let mut placeholders = 0;
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            return Err(format!("found \"{template}\" with an unclosed '{{', expected placeholders such as {{user_id}}"));
+        };
+        if close == 1 {
+            return Err(format!("found \"{template}\" with an empty '{{}}', expected placeholders such as {{user_id}}"));
+        }
+        placeholders += 1;
+        rest = &rest[open + close + 1..];
+    }
+    if placeholders == 0 {
+        return Err(format!("found \"{template}\" without a placeholder, so every event would write the same key; expected e.g. \"user:{{user_id}}\""));
+    }
+    Ok(())
+}
+
+/// `scheme://user:password@host…` with `password` set, percent-encoding what URLs reserve.
+fn with_password(url: &str, password: &str) -> String {
+    let encoded: String = password
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let (userinfo, host) = match authority.rsplit_once('@') {
+        Some((u, h)) => (u, h),
+        None => ("", authority),
+    };
+    let user = userinfo.split_once(':').map(|(u, _)| u).unwrap_or(userinfo);
+    format!("{scheme}://{user}:{encoded}@{host}{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_replaces_and_is_encoded() {
+        assert_eq!(
+            with_password("postgres://walcast@h:5432/db", "p@ss/w"),
+            "postgres://walcast:p%40ss%2Fw@h:5432/db"
+        );
+        assert_eq!(
+            with_password("postgres://u:old@h/db?x=1", "new"),
+            "postgres://u:new@h/db?x=1"
+        );
+    }
+
+    #[test]
+    fn key_templates_need_a_placeholder() {
+        assert!(check_key_template("user:{user_id}").is_ok());
+        assert!(check_key_template("user").is_err());
+        assert!(check_key_template("user:{").is_err());
+        assert!(check_key_template("user:{}").is_err());
+    }
+
+    #[test]
+    fn topic_names_follow_kafka() {
+        assert!(check_topic_name("users.user").is_ok());
+        assert!(check_topic_name("users user").is_err());
+        assert!(check_topic_name("..").is_err());
+    }
+}

@@ -1,0 +1,34 @@
+//! # walcast
+//!
+//! Change-data-capture from a service's PostgreSQL database to versioned domain events on
+//! Kafka, and from there into read replicas owned by other services.
+//!
+//! ```text
+//! service DB (PostgreSQL) ── logical replication (pgoutput v2, streaming) ──▶ source
+//!   source   decode pgoutput → Change { table, op, old, new, lsn, seq, xid, commit_ts }
+//!   events   table change → domain event (Avro contract from schemas/), Confluent framing
+//!   kafka    idempotent producer, acks=all, partitioned by key; delivery reports advance
+//!            the acknowledged-LSN watermark that the source confirms to PostgreSQL
+//!   sink     consumer group → decode by registry id → batch → connector → commit offsets
+//!   connectors  PostgreSQL / MySQL / Redis replicas, idempotent, guarded by (lsn, seq)
+//! ```
+//!
+//! ## Guarantees
+//! - **Nothing is lost.** A WAL position is confirmed to PostgreSQL only after Kafka has
+//!   acknowledged every event up to it; a sink commits an offset only after its write is
+//!   durable. A crash at any point causes redelivery, never loss.
+//! - **Order per key**, from the source table to the replica; a stale event never overwrites
+//!   a newer one, because every replica row carries its source `(lsn, seq)`.
+//! - **Bad input stops with a clear error**, naming the file, key, table or column and how
+//!   to fix it. Nothing is skipped silently.
+//!
+//! ## Modules
+//! - [`config`]: the typed TOML configuration; parse and validate before connecting.
+//! - [`kafka`]: librdkafka client settings shared by producer, consumers and admin.
+//! - [`check`]: `walcast check --connect`, one probe per configured server.
+//! - [`redact`]: connection strings made safe to print.
+
+pub mod check;
+pub mod config;
+pub mod kafka;
+pub mod redact;

@@ -1,0 +1,212 @@
+//! The `walcast` command line.
+//!
+//! Exit codes: 0 success, 2 configuration or usage error, 1 runtime failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use walcast::check::{self, Outcome};
+use walcast::config::{self, Config, ConfigError};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "walcast",
+    version,
+    about = "PostgreSQL change data capture to versioned Avro events on Kafka, and read replicas from them"
+)]
+struct Cli {
+    /// Log filter, e.g. `info` or `walcast=debug` (overrides RUST_LOG).
+    #[arg(long, global = true)]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// Configuration file.
+    #[arg(short, long, env = "WALCAST_CONFIG", value_name = "FILE")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: sources, publishers and sinks.
+    Run(ConfigArg),
+    /// Validate the configuration; with --connect, also reach every configured server.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Reach each source database, the brokers, the registry and each sink store.
+        #[arg(long)]
+        connect: bool,
+        /// Deadline of each server probe.
+        #[arg(long, default_value_t = 5000, value_name = "MS")]
+        timeout_ms: u64,
+    },
+    /// Check the contracts in schemas/ against the registry, or register them.
+    Schemas {
+        #[command(subcommand)]
+        action: SchemasAction,
+    },
+    /// Show slot positions, lag and sink progress.
+    Status(ConfigArg),
+    /// Serve the embedded Confluent-compatible schema registry.
+    Registry(ConfigArg),
+    /// Replication slot administration.
+    Slot {
+        #[command(subcommand)]
+        action: SlotAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemasAction {
+    /// Test every contract against the registry's compatibility rules.
+    Check(ConfigArg),
+    /// Register every contract.
+    Register(ConfigArg),
+}
+
+#[derive(Debug, Subcommand)]
+enum SlotAction {
+    /// Drop a source's replication slot. WAL retained for it is released; changes not yet
+    /// published are lost to walcast, so the next run starts with a new snapshot.
+    Drop {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The `[[source]]` whose slot to drop.
+        #[arg(long)]
+        source: String,
+    },
+}
+
+/// Why the command failed, which decides the exit code.
+#[derive(Debug)]
+enum Failure {
+    Config(ConfigError),
+    Usage(String),
+    Runtime(anyhow::Error),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::Config(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log.as_deref());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("walcast: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(e)) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Usage(msg)) => {
+            eprintln!("walcast: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("walcast: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(filter: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match filter {
+        Some(f) => EnvFilter::new(f),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn dispatch(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Check {
+            config,
+            connect,
+            timeout_ms,
+        } => check(config, connect, timeout_ms).await,
+        Command::Run(c) => not_yet(c, "run", "the replication pipeline (issues #3, #5, #6)"),
+        Command::Schemas {
+            action: SchemasAction::Check(c) | SchemasAction::Register(c),
+        } => not_yet(c, "schemas", "the registry client (issue #5)"),
+        Command::Status(c) => not_yet(c, "status", "the source and sink runners (issues #3, #6)"),
+        Command::Registry(c) => not_yet(c, "registry", "the embedded registry (issue #4)"),
+        Command::Slot {
+            action: SlotAction::Drop { config, source },
+        } => {
+            let cfg = load(&config)?;
+            if !cfg.sources.iter().any(|s| s.name == source) {
+                let names: Vec<&str> = cfg.sources.iter().map(|s| s.name.as_str()).collect();
+                return Err(Failure::Usage(format!(
+                    "--source {source}: no [[source]] has that name in {}; expected one of: {}",
+                    cfg.path.display(),
+                    names.join(", ")
+                )));
+            }
+            Err(Failure::Runtime(anyhow::anyhow!(
+                "slot drop: not implemented yet; it lands with the source (issue #3)"
+            )))
+        }
+    }
+}
+
+fn load(arg: &ConfigArg) -> Result<Config, Failure> {
+    Ok(config::load(&arg.config)?)
+}
+
+/// A subcommand whose capability belongs to a later issue: validate, then say so.
+fn not_yet(arg: ConfigArg, command: &str, what: &str) -> Result<(), Failure> {
+    load(&arg)?;
+    Err(Failure::Runtime(anyhow::anyhow!(
+        "{command}: not implemented yet; it lands with {what}. The configuration {} is valid.",
+        arg.config.display()
+    )))
+}
+
+async fn check(arg: ConfigArg, connect: bool, timeout_ms: u64) -> Result<(), Failure> {
+    let config = load(&arg)?;
+    println!(
+        "{}: valid ({} source(s), {} table(s), {} sink(s))",
+        arg.config.display(),
+        config.sources.len(),
+        config.sources.iter().map(|s| s.tables.len()).sum::<usize>(),
+        config.sinks.len()
+    );
+    if !connect {
+        return Ok(());
+    }
+    let probes = check::probe_all(&config, Duration::from_millis(timeout_ms)).await;
+    print!("{}", check::render(&probes));
+    let failed = probes
+        .iter()
+        .filter(|p| matches!(p.outcome, Outcome::Failed(_)))
+        .count();
+    if failed > 0 {
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "{failed} of {} server(s) could not be used",
+            probes.len()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! Spec: the command line's exit codes and the messages operators see.
+//! 0 success, 2 configuration or usage error, 1 runtime failure.
+
+use std::process::{Command, Output};
+
+fn walcast(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_walcast"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("WALCAST_CONFIG")
+        .output()
+        .expect("walcast runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn check_accepts_the_example_configuration() {
+    let out = walcast(&["check", "--config", "config.example.toml"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "config.example.toml: valid (1 source(s), 2 table(s), 3 sink(s))\n"
+    );
+}
+
+#[test]
+fn the_configuration_may_come_from_walcast_config() {
+    let out = Command::new(env!("CARGO_BIN_EXE_walcast"))
+        .arg("check")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("WALCAST_CONFIG", "config.example.toml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+}
+
+#[test]
+fn check_rejects_a_broken_configuration_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken.toml");
+    std::fs::write(
+        &file,
+        "[kafka]\nbrokers = \"127.0.0.1:9092\"\nbroker = 1\n[registry]\nurl = \"http://127.0.0.1:8081\"\n",
+    )
+    .unwrap();
+    let out = walcast(&["check", "--config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "{}:3: kafka.broker: unknown key; expected one of: brokers, client_id, exactly_once, properties, properties_env, topic_defaults, topic\n",
+            file.display()
+        )
+    );
+}
+
+#[test]
+fn a_missing_file_is_a_configuration_error() {
+    let out = walcast(&["check", "--config", "nope.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "nope.toml: cannot read the configuration file: No such file or directory (os error 2)\n"
+    );
+}
+
+#[test]
+fn usage_errors_exit_with_2_and_help_with_0() {
+    assert_eq!(walcast(&["check"]).status.code(), Some(2));
+    assert_eq!(walcast(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(walcast(&["--help"]).status.code(), Some(0));
+    let version = walcast(&["--version"]);
+    assert_eq!(version.status.code(), Some(0));
+    assert_eq!(
+        text(&version.stdout),
+        format!("walcast {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn slot_drop_names_the_sources_when_the_source_is_unknown() {
+    let out = walcast(&[
+        "slot",
+        "drop",
+        "--config",
+        "config.example.toml",
+        "--source",
+        "billing",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "walcast: --source billing: no [[source]] has that name in config.example.toml; expected one of: users\n"
+    );
+}

@@ -1,0 +1,274 @@
+//! Spec: a broken configuration is rejected with a message that names the file, the key path,
+//! what was found and what is expected. These are the exact texts operators see.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use walcast::config::{self, Config, ConfigError};
+
+/// Files are resolved as if the configuration sat at the repository root, so the demo's
+/// schemas/ are found.
+fn config_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("walcast.toml")
+}
+
+fn parse_with_env(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    config::parse(text, &config_path(), &|name| env.get(name).cloned())
+}
+
+/// The error text, with the file path shortened to `walcast.toml` for readability.
+fn error_of(text: &str) -> String {
+    let err = parse_with_env(text, &[]).expect_err("configuration should be rejected");
+    err.to_string()
+        .replace(&format!("{}/", env!("CARGO_MANIFEST_DIR")), "")
+}
+
+const HEAD: &str = r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+
+[registry]
+url = "http://127.0.0.1:8081"
+"#;
+
+const USERS_SOURCE: &str = r#"
+[[source]]
+name = "users"
+url = "postgres://walcast@127.0.0.1:54329/users"
+
+[[source.table]]
+table = "public.users"
+topic = "users.user"
+key = "schemas/users/UserKey.avsc"
+insert = "schemas/users/UserCreated.avsc"
+"#;
+
+#[test]
+fn the_example_configuration_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let config = config::load(&path).expect("config.example.toml must stay valid");
+    assert_eq!(config.sources.len(), 1);
+    assert_eq!(config.sources[0].tables.len(), 2);
+    assert_eq!(config.sinks.len(), 3);
+    assert_eq!(config.sources[0].slot_name(), "walcast_users");
+    assert_eq!(
+        config.kafka.topic_settings("users.user").cleanup_policy,
+        config::CleanupPolicy::Compact
+    );
+}
+
+#[test]
+fn an_unknown_key_is_named_with_the_keys_that_are_accepted() {
+    let text = format!("{HEAD}{USERS_SOURCE}slott = \"x\"\n");
+    assert_eq!(
+        error_of(&text),
+        "walcast.toml:17: source[0].table[0].slott: unknown key; expected one of: table, topic, key, insert, update, delete, snapshot, columns"
+    );
+}
+
+#[test]
+fn an_unknown_key_in_a_sink_lists_its_type_keys_and_the_common_keys() {
+    let text = format!(
+        "{HEAD}[[sink]]\nname = \"c\"\ntype = \"redis\"\ntopics = [\"t\"]\nurl = \"redis://127.0.0.1:6379\"\nkey_template = \"u:{{id}}\"\nttl = 5\n"
+    );
+    assert_eq!(
+        error_of(&text),
+        "walcast.toml: sink[0].ttl: unknown key; expected one of: url, url_env, password_env, key_template, fields, ttl_secs, tombstone_ttl_secs, name, topics, group, on_error, dead_letter_topic, batch_max_records, batch_max_wait_ms"
+    );
+}
+
+#[test]
+fn a_wrong_type_names_what_was_found_and_what_is_expected() {
+    let text = format!("{HEAD}[[source]]\nname = \"users\"\nheartbeat_interval_ms = \"10s\"\n");
+    assert_eq!(
+        error_of(&text),
+        "walcast.toml:9: source[0].heartbeat_interval_ms: found string \"10s\", expected a non-negative integer"
+    );
+}
+
+#[test]
+fn a_wrong_enum_value_lists_the_choices() {
+    let text = format!("{HEAD}[[source]]\nname = \"users\"\nsnapshot = \"always\"\n");
+    assert_eq!(
+        error_of(&text),
+        "walcast.toml:9: source[0].snapshot: found \"always\", expected one of: initial, never"
+    );
+}
+
+#[test]
+fn a_missing_required_key_is_named_in_full() {
+    let text = format!(
+        "{HEAD}[[source]]\nname = \"users\"\nurl = \"postgres://h/db\"\n[[source.table]]\ntable = \"users\"\nkey = \"schemas/users/UserKey.avsc\"\n"
+    );
+    assert_eq!(
+        error_of(&text),
+        "walcast.toml: source[0].table[0].topic: required key is missing"
+    );
+}
+
+#[test]
+fn a_missing_top_level_section_is_named() {
+    let text = "[kafka]\nbrokers = \"127.0.0.1:9092\"\n";
+    assert_eq!(
+        error_of(text),
+        "walcast.toml: registry: required key is missing"
+    );
+}
+
+#[test]
+fn duplicate_source_names_are_refused() {
+    let second = USERS_SOURCE.replace("walcast@", "other@");
+    let text = format!("{HEAD}{USERS_SOURCE}{second}");
+    assert_eq!(
+        error_of(&text),
+        "walcast.toml: source[1].name: found \"users\", which source[0] already uses; expected a name unique among sources"
+    );
+}
+
+#[test]
+fn duplicate_sink_names_are_refused() {
+    let sink = "[[sink]]\nname = \"cache\"\ntype = \"redis\"\ntopics = [\"users.user\"]\nurl = \"redis://127.0.0.1:6379\"\nkey_template = \"user:{user_id}\"\n";
+    let text = format!("{HEAD}{sink}{sink}");
+    assert_eq!(
+        error_of(&text),
+        "walcast.toml: sink[1].name: found \"cache\", which sink[0] already uses; expected a name unique among sinks"
+    );
+}
+
+#[test]
+fn a_missing_secret_names_the_variable_and_the_key() {
+    let source = USERS_SOURCE.replace(
+        "url = \"postgres://walcast@127.0.0.1:54329/users\"",
+        "url_env = \"USERS_DB_URL\"",
+    );
+    let text = format!("{HEAD}{source}");
+    assert_eq!(
+        error_of(&text),
+        "walcast.toml: source[0].url_env: environment variable USERS_DB_URL is not set; expected it to hold the connection URL (export USERS_DB_URL=…)"
+    );
+}
+
+#[test]
+fn a_secret_from_the_environment_is_resolved_and_encoded() {
+    let source = USERS_SOURCE.replace(
+        "url = \"postgres://walcast@127.0.0.1:54329/users\"",
+        "url = \"postgres://walcast@127.0.0.1:54329/users\"\npassword_env = \"USERS_DB_PASSWORD\"",
+    );
+    let text = format!("{HEAD}{source}");
+    let config = parse_with_env(&text, &[("USERS_DB_PASSWORD", "s3cr3t/@")]).unwrap();
+    assert_eq!(
+        config.sources[0].resolved_url,
+        "postgres://walcast:s3cr3t%2F%40@127.0.0.1:54329/users"
+    );
+}
+
+#[test]
+fn a_schema_file_that_does_not_exist_is_named_with_where_it_was_looked_for() {
+    let source = USERS_SOURCE.replace("UserCreated.avsc", "UserRegistered.avsc");
+    let text = format!("{HEAD}{source}");
+    assert_eq!(
+        error_of(&text),
+        "walcast.toml: source[0].table[0].insert: file schemas/users/UserRegistered.avsc does not exist (looked for schemas/users/UserRegistered.avsc); expected the path of an Avro schema (.avsc), relative to the configuration file's directory"
+    );
+}
+
+#[test]
+fn every_semantic_problem_is_reported_at_once() {
+    let text = format!(
+        "{HEAD}{USERS_SOURCE}\n[[sink]]\nname = \"r\"\ntype = \"postgres\"\ntopics = [\"bad topic\"]\nurl = \"mysql://h/db\"\ntable = \"replica\"\nkey = []\n"
+    );
+    assert_eq!(
+        error_of(&text),
+        [
+            "walcast.toml: sink[0].topics[0]: found \"bad topic\", expected a Kafka topic name: 1 to 249 of letters, digits, '.', '_' and '-'",
+            "walcast.toml: sink[0].url: found a URL with scheme \"mysql\", expected one of: postgres://, postgresql://",
+            "walcast.toml: sink[0].key: found an empty array, expected the event fields that form the replica's primary key",
+        ]
+        .join("\n")
+    );
+}
+
+#[test]
+fn an_unknown_sink_type_lists_the_types() {
+    let text = format!("{HEAD}[[sink]]\nname = \"s\"\ntype = \"mongodb\"\ntopics = [\"t\"]\n");
+    assert_eq!(
+        error_of(&text),
+        "walcast.toml: sink[0].type: found \"mongodb\", expected one of: postgres, mysql, redis"
+    );
+}
+
+#[test]
+fn properties_that_would_weaken_delivery_are_refused() {
+    let text = HEAD.replace(
+        "brokers = \"127.0.0.1:9092\"",
+        "brokers = \"127.0.0.1:9092\"\n[kafka.properties]\n\"acks\" = 1",
+    );
+    assert_eq!(
+        error_of(&text),
+        "walcast.toml: kafka.properties.\"acks\": found 1, but walcast never loses an acknowledged change: idempotence stays on and acks stays \"all\"; remove this property"
+    );
+}
+
+#[test]
+fn invalid_toml_is_located() {
+    assert_eq!(
+        error_of("[kafka]\nbrokers = \n"),
+        "walcast.toml:2: not valid TOML: string values must be quoted, expected literal string"
+    );
+}
+
+/// Every key each table accepts, as the parser itself lists them for an unknown key.
+fn accepted_keys(text: &str) -> Vec<String> {
+    let err = error_of(text);
+    let (_, list) = err
+        .split_once("expected one of: ")
+        .unwrap_or_else(|| panic!("not an unknown-key error: {err}"));
+    list.split(", ").map(str::to_string).collect()
+}
+
+#[test]
+fn every_accepted_key_is_documented_in_the_example() {
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml"))
+            .unwrap();
+    let documented = |key: &str| {
+        example.lines().any(|line| {
+            let line = line.trim_start_matches(['#', ' ']);
+            line.starts_with(&format!("{key} "))
+                || line.starts_with(&format!("{key}="))
+                || line.contains(&format!(".{key}]"))
+        })
+    };
+    let sink = |kind: &str, extra: &str| {
+        format!("{HEAD}[[sink]]\nname = \"s\"\ntype = \"{kind}\"\ntopics = [\"t\"]\nurl = \"x://h\"\n{extra}zzz = 1\n")
+    };
+    let tables = [
+        format!("{HEAD}zzz = 1\n"),
+        HEAD.replace("brokers =", "zzz = 1\nbrokers ="),
+        HEAD.replace("url =", "zzz = 1\nurl ="),
+        format!("{HEAD}[admin]\nzzz = 1\n"),
+        format!("{HEAD}[kafka.topic_defaults]\nzzz = 1\n"),
+        format!("{HEAD}[[source]]\nname = \"u\"\nzzz = 1\n"),
+        format!("{HEAD}{USERS_SOURCE}zzz = 1\n"),
+        sink("postgres", "table = \"t\"\nkey = [\"k\"]\n"),
+        sink("mysql", "table = \"t\"\nkey = [\"k\"]\n"),
+        sink("redis", "key_template = \"k:{k}\"\n"),
+    ];
+    let mut missing = Vec::new();
+    for text in &tables {
+        for key in accepted_keys(text) {
+            if !documented(&key) {
+                missing.push(key);
+            }
+        }
+    }
+    missing.dedup();
+    assert!(
+        missing.is_empty(),
+        "config.example.toml does not document: {missing:?}"
+    );
+}
