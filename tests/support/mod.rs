@@ -1,0 +1,197 @@
+//! The local real stack, as `scripts/stack up` left it, and per-test resources on it.
+//!
+//! Tests never start servers themselves and never skip when one is missing: a test that
+//! cannot reach the stack fails and says to run `scripts/stack up` (scripts/test does).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Addresses of the stack's servers, read from `$WALCAST_STACK_DIR/stack.env`.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub pg_url: String,
+    pub pg_bin: PathBuf,
+    pub kafka_brokers: String,
+    pub mysql_url: String,
+    pub redis_url: String,
+}
+
+impl Stack {
+    pub fn get() -> &'static Stack {
+        static STACK: OnceLock<Stack> = OnceLock::new();
+        STACK.get_or_init(|| {
+            let dir = std::env::var("WALCAST_STACK_DIR")
+                .unwrap_or_else(|_| "/var/tmp/walcast-stack".into());
+            let file = PathBuf::from(dir).join("stack.env");
+            let text = std::fs::read_to_string(&file).unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e}; run `scripts/stack up` first (scripts/test does)",
+                    file.display()
+                )
+            });
+            let vars: HashMap<&str, &str> = text
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| l.split_once('='))
+                .collect();
+            let var = |k: &str| {
+                vars.get(k)
+                    .unwrap_or_else(|| panic!("{} lacks {k}", file.display()))
+                    .to_string()
+            };
+            Stack {
+                pg_url: var("WALCAST_PG_URL"),
+                pg_bin: PathBuf::from(var("WALCAST_PG_BIN")),
+                kafka_brokers: var("WALCAST_KAFKA_BROKERS"),
+                mysql_url: var("WALCAST_MYSQL_URL"),
+                redis_url: var("WALCAST_REDIS_URL"),
+            }
+        })
+    }
+
+    /// `postgres://user@host:port/db` on the stack's cluster.
+    pub fn pg_url_for(&self, user: &str, db: &str) -> String {
+        self.pg_url
+            .replacen("postgres://postgres@", &format!("postgres://{user}@"), 1)
+            + "/"
+            + db
+    }
+
+    /// A superuser connection to `db`.
+    pub async fn pg(&self, db: &str) -> tokio_postgres::Client {
+        let (client, conn) =
+            tokio_postgres::connect(&self.pg_url_for("postgres", db), tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "stack PostgreSQL at {}: {e}; run `scripts/stack up`",
+                        self.pg_url
+                    )
+                });
+        tokio::spawn(conn);
+        client
+    }
+
+    /// A fresh PostgreSQL database for one test, dropped first if a previous run left it.
+    pub async fn fresh_pg_database(&self, name: &str) -> String {
+        let admin = self.pg("postgres").await;
+        // Separate statements: a multi-statement string runs as one transaction.
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        name.to_string()
+    }
+
+    /// A fresh MariaDB database for one test; returns its URL.
+    pub async fn fresh_mysql_database(&self, name: &str) -> String {
+        use mysql_async::prelude::Queryable;
+        let mut conn = mysql_async::Conn::from_url(&self.mysql_url).await.unwrap();
+        conn.query_drop(format!("DROP DATABASE IF EXISTS {name}"))
+            .await
+            .unwrap();
+        conn.query_drop(format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        conn.disconnect().await.unwrap();
+        format!("{}/{name}", self.mysql_url)
+    }
+}
+
+/// A name unique to this test run, usable as a database, slot or topic name.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", std::process::id())
+}
+
+/// Polls `condition` until it holds, failing with `what` after `timeout`. Never sleep and hope.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !condition().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One consumed Kafka record.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub partition: i32,
+    pub offset: i64,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Consumes `topic` in `group` until `n` records arrived, then commits and closes.
+///
+/// Counts by consuming, never by watermarks (tansu 0.6.0's can be wrong). Uses librdkafka's
+/// BaseConsumer on a blocking thread: rust-rdkafka's StreamConsumer hangs in its destructor
+/// against tansu 0.6.0.
+pub async fn consume(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    n: usize,
+    timeout: Duration,
+) -> Vec<Record> {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::message::Headers;
+    use rdkafka::Message;
+    let (brokers, group, topic) = (brokers.to_string(), group.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[&topic]).unwrap();
+        let deadline = Instant::now() + timeout;
+        let mut records = Vec::new();
+        while records.len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} records of {topic} arrived within {timeout:?}",
+                records.len()
+            );
+            let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let m = message.unwrap_or_else(|e| panic!("consuming {topic}: {e}"));
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            records.push(Record {
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec),
+                partition: m.partition(),
+                offset: m.offset(),
+                headers,
+            });
+        }
+        consumer.commit_consumer_state(CommitMode::Sync).unwrap();
+        records
+    })
+    .await
+    .unwrap()
+}
