@@ -272,3 +272,18 @@ fn every_accepted_key_is_documented_in_the_example() {
         "config.example.toml does not document: {missing:?}"
     );
 }
+
+#[test]
+fn the_compose_deployment_configuration_is_valid() {
+    // docker/walcast.toml is mounted beside the image's schemas/, as the repository root has them.
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/walcast.toml"))
+            .unwrap();
+    let config = parse_with_env(&text, &[("USERS_DB_PASSWORD", "walcast")])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.sources[0].resolved_url,
+        "postgres://walcast:walcast@users-db:5432/users"
+    );
+    assert!(!config.registry.embedded);
+}
