@@ -27,8 +27,12 @@
 //! - [`kafka`]: librdkafka client settings shared by producer, consumers and admin.
 //! - [`check`]: `walcast check --connect`, one probe per configured server.
 //! - [`redact`]: connection strings made safe to print.
+//! - [`lsn`]: WAL positions.
+//! - [`source`]: the PostgreSQL logical replication client.
 
 pub mod check;
 pub mod config;
 pub mod kafka;
+pub mod lsn;
 pub mod redact;
+pub mod source;

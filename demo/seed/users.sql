@@ -9,6 +9,8 @@ DO $$ BEGIN
   END IF;
 END $$;
 GRANT users_owner TO walcast;
+-- walcast creates its publication itself, which needs CREATE on the database.
+DO $$ BEGIN EXECUTE format('GRANT CREATE ON DATABASE %I TO walcast', current_database()); END $$;
 
 CREATE TABLE IF NOT EXISTS users (
   id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

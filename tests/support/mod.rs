@@ -195,3 +195,133 @@ pub async fn consume(
     .await
     .unwrap()
 }
+
+/// A source running in the background of a test, with its event stream and ack handle.
+pub struct RunningSource {
+    pub events: tokio::sync::mpsc::Receiver<walcast::source::SourceEvent>,
+    pub acked: tokio::sync::watch::Sender<walcast::lsn::Lsn>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<Result<(), walcast::source::SourceError>>,
+}
+
+/// Settings for a source over `db` on the stack, publishing `tables` (`schema.table`).
+pub fn source_settings(
+    stack: &Stack,
+    name: &str,
+    db: &str,
+    tables: &[&str],
+) -> walcast::source::SourceSettings {
+    walcast::source::SourceSettings {
+        name: name.to_string(),
+        url: stack.pg_url_for("walcast", db),
+        slot: name.to_string(),
+        publication: name.to_string(),
+        tables: tables
+            .iter()
+            .map(|t| {
+                let (schema, name) = t.split_once('.').unwrap_or(("public", t));
+                walcast::source::catalog::TableName {
+                    schema: schema.into(),
+                    name: name.into(),
+                }
+            })
+            .collect(),
+        status_interval: Duration::from_millis(200),
+        spill_threshold_bytes: 64 << 20,
+        spill_dir: std::env::temp_dir(),
+        reconnect_max_backoff: Duration::from_secs(2),
+        heartbeat_interval: None,
+        heartbeat_table: None,
+    }
+}
+
+impl RunningSource {
+    /// Starts the source and waits until its slot is streaming, so later writes are captured.
+    pub async fn start_streaming(
+        stack: &Stack,
+        db: &str,
+        settings: walcast::source::SourceSettings,
+    ) -> Self {
+        let slot = settings.slot.clone();
+        let mut source = Self::start(settings);
+        let pg = stack.pg(db).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let active = pg
+                .query_opt(
+                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                    &[&slot],
+                )
+                .await
+                .unwrap()
+                .is_some();
+            if active {
+                return source;
+            }
+            if source.task.is_finished() {
+                panic!(
+                    "the source stopped before streaming: {:?}",
+                    (&mut source.task).await.unwrap()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "slot {slot} not streaming within 30s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn start(settings: walcast::source::SourceSettings) -> Self {
+        let (tx, events) = tokio::sync::mpsc::channel(1024);
+        let (acked, acked_rx) = tokio::sync::watch::channel(walcast::lsn::Lsn::ZERO);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(walcast::source::run(settings, tx, acked_rx, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            events,
+            acked,
+            shutdown: Some(stop),
+            task,
+        }
+    }
+
+    /// Receives events until `n` changes arrived and their transactions committed.
+    pub async fn changes(&mut self, n: usize, timeout: Duration) -> Vec<walcast::source::Change> {
+        use walcast::source::SourceEvent;
+        let deadline = Instant::now() + timeout;
+        let mut changes = Vec::new();
+        let mut open = Vec::new();
+        while changes.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let received = tokio::time::timeout(left, self.events.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("only {} of {n} changes within {timeout:?}", changes.len())
+                });
+            let Some(event) = received else {
+                let ended = (&mut self.task).await.unwrap();
+                panic!(
+                    "the source stopped after {} of {n} changes: {ended:?}",
+                    changes.len()
+                );
+            };
+            match event {
+                SourceEvent::Begin { .. } => open.clear(),
+                SourceEvent::Change(c) => open.push(c),
+                SourceEvent::Commit { .. } => changes.append(&mut open),
+                SourceEvent::Schema { .. } => {}
+            }
+        }
+        changes
+    }
+
+    /// Stops the source and returns how it ended.
+    pub async fn stop(mut self) -> Result<(), walcast::source::SourceError> {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        self.task.await.unwrap()
+    }
+}

@@ -1,0 +1,398 @@
+//! The source's ordinary SQL connection: setup checks, publication and slot management, and
+//! type resolution. Every check that fails says which object and the exact SQL that fixes it.
+
+use std::collections::HashMap;
+
+use tokio_postgres::{Client, NoTls};
+
+use super::change::{Column, ReplicaIdentity, Table};
+use super::error::SourceError;
+use super::pgoutput::RelationBody;
+use super::protocol::quote_ident;
+use super::value::{PgType, ScalarType};
+
+/// A table the source publishes, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for TableName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+impl TableName {
+    fn sql(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+/// The state of a replication slot, from `pg_replication_slots`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotState {
+    pub plugin: Option<String>,
+    pub database: Option<String>,
+    pub active_pid: Option<i32>,
+    pub wal_status: Option<String>,
+    pub confirmed_flush: Option<String>,
+}
+
+/// Catalog connection of one source.
+pub struct Catalog {
+    client: Client,
+    source: String,
+    types: HashMap<u32, (String, PgType)>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+fn catalog_error(e: tokio_postgres::Error) -> SourceError {
+    match e.as_db_error() {
+        Some(db) => SourceError::Catalog(format!("{}: {}", db.code().code(), db.message())),
+        None => SourceError::Catalog(connectors::describe(&e)),
+    }
+}
+
+impl Catalog {
+    pub async fn connect(url: &str, source: &str) -> Result<Self, SourceError> {
+        let (client, connection) = tokio_postgres::connect(url, NoTls)
+            .await
+            .map_err(catalog_error)?;
+        tokio::spawn(connection);
+        Ok(Self {
+            client,
+            source: source.to_string(),
+            types: HashMap::new(),
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// wal_level and the REPLICATION attribute.
+    pub async fn check_server(&self) -> Result<(), SourceError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT current_setting('wal_level'), current_user::text, r.rolreplication OR r.rolsuper \
+                 FROM pg_roles r WHERE r.rolname = current_user",
+                &[],
+            )
+            .await
+            .map_err(catalog_error)?;
+        let (wal_level, user, replication): (String, String, bool) =
+            (row.get(0), row.get(1), row.get(2));
+        if wal_level != "logical" {
+            return Err(SourceError::setup(
+                format!(
+                    "source {}: wal_level is {wal_level}, and logical decoding needs logical",
+                    self.source
+                ),
+                "run ALTER SYSTEM SET wal_level = logical, then restart PostgreSQL",
+            ));
+        }
+        if !replication {
+            return Err(SourceError::setup(
+                format!(
+                    "source {}: role {user} lacks the REPLICATION attribute",
+                    self.source
+                ),
+                format!("run ALTER ROLE {} WITH REPLICATION", quote_ident(&user)),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every table exists and identifies its updated and deleted rows.
+    pub async fn check_tables(&self, tables: &[TableName]) -> Result<(), SourceError> {
+        for t in tables {
+            let row = self
+                .client
+                .query_opt(
+                    "SELECT c.relreplident::text, EXISTS (SELECT FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) \
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                    &[&t.schema, &t.name],
+                )
+                .await
+                .map_err(catalog_error)?;
+            let Some(row) = row else {
+                return Err(SourceError::setup(
+                    format!("source {}: table {t} does not exist", self.source),
+                    format!("create {t}, or remove it from the source's [[source.table]] list"),
+                ));
+            };
+            let (identity, has_pk): (String, bool) = (row.get(0), row.get(1));
+            match identity.as_str() {
+                "n" => {
+                    return Err(SourceError::setup(
+                        format!("source {}: table {t} has REPLICA IDENTITY NOTHING, so its updates and deletes cannot be identified", self.source),
+                        format!("run ALTER TABLE {} REPLICA IDENTITY DEFAULT (it needs a primary key) or ALTER TABLE {} REPLICA IDENTITY FULL", t.sql(), t.sql()),
+                    ))
+                }
+                "d" if !has_pk => {
+                    return Err(SourceError::setup(
+                        format!("source {}: table {t} has no primary key and REPLICA IDENTITY DEFAULT, so its updates and deletes cannot be identified", self.source),
+                        format!("run ALTER TABLE {} ADD PRIMARY KEY (…), or ALTER TABLE {} REPLICA IDENTITY FULL", t.sql(), t.sql()),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the publication for exactly `tables` when missing; verifies it when present.
+    pub async fn ensure_publication(
+        &self,
+        publication: &str,
+        tables: &[TableName],
+    ) -> Result<(), SourceError> {
+        let exists = self
+            .client
+            .query_opt(
+                "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+                &[&publication],
+            )
+            .await
+            .map_err(catalog_error)?;
+        let list = tables
+            .iter()
+            .map(TableName::sql)
+            .collect::<Vec<_>>()
+            .join(", ");
+        if exists.is_none() {
+            let sql = format!(
+                "CREATE PUBLICATION {} FOR TABLE {list}",
+                quote_ident(publication)
+            );
+            return self.client.batch_execute(&sql).await.map_err(|e| {
+                let why = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
+                SourceError::setup(
+                    format!("source {}: cannot create publication {publication}: {why}", self.source),
+                    format!("run {sql} yourself, or give walcast's role CREATE on the database and membership in the role that owns the tables"),
+                )
+            });
+        }
+        let rows = self
+            .client
+            .query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1", &[&publication])
+            .await
+            .map_err(catalog_error)?;
+        let mut published: Vec<TableName> = rows
+            .iter()
+            .map(|r| TableName {
+                schema: r.get(0),
+                name: r.get(1),
+            })
+            .collect();
+        published.sort();
+        let mut wanted = tables.to_vec();
+        wanted.sort();
+        if published != wanted {
+            let names = |v: &[TableName]| {
+                v.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(SourceError::setup(
+                format!(
+                    "source {}: publication {publication} publishes [{}], but the configuration lists [{}]",
+                    self.source,
+                    names(&published),
+                    names(&wanted)
+                ),
+                format!("run ALTER PUBLICATION {} SET TABLE {list}", quote_ident(publication)),
+            ));
+        }
+        Ok(())
+    }
+
+    pub async fn slot_state(&self, slot: &str) -> Result<Option<SlotState>, SourceError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT plugin::text, database::text, active_pid, wal_status, confirmed_flush_lsn::text \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(catalog_error)?;
+        Ok(row.map(|r| SlotState {
+            plugin: r.get(0),
+            database: r.get(1),
+            active_pid: r.get(2),
+            wal_status: r.get(3),
+            confirmed_flush: r.get(4),
+        }))
+    }
+
+    /// Refuses a slot walcast cannot use, naming why.
+    pub async fn check_slot(&self, slot: &str, state: &SlotState) -> Result<(), SourceError> {
+        let db: String = self
+            .client
+            .query_one("SELECT current_database()::text", &[])
+            .await
+            .map_err(catalog_error)?
+            .get(0);
+        let source = &self.source;
+        if state.plugin.as_deref() != Some("pgoutput") {
+            return Err(SourceError::setup(
+                format!("source {source}: replication slot {slot} uses plugin {}, not pgoutput", state.plugin.as_deref().unwrap_or("(none: a physical slot)")),
+                format!("give this source another slot name, or drop it: SELECT pg_drop_replication_slot('{slot}')"),
+            ));
+        }
+        if state.database.as_deref() != Some(db.as_str()) {
+            return Err(SourceError::setup(
+                format!(
+                    "source {source}: replication slot {slot} belongs to database {}, not {db}",
+                    state.database.as_deref().unwrap_or("?")
+                ),
+                "give this source its own slot name",
+            ));
+        }
+        if state.wal_status.as_deref() == Some("lost") {
+            return Err(SourceError::setup(
+                format!("source {source}: replication slot {slot} was invalidated: the WAL it needed has been removed"),
+                format!("run walcast slot drop --source {source} and restart to take a new snapshot; raise max_slot_wal_keep_size so it does not happen again"),
+            ));
+        }
+        if let Some(pid) = state.active_pid {
+            return Err(SourceError::setup(
+                format!("source {source}: replication slot {slot} is active for PID {pid}"),
+                "another walcast or replication client is using it: stop that one, or give this source its own slot",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Resolves a Relation message into a [`Table`], looking up non-built-in types.
+    pub async fn table(&mut self, body: RelationBody) -> Result<Table, SourceError> {
+        let mut columns = Vec::with_capacity(body.columns.len());
+        for c in body.columns {
+            let (type_name, ty) = self.resolve_type(c.type_oid).await?;
+            columns.push(Column {
+                name: c.name,
+                type_oid: c.type_oid,
+                type_modifier: c.type_modifier,
+                type_name,
+                ty,
+                key: c.key,
+            });
+        }
+        Ok(Table {
+            oid: body.oid,
+            schema: body.namespace,
+            name: body.name,
+            replica_identity: ReplicaIdentity::from_byte(body.replica_identity).ok_or_else(
+                || {
+                    SourceError::protocol(format!(
+                        "unknown replica identity {:?}",
+                        body.replica_identity as char
+                    ))
+                },
+            )?,
+            columns,
+        })
+    }
+
+    async fn resolve_type(&mut self, oid: u32) -> Result<(String, PgType), SourceError> {
+        if let Some(t) = self.types.get(&oid) {
+            return Ok(t.clone());
+        }
+        let mut chain = oid;
+        let mut array = false;
+        let mut name = None;
+        let resolved = loop {
+            if let Some(t) = PgType::builtin(chain) {
+                break match (t, array) {
+                    (PgType::Scalar(s), true) => PgType::Array(s),
+                    (t, false) => t,
+                    (_, true) => {
+                        PgType::Unsupported(format!("{}[]", name.clone().unwrap_or_default()))
+                    }
+                };
+            }
+            let row = self
+                .client
+                .query_opt(
+                    "SELECT format_type(t.oid, NULL), t.typtype::text, t.typbasetype, t.typelem, t.typcategory::text \
+                     FROM pg_type t WHERE t.oid = $1",
+                    &[&chain],
+                )
+                .await
+                .map_err(catalog_error)?;
+            let Some(row) = row else {
+                break PgType::Unsupported(format!("oid {chain}"));
+            };
+            let (type_name, typtype, base, elem, category): (String, String, u32, u32, String) =
+                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+            name.get_or_insert(type_name.clone());
+            match (typtype.as_str(), category.as_str()) {
+                ("e", _) => {
+                    break if array {
+                        PgType::Array(ScalarType::Enum)
+                    } else {
+                        PgType::Scalar(ScalarType::Enum)
+                    }
+                }
+                ("d", _) => chain = base,
+                ("b", "A") if elem != 0 && !array => {
+                    array = true;
+                    chain = elem;
+                }
+                _ => break PgType::Unsupported(type_name),
+            }
+        };
+        let name = match name {
+            Some(name) => name,
+            None => self
+                .client
+                .query_opt("SELECT format_type($1, NULL)", &[&oid])
+                .await
+                .map_err(catalog_error)?
+                .map(|r| r.get(0))
+                .unwrap_or_else(|| format!("oid {oid}")),
+        };
+        self.types.insert(oid, (name.clone(), resolved.clone()));
+        Ok((name, resolved))
+    }
+
+    /// Columns of `tables` whose types walcast cannot decode, as `(table, column, type)`.
+    pub async fn unsupported_columns(
+        &mut self,
+        tables: &[TableName],
+    ) -> Result<Vec<(TableName, String, String)>, SourceError> {
+        let mut found = Vec::new();
+        for t in tables {
+            let rows = self
+                .client
+                .query(
+                    "SELECT a.attname::text, a.atttypid FROM pg_attribute a \
+                     JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+                    &[&t.schema, &t.name],
+                )
+                .await
+                .map_err(catalog_error)?;
+            for r in rows {
+                let (column, oid): (String, u32) = (r.get(0), r.get(1));
+                if let (name, PgType::Unsupported(_)) = self.resolve_type(oid).await? {
+                    found.push((t.clone(), column, name));
+                }
+            }
+        }
+        Ok(found)
+    }
+}

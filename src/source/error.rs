@@ -1,0 +1,99 @@
+//! Source errors: transient ones are retried with capped backoff by reconnecting and resuming
+//! from the slot; permanent ones stop the source with an operator hint.
+
+use std::fmt;
+
+/// Why the source stopped or must reconnect.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The connection broke or timed out. Transient: reconnect and resume from the slot.
+    #[error("connection to {target} lost: {source}")]
+    Io {
+        target: String,
+        source: std::io::Error,
+    },
+    /// The server reported an error.
+    #[error("{0}")]
+    Server(ServerError),
+    /// The server's answer was not what the protocol allows. Permanent.
+    #[error("replication protocol error: {0}")]
+    Protocol(String),
+    /// Authentication was refused or is not supported. Permanent.
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// The database or its tables are not set up for walcast. Permanent, with the fix.
+    #[error("{problem}\n  hint: {hint}")]
+    Setup { problem: String, hint: String },
+    /// Buffering a streamed transaction on local disk failed. Permanent: the spill directory
+    /// must be fixed (space, permissions).
+    #[error("spilling a streamed transaction to disk: {0}")]
+    Spill(std::io::Error),
+    /// A catalog query on the ordinary connection failed.
+    #[error("catalog query: {0}")]
+    Catalog(String),
+}
+
+impl SourceError {
+    /// Whether reconnecting may help.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SourceError::Io { .. } => true,
+            SourceError::Server(e) => e.is_transient(),
+            SourceError::Catalog(_) => true,
+            _ => false,
+        }
+    }
+
+    pub fn protocol(msg: impl Into<String>) -> Self {
+        SourceError::Protocol(msg.into())
+    }
+
+    pub fn setup(problem: impl Into<String>, hint: impl Into<String>) -> Self {
+        SourceError::Setup {
+            problem: problem.into(),
+            hint: hint.into(),
+        }
+    }
+
+    pub(crate) fn spill(e: std::io::Error) -> Self {
+        SourceError::Spill(e)
+    }
+}
+
+/// An ErrorResponse from the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerError {
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl ServerError {
+    /// Connection-class, shutdown and resource errors pass; the rest are definite.
+    pub fn is_transient(&self) -> bool {
+        self.code.starts_with("08") // connection exception
+            || self.code.starts_with("53") // insufficient resources
+            || self.code.starts_with("57P") // operator intervention: shutdown, crash
+            || self.code == "40001" // serialization failure
+            || self.code == "55006" // object in use: slot active in another process, may free up
+    }
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} (SQLSTATE {})",
+            self.severity, self.message, self.code
+        )?;
+        if let Some(d) = &self.detail {
+            write!(f, "\n  detail: {d}")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, "\n  hint: {h}")?;
+        }
+        Ok(())
+    }
+}

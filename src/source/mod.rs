@@ -1,0 +1,404 @@
+//! The source: one long-running reader of a service database's logical replication stream.
+//!
+//! # Why LSN feedback is subtle
+//! PostgreSQL keeps WAL, and resends transactions, from the slot's `confirmed_flush_lsn`. A
+//! transaction is skipped on restart only if its commit record starts *before* that position,
+//! so confirming a transaction's `end_lsn` means "never send it again", and confirming it
+//! early loses it if walcast then crashes. Therefore:
+//! - the position walcast confirms is only ever the `end_lsn` of a transaction that the
+//!   downstream has acknowledged, handed in through the `acked` watch; never what was merely
+//!   received;
+//! - on an idle database the server's keepalive position may be confirmed too, but only when
+//!   no transaction is open, none is buffered, and everything delivered is acknowledged
+//!   (otherwise the slot would skip past unpublished changes);
+//! - the confirmed position never moves backwards.
+//!
+//! # Backpressure
+//! Events go downstream on a bounded channel. While it is full, the source stops reading
+//! from the socket (the server buffers, then pauses decoding), but status updates still go
+//! out every `status_interval_ms`, so the server does not time the connection out.
+//!
+//! # Layout
+//! [`pgoutput`] and [`value`] are the pure protocol core; [`assembler`] turns messages into
+//! ordered events and buffers streamed transactions via [`spill`]; [`protocol`] and
+//! [`catalog`] are the I/O shell; this module runs them.
+
+pub mod assembler;
+pub mod catalog;
+pub mod change;
+pub mod error;
+pub mod pgoutput;
+pub mod protocol;
+pub mod spill;
+pub mod value;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+pub use change::{Change, Column, Op, ReplicaIdentity, Row, SourceEvent, Table};
+pub use error::SourceError;
+
+use crate::config::SourceConfig;
+use crate::lsn::Lsn;
+use assembler::{Action, Assembler};
+use catalog::{Catalog, TableName};
+use protocol::{ReplicationConn, ReplicationMessage};
+
+/// Everything a source needs, resolved from its configuration.
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    pub name: String,
+    pub url: String,
+    pub slot: String,
+    pub publication: String,
+    pub tables: Vec<TableName>,
+    pub status_interval: Duration,
+    pub spill_threshold_bytes: u64,
+    pub spill_dir: PathBuf,
+    pub reconnect_max_backoff: Duration,
+    pub heartbeat_interval: Option<Duration>,
+    pub heartbeat_table: Option<String>,
+}
+
+impl SourceSettings {
+    pub fn from_config(c: &SourceConfig) -> Self {
+        Self {
+            name: c.name.clone(),
+            url: c.resolved_url.clone(),
+            slot: c.slot_name(),
+            publication: c.publication_name(),
+            tables: c
+                .tables
+                .iter()
+                .map(|t| {
+                    let (schema, name) = t.qualified_name();
+                    TableName {
+                        schema: schema.to_string(),
+                        name: name.to_string(),
+                    }
+                })
+                .collect(),
+            status_interval: Duration::from_millis(c.status_interval_ms),
+            spill_threshold_bytes: c.spill_threshold_bytes,
+            spill_dir: c.spill_dir.clone().unwrap_or_else(std::env::temp_dir),
+            reconnect_max_backoff: Duration::from_millis(c.reconnect_max_backoff_ms),
+            heartbeat_interval: (c.heartbeat_interval_ms > 0)
+                .then(|| Duration::from_millis(c.heartbeat_interval_ms)),
+            heartbeat_table: c.heartbeat_table.clone(),
+        }
+    }
+}
+
+/// Checks the database, creates the publication and the slot when missing, and verifies
+/// them when present. Runs before anything is streamed; every failure is permanent.
+pub async fn prepare(settings: &SourceSettings) -> Result<Catalog, SourceError> {
+    let mut catalog = Catalog::connect(&settings.url, &settings.name).await?;
+    catalog.check_server().await?;
+    catalog.check_tables(&settings.tables).await?;
+    if let Some((table, column, ty)) = catalog
+        .unsupported_columns(&settings.tables)
+        .await?
+        .into_iter()
+        .next()
+    {
+        return Err(SourceError::setup(
+            format!("source {}: column {table}.{column} has type {ty}, which walcast does not support", settings.name),
+            format!("leave {column} out of the table's event mapping, or change its type (e.g. ALTER TABLE {table} ALTER COLUMN {column} TYPE text)"),
+        ));
+    }
+    catalog
+        .ensure_publication(&settings.publication, &settings.tables)
+        .await?;
+    if let Some(state) = catalog.slot_state(&settings.slot).await? {
+        catalog.check_slot(&settings.slot, &state).await?;
+    }
+    Ok(catalog)
+}
+
+/// Runs the source until `shutdown` completes or a permanent error occurs. Transient errors
+/// reconnect with capped exponential backoff and resume from the slot, which resends every
+/// transaction not yet confirmed. After a reconnect, a `Begin` may arrive while the previous
+/// transaction has no `Commit`: that transaction is void and will be sent again.
+pub async fn run(
+    settings: SourceSettings,
+    events: mpsc::Sender<SourceEvent>,
+    acked: watch::Receiver<Lsn>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SourceError> {
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let session = Session::new(&settings, events.clone(), acked.clone());
+        let result = session.run(&mut shutdown).await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(source = %settings.name, error = %e, "replication interrupted; reconnecting in {backoff:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = &mut shutdown => return Ok(()),
+                }
+                backoff = (backoff * 2).min(settings.reconnect_max_backoff);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One connection's worth of streaming.
+struct Session<'a> {
+    settings: &'a SourceSettings,
+    events: mpsc::Sender<SourceEvent>,
+    acked: watch::Receiver<Lsn>,
+    /// Highest WAL position received.
+    received: Lsn,
+    /// `end_lsn` of the last transaction handed downstream.
+    delivered: Lsn,
+    /// Position last confirmed to the server.
+    confirmed: Lsn,
+    /// Keepalive position seen while nothing was open.
+    idle: Lsn,
+}
+
+impl<'a> Session<'a> {
+    fn new(
+        settings: &'a SourceSettings,
+        events: mpsc::Sender<SourceEvent>,
+        acked: watch::Receiver<Lsn>,
+    ) -> Self {
+        Self {
+            settings,
+            events,
+            acked,
+            received: Lsn::ZERO,
+            delivered: Lsn::ZERO,
+            confirmed: Lsn::ZERO,
+            idle: Lsn::ZERO,
+        }
+    }
+
+    /// The position safe to confirm now.
+    fn confirmable(&self) -> Lsn {
+        let acked = *self.acked.borrow();
+        let mut lsn = acked;
+        if acked >= self.delivered {
+            lsn = lsn.max(self.idle);
+        }
+        lsn.max(self.confirmed)
+    }
+
+    async fn run(
+        mut self,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> Result<(), SourceError> {
+        let s = self.settings;
+        let mut catalog = prepare(s).await?;
+        let mut conn = ReplicationConn::connect(&s.url, &format!("walcast:{}", s.name)).await?;
+        conn.identify_system().await?;
+        if catalog.slot_state(&s.slot).await?.is_none() {
+            let at = conn.create_slot(&s.slot).await?;
+            tracing::info!(source = %s.name, slot = %s.slot, consistent_point = %at, "created replication slot");
+        }
+        let publications = format!("\"{}\"", s.publication.replace('"', "\"\""));
+        conn.start_replication(
+            &s.slot,
+            Lsn::ZERO,
+            &[
+                ("proto_version", "2"),
+                ("streaming", "on"),
+                ("binary", "true"),
+                ("publication_names", &publications),
+            ],
+        )
+        .await?;
+        tracing::info!(source = %s.name, slot = %s.slot, "streaming");
+
+        let mut decoder = pgoutput::Decoder::new();
+        let mut assembler = Assembler::new(s.spill_threshold_bytes, s.spill_dir.clone());
+        let mut pending: VecDeque<SourceEvent> = VecDeque::new();
+        let mut out = Vec::new();
+        let mut replay: Option<Replay> = None;
+        let mut status = tokio::time::interval(s.status_interval);
+        status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeat = s.heartbeat_interval.map(tokio::time::interval);
+        let mut reply_due = false;
+
+        loop {
+            // Work in priority order: hand pending events downstream, then replay buffered
+            // messages of a committed streamed transaction, then read the socket.
+            if let Some(event) = pending.front() {
+                let commit_end = match event {
+                    SourceEvent::Commit { end_lsn, .. } => Some(*end_lsn),
+                    _ => None,
+                };
+                tokio::select! {
+                    permit = self.events.reserve() => {
+                        let permit = permit.map_err(|_| SourceError::protocol("the event consumer stopped"))?;
+                        permit.send(pending.pop_front().expect("front exists"));
+                        if let Some(end) = commit_end {
+                            self.delivered = self.delivered.max(end);
+                        }
+                        continue;
+                    }
+                    _ = status.tick() => {}
+                    _ = self.acked.changed() => {}
+                    _ = &mut *shutdown => return self.stop(conn).await,
+                }
+            } else if let Some(r) = replay.as_mut() {
+                match r.next().await? {
+                    Some(raw) => {
+                        let msg = r.decoder.decode(raw.clone()).map_err(|e| {
+                            SourceError::protocol(format!("buffered stream message: {e}"))
+                        })?;
+                        self.handle(&mut assembler, &mut catalog, msg, &raw, &mut out)
+                            .await?;
+                    }
+                    None => {
+                        replay = None;
+                        assembler.finish_replay(&mut out)?;
+                    }
+                }
+                pending.extend(out.drain(..));
+                continue;
+            } else {
+                tokio::select! {
+                    msg = conn.next_message() => {
+                        match msg? {
+                            None => return Err(SourceError::Io { target: conn.target().to_string(), source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server ended the replication stream") }),
+                            Some(ReplicationMessage::XLogData { wal_end, data, .. }) => {
+                                self.received = self.received.max(wal_end);
+                                let msg = decoder.decode(data.clone()).map_err(|e| SourceError::protocol(e.to_string()))?;
+                                if let Some(buffer) = self.handle(&mut assembler, &mut catalog, msg, &data, &mut out).await? {
+                                    replay = Some(Replay::new(buffer)?);
+                                }
+                                pending.extend(out.drain(..));
+                            }
+                            Some(ReplicationMessage::Keepalive { wal_end, reply_requested }) => {
+                                self.received = self.received.max(wal_end);
+                                if !assembler.in_transaction() && pending.is_empty() {
+                                    self.idle = self.idle.max(wal_end);
+                                }
+                                reply_due |= reply_requested;
+                            }
+                        }
+                        if !reply_due {
+                            continue;
+                        }
+                    }
+                    _ = status.tick() => {}
+                    _ = self.acked.changed() => {}
+                    _ = async { heartbeat.as_mut().expect("guarded").tick().await }, if heartbeat.is_some() => {
+                        emit_heartbeat(&catalog, s).await;
+                        continue;
+                    }
+                    _ = &mut *shutdown => return self.stop(conn).await,
+                }
+            }
+            let flush = self.confirmable();
+            let written = self.received.max(flush);
+            conn.send_status(written, flush, false).await?;
+            if flush > self.confirmed {
+                tracing::debug!(source = %s.name, confirmed = %flush, "confirmed");
+            }
+            self.confirmed = flush;
+            reply_due = false;
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        assembler: &mut Assembler,
+        catalog: &mut Catalog,
+        msg: pgoutput::PgOutput,
+        raw: &Bytes,
+        out: &mut Vec<SourceEvent>,
+    ) -> Result<Option<spill::StreamBuffer>, SourceError> {
+        match assembler.handle(msg, raw, out)? {
+            Action::None => Ok(None),
+            Action::Resolve(body) => {
+                let table = catalog.table(body).await?;
+                assembler.set_relation(table, out);
+                Ok(None)
+            }
+            Action::Replay(buffer) => Ok(Some(buffer)),
+        }
+    }
+
+    async fn stop(&self, mut conn: ReplicationConn) -> Result<(), SourceError> {
+        let flush = self.confirmable();
+        conn.send_status(self.received.max(flush), flush, false)
+            .await?;
+        tracing::info!(source = %self.settings.name, confirmed = %flush, "stopped");
+        conn.close().await;
+        Ok(())
+    }
+}
+
+/// Replays a committed streamed transaction's buffered messages, a batch at a time, reading
+/// the spill file on the blocking pool.
+struct Replay {
+    decoder: pgoutput::Decoder,
+    batch: VecDeque<Bytes>,
+    source: Option<Box<dyn Iterator<Item = std::io::Result<Bytes>> + Send>>,
+}
+
+impl Replay {
+    fn new(buffer: spill::StreamBuffer) -> Result<Self, SourceError> {
+        let mut decoder = pgoutput::Decoder::new();
+        // Buffered messages carry their xid: decode them as inside a stream block.
+        decoder
+            .decode(Bytes::from_static(&[b'S', 0, 0, 0, 0, 0]))
+            .expect("a stream start is well-formed");
+        Ok(Self {
+            decoder,
+            batch: VecDeque::new(),
+            source: Some(Box::new(
+                buffer.into_messages().map_err(SourceError::spill)?,
+            )),
+        })
+    }
+
+    async fn next(&mut self) -> Result<Option<Bytes>, SourceError> {
+        if self.batch.is_empty() {
+            let Some(mut source) = self.source.take() else {
+                return Ok(None);
+            };
+            let (source, batch) = tokio::task::spawn_blocking(move || {
+                let batch: std::io::Result<VecDeque<Bytes>> = source.by_ref().take(4096).collect();
+                (source, batch)
+            })
+            .await
+            .map_err(|e| SourceError::Spill(std::io::Error::other(e)))?;
+            self.batch = batch.map_err(SourceError::spill)?;
+            if !self.batch.is_empty() {
+                self.source = Some(source);
+            }
+        }
+        Ok(self.batch.pop_front())
+    }
+}
+
+/// Writes a heartbeat so an idle database's slot can advance; failures are logged, not fatal.
+async fn emit_heartbeat(catalog: &Catalog, s: &SourceSettings) {
+    let result = match &s.heartbeat_table {
+        None => catalog
+            .client()
+            .execute("SELECT pg_logical_emit_message(false, 'walcast_heartbeat', now()::text)", &[])
+            .await,
+        Some(table) => catalog
+            .client()
+            .execute(
+                &format!("INSERT INTO {table} (source, ts) VALUES ($1, now()) ON CONFLICT (source) DO UPDATE SET ts = excluded.ts"),
+                &[&s.name],
+            )
+            .await,
+    };
+    if let Err(e) = result {
+        tracing::warn!(source = %s.name, error = %connectors::describe(&e), "heartbeat failed");
+    }
+}

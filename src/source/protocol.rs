@@ -1,0 +1,543 @@
+//! A PostgreSQL replication connection (`replication=database`), on postgres-protocol's codecs.
+//!
+//! tokio-postgres has no replication mode, so this is the thin I/O shell around the wire
+//! protocol: startup, authentication (trust, cleartext, MD5, SCRAM-SHA-256), simple queries
+//! for the replication commands, and CopyBoth streaming.
+//!
+//! Frames are parsed here rather than by `backend::Message::parse`, for two reasons: that
+//! parser does not know `CopyBothResponse`, and the hot path (CopyData) should hand out
+//! zero-copy slices of the read buffer. Reading is cancel-safe: a partial frame stays in the
+//! buffer, so the read can sit in a `select!`.
+
+use std::str::FromStr;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::{md5_hash, sasl};
+use postgres_protocol::message::{backend, frontend};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_postgres::config::{Host, SslMode};
+
+use super::error::{ServerError, SourceError};
+use crate::lsn::Lsn;
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A message of the CopyBoth stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplicationMessage {
+    XLogData {
+        wal_start: Lsn,
+        wal_end: Lsn,
+        data: Bytes,
+    },
+    Keepalive {
+        wal_end: Lsn,
+        reply_requested: bool,
+    },
+}
+
+/// The result of IDENTIFY_SYSTEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemId {
+    pub system_id: String,
+    pub timeline: u32,
+    pub xlog_pos: Lsn,
+    pub database: String,
+}
+
+/// An authenticated replication connection.
+pub struct ReplicationConn {
+    io: Box<dyn Io>,
+    read: BytesMut,
+    write: BytesMut,
+    target: String,
+    server_version: String,
+}
+
+impl std::fmt::Debug for ReplicationConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicationConn")
+            .field("target", &self.target)
+            .finish()
+    }
+}
+
+enum Frame {
+    Message(backend::Message),
+    CopyBoth,
+    CopyData(Bytes),
+}
+
+impl ReplicationConn {
+    /// Connects and authenticates with `url` (a libpq-style URL), in database replication mode.
+    pub async fn connect(url: &str, application_name: &str) -> Result<Self, SourceError> {
+        let config = tokio_postgres::Config::from_str(url).map_err(|e| {
+            SourceError::setup(
+                format!("invalid connection URL: {e}"),
+                "fix the source's url",
+            )
+        })?;
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(SourceError::setup(
+                "sslmode=require: TLS replication connections are not supported yet",
+                "connect over a trusted network or a Unix socket, or use sslmode=prefer",
+            ));
+        }
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let user = config
+            .get_user()
+            .ok_or_else(|| {
+                SourceError::setup(
+                    "the connection URL names no user",
+                    "add user@ to the source's url",
+                )
+            })?
+            .to_string();
+        let database = config.get_dbname().unwrap_or(&user).to_string();
+        let (io, target): (Box<dyn Io>, String) = match config.get_hosts().first() {
+            Some(Host::Unix(dir)) => {
+                let path = dir.join(format!(".s.PGSQL.{port}"));
+                let target = path.display().to_string();
+                let s = tokio::net::UnixStream::connect(&path)
+                    .await
+                    .map_err(|source| SourceError::Io {
+                        target: target.clone(),
+                        source,
+                    })?;
+                (Box::new(s), target)
+            }
+            Some(Host::Tcp(host)) => {
+                let target = format!("{host}:{port}");
+                let s = tokio::net::TcpStream::connect(&target)
+                    .await
+                    .map_err(|source| SourceError::Io {
+                        target: target.clone(),
+                        source,
+                    })?;
+                s.set_nodelay(true).ok();
+                (Box::new(s), target)
+            }
+            None => {
+                let target = format!("localhost:{port}");
+                let s = tokio::net::TcpStream::connect(&target)
+                    .await
+                    .map_err(|source| SourceError::Io {
+                        target: target.clone(),
+                        source,
+                    })?;
+                (Box::new(s), target)
+            }
+        };
+        let mut conn = ReplicationConn {
+            io,
+            read: BytesMut::with_capacity(1 << 17),
+            write: BytesMut::with_capacity(1 << 10),
+            target,
+            server_version: String::new(),
+        };
+        let params = [
+            ("user", user.as_str()),
+            ("database", database.as_str()),
+            ("replication", "database"),
+            ("application_name", application_name),
+            ("client_encoding", "UTF8"),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut conn.write)
+            .map_err(|e| conn.io_error(e))?;
+        conn.flush().await?;
+        conn.authenticate(&user, config.get_password()).await?;
+        Ok(conn)
+    }
+
+    /// `server_version` as the server reported it at startup.
+    pub fn server_version(&self) -> &str {
+        &self.server_version
+    }
+
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    async fn authenticate(
+        &mut self,
+        user: &str,
+        password: Option<&[u8]>,
+    ) -> Result<(), SourceError> {
+        let need_password = || {
+            SourceError::Auth(format!(
+                "the server asks {user} for a password and none is configured; set it in the URL or with password_env"
+            ))
+        };
+        let mut scram: Option<sasl::ScramSha256> = None;
+        loop {
+            match self.next_frame().await? {
+                Frame::Message(backend::Message::AuthenticationOk) => {}
+                Frame::Message(backend::Message::AuthenticationCleartextPassword) => {
+                    let pw = password.ok_or_else(need_password)?;
+                    frontend::password_message(pw, &mut self.write)
+                        .map_err(|e| self.io_error(e))?;
+                    self.flush().await?;
+                }
+                Frame::Message(backend::Message::AuthenticationMd5Password(body)) => {
+                    let pw = password.ok_or_else(need_password)?;
+                    let hash = md5_hash(user.as_bytes(), pw, body.salt());
+                    frontend::password_message(hash.as_bytes(), &mut self.write)
+                        .map_err(|e| self.io_error(e))?;
+                    self.flush().await?;
+                }
+                Frame::Message(backend::Message::AuthenticationSasl(body)) => {
+                    let pw = password.ok_or_else(need_password)?;
+                    let mut mechanisms = body.mechanisms();
+                    let mut supported = false;
+                    while let Some(m) = mechanisms.next().map_err(|e| self.io_error(e))? {
+                        supported |= m == sasl::SCRAM_SHA_256;
+                    }
+                    if !supported {
+                        return Err(SourceError::Auth(
+                            "the server offers no SASL mechanism walcast supports (SCRAM-SHA-256)"
+                                .into(),
+                        ));
+                    }
+                    let s = sasl::ScramSha256::new(pw, sasl::ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(
+                        sasl::SCRAM_SHA_256,
+                        s.message(),
+                        &mut self.write,
+                    )
+                    .map_err(|e| self.io_error(e))?;
+                    self.flush().await?;
+                    scram = Some(s);
+                }
+                Frame::Message(backend::Message::AuthenticationSaslContinue(body)) => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| SourceError::protocol("SASL continue before SASL start"))?;
+                    s.update(body.data())
+                        .map_err(|e| SourceError::Auth(format!("SCRAM: {e}")))?;
+                    frontend::sasl_response(s.message(), &mut self.write)
+                        .map_err(|e| self.io_error(e))?;
+                    self.flush().await?;
+                }
+                Frame::Message(backend::Message::AuthenticationSaslFinal(body)) => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| SourceError::protocol("SASL final before SASL start"))?;
+                    s.finish(body.data()).map_err(|e| {
+                        SourceError::Auth(format!("SCRAM: the server's proof is wrong: {e}"))
+                    })?;
+                }
+                Frame::Message(backend::Message::ParameterStatus(p)) => {
+                    if p.name().ok() == Some("server_version") {
+                        self.server_version = p.value().unwrap_or_default().to_string();
+                    }
+                }
+                Frame::Message(backend::Message::BackendKeyData(_))
+                | Frame::Message(backend::Message::NoticeResponse(_)) => {}
+                Frame::Message(backend::Message::ReadyForQuery(_)) => return Ok(()),
+                Frame::Message(backend::Message::ErrorResponse(body)) => {
+                    let e = server_error(&body);
+                    return Err(match e.code.as_str() {
+                        "28P01" | "28000" => SourceError::Auth(e.to_string()),
+                        _ => SourceError::Server(e),
+                    });
+                }
+                Frame::Message(_) | Frame::CopyBoth | Frame::CopyData(_) => {
+                    return Err(SourceError::protocol(
+                        "unexpected message during authentication",
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Runs a simple query; returns its rows as text (`None` for NULL).
+    pub async fn simple_query(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, SourceError> {
+        frontend::query(sql, &mut self.write).map_err(|e| self.io_error(e))?;
+        self.flush().await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            match self.next_frame().await? {
+                Frame::Message(backend::Message::DataRow(row)) => {
+                    let buf = row.buffer();
+                    let mut ranges = row.ranges();
+                    let mut values = Vec::new();
+                    while let Some(range) = ranges.next().map_err(|e| self.io_error(e))? {
+                        values.push(range.map(|r| String::from_utf8_lossy(&buf[r]).into_owned()));
+                    }
+                    rows.push(values);
+                }
+                Frame::Message(backend::Message::ErrorResponse(body)) => {
+                    error = Some(server_error(&body))
+                }
+                Frame::Message(backend::Message::ReadyForQuery(_)) => {
+                    return match error {
+                        Some(e) => Err(SourceError::Server(e)),
+                        None => Ok(rows),
+                    }
+                }
+                Frame::Message(_) => {}
+                Frame::CopyBoth | Frame::CopyData(_) => {
+                    return Err(SourceError::protocol("unexpected COPY in a simple query"))
+                }
+            }
+        }
+    }
+
+    pub async fn identify_system(&mut self) -> Result<SystemId, SourceError> {
+        let rows = self.simple_query("IDENTIFY_SYSTEM").await?;
+        let row = rows
+            .first()
+            .filter(|r| r.len() >= 4)
+            .ok_or_else(|| SourceError::protocol("IDENTIFY_SYSTEM returned no row"))?;
+        let field = |i: usize| row[i].clone().unwrap_or_default();
+        Ok(SystemId {
+            system_id: field(0),
+            timeline: field(1)
+                .parse()
+                .map_err(|_| SourceError::protocol("IDENTIFY_SYSTEM: bad timeline"))?,
+            xlog_pos: field(2)
+                .parse()
+                .map_err(|e| SourceError::protocol(format!("IDENTIFY_SYSTEM: {e}")))?,
+            database: field(3),
+        })
+    }
+
+    /// Creates a logical slot with pgoutput; returns its consistent point.
+    pub async fn create_slot(&mut self, slot: &str) -> Result<Lsn, SourceError> {
+        let rows = self
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'nothing')",
+                quote_ident(slot)
+            ))
+            .await?;
+        let lsn = rows
+            .first()
+            .and_then(|r| r.get(1).cloned().flatten())
+            .ok_or_else(|| SourceError::protocol("CREATE_REPLICATION_SLOT returned no position"))?;
+        lsn.parse()
+            .map_err(|e| SourceError::protocol(format!("CREATE_REPLICATION_SLOT: {e}")))
+    }
+
+    /// Starts streaming from `slot`; afterwards only [`Self::next_message`] and
+    /// [`Self::send_status`] may be used.
+    pub async fn start_replication(
+        &mut self,
+        slot: &str,
+        start: Lsn,
+        options: &[(&str, &str)],
+    ) -> Result<(), SourceError> {
+        let options: Vec<String> = options
+            .iter()
+            .map(|(k, v)| format!("\"{k}\" '{}'", v.replace('\'', "''")))
+            .collect();
+        let sql = format!(
+            "START_REPLICATION SLOT {} LOGICAL {start} ({})",
+            quote_ident(slot),
+            options.join(", ")
+        );
+        frontend::query(&sql, &mut self.write).map_err(|e| self.io_error(e))?;
+        self.flush().await?;
+        loop {
+            match self.next_frame().await? {
+                Frame::CopyBoth => return Ok(()),
+                Frame::Message(backend::Message::ErrorResponse(body)) => {
+                    let e = server_error(&body);
+                    // Drain to ReadyForQuery so the connection could be reused.
+                    while !matches!(
+                        self.next_frame().await?,
+                        Frame::Message(backend::Message::ReadyForQuery(_))
+                    ) {}
+                    return Err(SourceError::Server(e));
+                }
+                Frame::Message(backend::Message::NoticeResponse(_)) => {}
+                _ => {
+                    return Err(SourceError::protocol(
+                        "START_REPLICATION: expected CopyBothResponse",
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The next message of the replication stream; `None` when the server ended it.
+    /// Cancel-safe.
+    pub async fn next_message(&mut self) -> Result<Option<ReplicationMessage>, SourceError> {
+        loop {
+            match self.next_frame().await? {
+                Frame::CopyData(mut data) => {
+                    if data.is_empty() {
+                        return Err(SourceError::protocol("empty CopyData"));
+                    }
+                    let tag = data.get_u8();
+                    return match tag {
+                        b'w' if data.len() >= 24 => {
+                            let wal_start = Lsn(data.get_u64());
+                            let wal_end = Lsn(data.get_u64());
+                            let _send_time = data.get_i64();
+                            Ok(Some(ReplicationMessage::XLogData {
+                                wal_start,
+                                wal_end,
+                                data,
+                            }))
+                        }
+                        b'k' if data.len() >= 17 => {
+                            let wal_end = Lsn(data.get_u64());
+                            let _send_time = data.get_i64();
+                            Ok(Some(ReplicationMessage::Keepalive {
+                                wal_end,
+                                reply_requested: data.get_u8() == 1,
+                            }))
+                        }
+                        other => Err(SourceError::protocol(format!(
+                            "unknown replication message {:?}",
+                            other as char
+                        ))),
+                    };
+                }
+                Frame::Message(backend::Message::CopyDone)
+                | Frame::Message(backend::Message::CommandComplete(_)) => return Ok(None),
+                Frame::Message(backend::Message::ErrorResponse(body)) => {
+                    return Err(SourceError::Server(server_error(&body)))
+                }
+                Frame::Message(backend::Message::NoticeResponse(_)) => {}
+                Frame::Message(_) | Frame::CopyBoth => {
+                    return Err(SourceError::protocol(
+                        "unexpected message in the replication stream",
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Sends a standby status update: `written` is what was received; `flushed` (and applied)
+    /// is the position PostgreSQL may consider confirmed, and must only ever be an LSN whose
+    /// changes are acknowledged downstream.
+    pub async fn send_status(
+        &mut self,
+        written: Lsn,
+        flushed: Lsn,
+        reply_requested: bool,
+    ) -> Result<(), SourceError> {
+        let mut body = BytesMut::with_capacity(34);
+        body.put_u8(b'r');
+        body.put_u64(written.0);
+        body.put_u64(flushed.0);
+        body.put_u64(flushed.0);
+        body.put_i64(pg_now_micros());
+        body.put_u8(u8::from(reply_requested));
+        frontend::CopyData::new(body.freeze())
+            .map_err(|e| self.io_error(e))?
+            .write(&mut self.write);
+        self.flush().await
+    }
+
+    /// Ends the stream and the connection politely.
+    pub async fn close(mut self) {
+        frontend::copy_done(&mut self.write);
+        frontend::terminate(&mut self.write);
+        let _ = self.flush().await;
+    }
+
+    async fn flush(&mut self) -> Result<(), SourceError> {
+        let buf = self.write.split();
+        self.io
+            .write_all(&buf)
+            .await
+            .map_err(|e| self.io_error(e))?;
+        self.io.flush().await.map_err(|e| self.io_error(e))
+    }
+
+    fn io_error(&self, source: std::io::Error) -> SourceError {
+        SourceError::Io {
+            target: self.target.clone(),
+            source,
+        }
+    }
+
+    async fn next_frame(&mut self) -> Result<Frame, SourceError> {
+        loop {
+            if self.read.len() >= 5 {
+                let tag = self.read[0];
+                let len =
+                    u32::from_be_bytes([self.read[1], self.read[2], self.read[3], self.read[4]])
+                        as usize;
+                if self.read.len() > len {
+                    match tag {
+                        b'd' => {
+                            let mut frame = self.read.split_to(len + 1);
+                            frame.advance(5);
+                            return Ok(Frame::CopyData(frame.freeze()));
+                        }
+                        b'W' => {
+                            self.read.advance(len + 1);
+                            return Ok(Frame::CopyBoth);
+                        }
+                        _ => {
+                            let msg = backend::Message::parse(&mut self.read)
+                                .map_err(|e| self.io_error(e))?
+                                .ok_or_else(|| SourceError::protocol("incomplete frame"))?;
+                            return Ok(Frame::Message(msg));
+                        }
+                    }
+                }
+                self.read.reserve(len + 1 - self.read.len());
+            } else {
+                self.read.reserve(1 << 16);
+            }
+            let n = self
+                .io
+                .read_buf(&mut self.read)
+                .await
+                .map_err(|e| self.io_error(e))?;
+            if n == 0 {
+                return Err(self.io_error(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                )));
+            }
+        }
+    }
+}
+
+fn server_error(body: &backend::ErrorResponseBody) -> ServerError {
+    let mut e = ServerError {
+        severity: String::new(),
+        code: String::new(),
+        message: String::new(),
+        detail: None,
+        hint: None,
+    };
+    let mut fields = body.fields();
+    while let Ok(Some(f)) = fields.next() {
+        let value = String::from_utf8_lossy(f.value_bytes()).into_owned();
+        match f.type_() {
+            b'S' => e.severity = value,
+            b'C' => e.code = value,
+            b'M' => e.message = value,
+            b'D' => e.detail = Some(value),
+            b'H' => e.hint = Some(value),
+            _ => {}
+        }
+    }
+    e
+}
+
+/// An identifier quoted for SQL.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Now, in microseconds since 2000-01-01 UTC.
+fn pg_now_micros() -> i64 {
+    let since_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    since_unix - super::change::PG_EPOCH_OFFSET_MICROS
+}
