@@ -111,12 +111,13 @@ pub async fn prepare(settings: &SourceSettings) -> Result<Catalog, SourceError> 
             format!("leave {column} out of the table's event mapping, or change its type (e.g. ALTER TABLE {table} ALTER COLUMN {column} TYPE text)"),
         ));
     }
-    catalog
-        .ensure_publication(&settings.publication, &settings.tables)
-        .await?;
+    // The slot first: a refusal should leave nothing behind.
     if let Some(state) = catalog.slot_state(&settings.slot).await? {
         catalog.check_slot(&settings.slot, &state).await?;
     }
+    catalog
+        .ensure_publication(&settings.publication, &settings.tables)
+        .await?;
     Ok(catalog)
 }
 
