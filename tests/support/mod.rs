@@ -242,15 +242,20 @@ impl RunningSource {
         db: &str,
         settings: walcast::source::SourceSettings,
     ) -> Self {
+        // A slot is also "active" while CREATE_REPLICATION_SLOT holds it; wait for the
+        // walsender to be streaming.
         let slot = settings.slot.clone();
+        let application = format!("walcast:{}", settings.name);
         let mut source = Self::start(settings);
         let pg = stack.pg(db).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let active = pg
                 .query_opt(
-                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                    &[&slot],
+                    "SELECT 1 FROM pg_stat_replication r \
+                     JOIN pg_replication_slots s ON s.active_pid = r.pid \
+                     WHERE s.slot_name = $1 AND r.application_name = $2 AND r.state = 'streaming'",
+                    &[&slot, &application],
                 )
                 .await
                 .unwrap()
