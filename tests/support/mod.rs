@@ -330,3 +330,79 @@ impl RunningSource {
         self.task.await.unwrap()
     }
 }
+
+/// A committed transaction as the source delivered it.
+#[derive(Debug, Clone)]
+pub struct Txn {
+    pub xid: u32,
+    pub commit_lsn: walcast::lsn::Lsn,
+    pub end_lsn: walcast::lsn::Lsn,
+    pub changes: Vec<walcast::source::Change>,
+}
+
+impl RunningSource {
+    /// Receives events until `n` transactions committed. A `Begin` while a transaction is
+    /// open voids it (the source reconnected and will resend it).
+    pub async fn transactions(&mut self, n: usize, timeout: Duration) -> Vec<Txn> {
+        use walcast::source::SourceEvent;
+        let deadline = Instant::now() + timeout;
+        let mut txns = Vec::new();
+        let mut open: Vec<walcast::source::Change> = Vec::new();
+        while txns.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let received = tokio::time::timeout(left, self.events.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("only {} of {n} transactions within {timeout:?}", txns.len())
+                });
+            let Some(event) = received else {
+                let ended = (&mut self.task).await.unwrap();
+                panic!(
+                    "the source stopped after {} of {n} transactions: {ended:?}",
+                    txns.len()
+                );
+            };
+            match event {
+                SourceEvent::Begin { .. } => open.clear(),
+                SourceEvent::Change(c) => open.push(c),
+                SourceEvent::Commit {
+                    xid,
+                    commit_lsn,
+                    end_lsn,
+                    ..
+                } => txns.push(Txn {
+                    xid,
+                    commit_lsn,
+                    end_lsn,
+                    changes: std::mem::take(&mut open),
+                }),
+                SourceEvent::Schema { .. } => {}
+            }
+        }
+        txns
+    }
+
+    /// Acknowledges everything up to `lsn`, as a publisher would once Kafka has it.
+    pub fn ack(&self, lsn: walcast::lsn::Lsn) {
+        self.acked.send_replace(lsn);
+    }
+
+    /// Simulates a crash: the task is aborted without a final status update.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// The slot's confirmed_flush_lsn.
+pub async fn confirmed_flush(pg: &tokio_postgres::Client, slot: &str) -> walcast::lsn::Lsn {
+    let lsn: Option<String> = pg
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    lsn.expect("slot has a confirmed position").parse().unwrap()
+}
