@@ -49,6 +49,9 @@ use assembler::{Action, Assembler};
 use catalog::{Catalog, TableName};
 use protocol::{ReplicationConn, ReplicationMessage};
 
+/// Buffered messages replayed per loop turn.
+const REPLAY_BATCH: usize = 512;
+
 /// Everything a source needs, resolved from its configuration.
 #[derive(Debug, Clone)]
 pub struct SourceSettings {
@@ -232,18 +235,18 @@ impl<'a> Session<'a> {
         loop {
             // Work in priority order: hand pending events downstream, then replay buffered
             // messages of a committed streamed transaction, then read the socket.
-            if let Some(event) = pending.front() {
-                let commit_end = match event {
-                    SourceEvent::Commit { end_lsn, .. } => Some(*end_lsn),
-                    _ => None,
-                };
+            if !pending.is_empty() {
+                // Fast path: hand over what the channel takes without waiting; only a full
+                // channel pays for a select.
+                if self.try_deliver(&mut pending)? {
+                    continue;
+                }
                 tokio::select! {
                     permit = self.events.reserve() => {
                         let permit = permit.map_err(|_| SourceError::protocol("the event consumer stopped"))?;
-                        permit.send(pending.pop_front().expect("front exists"));
-                        if let Some(end) = commit_end {
-                            self.delivered = self.delivered.max(end);
-                        }
+                        let event = pending.pop_front().expect("pending is not empty");
+                        note_delivered(&mut self.delivered, &event);
+                        permit.send(event);
                         continue;
                     }
                     _ = status.tick() => {}
@@ -251,18 +254,19 @@ impl<'a> Session<'a> {
                     _ = &mut *shutdown => return self.stop(conn).await,
                 }
             } else if let Some(r) = replay.as_mut() {
-                match r.next().await? {
-                    Some(raw) => {
-                        let msg = r.decoder.decode(raw.clone()).map_err(|e| {
-                            SourceError::protocol(format!("buffered stream message: {e}"))
-                        })?;
-                        self.handle(&mut assembler, &mut catalog, msg, &raw, &mut out)
-                            .await?;
-                    }
-                    None => {
+                // A batch at a time: the server is done with this transaction, so this is
+                // the one place walcast's own speed shows.
+                for _ in 0..REPLAY_BATCH {
+                    let Some(raw) = r.next().await? else {
                         replay = None;
                         assembler.finish_replay(&mut out)?;
-                    }
+                        break;
+                    };
+                    let msg = r.decoder.decode(raw.clone()).map_err(|e| {
+                        SourceError::protocol(format!("buffered stream message: {e}"))
+                    })?;
+                    self.handle(&mut assembler, &mut catalog, msg, &raw, &mut out)
+                        .await?;
                 }
                 pending.extend(out.drain(..));
                 continue;
@@ -311,6 +315,26 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Sends pending events while the channel has room; true if any was sent.
+    fn try_deliver(&mut self, pending: &mut VecDeque<SourceEvent>) -> Result<bool, SourceError> {
+        let mut sent = false;
+        while !pending.is_empty() {
+            match self.events.try_reserve() {
+                Ok(permit) => {
+                    let event = pending.pop_front().expect("pending is not empty");
+                    note_delivered(&mut self.delivered, &event);
+                    permit.send(event);
+                    sent = true;
+                }
+                Err(mpsc::error::TrySendError::Full(())) => break,
+                Err(mpsc::error::TrySendError::Closed(())) => {
+                    return Err(SourceError::protocol("the event consumer stopped"))
+                }
+            }
+        }
+        Ok(sent)
+    }
+
     async fn handle(
         &mut self,
         assembler: &mut Assembler,
@@ -340,12 +364,20 @@ impl<'a> Session<'a> {
     }
 }
 
+/// Tracks the `end_lsn` of the last transaction handed downstream.
+fn note_delivered(delivered: &mut Lsn, event: &SourceEvent) {
+    if let SourceEvent::Commit { end_lsn, .. } = event {
+        *delivered = (*delivered).max(*end_lsn);
+    }
+}
+
 /// Replays a committed streamed transaction's buffered messages, a batch at a time, reading
 /// the spill file on the blocking pool.
 struct Replay {
     decoder: pgoutput::Decoder,
+    memory: std::vec::IntoIter<Bytes>,
     batch: VecDeque<Bytes>,
-    source: Option<Box<dyn Iterator<Item = std::io::Result<Bytes>> + Send>>,
+    spilled: Option<spill::SpillReader>,
 }
 
 impl Replay {
@@ -355,29 +387,34 @@ impl Replay {
         decoder
             .decode(Bytes::from_static(&[b'S', 0, 0, 0, 0, 0]))
             .expect("a stream start is well-formed");
+        let (memory, spilled) = buffer.into_parts().map_err(SourceError::spill)?;
         Ok(Self {
             decoder,
+            memory: memory.into_iter(),
             batch: VecDeque::new(),
-            source: Some(Box::new(
-                buffer.into_messages().map_err(SourceError::spill)?,
-            )),
+            spilled,
         })
     }
 
+    /// The next buffered message: from memory directly, from the spill file a batch at a
+    /// time on the blocking pool.
     async fn next(&mut self) -> Result<Option<Bytes>, SourceError> {
+        if let Some(m) = self.memory.next() {
+            return Ok(Some(m));
+        }
         if self.batch.is_empty() {
-            let Some(mut source) = self.source.take() else {
+            let Some(mut reader) = self.spilled.take() else {
                 return Ok(None);
             };
-            let (source, batch) = tokio::task::spawn_blocking(move || {
-                let batch: std::io::Result<VecDeque<Bytes>> = source.by_ref().take(4096).collect();
-                (source, batch)
+            let (reader, batch) = tokio::task::spawn_blocking(move || {
+                let batch: std::io::Result<VecDeque<Bytes>> = reader.by_ref().take(4096).collect();
+                (reader, batch)
             })
             .await
             .map_err(|e| SourceError::Spill(std::io::Error::other(e)))?;
             self.batch = batch.map_err(SourceError::spill)?;
             if !self.batch.is_empty() {
-                self.source = Some(source);
+                self.spilled = Some(reader);
             }
         }
         Ok(self.batch.pop_front())

@@ -109,13 +109,19 @@ impl StreamBuffer {
         Ok(())
     }
 
-    /// The buffered messages in order, consuming the buffer; the spill file is removed after.
-    pub fn into_messages(mut self) -> io::Result<impl Iterator<Item = io::Result<Bytes>>> {
+    /// The buffered messages in order, consuming the buffer: those held in memory, and a
+    /// reader of the spilled rest (its file is already unlinked), if any.
+    pub fn into_parts(mut self) -> io::Result<(Vec<Bytes>, Option<SpillReader>)> {
         let spilled = match self.file.take() {
             Some(file) => Some(file.into_reader()?),
             None => None,
         };
-        let memory = std::mem::take(&mut self.memory);
+        Ok((std::mem::take(&mut self.memory), spilled))
+    }
+
+    /// All buffered messages in order (reads the spill file inline: tests and tools).
+    pub fn into_messages(self) -> io::Result<impl Iterator<Item = io::Result<Bytes>>> {
+        let (memory, spilled) = self.into_parts()?;
         Ok(memory
             .into_iter()
             .map(Ok)
@@ -189,7 +195,9 @@ impl Drop for StreamBuffer {
     }
 }
 
-struct SpillReader {
+/// Reads spilled messages back, in order.
+#[derive(Debug)]
+pub struct SpillReader {
     reader: BufReader<File>,
     remaining: usize,
 }
