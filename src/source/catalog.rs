@@ -57,6 +57,9 @@ impl std::fmt::Debug for Catalog {
 
 fn catalog_error(e: tokio_postgres::Error) -> SourceError {
     match e.as_db_error() {
+        Some(db) if matches!(db.code().code(), "28P01" | "28000") => {
+            SourceError::Auth(db.message().to_string())
+        }
         Some(db) => SourceError::Catalog(format!("{}: {}", db.code().code(), db.message())),
         None => SourceError::Catalog(connectors::describe(&e)),
     }
