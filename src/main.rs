@@ -164,9 +164,33 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                     names.join(", ")
                 )));
             }
-            Err(Failure::Runtime(anyhow::anyhow!(
-                "slot drop: not implemented yet; it lands with the source (issue #3)"
-            )))
+            let source = cfg
+                .sources
+                .iter()
+                .find(|s| s.name == source)
+                .expect("checked above");
+            let slot = source.slot_name();
+            let catalog =
+                walcast::source::catalog::Catalog::connect(&source.resolved_url, &source.name)
+                    .await
+                    .map_err(|e| Failure::Runtime(e.into()))?;
+            match catalog
+                .drop_slot(&slot)
+                .await
+                .map_err(|e| Failure::Runtime(e.into()))?
+            {
+                Some(confirmed) => {
+                    println!(
+                        "dropped replication slot {slot} of source {} (it had confirmed {confirmed}); the next run starts with a new snapshot",
+                        source.name
+                    );
+                    Ok(())
+                }
+                None => Err(Failure::Runtime(anyhow::anyhow!(
+                    "source {}: there is no replication slot {slot}; nothing was dropped",
+                    source.name
+                ))),
+            }
         }
     }
 }

@@ -162,3 +162,95 @@ async fn a_restart_resumes_after_the_acknowledged_position_without_gap() {
     );
     again.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_lost_connection_reconnects_and_resumes_without_gap() {
+    let stack = Stack::get();
+    let (name, role, pg) = streaming_db(stack, "reconnect").await;
+    let mut settings = source_settings(stack, &name, &name, &["public.items"]);
+    settings.url = stack.pg_url_for(&role, &name);
+    settings.reconnect_max_backoff = Duration::from_millis(500);
+    let mut source = RunningSource::start_streaming(stack, &name, settings).await;
+    for i in 1..=5 {
+        pg.execute("INSERT INTO items VALUES ($1, 'before')", &[&i])
+            .await
+            .unwrap();
+    }
+    let first = source.transactions(5, Duration::from_secs(30)).await;
+    source.ack(first[2].end_lsn);
+
+    // The server ends the walsender, as on a failover or an administrator's kill.
+    let killed: bool = pg
+        .query_one(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed);
+    for i in 6..=8 {
+        pg.execute("INSERT INTO items VALUES ($1, 'after')", &[&i])
+            .await
+            .unwrap();
+    }
+    // Everything after the confirmed position comes again (at least once), then the new rows.
+    let mut ids = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !ids.contains(&8) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "did not resume; saw {ids:?}"
+        );
+        for t in source.transactions(1, Duration::from_secs(30)).await {
+            ids.extend(t.changes.iter().map(id));
+        }
+    }
+    assert!(
+        (4..=8).all(|i| ids.contains(&i)),
+        "a gap after reconnecting: {ids:?}"
+    );
+    assert!(!source.task.is_finished(), "the source kept running");
+    source.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_heartbeat_keeps_an_idle_slot_advancing() {
+    let stack = Stack::get();
+    let (name, role, pg) = streaming_db(stack, "heartbeat").await;
+    pg.batch_execute(&format!(
+        "CREATE TABLE walcast_heartbeat (source text PRIMARY KEY, ts timestamptz NOT NULL);
+         ALTER TABLE walcast_heartbeat OWNER TO {role};"
+    ))
+    .await
+    .unwrap();
+    let mut settings = source_settings(stack, &name, &name, &["public.items"]);
+    settings.url = stack.pg_url_for(&role, &name);
+    settings.heartbeat_interval = Some(Duration::from_millis(100));
+    settings.heartbeat_table = Some("public.walcast_heartbeat".into());
+    let source = RunningSource::start_streaming(stack, &name, settings).await;
+    let start = confirmed_flush(&pg, &name).await;
+
+    // No change to the published table at all, yet the slot's position moves on, and the
+    // heartbeat table says the source is alive.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let beat: Option<bool> = pg
+            .query_opt(
+                "SELECT ts > now() - interval '5 seconds' FROM walcast_heartbeat WHERE source = $1",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0));
+        if beat == Some(true) && confirmed_flush(&pg, &name).await > start {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle slot did not advance (heartbeat {beat:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    source.stop().await.unwrap();
+}

@@ -241,6 +241,25 @@ impl Catalog {
         }))
     }
 
+    /// Drops `slot`, refusing while a process streams from it. Returns the position it had
+    /// confirmed, or `None` when there was no such slot.
+    pub async fn drop_slot(&self, slot: &str) -> Result<Option<String>, SourceError> {
+        let Some(state) = self.slot_state(slot).await? else {
+            return Ok(None);
+        };
+        if let Some(pid) = state.active_pid {
+            return Err(SourceError::setup(
+                format!("source {}: replication slot {slot} is active for PID {pid}; it was not dropped", self.source),
+                "stop the walcast (or client) streaming from it first",
+            ));
+        }
+        self.client
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await
+            .map_err(catalog_error)?;
+        Ok(Some(state.confirmed_flush.unwrap_or_else(|| "-".into())))
+    }
+
     /// Refuses a slot walcast cannot use, naming why.
     pub async fn check_slot(&self, slot: &str, state: &SlotState) -> Result<(), SourceError> {
         let db: String = self
