@@ -252,6 +252,7 @@ async fn walcast_drain(stack: &Stack, db: &str, slot: &str, shape: &Shape, end: 
         reconnect_max_backoff: Duration::from_secs(1),
         heartbeat_interval: None,
         heartbeat_table: None,
+        tls: Default::default(),
     };
     let (tx, mut rx) = mpsc::channel(8192);
     let (_acked, acked_rx) = watch::channel(Lsn::ZERO);

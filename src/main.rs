@@ -170,10 +170,14 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                 .find(|s| s.name == source)
                 .expect("checked above");
             let slot = source.slot_name();
-            let catalog =
-                walcast::source::catalog::Catalog::connect(&source.resolved_url, &source.name)
-                    .await
-                    .map_err(|e| Failure::Runtime(e.into()))?;
+            let settings = walcast::source::SourceSettings::from_config(source);
+            let catalog = walcast::source::catalog::Catalog::connect(
+                &settings.url,
+                &settings.name,
+                &settings.tls,
+            )
+            .await
+            .map_err(|e| Failure::Runtime(e.into()))?;
             match catalog
                 .drop_slot(&slot)
                 .await

@@ -49,9 +49,13 @@ async fn every_password_method_streams_changes() {
 async fn a_wrong_password_is_a_permanent_authentication_error() {
     let stack = Stack::get();
     for (user, _) in METHODS {
-        let err = ReplicationConn::connect(&url(stack, user, "wrong", "postgres"), "walcast:test")
-            .await
-            .expect_err("a wrong password must be refused");
+        let err = ReplicationConn::connect(
+            &url(stack, user, "wrong", "postgres"),
+            "walcast:test",
+            &Default::default(),
+        )
+        .await
+        .expect_err("a wrong password must be refused");
         assert!(matches!(err, SourceError::Auth(_)), "{user}: {err:?}");
         assert!(!err.is_transient());
         assert_eq!(
@@ -62,6 +66,7 @@ async fn a_wrong_password_is_a_permanent_authentication_error() {
     let missing = ReplicationConn::connect(
         &stack.pg_url_for("walcast_scram", "postgres"),
         "walcast:test",
+        &Default::default(),
     )
     .await
     .expect_err("no password configured");

@@ -248,6 +248,10 @@ pub struct SourceConfig {
     /// Cap of the reconnect backoff.
     #[serde(default = "default_reconnect_max_backoff_ms")]
     pub reconnect_max_backoff_ms: u64,
+    /// disable | prefer | require | verify-full; default the URL's sslmode, else prefer.
+    pub tls_mode: Option<crate::source::tls::TlsMode>,
+    /// Certificate authority (PEM) for verify-full; default the system roots.
+    pub tls_ca_file: Option<PathBuf>,
     #[serde(default, rename = "table")]
     pub tables: Vec<TableConfig>,
     /// The connection URL with its secret resolved.

@@ -265,6 +265,23 @@ impl Validator<'_> {
                     self.push(format!("{prefix}.publication"), why);
                 }
             }
+            if let Some(ca) = &source.tls_ca_file {
+                let resolved = base.join(ca);
+                if !resolved.is_file() {
+                    self.push(
+                        format!("{prefix}.tls_ca_file"),
+                        format!(
+                            "file {} does not exist (looked for {}); expected a PEM certificate",
+                            ca.display(),
+                            resolved.display()
+                        ),
+                    );
+                } else if source.tls_mode != Some(crate::source::tls::TlsMode::VerifyFull) {
+                    self.push(format!("{prefix}.tls_ca_file"), "is only used with tls_mode = \"verify-full\"; set that too, or remove tls_ca_file");
+                } else {
+                    source.tls_ca_file = Some(resolved);
+                }
+            }
             if source.status_interval_ms == 0 {
                 self.push(
                     format!("{prefix}.status_interval_ms"),

@@ -9,6 +9,7 @@ use super::change::{Column, ReplicaIdentity, Table};
 use super::error::SourceError;
 use super::pgoutput::RelationBody;
 use super::protocol::quote_ident;
+use super::tls::TlsSettings;
 use super::value::{PgType, ScalarType};
 
 /// A table the source publishes, by name.
@@ -60,17 +61,37 @@ fn catalog_error(e: tokio_postgres::Error) -> SourceError {
         Some(db) if matches!(db.code().code(), "28P01" | "28000") => {
             SourceError::Auth(db.message().to_string())
         }
-        Some(db) => SourceError::Catalog(format!("{}: {}", db.code().code(), db.message())),
+                Some(db) => SourceError::Catalog(format!("{}: {}", db.code().code(), db.message())),
+        None if e.to_string().contains("TLS") => SourceError::setup(
+            connectors::describe(&e),
+            "check tls_ca_file and that the server certificate names this host, or use tls_mode = \"require\" to skip verification",
+        ),
         None => SourceError::Catalog(connectors::describe(&e)),
     }
 }
 
 impl Catalog {
-    pub async fn connect(url: &str, source: &str) -> Result<Self, SourceError> {
-        let (client, connection) = tokio_postgres::connect(url, NoTls)
-            .await
-            .map_err(catalog_error)?;
-        tokio::spawn(connection);
+    pub async fn connect(url: &str, source: &str, tls: &TlsSettings) -> Result<Self, SourceError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+            SourceError::setup(
+                format!("invalid connection URL: {e}"),
+                "fix the source's url",
+            )
+        })?;
+        config.ssl_mode(tls.ssl_mode());
+        let client = match tls.connector()? {
+            None => {
+                let (client, connection) = config.connect(NoTls).await.map_err(catalog_error)?;
+                tokio::spawn(connection);
+                client
+            }
+            Some(connector) => {
+                let tls = postgres_native_tls::MakeTlsConnector::new(connector);
+                let (client, connection) = config.connect(tls).await.map_err(catalog_error)?;
+                tokio::spawn(connection);
+                client
+            }
+        };
         Ok(Self {
             client,
             source: source.to_string(),

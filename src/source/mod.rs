@@ -30,6 +30,7 @@ pub mod error;
 pub mod pgoutput;
 pub mod protocol;
 pub mod spill;
+pub mod tls;
 pub mod value;
 
 use std::collections::VecDeque;
@@ -66,6 +67,7 @@ pub struct SourceSettings {
     pub reconnect_max_backoff: Duration,
     pub heartbeat_interval: Option<Duration>,
     pub heartbeat_table: Option<String>,
+    pub tls: tls::TlsSettings,
 }
 
 impl SourceSettings {
@@ -93,14 +95,33 @@ impl SourceSettings {
             heartbeat_interval: (c.heartbeat_interval_ms > 0)
                 .then(|| Duration::from_millis(c.heartbeat_interval_ms)),
             heartbeat_table: c.heartbeat_table.clone(),
+            tls: tls::TlsSettings {
+                mode: c
+                    .tls_mode
+                    .unwrap_or_else(|| tls_mode_of_url(&c.resolved_url)),
+                ca_file: c.tls_ca_file.clone(),
+            },
         }
+    }
+}
+
+/// The `sslmode` a URL asks for, when the configuration does not say.
+fn tls_mode_of_url(url: &str) -> tls::TlsMode {
+    use tokio_postgres::config::SslMode;
+    match url
+        .parse::<tokio_postgres::Config>()
+        .map(|c| c.get_ssl_mode())
+    {
+        Ok(SslMode::Disable) => tls::TlsMode::Disable,
+        Ok(SslMode::Require) => tls::TlsMode::Require,
+        _ => tls::TlsMode::Prefer,
     }
 }
 
 /// Checks the database, creates the publication and the slot when missing, and verifies
 /// them when present. Runs before anything is streamed; every failure is permanent.
 pub async fn prepare(settings: &SourceSettings) -> Result<Catalog, SourceError> {
-    let mut catalog = Catalog::connect(&settings.url, &settings.name).await?;
+    let mut catalog = Catalog::connect(&settings.url, &settings.name, &settings.tls).await?;
     catalog.check_server().await?;
     catalog.check_tables(&settings.tables).await?;
     if let Some((table, column, ty)) = catalog
@@ -202,7 +223,8 @@ impl<'a> Session<'a> {
     ) -> Result<(), SourceError> {
         let s = self.settings;
         let mut catalog = prepare(s).await?;
-        let mut conn = ReplicationConn::connect(&s.url, &format!("walcast:{}", s.name)).await?;
+        let mut conn =
+            ReplicationConn::connect(&s.url, &format!("walcast:{}", s.name), &s.tls).await?;
         conn.identify_system().await?;
         if catalog.slot_state(&s.slot).await?.is_none() {
             let at = conn.create_slot(&s.slot).await?;

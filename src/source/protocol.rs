@@ -16,9 +16,10 @@ use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::{backend, frontend};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 
 use super::error::{ServerError, SourceError};
+use super::tls::TlsSettings;
 use crate::lsn::Lsn;
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -71,20 +72,20 @@ enum Frame {
 }
 
 impl ReplicationConn {
-    /// Connects and authenticates with `url` (a libpq-style URL), in database replication mode.
-    pub async fn connect(url: &str, application_name: &str) -> Result<Self, SourceError> {
+    /// Connects and authenticates with `url` (a libpq-style URL), in database replication
+    /// mode, over TLS as `tls` says (Unix sockets never use TLS, as with libpq).
+    pub async fn connect(
+        url: &str,
+        application_name: &str,
+        tls: &TlsSettings,
+    ) -> Result<Self, SourceError> {
         let config = tokio_postgres::Config::from_str(url).map_err(|e| {
             SourceError::setup(
                 format!("invalid connection URL: {e}"),
                 "fix the source's url",
             )
         })?;
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(SourceError::setup(
-                "sslmode=require: TLS replication connections are not supported yet",
-                "connect over a trusted network or a Unix socket, or use sslmode=prefer",
-            ));
-        }
+
         let port = config.get_ports().first().copied().unwrap_or(5432);
         let user = config
             .get_user()
@@ -117,7 +118,7 @@ impl ReplicationConn {
                         source,
                     })?;
                 s.set_nodelay(true).ok();
-                (Box::new(s), target)
+                (negotiate_tls(s, host, &target, tls).await?, target)
             }
             None => {
                 let target = format!("localhost:{port}");
@@ -502,6 +503,47 @@ impl ReplicationConn {
                 )));
             }
         }
+    }
+}
+
+/// Asks the server for TLS (SSLRequest) and upgrades the stream when it agrees.
+async fn negotiate_tls(
+    mut stream: tokio::net::TcpStream,
+    host: &str,
+    target: &str,
+    tls: &TlsSettings,
+) -> Result<Box<dyn Io>, SourceError> {
+    let Some(connector) = tls.connector()? else {
+        return Ok(Box::new(stream));
+    };
+    let io = |source| SourceError::Io {
+        target: target.to_string(),
+        source,
+    };
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    stream.write_all(&request).await.map_err(io)?;
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).await.map_err(io)?;
+    match answer[0] {
+        b'S' => {
+            let tls_stream = tokio_native_tls::TlsConnector::from(connector)
+                .connect(host, stream)
+                .await
+                .map_err(|e| {
+                    SourceError::setup(
+                        format!("TLS handshake with {target} failed: {e}"),
+                        "check tls_ca_file and that the server certificate names this host, or use tls_mode = \"require\" to skip verification",
+                    )
+                })?;
+            Ok(Box::new(tls_stream))
+        }
+        b'N' if !tls.required() => Ok(Box::new(stream)),
+        b'N' => Err(SourceError::setup(
+            format!("{target} does not accept TLS connections, and tls_mode requires TLS"),
+            "enable ssl on the server (ssl = on, ssl_cert_file, ssl_key_file), or set tls_mode = \"prefer\"",
+        )),
+        other => Err(SourceError::protocol(format!("unexpected answer {:?} to SSLRequest", other as char))),
     }
 }
 

@@ -232,6 +232,7 @@ pub fn source_settings(
         reconnect_max_backoff: Duration::from_secs(2),
         heartbeat_interval: None,
         heartbeat_table: None,
+        tls: Default::default(),
     }
 }
 
