@@ -118,14 +118,14 @@ async fn capture() {
     let name = "golden_capture";
     let db = stack.fresh_pg_database(name).await;
     let pg = stack.pg(&db).await;
-    pg.batch_execute(&format!(
+    pg.batch_execute(
         "DROP ROLE IF EXISTS golden_r; CREATE ROLE golden_r LOGIN REPLICATION;
          ALTER ROLE golden_r SET logical_decoding_work_mem = '64kB';
          CREATE TYPE mood AS ENUM ('sad', 'happy');
          CREATE TABLE users (id bigint PRIMARY KEY, name text, mood mood, tags text[], balance numeric(10,2), seen timestamptz);
          CREATE TABLE full_rows (id int, v text); ALTER TABLE full_rows REPLICA IDENTITY FULL;
          CREATE PUBLICATION golden FOR TABLE users, full_rows;"
-    ))
+    )
     .await
     .unwrap();
     let url = stack.pg_url_for("golden_r", &db);

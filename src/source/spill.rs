@@ -9,6 +9,9 @@
 //! Subtransactions nest and stream in order, so aborting subtransaction `s` discards exactly
 //! the messages from `s`'s first message onward, which is what [`StreamBuffer::abort_sub`]
 //! does (the same rule PostgreSQL's own apply worker follows).
+//!
+//! Memory held is what `spill_threshold_bytes` accounts: buffered messages are copied out of
+//! the socket's read buffers rather than kept as slices of them.
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -73,9 +76,12 @@ impl StreamBuffer {
             self.sub_starts.push((subxid, self.count));
         }
         self.count += 1;
-        if self.file.is_none() && self.memory_bytes + message.len() as u64 <= self.threshold_bytes {
+                if self.file.is_none() && self.memory_bytes + message.len() as u64 <= self.threshold_bytes {
             self.memory_bytes += message.len() as u64;
-            self.memory.push(message);
+            // A compact copy: the message is a slice of a socket read buffer, and keeping it
+            // would keep that whole buffer alive (one per message when reads are small, as
+            // with TLS), so the memory held would be far more than what is accounted.
+            self.memory.push(Bytes::copy_from_slice(&message));
             return Ok(());
         }
         let file = match &mut self.file {
