@@ -199,7 +199,9 @@ async fn connect(url: &str) -> tokio_postgres::Client {
 /// Drains `slot` up to `end` with pg_recvlogical; returns the wall time.
 fn recvlogical(stack: &Stack, db: &str, slot: &str, publication: &str, end: Lsn) -> Duration {
     let started = Instant::now();
+    let sslmode = std::env::var("WALCAST_BENCH_TLS").unwrap_or_else(|_| "prefer".into());
     let status = Command::new(format!("{}/pg_recvlogical", stack.pg_bin))
+        .env("PGSSLMODE", sslmode)
         .args([
             "-h",
             &stack.host,
@@ -252,7 +254,15 @@ async fn walcast_drain(stack: &Stack, db: &str, slot: &str, shape: &Shape, end: 
         reconnect_max_backoff: Duration::from_secs(1),
         heartbeat_interval: None,
         heartbeat_table: None,
-        tls: Default::default(),
+        // WALCAST_BENCH_TLS=disable|prefer (both sides); default prefer, libpq's default.
+        tls: walcast::source::tls::TlsSettings {
+            mode: if std::env::var("WALCAST_BENCH_TLS").as_deref() == Ok("disable") {
+                walcast::source::tls::TlsMode::Disable
+            } else {
+                walcast::source::tls::TlsMode::Prefer
+            },
+            ca_file: None,
+        },
     };
     let (tx, mut rx) = mpsc::channel(8192);
     let (_acked, acked_rx) = watch::channel(Lsn::ZERO);
@@ -262,9 +272,11 @@ async fn walcast_drain(stack: &Stack, db: &str, slot: &str, shape: &Shape, end: 
         let _ = stopped.await;
     }));
     let mut rows = 0u64;
+    let mut first_change = None;
     while rows < shape.rows {
         match rx.recv().await.expect("the source stopped") {
             SourceEvent::Change(change) => {
+                first_change.get_or_insert_with(Instant::now);
                 // Touch the row as a consumer would: its first column, decoded.
                 let new = change.new.as_ref().expect("inserts");
                 std::hint::black_box(new.value(&change.table, 0).expect("decodes"));
@@ -277,6 +289,13 @@ async fn walcast_drain(stack: &Stack, db: &str, slot: &str, shape: &Shape, end: 
         }
     }
     let elapsed = started.elapsed();
+    if std::env::var_os("WALCAST_BENCH_PHASES").is_some() {
+        let first = first_change.expect("rows arrived") - started;
+        eprintln!(
+            "  {slot}: until the first change {first:?}, then {:?}",
+            elapsed - first
+        );
+    }
     let _ = stop.send(());
     task.await.unwrap().unwrap();
     elapsed

@@ -104,7 +104,7 @@ impl Assembler {
                     .get_mut(&top)
                     .expect("stream buffer exists while streaming");
                 buffer
-                    .push(subxid, raw.clone())
+                    .push(subxid, raw.clone(), Some(msg))
                     .map_err(SourceError::spill)?;
                 return Ok(Action::None);
             }

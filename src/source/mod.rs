@@ -279,15 +279,13 @@ impl<'a> Session<'a> {
                 // A batch at a time: the server is done with this transaction, so this is
                 // the one place walcast's own speed shows.
                 for _ in 0..REPLAY_BATCH {
-                    let Some(raw) = r.next().await? else {
+                    let Some(msg) = r.next().await? else {
                         replay = None;
                         assembler.finish_replay(&mut out)?;
                         break;
                     };
-                    let msg = r.decoder.decode(raw.clone()).map_err(|e| {
-                        SourceError::protocol(format!("buffered stream message: {e}"))
-                    })?;
-                    self.handle(&mut assembler, &mut catalog, msg, &raw, &mut out)
+                    // Replayed messages are never buffered again, so no raw bytes are needed.
+                    self.handle(&mut assembler, &mut catalog, msg, &Bytes::new(), &mut out)
                         .await?;
                 }
                 pending.extend(out.drain(..));
@@ -397,7 +395,7 @@ fn note_delivered(delivered: &mut Lsn, event: &SourceEvent) {
 /// the spill file on the blocking pool.
 struct Replay {
     decoder: pgoutput::Decoder,
-    memory: std::vec::IntoIter<Bytes>,
+    memory: std::vec::IntoIter<spill::Held>,
     batch: VecDeque<Bytes>,
     spilled: Option<spill::SpillReader>,
 }
@@ -418,11 +416,14 @@ impl Replay {
         })
     }
 
-    /// The next buffered message: from memory directly, from the spill file a batch at a
-    /// time on the blocking pool.
-    async fn next(&mut self) -> Result<Option<Bytes>, SourceError> {
-        if let Some(m) = self.memory.next() {
-            return Ok(Some(m));
+    /// The next buffered message, decoded: from memory as it was decoded on arrival, from the
+    /// spill file a batch at a time on the blocking pool.
+    async fn next(&mut self) -> Result<Option<pgoutput::PgOutput>, SourceError> {
+        if let Some(held) = self.memory.next() {
+            return match held.decoded {
+                Some(msg) => Ok(Some(msg)),
+                None => self.decode(held.raw).map(Some),
+            };
         }
         if self.batch.is_empty() {
             let Some(mut reader) = self.spilled.take() else {
@@ -439,7 +440,16 @@ impl Replay {
                 self.spilled = Some(reader);
             }
         }
-        Ok(self.batch.pop_front())
+        match self.batch.pop_front() {
+            Some(raw) => self.decode(raw).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn decode(&mut self, raw: Bytes) -> Result<pgoutput::PgOutput, SourceError> {
+        self.decoder
+            .decode(raw)
+            .map_err(|e| SourceError::protocol(format!("buffered stream message: {e}")))
     }
 }
 

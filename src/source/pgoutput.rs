@@ -136,6 +136,86 @@ pub enum Datum {
     Binary(Bytes),
 }
 
+impl PgOutput {
+    /// Number of tuple columns the message carries (for memory accounting).
+    pub fn column_count(&self) -> usize {
+        match self {
+            PgOutput::Insert { new, .. } => new.0.len(),
+            PgOutput::Update { old, new, .. } => {
+                new.0.len() + old.as_ref().map_or(0, |o| o.tuple().0.len())
+            }
+            PgOutput::Delete { old, .. } => old.tuple().0.len(),
+            _ => 0,
+        }
+    }
+
+    /// The same message with its values re-pointed from `from` (the payload it was decoded
+    /// from) to `to` (a copy of the same bytes), so it no longer keeps `from` alive.
+    pub fn rebased(self, from: &Bytes, to: &Bytes) -> PgOutput {
+        let base = from.as_ptr() as usize;
+        let move_bytes = |b: Bytes| {
+            let offset = (b.as_ptr() as usize).wrapping_sub(base);
+            if b.is_empty() || offset + b.len() > to.len() {
+                Bytes::copy_from_slice(&b)
+            } else {
+                to.slice(offset..offset + b.len())
+            }
+        };
+        let move_tuple = |t: TupleData| {
+            TupleData(
+                t.0.into_iter()
+                    .map(|d| match d {
+                        Datum::Text(b) => Datum::Text(move_bytes(b)),
+                        Datum::Binary(b) => Datum::Binary(move_bytes(b)),
+                        other => other,
+                    })
+                    .collect(),
+            )
+        };
+        let move_old = |o: OldTuple| match o {
+            OldTuple::Key(t) => OldTuple::Key(move_tuple(t)),
+            OldTuple::Full(t) => OldTuple::Full(move_tuple(t)),
+        };
+        match self {
+            PgOutput::Insert { xid, relation, new } => PgOutput::Insert {
+                xid,
+                relation,
+                new: move_tuple(new),
+            },
+            PgOutput::Update {
+                xid,
+                relation,
+                old,
+                new,
+            } => PgOutput::Update {
+                xid,
+                relation,
+                old: old.map(move_old),
+                new: move_tuple(new),
+            },
+            PgOutput::Delete { xid, relation, old } => PgOutput::Delete {
+                xid,
+                relation,
+                old: move_old(old),
+            },
+            PgOutput::Message {
+                xid,
+                transactional,
+                lsn,
+                prefix,
+                content,
+            } => PgOutput::Message {
+                xid,
+                transactional,
+                lsn,
+                prefix,
+                content: move_bytes(content),
+            },
+            other => other,
+        }
+    }
+}
+
 /// Why bytes were not a pgoutput message. Always permanent: the stream is not what we asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {

@@ -22,6 +22,11 @@ use super::error::{ServerError, SourceError};
 use super::tls::TlsSettings;
 use crate::lsn::Lsn;
 
+/// Read buffer growth. Frames handed out are slices of the read buffer, so growing it means a
+/// new allocation; a large chunk amortises that over many reads (a TLS read returns a single
+/// ~16 KiB record).
+const READ_CHUNK: usize = 1 << 18;
+
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
@@ -487,9 +492,10 @@ impl ReplicationConn {
                         }
                     }
                 }
-                self.read.reserve(len + 1 - self.read.len());
-            } else {
-                self.read.reserve(1 << 16);
+                self.read
+                    .reserve((len + 1 - self.read.len()).max(READ_CHUNK));
+            } else if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {
+                self.read.reserve(READ_CHUNK);
             }
             let n = self
                 .io
@@ -502,7 +508,31 @@ impl ReplicationConn {
                     "the server closed the connection",
                 )));
             }
+            self.read_available()?;
         }
+    }
+
+    /// Reads whatever is already available, without waiting, so that one pass of the frame
+    /// parser serves many messages (under TLS each message arrives as its own record). Polls
+    /// with a no-op waker: a `Pending` here registers nothing that matters, because the next
+    /// real read polls again with the task's own waker.
+    fn read_available(&mut self) -> Result<(), SourceError> {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..1024 {
+            if self.read.capacity() - self.read.len() < 4096 {
+                break;
+            }
+            let read = self.io.read_buf(&mut self.read);
+            let mut read = std::pin::pin!(read);
+            match read.as_mut().poll(&mut cx) {
+                Poll::Ready(Ok(n)) if n > 0 => {}
+                Poll::Ready(Ok(_)) | Poll::Pending => break,
+                Poll::Ready(Err(e)) => return Err(self.io_error(e)),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -527,8 +557,12 @@ async fn negotiate_tls(
     stream.read_exact(&mut answer).await.map_err(io)?;
     match answer[0] {
         b'S' => {
+                        // The walsender flushes after every message, so under TLS each message is its own
+            // record, and OpenSSL (without read-ahead) reads each with two syscalls. A buffer
+            // beneath TLS serves those reads from memory: one syscall per many records.
+            let buffered = tokio::io::BufReader::with_capacity(READ_CHUNK, stream);
             let tls_stream = tokio_native_tls::TlsConnector::from(connector)
-                .connect(host, stream)
+                .connect(host, buffered)
                 .await
                 .map_err(|e| {
                     SourceError::setup(
