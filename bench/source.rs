@@ -264,7 +264,7 @@ async fn walcast_drain(stack: &Stack, db: &str, slot: &str, shape: &Shape, end: 
             ca_file: None,
         },
     };
-    let (tx, mut rx) = mpsc::channel(8192);
+    let (tx, mut rx) = mpsc::channel(16);
     let (_acked, acked_rx) = watch::channel(Lsn::ZERO);
     let (stop, stopped) = oneshot::channel::<()>();
     let started = Instant::now();
@@ -274,18 +274,20 @@ async fn walcast_drain(stack: &Stack, db: &str, slot: &str, shape: &Shape, end: 
     let mut rows = 0u64;
     let mut first_change = None;
     while rows < shape.rows {
-        match rx.recv().await.expect("the source stopped") {
-            SourceEvent::Change(change) => {
-                first_change.get_or_insert_with(Instant::now);
-                // Touch the row as a consumer would: its first column, decoded.
-                let new = change.new.as_ref().expect("inserts");
-                std::hint::black_box(new.value(&change.table, 0).expect("decodes"));
-                rows += 1;
+        for event in rx.recv().await.expect("the source stopped") {
+            match event {
+                SourceEvent::Change(change) => {
+                    first_change.get_or_insert_with(Instant::now);
+                    // Touch the row as a consumer would: its first column, decoded.
+                    let new = change.new.as_ref().expect("inserts");
+                    std::hint::black_box(new.value(&change.table, 0).expect("decodes"));
+                    rows += 1;
+                }
+                SourceEvent::Commit { end_lsn, .. } => {
+                    std::hint::black_box(end_lsn.min(end));
+                }
+                _ => {}
             }
-            SourceEvent::Commit { end_lsn, .. } => {
-                std::hint::black_box(end_lsn.min(end));
-            }
-            _ => {}
         }
     }
     let elapsed = started.elapsed();

@@ -14,6 +14,8 @@ use tokio::task::JoinSet;
 
 use crate::config::{Config, RegistryConfig, SinkKind};
 use crate::redact;
+use crate::source::catalog::Catalog;
+use crate::source::{SourceError, SourceSettings};
 
 /// The result of reaching one server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,10 +72,7 @@ pub async fn probe_all(config: &Config, timeout: Duration) -> Vec<Probe> {
         jobs.push((
             format!("source {}", source.name),
             redact::url(&source.resolved_url),
-            Box::pin(probe_source(
-                source.resolved_url.clone(),
-                source.name.clone(),
-            )),
+            Box::pin(probe_source(SourceSettings::from_config(source))),
         ));
     }
     let cc = crate::kafka::client_config(&config.kafka);
@@ -136,37 +135,29 @@ fn store(result: Result<String, connectors::Error>) -> Outcome {
     }
 }
 
-async fn probe_source(url: String, name: String) -> Outcome {
-    let (client, connection) = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-        Ok(pair) => pair,
-        Err(e) => return Outcome::Failed(connectors::describe(&e)),
+/// Connects as the source will (same TLS settings) and runs the same server checks, so
+/// `check --connect` and `run` agree on what is wrong and how to fix it.
+async fn probe_source(settings: SourceSettings) -> Outcome {
+    let one_line =
+        |e: SourceError| Outcome::Failed(e.to_string().replace("\n  hint: ", "; hint: "));
+    let catalog = match Catalog::connect(&settings.url, &settings.name, &settings.tls).await {
+        Ok(c) => c,
+        Err(e) => return one_line(e),
     };
-    tokio::spawn(connection);
-    let row = client
-        .query_one(
-            "SELECT current_setting('server_version'), current_setting('wal_level'), \
-             current_user::text, r.rolreplication OR r.rolsuper \
-             FROM pg_roles r WHERE r.rolname = current_user",
-            &[],
-        )
-        .await;
-    let row = match row {
-        Ok(row) => row,
-        Err(e) => return Outcome::Failed(connectors::describe(&e)),
-    };
-    let (version, wal_level, user, replication): (String, String, String, bool) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
-    if wal_level != "logical" {
-        return Outcome::Failed(format!(
-            "wal_level is {wal_level}; source {name} needs logical decoding: set wal_level = logical in postgresql.conf and restart PostgreSQL"
-        ));
+    if let Err(e) = catalog.check_server().await {
+        return one_line(e);
     }
-    if !replication {
-        return Outcome::Failed(format!(
-            "role {user} may not start replication; run ALTER ROLE \"{user}\" WITH REPLICATION"
-        ));
+    match catalog
+        .client()
+        .query_one("SELECT current_setting('server_version')", &[])
+        .await
+    {
+        Ok(row) => Outcome::Ok(format!(
+            "PostgreSQL {}, wal_level=logical",
+            row.get::<_, String>(0)
+        )),
+        Err(e) => Outcome::Failed(connectors::describe(&e)),
     }
-    Outcome::Ok(format!("PostgreSQL {version}, wal_level=logical"))
 }
 
 async fn probe_kafka(cc: rdkafka::ClientConfig, timeout: Duration) -> Outcome {

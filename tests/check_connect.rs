@@ -154,7 +154,7 @@ async fn unusable_servers_are_named_with_the_reason_and_exit_1() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
         line(&stdout, "source users").ends_with(&format!(
-            "FAIL role {role} may not start replication; run ALTER ROLE \"{role}\" WITH REPLICATION"
+                        "FAIL source users: role {role} lacks the REPLICATION attribute; hint: run ALTER ROLE \"{role}\" WITH REPLICATION"
         )),
         "{stdout}"
     );

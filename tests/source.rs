@@ -108,3 +108,63 @@ async fn inserts_updates_deletes_and_truncates_arrive_in_commit_order() {
     }
     source.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_changed_table_shape_is_announced_before_its_first_change() {
+    use walcast::source::SourceEvent;
+    let stack = Stack::get();
+    let name = unique("src_schema");
+    let (db, pg) = users_db(stack, &name).await;
+    let mut source = RunningSource::start_streaming(
+        stack,
+        &db,
+        source_settings(stack, &name, &db, &["public.users"]),
+    )
+    .await;
+    pg.execute("INSERT INTO users VALUES (1, 'Ada', NULL)", &[])
+        .await
+        .unwrap();
+    pg.batch_execute(
+        "ALTER TABLE users RENAME COLUMN name TO full_name; ALTER TABLE users ADD COLUMN age int",
+    )
+    .await
+    .unwrap();
+    pg.execute("INSERT INTO users VALUES (2, 'Grace', NULL, 85)", &[])
+        .await
+        .unwrap();
+
+    let mut schemas = Vec::new();
+    let mut changes = Vec::new();
+    while changes.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(30), source.next_event())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            SourceEvent::Schema { old, new } => schemas.push((old, new, changes.len())),
+            SourceEvent::Change(c) => changes.push(c),
+            _ => {}
+        }
+    }
+    assert_eq!(schemas.len(), 2, "first sight, then the change");
+    let (old, new, before) = &schemas[1];
+    assert_eq!(
+        *before, 1,
+        "announced before the first change with the new shape"
+    );
+    let names =
+        |t: &walcast::source::Table| t.columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(old.as_ref().unwrap()), ["id", "name", "email"]);
+    assert_eq!(names(new), ["id", "full_name", "email", "age"]);
+    assert_eq!(
+        changes[1]
+            .new
+            .as_ref()
+            .unwrap()
+            .get(&changes[1].table, "age")
+            .unwrap()
+            .unwrap(),
+        Value::Int4(85)
+    );
+    source.stop().await.unwrap();
+}

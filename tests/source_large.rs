@@ -52,7 +52,7 @@ async fn a_million_row_transaction_streams_through_in_bounded_memory() {
     let (mut seen, mut last_seq, mut commit) = (0u32, None, None);
     let deadline = Instant::now() + Duration::from_secs(300);
     while commit.is_none() {
-        let event = tokio::time::timeout(deadline - Instant::now(), source.events.recv())
+        let event = tokio::time::timeout(deadline - Instant::now(), source.next_event())
             .await
             .expect("the transaction did not arrive within 300 s")
             .expect("the source stopped");

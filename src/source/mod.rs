@@ -14,7 +14,8 @@
 //! - the confirmed position never moves backwards.
 //!
 //! # Backpressure
-//! Events go downstream on a bounded channel. While it is full, the source stops reading
+//! Events go downstream, in order, in batches of up to [`EVENT_BATCH`] on a bounded channel
+//! (a transaction may span batches). While it is full, the source stops reading
 //! from the socket (the server buffers, then pauses decoding), but status updates still go
 //! out every `status_interval_ms`, so the server does not time the connection out.
 //!
@@ -49,6 +50,10 @@ use crate::lsn::Lsn;
 use assembler::{Action, Assembler};
 use catalog::{Catalog, TableName};
 use protocol::{ReplicationConn, ReplicationMessage};
+
+/// Events handed downstream per channel send. Batching amortises the channel's per-item cost,
+/// which otherwise dominates the replay of a large streamed transaction.
+pub const EVENT_BATCH: usize = 1024;
 
 /// Buffered messages replayed per loop turn.
 const REPLAY_BATCH: usize = 512;
@@ -151,7 +156,7 @@ pub async fn prepare(settings: &SourceSettings) -> Result<Catalog, SourceError> 
 /// transaction has no `Commit`: that transaction is void and will be sent again.
 pub async fn run(
     settings: SourceSettings,
-    events: mpsc::Sender<SourceEvent>,
+    events: mpsc::Sender<Vec<SourceEvent>>,
     acked: watch::Receiver<Lsn>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SourceError> {
@@ -178,7 +183,7 @@ pub async fn run(
 /// One connection's worth of streaming.
 struct Session<'a> {
     settings: &'a SourceSettings,
-    events: mpsc::Sender<SourceEvent>,
+    events: mpsc::Sender<Vec<SourceEvent>>,
     acked: watch::Receiver<Lsn>,
     /// Highest WAL position received.
     received: Lsn,
@@ -193,7 +198,7 @@ struct Session<'a> {
 impl<'a> Session<'a> {
     fn new(
         settings: &'a SourceSettings,
-        events: mpsc::Sender<SourceEvent>,
+        events: mpsc::Sender<Vec<SourceEvent>>,
         acked: watch::Receiver<Lsn>,
     ) -> Self {
         Self {
@@ -265,10 +270,8 @@ impl<'a> Session<'a> {
                 }
                 tokio::select! {
                     permit = self.events.reserve() => {
-                        let permit = permit.map_err(|_| SourceError::protocol("the event consumer stopped"))?;
-                        let event = pending.pop_front().expect("pending is not empty");
-                        note_delivered(&mut self.delivered, &event);
-                        permit.send(event);
+                                                let permit = permit.map_err(|_| SourceError::protocol("the event consumer stopped"))?;
+                        permit.send(take_batch(&mut pending, &mut self.delivered));
                         continue;
                     }
                     _ = status.tick() => {}
@@ -341,9 +344,7 @@ impl<'a> Session<'a> {
         while !pending.is_empty() {
             match self.events.try_reserve() {
                 Ok(permit) => {
-                    let event = pending.pop_front().expect("pending is not empty");
-                    note_delivered(&mut self.delivered, &event);
-                    permit.send(event);
+                    permit.send(take_batch(pending, &mut self.delivered));
                     sent = true;
                 }
                 Err(mpsc::error::TrySendError::Full(())) => break,
@@ -384,11 +385,17 @@ impl<'a> Session<'a> {
     }
 }
 
-/// Tracks the `end_lsn` of the last transaction handed downstream.
-fn note_delivered(delivered: &mut Lsn, event: &SourceEvent) {
-    if let SourceEvent::Commit { end_lsn, .. } = event {
-        *delivered = (*delivered).max(*end_lsn);
+/// Takes the next batch off `pending`, tracking the `end_lsn` of the last transaction handed
+/// downstream.
+fn take_batch(pending: &mut VecDeque<SourceEvent>, delivered: &mut Lsn) -> Vec<SourceEvent> {
+    let n = pending.len().min(EVENT_BATCH);
+    let batch: Vec<SourceEvent> = pending.drain(..n).collect();
+    for event in &batch {
+        if let SourceEvent::Commit { end_lsn, .. } = event {
+            *delivered = (*delivered).max(*end_lsn);
+        }
     }
+    batch
 }
 
 /// Replays a committed streamed transaction's buffered messages, a batch at a time, reading

@@ -42,14 +42,51 @@ impl Stack {
                     .unwrap_or_else(|| panic!("{} lacks {k}", file.display()))
                     .to_string()
             };
-            Stack {
+            let stack = Stack {
                 pg_url: var("WALCAST_PG_URL"),
                 pg_bin: PathBuf::from(var("WALCAST_PG_BIN")),
                 kafka_brokers: var("WALCAST_KAFKA_BROKERS"),
                 mysql_url: var("WALCAST_MYSQL_URL"),
                 redis_url: var("WALCAST_REDIS_URL"),
-            }
+            };
+            stack.remove_leftovers();
+            stack
         })
+    }
+
+    /// Drops replication slots and databases left by test runs that have ended (their names
+    /// end in the pid of a process that no longer exists), so the long-lived stack never runs
+    /// out of slots. Runs before any test of this binary has created anything.
+    fn remove_leftovers(&self) {
+        let psql = |sql: &str| -> Vec<String> {
+            let out = std::process::Command::new(self.pg_bin.join("psql"))
+                .args(["-At", "-d", &format!("{}/postgres", self.pg_url), "-c", sql])
+                .output()
+                .expect("psql runs");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect()
+        };
+        let ended = |name: &str| {
+            name.rsplit('_')
+                .next()
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| {
+                    pid != std::process::id()
+                        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                })
+        };
+        for slot in psql("SELECT slot_name FROM pg_replication_slots WHERE NOT active") {
+            if ended(&slot) {
+                psql(&format!("SELECT pg_drop_replication_slot('{slot}')"));
+            }
+        }
+        for db in psql("SELECT datname FROM pg_database WHERE datname ~ '_[0-9]+$'") {
+            if ended(&db) {
+                psql(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"));
+            }
+        }
     }
 
     /// `postgres://user@host:port/db` on the stack's cluster.
@@ -198,7 +235,8 @@ pub async fn consume(
 
 /// A source running in the background of a test, with its event stream and ack handle.
 pub struct RunningSource {
-    pub events: tokio::sync::mpsc::Receiver<walcast::source::SourceEvent>,
+    pub events: tokio::sync::mpsc::Receiver<Vec<walcast::source::SourceEvent>>,
+    buffered: std::collections::VecDeque<walcast::source::SourceEvent>,
     pub acked: tokio::sync::watch::Sender<walcast::lsn::Lsn>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<Result<(), walcast::source::SourceError>>,
@@ -278,8 +316,18 @@ impl RunningSource {
         }
     }
 
+    /// The next event, from the source's batches.
+    pub async fn next_event(&mut self) -> Option<walcast::source::SourceEvent> {
+        loop {
+            if let Some(event) = self.buffered.pop_front() {
+                return Some(event);
+            }
+            self.buffered.extend(self.events.recv().await?);
+        }
+    }
+
     pub fn start(settings: walcast::source::SourceSettings) -> Self {
-        let (tx, events) = tokio::sync::mpsc::channel(1024);
+        let (tx, events) = tokio::sync::mpsc::channel(16);
         let (acked, acked_rx) = tokio::sync::watch::channel(walcast::lsn::Lsn::ZERO);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(walcast::source::run(settings, tx, acked_rx, async {
@@ -287,6 +335,7 @@ impl RunningSource {
         }));
         Self {
             events,
+            buffered: Default::default(),
             acked,
             shutdown: Some(stop),
             task,
@@ -301,7 +350,7 @@ impl RunningSource {
         let mut open = Vec::new();
         while changes.len() < n {
             let left = deadline.saturating_duration_since(Instant::now());
-            let received = tokio::time::timeout(left, self.events.recv())
+            let received = tokio::time::timeout(left, self.next_event())
                 .await
                 .unwrap_or_else(|_| {
                     panic!("only {} of {n} changes within {timeout:?}", changes.len())
@@ -351,7 +400,7 @@ impl RunningSource {
         let mut open: Vec<walcast::source::Change> = Vec::new();
         while txns.len() < n {
             let left = deadline.saturating_duration_since(Instant::now());
-            let received = tokio::time::timeout(left, self.events.recv())
+            let received = tokio::time::timeout(left, self.next_event())
                 .await
                 .unwrap_or_else(|_| {
                     panic!("only {} of {n} transactions within {timeout:?}", txns.len())
