@@ -267,6 +267,7 @@ async fn walcast_drain(stack: &Stack, db: &str, slot: &str, shape: &Shape, end: 
     let (tx, mut rx) = mpsc::channel(16);
     let (_acked, acked_rx) = watch::channel(Lsn::ZERO);
     let (stop, stopped) = oneshot::channel::<()>();
+    let cpu_before = process_cpu();
     let started = Instant::now();
     let task = tokio::spawn(walcast::source::run(settings, tx, acked_rx, async {
         let _ = stopped.await;
@@ -294,11 +295,24 @@ async fn walcast_drain(stack: &Stack, db: &str, slot: &str, shape: &Shape, end: 
     if std::env::var_os("WALCAST_BENCH_PHASES").is_some() {
         let first = first_change.expect("rows arrived") - started;
         eprintln!(
-            "  {slot}: until the first change {first:?}, then {:?}",
-            elapsed - first
+            "  {slot}: until the first change {first:?}, then {:?}; walcast CPU {:?}",
+            elapsed - first,
+            process_cpu() - cpu_before
         );
     }
     let _ = stop.send(());
     task.await.unwrap().unwrap();
     elapsed
+}
+
+/// CPU time (user + system) of this process so far, from /proc/self/stat.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Duration::from_millis(ticks * 10)
 }
