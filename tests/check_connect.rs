@@ -135,14 +135,7 @@ async fn unusable_servers_are_named_with_the_reason_and_exit_1() {
     let stack = Stack::get();
     let db = stack.fresh_pg_database(&unique("check_fail")).await;
     let role = unique("no_replication");
-    stack
-        .pg("postgres")
-        .await
-        .batch_execute(&format!(
-            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN"
-        ))
-        .await
-        .unwrap();
+    stack.fresh_role(&role, "LOGIN").await;
     let text = config(
         &stack.pg_url_for(&role, &db),
         "127.0.0.1:1",

@@ -53,14 +53,7 @@ async fn a_role_without_replication_is_refused() {
     )
     .await;
     let role = unique("plain_role");
-    stack
-        .pg("postgres")
-        .await
-        .batch_execute(&format!(
-            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN"
-        ))
-        .await
-        .unwrap();
+    stack.fresh_role(&role, "LOGIN").await;
     let mut settings = source_settings(stack, &name, &db, &["public.users"]);
     settings.url = stack.pg_url_for(&role, &db);
     assert_eq!(

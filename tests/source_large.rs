@@ -71,14 +71,7 @@ async fn a_million_row_transaction_streams_through_in_bounded_memory() {
         }
     }
     assert_eq!(seen, ROWS);
-    let streamed: i64 = pg
-        .query_one(
-            "SELECT stream_txns FROM pg_stat_replication_slots WHERE slot_name = $1",
-            &[&name],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let streamed = support::streamed_transactions(&pg, &name).await;
     assert!(
         streamed >= 1,
         "the server streamed the transaction while in progress"

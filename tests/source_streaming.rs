@@ -93,14 +93,7 @@ async fn streamed_transactions_emit_on_commit_and_aborts_emit_nothing() {
     assert_eq!(txns[1].changes.iter().map(id).collect::<Vec<_>>(), [9999]);
     assert!(txns[0].commit_lsn < txns[1].commit_lsn);
 
-    let streamed: i64 = pg
-        .query_one(
-            "SELECT stream_txns FROM pg_stat_replication_slots WHERE slot_name = $1",
-            &[&name],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let streamed = support::streamed_transactions(&pg, &name).await;
     assert!(
         streamed >= 2,
         "the server streamed the large transactions ({streamed})"

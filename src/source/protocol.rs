@@ -114,7 +114,12 @@ impl ReplicationConn {
                     })?;
                 (Box::new(s), target)
             }
-            Some(Host::Tcp(host)) => {
+            tcp => {
+                // No host means localhost, as with libpq.
+                let host = match tcp {
+                    Some(Host::Tcp(host)) => host.as_str(),
+                    _ => "localhost",
+                };
                 let target = format!("{host}:{port}");
                 let s = tokio::net::TcpStream::connect(&target)
                     .await
@@ -124,16 +129,6 @@ impl ReplicationConn {
                     })?;
                 s.set_nodelay(true).ok();
                 (negotiate_tls(s, host, &target, tls).await?, target)
-            }
-            None => {
-                let target = format!("localhost:{port}");
-                let s = tokio::net::TcpStream::connect(&target)
-                    .await
-                    .map_err(|source| SourceError::Io {
-                        target: target.clone(),
-                        source,
-                    })?;
-                (Box::new(s), target)
             }
         };
         let mut conn = ReplicationConn {

@@ -127,6 +127,17 @@ impl Stack {
         name.to_string()
     }
 
+    /// A role created anew with `attributes` (e.g. `LOGIN REPLICATION`).
+    pub async fn fresh_role(&self, role: &str, attributes: &str) {
+        self.pg("postgres")
+            .await
+            .batch_execute(&format!(
+                "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} {attributes}"
+            ))
+            .await
+            .unwrap();
+    }
+
     /// A fresh MariaDB database for one test; returns its URL.
     pub async fn fresh_mysql_database(&self, name: &str) -> String {
         use mysql_async::prelude::Queryable;
@@ -442,6 +453,17 @@ impl RunningSource {
         self.task.abort();
         let _ = self.task.await;
     }
+}
+
+/// How many transactions the server streamed to `slot` while they were in progress.
+pub async fn streamed_transactions(pg: &tokio_postgres::Client, slot: &str) -> i64 {
+    pg.query_one(
+        "SELECT stream_txns FROM pg_stat_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .unwrap()
+    .get(0)
 }
 
 /// The slot's confirmed_flush_lsn.
