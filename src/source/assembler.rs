@@ -208,6 +208,20 @@ impl Assembler {
         Ok(Action::None)
     }
 
+    /// Buffers a data message of the streamed transaction in progress, undecoded.
+    pub fn buffer_streamed(&mut self, subxid: u32, raw: &Bytes) -> Result<(), SourceError> {
+        let top = self
+            .current_stream
+            .ok_or_else(|| SourceError::protocol("streamed message outside a stream block"))?;
+        let buffer = self
+            .streams
+            .get_mut(&top)
+            .expect("stream buffer exists while streaming");
+        buffer
+            .push(subxid, raw.clone(), None)
+            .map_err(SourceError::spill)
+    }
+
     /// Ends the replay of a streamed transaction.
     pub fn finish_replay(&mut self, out: &mut Vec<SourceEvent>) -> Result<(), SourceError> {
         self.replaying = false;

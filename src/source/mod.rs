@@ -299,7 +299,13 @@ impl<'a> Session<'a> {
                         match msg? {
                             None => return Err(SourceError::Io { target: conn.target().to_string(), source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server ended the replication stream") }),
                             Some(ReplicationMessage::XLogData { wal_end, data, .. }) => {
-                                self.received = self.received.max(wal_end);
+                                                                self.received = self.received.max(wal_end);
+                                // A data message of a transaction still in progress is only
+                                // buffered: it is decoded once, when replayed on commit.
+                                if let Some(subxid) = decoder.streamed_xid(&data) {
+                                    assembler.buffer_streamed(subxid, &data)?;
+                                    continue;
+                                }
                                 let msg = decoder.decode(data.clone()).map_err(|e| SourceError::protocol(e.to_string()))?;
                                 if let Some(buffer) = self.handle(&mut assembler, &mut catalog, msg, &data, &mut out).await? {
                                     replay = Some(Replay::new(buffer)?);

@@ -242,6 +242,21 @@ impl Decoder {
         Self::default()
     }
 
+    /// Inside a stream block, the subtransaction id of a data message (Relation, Type,
+    /// Insert, Update, Delete, Truncate, Message), read from its header without decoding the
+    /// rest: such messages are only buffered until the transaction commits.
+    pub fn streamed_xid(&self, data: &[u8]) -> Option<u32> {
+        if !self.in_stream || data.len() < 5 {
+            return None;
+        }
+        match data[0] {
+            b'R' | b'Y' | b'I' | b'U' | b'D' | b'T' | b'M' => {
+                Some(u32::from_be_bytes([data[1], data[2], data[3], data[4]]))
+            }
+            _ => None,
+        }
+    }
+
     /// Decodes one `XLogData` payload.
     pub fn decode(&mut self, data: Bytes) -> Result<PgOutput, DecodeError> {
         let mut r = Reader(data);
