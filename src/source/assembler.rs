@@ -104,7 +104,7 @@ impl Assembler {
                     .get_mut(&top)
                     .expect("stream buffer exists while streaming");
                 buffer
-                    .push(subxid, raw.clone(), Some(msg))
+                    .push(subxid, raw.clone())
                     .map_err(SourceError::spill)?;
                 return Ok(Action::None);
             }
@@ -217,9 +217,7 @@ impl Assembler {
             .streams
             .get_mut(&top)
             .expect("stream buffer exists while streaming");
-        buffer
-            .push(subxid, raw.clone(), None)
-            .map_err(SourceError::spill)
+        buffer.push(subxid, raw.clone()).map_err(SourceError::spill)
     }
 
     /// Ends the replay of a streamed transaction.

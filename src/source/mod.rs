@@ -408,7 +408,7 @@ fn take_batch(pending: &mut VecDeque<SourceEvent>, delivered: &mut Lsn) -> Vec<S
 /// the spill file on the blocking pool.
 struct Replay {
     decoder: pgoutput::Decoder,
-    memory: std::vec::IntoIter<spill::Held>,
+    memory: std::vec::IntoIter<Bytes>,
     batch: VecDeque<Bytes>,
     spilled: Option<spill::SpillReader>,
 }
@@ -429,14 +429,11 @@ impl Replay {
         })
     }
 
-    /// The next buffered message, decoded: from memory as it was decoded on arrival, from the
-    /// spill file a batch at a time on the blocking pool.
+    /// The next buffered message, decoded: from memory directly, from the spill file a batch
+    /// at a time on the blocking pool.
     async fn next(&mut self) -> Result<Option<pgoutput::PgOutput>, SourceError> {
-        if let Some(held) = self.memory.next() {
-            return match held.decoded {
-                Some(msg) => Ok(Some(msg)),
-                None => self.decode(held.raw).map(Some),
-            };
+        if let Some(raw) = self.memory.next() {
+            return self.decode(raw).map(Some);
         }
         if self.batch.is_empty() {
             let Some(mut reader) = self.spilled.take() else {

@@ -19,26 +19,6 @@ use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 
-use super::pgoutput::PgOutput;
-
-/// A message held in memory: its bytes and, when known, its decoded form (slicing the bytes).
-#[derive(Debug)]
-pub struct Held {
-    pub raw: Bytes,
-    pub decoded: Option<PgOutput>,
-}
-
-/// What a held message costs: its bytes, plus the decoded form's columns.
-fn held_size(raw: &Bytes, decoded: Option<&PgOutput>) -> u64 {
-    let columns = decoded.map_or(0, PgOutput::column_count) as u64;
-    raw.len() as u64
-        + if decoded.is_some() {
-            64 + 40 * columns
-        } else {
-            0
-        }
-}
-
 /// Size of the chunks buffered messages are copied into.
 const ARENA_CHUNK: usize = 1 << 20;
 
@@ -46,7 +26,7 @@ const ARENA_CHUNK: usize = 1 << 20;
 #[derive(Debug)]
 pub struct StreamBuffer {
     xid: u32,
-    memory: Vec<Held>,
+    memory: Vec<Bytes>,
     arena: BytesMut,
     memory_bytes: u64,
     threshold_bytes: u64,
@@ -95,33 +75,23 @@ impl StreamBuffer {
         self.memory_bytes
     }
 
-    /// Appends a message of subtransaction `subxid` (the top-level xid for its own messages),
-    /// with its decoded form when the caller has it: kept in memory, it spares the replay a
-    /// second decode; spilled, only the bytes are written.
-    pub fn push(
-        &mut self,
-        subxid: u32,
-        message: Bytes,
-        decoded: Option<PgOutput>,
-    ) -> io::Result<()> {
+    /// Appends a message of subtransaction `subxid` (the top-level xid for its own messages).
+    pub fn push(&mut self, subxid: u32, message: Bytes) -> io::Result<()> {
         if subxid != self.xid && !self.sub_starts.iter().any(|(x, _)| *x == subxid) {
             self.sub_starts.push((subxid, self.count));
         }
         self.count += 1;
-        let size = held_size(&message, decoded.as_ref());
-        if self.file.is_none() && self.memory_bytes + size <= self.threshold_bytes {
-            self.memory_bytes += size;
+        if self.file.is_none() && self.memory_bytes + message.len() as u64 <= self.threshold_bytes {
+            self.memory_bytes += message.len() as u64;
             // A compact copy: the message is a slice of a socket read buffer, and keeping it
             // would keep that whole buffer alive (one per message when reads are small, as
-            // with TLS), so the memory held would be far more than what is accounted. Copies
-            // go into shared chunks: one allocation per ARENA_CHUNK, not per message.
+            // with TLS), so the memory held would be far more than what is accounted.
+            // Copies go into shared chunks: one allocation per ARENA_CHUNK, not per message.
             if self.arena.capacity() - self.arena.len() < message.len() {
                 self.arena = BytesMut::with_capacity(ARENA_CHUNK.max(message.len()));
             }
             self.arena.extend_from_slice(&message);
-            let raw = self.arena.split().freeze();
-            let decoded = decoded.map(|d| d.rebased(&message, &raw));
-            self.memory.push(Held { raw, decoded });
+            self.memory.push(self.arena.split().freeze());
             return Ok(());
         }
         let file = match &mut self.file {
@@ -143,7 +113,7 @@ impl StreamBuffer {
         let in_memory = self.memory.len() as u64;
         if start < in_memory {
             for m in self.memory.drain(start as usize..) {
-                self.memory_bytes -= held_size(&m.raw, m.decoded.as_ref());
+                self.memory_bytes -= m.len() as u64;
             }
             if let Some(file) = self.file.take() {
                 file.remove();
@@ -157,7 +127,7 @@ impl StreamBuffer {
 
     /// The buffered messages in order, consuming the buffer: those held in memory, and a
     /// reader of the spilled rest (its file is already unlinked), if any.
-    pub fn into_parts(mut self) -> io::Result<(Vec<Held>, Option<SpillReader>)> {
+    pub fn into_parts(mut self) -> io::Result<(Vec<Bytes>, Option<SpillReader>)> {
         let spilled = match self.file.take() {
             Some(file) => Some(file.into_reader()?),
             None => None,
@@ -170,7 +140,7 @@ impl StreamBuffer {
         let (memory, spilled) = self.into_parts()?;
         Ok(memory
             .into_iter()
-            .map(|h| Ok(h.raw))
+            .map(Ok)
             .chain(spilled.into_iter().flatten()))
     }
 }
@@ -281,7 +251,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut b = StreamBuffer::new(7, 10, dir.path());
         for i in 0..5u8 {
-            b.push(7, Bytes::from(vec![i; 4]), None).unwrap();
+            b.push(7, Bytes::from(vec![i; 4])).unwrap();
         }
         assert_eq!(b.memory_bytes(), 8, "two messages fit under 10 bytes");
         assert_eq!(
@@ -308,12 +278,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for threshold in [1 << 20, 6] {
             let mut b = StreamBuffer::new(1, threshold, dir.path());
-            b.push(1, Bytes::from_static(b"top-a"), None).unwrap();
-            b.push(2, Bytes::from_static(b"sub2-a"), None).unwrap();
-            b.push(3, Bytes::from_static(b"sub3-a"), None).unwrap();
-            b.push(3, Bytes::from_static(b"sub3-b"), None).unwrap();
+            b.push(1, Bytes::from_static(b"top-a")).unwrap();
+            b.push(2, Bytes::from_static(b"sub2-a")).unwrap();
+            b.push(3, Bytes::from_static(b"sub3-a")).unwrap();
+            b.push(3, Bytes::from_static(b"sub3-b")).unwrap();
             b.abort_sub(3).unwrap();
-            b.push(1, Bytes::from_static(b"top-b"), None).unwrap();
+            b.push(1, Bytes::from_static(b"top-b")).unwrap();
             assert_eq!(
                 messages(b),
                 vec![
