@@ -287,3 +287,31 @@ fn the_compose_deployment_configuration_is_valid() {
     );
     assert!(!config.registry.embedded);
 }
+
+#[test]
+fn tls_settings_are_checked() {
+    let source = USERS_SOURCE.replace(
+        "url = \"postgres://walcast@127.0.0.1:54329/users\"",
+        "url = \"postgres://walcast@127.0.0.1:54329/users\"\ntls_mode = \"verify\"",
+    );
+    assert_eq!(
+        error_of(&format!("{HEAD}{source}")),
+        "walcast.toml:11: source[0].tls_mode: found \"verify\", expected one of: disable, prefer, require, verify-full"
+    );
+    let source = USERS_SOURCE.replace(
+        "url = \"postgres://walcast@127.0.0.1:54329/users\"",
+        "url = \"postgres://walcast@127.0.0.1:54329/users\"\ntls_mode = \"verify-full\"\ntls_ca_file = \"certs/db-ca.pem\"",
+    );
+    assert_eq!(
+        error_of(&format!("{HEAD}{source}")),
+        "walcast.toml: source[0].tls_ca_file: file certs/db-ca.pem does not exist (looked for certs/db-ca.pem); expected a PEM certificate"
+    );
+    let source = USERS_SOURCE.replace(
+        "url = \"postgres://walcast@127.0.0.1:54329/users\"",
+        "url = \"postgres://walcast@127.0.0.1:54329/users\"\ntls_ca_file = \"schemas/users/UserKey.avsc\"",
+    );
+    assert_eq!(
+        error_of(&format!("{HEAD}{source}")),
+        "walcast.toml: source[0].tls_ca_file: is only used with tls_mode = \"verify-full\"; set that too, or remove tls_ca_file"
+    );
+}
