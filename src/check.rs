@@ -140,12 +140,26 @@ fn store(result: Result<String, connectors::Error>) -> Outcome {
 async fn probe_source(settings: SourceSettings) -> Outcome {
     let one_line =
         |e: SourceError| Outcome::Failed(e.to_string().replace("\n  hint: ", "; hint: "));
-    let catalog = match Catalog::connect(&settings.url, &settings.name, &settings.tls).await {
+    let mut catalog = match Catalog::connect(&settings.url, &settings.name, &settings.tls).await {
         Ok(c) => c,
         Err(e) => return one_line(e),
     };
     if let Err(e) = catalog.check_server().await {
         return one_line(e);
+    }
+    // The same read-only table checks the source runs before it creates anything.
+    if let Err(e) = catalog.check_tables(&settings.tables).await {
+        return one_line(e);
+    }
+    match catalog.unsupported_columns(&settings.tables).await {
+        Ok(found) => {
+            if let Some((table, column, ty)) = found.into_iter().next() {
+                return Outcome::Failed(format!(
+                    "column {table}.{column} has type {ty}, which walcast does not support; leave it out of the mapping or change its type"
+                ));
+            }
+        }
+        Err(e) => return one_line(e),
     }
     match catalog
         .client()

@@ -146,7 +146,11 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             connect,
             timeout_ms,
         } => check(config, connect, timeout_ms).await,
-        Command::Run(c) => not_yet(c, "run", "the replication pipeline (issues #3, #5, #6)"),
+        Command::Run(c) => not_yet(
+            c,
+            "run",
+            "the rest of the pipeline: the registry (#4), events and Kafka publishing (#5) and sinks (#6)",
+        ),
         Command::Schemas {
             action: SchemasAction::Check(c) | SchemasAction::Register(c),
         } => not_yet(c, "schemas", "the registry client (issue #5)"),

@@ -85,6 +85,12 @@ fn line<'a>(stdout: &'a str, target: &str) -> &'a str {
 async fn every_server_of_the_stack_is_reached() {
     let stack = Stack::get();
     let db = stack.fresh_pg_database(&unique("check_ok")).await;
+    stack
+        .pg(&db)
+        .await
+        .batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text)")
+        .await
+        .unwrap();
     let mysql = stack.fresh_mysql_database(&unique("check_ok")).await;
     let text = config(
         &stack.pg_url_for("walcast", &db),
@@ -126,6 +132,34 @@ async fn every_server_of_the_stack_is_reached() {
     );
     assert!(
         line(&stdout, "sink cache (redis)").contains(" OK   Redis "),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn a_table_the_source_cannot_use_is_named_by_check() {
+    let stack = Stack::get();
+    let db = stack.fresh_pg_database(&unique("check_table")).await;
+    stack
+        .pg(&db)
+        .await
+        .batch_execute("CREATE TABLE users (id bigint, name text)")
+        .await
+        .unwrap();
+    let mysql = stack.fresh_mysql_database(&unique("check_table")).await;
+    let text = config(
+        &stack.pg_url_for("walcast", &db),
+        &stack.kafka_brokers,
+        &stack.pg_url_for("postgres", &db),
+        &mysql,
+        &stack.redis_url,
+    );
+    let (out, stdout) = check_connect(&text);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        line(&stdout, "source users").ends_with(
+            "FAIL source users: table public.users has no primary key and REPLICA IDENTITY DEFAULT, so its updates and deletes cannot be identified; hint: run ALTER TABLE \"public\".\"users\" ADD PRIMARY KEY (…), or ALTER TABLE \"public\".\"users\" REPLICA IDENTITY FULL"
+        ),
         "{stdout}"
     );
 }
