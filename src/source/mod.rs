@@ -53,10 +53,10 @@ use protocol::{ReplicationConn, ReplicationMessage};
 
 /// Events handed downstream per channel send. Batching amortises the channel's per-item cost,
 /// which otherwise dominates the replay of a large streamed transaction.
-pub const EVENT_BATCH: usize = 1024;
+pub const EVENT_BATCH: usize = 4096;
 
 /// Buffered messages replayed per loop turn.
-const REPLAY_BATCH: usize = 512;
+const REPLAY_BATCH: usize = 4096;
 
 /// Everything a source needs, resolved from its configuration.
 #[derive(Debug, Clone)]

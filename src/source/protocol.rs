@@ -22,6 +22,13 @@ use super::error::{ServerError, SourceError};
 use super::tls::TlsSettings;
 use crate::lsn::Lsn;
 
+/// A wakeup that brings less than this is small…
+const TRICKLE_BYTES: usize = 4096;
+/// …and this many small wakeups in a row are a trickle.
+const TRICKLE_READS: u32 = 16;
+/// How long a trickling stream is left to accumulate before the next read.
+const READ_LINGER: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Bytes read from the socket per call.
 const SCRATCH_BYTES: usize = 1 << 16;
 
@@ -64,6 +71,8 @@ pub struct ReplicationConn {
     /// initialised buffer, and reading into `read`'s spare capacity would zero all of it on
     /// every read, once per (tiny) TLS record; that was 42% of the CPU under TLS.
     scratch: Box<[u8]>,
+    /// Consecutive wakeups that brought less than TRICKLE_BYTES.
+    small_reads: u32,
     write: BytesMut,
     target: String,
     server_version: String,
@@ -142,6 +151,7 @@ impl ReplicationConn {
             io,
             read: BytesMut::with_capacity(READ_CHUNK),
             scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
+            small_reads: 0,
             write: BytesMut::with_capacity(1 << 10),
             target,
             server_version: String::new(),
@@ -500,6 +510,13 @@ impl ReplicationConn {
             } else if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {
                 self.read.reserve(READ_CHUNK);
             }
+            if self.small_reads >= TRICKLE_READS {
+                // Wakeup after wakeup finds a message or two: the stream trickles in as fast
+                // as the server decodes. Let it accumulate for a moment rather than paying a
+                // wakeup (and, under TLS, a record read) per message. A burst followed by a
+                // pause, as a committed transaction is, never lingers.
+                tokio::time::sleep(READ_LINGER).await;
+            }
             let n = self
                 .io
                 .read(&mut self.scratch)
@@ -512,7 +529,13 @@ impl ReplicationConn {
                     "the server closed the connection",
                 )));
             }
+            let before = self.read.len();
             self.read_available()?;
+            if n + (self.read.len() - before) < TRICKLE_BYTES {
+                self.small_reads = self.small_reads.saturating_add(1);
+            } else {
+                self.small_reads = 0;
+            }
         }
     }
 

@@ -31,11 +31,27 @@ pub struct TlsSettings {
 }
 
 impl TlsSettings {
-    /// The connector for this mode; `None` when TLS is disabled.
+    /// The connector for this mode; `None` when TLS is disabled. Built once per settings:
+    /// building one loads the system's trusted roots, which takes tens of milliseconds, and a
+    /// source connects twice per start and again on every reconnect.
     pub fn connector(&self) -> Result<Option<native_tls::TlsConnector>, SourceError> {
         if self.mode == TlsMode::Disable {
             return Ok(None);
         }
+        static BUILT: std::sync::Mutex<Vec<(TlsSettings, native_tls::TlsConnector)>> =
+            std::sync::Mutex::new(Vec::new());
+        let mut built = BUILT
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, connector)) = built.iter().find(|(s, _)| s == self) {
+            return Ok(Some(connector.clone()));
+        }
+        let connector = self.build()?;
+        built.push((self.clone(), connector.clone()));
+        Ok(Some(connector))
+    }
+
+    fn build(&self) -> Result<native_tls::TlsConnector, SourceError> {
         let mut builder = native_tls::TlsConnector::builder();
         if self.mode == TlsMode::VerifyFull {
             if let Some(path) = &self.ca_file {
@@ -58,7 +74,7 @@ impl TlsSettings {
                 .danger_accept_invalid_certs(true)
                 .danger_accept_invalid_hostnames(true);
         }
-        builder.build().map(Some).map_err(|e| {
+        builder.build().map_err(|e| {
             SourceError::setup(
                 format!("cannot set up TLS: {e}"),
                 "check the system's OpenSSL installation",
