@@ -81,24 +81,29 @@ fn line<'a>(stdout: &'a str, target: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no line for {target} in:\n{stdout}"))
 }
 
-#[tokio::test]
-async fn every_server_of_the_stack_is_reached() {
+/// A configuration whose servers are all the stack's, with `users_ddl` creating the
+/// source's table in a fresh database.
+async fn stack_config(prefix: &str, users_ddl: &str) -> String {
     let stack = Stack::get();
-    let db = stack.fresh_pg_database(&unique("check_ok")).await;
-    stack
-        .pg(&db)
-        .await
-        .batch_execute("CREATE TABLE users (id bigint PRIMARY KEY, name text)")
-        .await
-        .unwrap();
-    let mysql = stack.fresh_mysql_database(&unique("check_ok")).await;
-    let text = config(
+    let db = stack.fresh_pg_database(&unique(prefix)).await;
+    stack.pg(&db).await.batch_execute(users_ddl).await.unwrap();
+    let mysql = stack.fresh_mysql_database(&unique(prefix)).await;
+    config(
         &stack.pg_url_for("walcast", &db),
         &stack.kafka_brokers,
         &stack.pg_url_for("postgres", &db),
         &mysql,
         &stack.redis_url,
-    );
+    )
+}
+
+#[tokio::test]
+async fn every_server_of_the_stack_is_reached() {
+    let text = stack_config(
+        "check_ok",
+        "CREATE TABLE users (id bigint PRIMARY KEY, name text)",
+    )
+    .await;
     let (out, stdout) = check_connect(&text);
     assert_eq!(
         out.status.code(),
@@ -138,22 +143,7 @@ async fn every_server_of_the_stack_is_reached() {
 
 #[tokio::test]
 async fn a_table_the_source_cannot_use_is_named_by_check() {
-    let stack = Stack::get();
-    let db = stack.fresh_pg_database(&unique("check_table")).await;
-    stack
-        .pg(&db)
-        .await
-        .batch_execute("CREATE TABLE users (id bigint, name text)")
-        .await
-        .unwrap();
-    let mysql = stack.fresh_mysql_database(&unique("check_table")).await;
-    let text = config(
-        &stack.pg_url_for("walcast", &db),
-        &stack.kafka_brokers,
-        &stack.pg_url_for("postgres", &db),
-        &mysql,
-        &stack.redis_url,
-    );
+    let text = stack_config("check_table", "CREATE TABLE users (id bigint, name text)").await;
     let (out, stdout) = check_connect(&text);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(

@@ -154,11 +154,7 @@ fn a_missing_secret_names_the_variable_and_the_key() {
 
 #[test]
 fn a_secret_from_the_environment_is_resolved_and_encoded() {
-    let source = USERS_SOURCE.replace(
-        "url = \"postgres://walcast@127.0.0.1:54329/users\"",
-        "url = \"postgres://walcast@127.0.0.1:54329/users\"\npassword_env = \"USERS_DB_PASSWORD\"",
-    );
-    let text = format!("{HEAD}{source}");
+    let text = users_source_with("password_env = \"USERS_DB_PASSWORD\"");
     let config = parse_with_env(&text, &[("USERS_DB_PASSWORD", "s3cr3t/@")]).unwrap();
     assert_eq!(
         config.sources[0].resolved_url,
@@ -288,30 +284,27 @@ fn the_compose_deployment_configuration_is_valid() {
     assert!(!config.registry.embedded);
 }
 
+/// The users source with `extra` keys added to its `[[source]]` table.
+fn users_source_with(extra: &str) -> String {
+    let url = "url = \"postgres://walcast@127.0.0.1:54329/users\"";
+    format!(
+        "{HEAD}{}",
+        USERS_SOURCE.replace(url, &format!("{url}\n{extra}"))
+    )
+}
+
 #[test]
 fn tls_settings_are_checked() {
-    let source = USERS_SOURCE.replace(
-        "url = \"postgres://walcast@127.0.0.1:54329/users\"",
-        "url = \"postgres://walcast@127.0.0.1:54329/users\"\ntls_mode = \"verify\"",
-    );
     assert_eq!(
-        error_of(&format!("{HEAD}{source}")),
+        error_of(&users_source_with("tls_mode = \"verify\"")),
         "walcast.toml:11: source[0].tls_mode: found \"verify\", expected one of: disable, prefer, require, verify-full"
     );
-    let source = USERS_SOURCE.replace(
-        "url = \"postgres://walcast@127.0.0.1:54329/users\"",
-        "url = \"postgres://walcast@127.0.0.1:54329/users\"\ntls_mode = \"verify-full\"\ntls_ca_file = \"certs/db-ca.pem\"",
-    );
     assert_eq!(
-        error_of(&format!("{HEAD}{source}")),
+        error_of(&users_source_with("tls_mode = \"verify-full\"\ntls_ca_file = \"certs/db-ca.pem\"")),
         "walcast.toml: source[0].tls_ca_file: file certs/db-ca.pem does not exist (looked for certs/db-ca.pem); expected a PEM certificate"
     );
-    let source = USERS_SOURCE.replace(
-        "url = \"postgres://walcast@127.0.0.1:54329/users\"",
-        "url = \"postgres://walcast@127.0.0.1:54329/users\"\ntls_ca_file = \"schemas/users/UserKey.avsc\"",
-    );
     assert_eq!(
-        error_of(&format!("{HEAD}{source}")),
+        error_of(&users_source_with("tls_ca_file = \"schemas/users/UserKey.avsc\"")),
         "walcast.toml: source[0].tls_ca_file: is only used with tls_mode = \"verify-full\"; set that too, or remove tls_ca_file"
     );
 }

@@ -9,6 +9,18 @@ use support::{source_settings, unique, RunningSource, Stack};
 use walcast::source::value::Value;
 use walcast::source::Op;
 
+/// A fresh database with a `users` table, and a source streaming it.
+async fn users_source(prefix: &str) -> (tokio_postgres::Client, RunningSource) {
+    let stack = Stack::get();
+    let name = unique(prefix);
+    let (db, pg) = users_db(stack, &name).await;
+    let settings = source_settings(stack, &name, &db, &["public.users"]);
+    (
+        pg,
+        RunningSource::start_streaming(stack, &db, settings).await,
+    )
+}
+
 async fn users_db(stack: &Stack, name: &str) -> (String, tokio_postgres::Client) {
     let db = stack.fresh_pg_database(name).await;
     let client = stack.pg(&db).await;
@@ -25,15 +37,7 @@ async fn users_db(stack: &Stack, name: &str) -> (String, tokio_postgres::Client)
 
 #[tokio::test]
 async fn inserts_updates_deletes_and_truncates_arrive_in_commit_order() {
-    let stack = Stack::get();
-    let name = unique("src_ops");
-    let (db, pg) = users_db(stack, &name).await;
-    let mut source = RunningSource::start_streaming(
-        stack,
-        &db,
-        source_settings(stack, &name, &db, &["public.users"]),
-    )
-    .await;
+    let (pg, mut source) = users_source("src_ops").await;
 
     // One two-row transaction, then one transaction per statement.
     for sql in [
@@ -112,15 +116,7 @@ async fn inserts_updates_deletes_and_truncates_arrive_in_commit_order() {
 #[tokio::test]
 async fn a_changed_table_shape_is_announced_before_its_first_change() {
     use walcast::source::SourceEvent;
-    let stack = Stack::get();
-    let name = unique("src_schema");
-    let (db, pg) = users_db(stack, &name).await;
-    let mut source = RunningSource::start_streaming(
-        stack,
-        &db,
-        source_settings(stack, &name, &db, &["public.users"]),
-    )
-    .await;
+    let (pg, mut source) = users_source("src_schema").await;
     pg.execute("INSERT INTO users VALUES (1, 'Ada', NULL)", &[])
         .await
         .unwrap();
