@@ -73,11 +73,6 @@ impl Assembler {
         self.txn.is_some() || !self.streams.is_empty()
     }
 
-    /// Bytes of streamed transactions held in memory.
-    pub fn buffered_memory_bytes(&self) -> u64 {
-        self.streams.values().map(StreamBuffer::memory_bytes).sum()
-    }
-
     /// Handles one message; `raw` is its undecoded payload, kept if it must be buffered.
     pub fn handle(
         &mut self,
@@ -99,13 +94,8 @@ impl Assembler {
                 _ => None,
             };
             if let Some(subxid) = subxid {
-                let buffer = self
-                    .streams
-                    .get_mut(&top)
-                    .expect("stream buffer exists while streaming");
-                buffer
-                    .push(subxid, raw.clone())
-                    .map_err(SourceError::spill)?;
+                debug_assert_eq!(self.current_stream, Some(top));
+                self.buffer_streamed(subxid, raw)?;
                 return Ok(Action::None);
             }
         }
@@ -251,11 +241,6 @@ impl Assembler {
             self.relations.insert(new.oid, new.clone());
             out.push(SourceEvent::Schema { old, new });
         }
-    }
-
-    /// Whether messages are being replayed (the shell decodes them in stream mode).
-    pub fn is_replaying(&self) -> bool {
-        self.replaying
     }
 
     fn change(

@@ -97,18 +97,6 @@ impl Row {
         &self.data.0
     }
 
-    /// Approximate memory held by this row's values.
-    pub fn size_bytes(&self) -> usize {
-        self.data
-            .0
-            .iter()
-            .map(|d| match d {
-                Datum::Text(b) | Datum::Binary(b) => b.len() + 16,
-                _ => 16,
-            })
-            .sum()
-    }
-
     /// The value of column `index` of `table`, decoded.
     pub fn value(&self, table: &Table, index: usize) -> Result<Value, ColumnError> {
         let column = &table.columns[index];

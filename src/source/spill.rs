@@ -61,15 +61,6 @@ impl StreamBuffer {
         }
     }
 
-    /// Number of messages buffered.
-    pub fn len(&self) -> u64 {
-        self.count
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
     /// Bytes held in memory (the rest is on disk).
     pub fn memory_bytes(&self) -> u64 {
         self.memory_bytes
