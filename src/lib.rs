@@ -29,10 +29,12 @@
 //! - [`redact`]: connection strings made safe to print.
 //! - [`lsn`]: WAL positions.
 //! - [`source`]: the PostgreSQL logical replication client.
+//! - [`registry`]: the embedded Confluent-compatible schema registry.
 
 pub mod check;
 pub mod config;
 pub mod kafka;
 pub mod lsn;
 pub mod redact;
+pub mod registry;
 pub mod source;

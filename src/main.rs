@@ -155,7 +155,16 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             action: SchemasAction::Check(c) | SchemasAction::Register(c),
         } => not_yet(c, "schemas", "the registry client (issue #5)"),
         Command::Status(c) => not_yet(c, "status", "the source and sink runners (issues #3, #6)"),
-        Command::Registry(c) => not_yet(c, "registry", "the embedded registry (issue #4)"),
+        Command::Registry(c) => {
+            let config = load(&c)?;
+            walcast::registry::run(
+                &config,
+                |address| tracing::info!("registry ready on http://{address}"),
+                terminated(),
+            )
+            .await
+            .map_err(|e| Failure::Runtime(e.into()))
+        }
         Command::Slot {
             action: SlotAction::Drop { config, source },
         } => {
@@ -200,6 +209,16 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                 ))),
             }
         }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT: the daemon's shutdown signal.
+async fn terminated() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
     }
 }
 

@@ -193,9 +193,16 @@ pub struct RegistryConfig {
     pub embedded: bool,
     #[serde(default = "default_registry_timeout_ms")]
     pub timeout_ms: u64,
+    /// Kafka topic the embedded registry stores schemas in (Confluent's `kafkastore.topic`).
+    #[serde(default = "default_registry_topic")]
+    pub topic: String,
     /// Resolved basic-auth credentials.
     #[serde(skip)]
     pub credentials: Option<(String, String)>,
+}
+
+fn default_registry_topic() -> String {
+    "_schemas".into()
 }
 
 fn default_registry_timeout_ms() -> u64 {
@@ -203,7 +210,7 @@ fn default_registry_timeout_ms() -> u64 {
 }
 
 /// Confluent compatibility levels.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Compatibility {
     #[default]
@@ -214,6 +221,38 @@ pub enum Compatibility {
     Full,
     FullTransitive,
     None,
+}
+
+impl Compatibility {
+    pub const ALL: [Compatibility; 7] = [
+        Self::Backward,
+        Self::BackwardTransitive,
+        Self::Forward,
+        Self::ForwardTransitive,
+        Self::Full,
+        Self::FullTransitive,
+        Self::None,
+    ];
+
+    /// The name Confluent's API uses, e.g. `BACKWARD_TRANSITIVE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Backward => "BACKWARD",
+            Self::BackwardTransitive => "BACKWARD_TRANSITIVE",
+            Self::Forward => "FORWARD",
+            Self::ForwardTransitive => "FORWARD_TRANSITIVE",
+            Self::Full => "FULL",
+            Self::FullTransitive => "FULL_TRANSITIVE",
+            Self::None => "NONE",
+        }
+    }
+
+    /// Parses a level name, in any case.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|l| l.as_str().eq_ignore_ascii_case(name))
+    }
 }
 
 /// `[[source]]`: one service database whose logical replication stream walcast tails.
