@@ -87,11 +87,9 @@ pub fn check(reader: &Schema, writer: &Schema) -> Vec<Incompatibility> {
 fn names_of(schema: &Schema) -> HashMap<Name, Schema> {
     fn walk(s: &Schema, out: &mut HashMap<Name, Schema>) {
         match s {
-            Schema::Record(r) => {
-                if out.insert(r.name.clone(), s.clone()).is_none() {
-                    for f in &r.fields {
-                        walk(&f.schema, out);
-                    }
+            Schema::Record(r) if out.insert(r.name.clone(), s.clone()).is_none() => {
+                for f in &r.fields {
+                    walk(&f.schema, out);
                 }
             }
             Schema::Enum(e) => {
@@ -366,10 +364,7 @@ impl Checker {
         for (i, field) in r.fields.iter().enumerate() {
             let writer_field = w.fields.iter().find(|wf| {
                 wf.name == field.name
-                    || field
-                        .aliases
-                        .as_ref()
-                        .is_some_and(|a| a.iter().any(|a| *a == wf.name))
+                    || field.aliases.as_ref().is_some_and(|a| a.contains(&wf.name))
             });
             match writer_field {
                 Some(wf) => self.visit(&field.schema, &wf.schema, &format!("{at}/fields/{i}/type")),

@@ -4,6 +4,8 @@
 //! cannot reach the stack fails and says to run `scripts/stack up` (scripts/test does).
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -17,6 +19,8 @@ pub struct Stack {
     pub kafka_brokers: String,
     pub mysql_url: String,
     pub redis_url: String,
+    /// Python with the official confluent-kafka client installed.
+    pub python: PathBuf,
 }
 
 impl Stack {
@@ -48,6 +52,7 @@ impl Stack {
                 kafka_brokers: var("WALCAST_KAFKA_BROKERS"),
                 mysql_url: var("WALCAST_MYSQL_URL"),
                 redis_url: var("WALCAST_REDIS_URL"),
+                python: PathBuf::from(var("WALCAST_PYTHON")),
             };
             stack.remove_leftovers();
             stack
@@ -477,4 +482,47 @@ pub async fn confirmed_flush(pg: &tokio_postgres::Client, slot: &str) -> walcast
         .unwrap()
         .get(0);
     lsn.expect("slot has a confirmed position").parse().unwrap()
+}
+
+/// Reads partition 0 of `topic` from its beginning, without a consumer group, until `n`
+/// records arrived.
+pub async fn consume_from_start(brokers: &str, topic: &str, n: usize) -> Vec<Record> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let (brokers, topic) = (brokers.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "walcast-tests-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut records = Vec::new();
+        while records.len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} records of {topic}",
+                records.len()
+            );
+            let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let m = m.unwrap_or_else(|e| panic!("reading {topic}: {e}"));
+            records.push(Record {
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec),
+                partition: m.partition(),
+                offset: m.offset(),
+                headers: vec![],
+            });
+        }
+        records
+    })
+    .await
+    .unwrap()
 }
