@@ -194,3 +194,23 @@ async fn unusable_servers_are_named_with_the_reason_and_exit_1() {
         "walcast: 4 of 6 server(s) could not be used\n"
     );
 }
+
+#[tokio::test]
+async fn the_stacks_registry_is_reached_as_a_confluent_registry() {
+    let stack = Stack::get();
+    let text = stack_config(
+        "check_registry",
+        "CREATE TABLE users (id bigint PRIMARY KEY, name text)",
+    )
+    .await
+    .replace(
+        "url = \"http://127.0.0.1:1\"\nembedded = true",
+        &format!("url = \"{}\"", stack.registry_url),
+    );
+    let (out, stdout) = check_connect(&text);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        line(&stdout, "registry").contains(" OK   Confluent-compatible registry"),
+        "{stdout}"
+    );
+}

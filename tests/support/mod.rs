@@ -21,6 +21,8 @@ pub struct Stack {
     pub redis_url: String,
     /// Python with the official confluent-kafka client installed.
     pub python: PathBuf,
+    /// The stack's schema registry (`walcast registry`, topic `_schemas`).
+    pub registry_url: String,
 }
 
 impl Stack {
@@ -53,6 +55,7 @@ impl Stack {
                 mysql_url: var("WALCAST_MYSQL_URL"),
                 redis_url: var("WALCAST_REDIS_URL"),
                 python: PathBuf::from(var("WALCAST_PYTHON")),
+                registry_url: var("WALCAST_REGISTRY_URL"),
             };
             stack.remove_leftovers();
             stack
