@@ -21,3 +21,40 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     }
     cc
 }
+
+/// Creates `topic` with `settings` unless it exists. walcast creates its own topics: it never
+/// relies on broker auto-creation, which would pick partitions and cleanup policy for it.
+pub async fn ensure_topic(
+    kafka: &KafkaConfig,
+    topic: &str,
+    settings: &crate::config::TopicSettings,
+) -> Result<(), rdkafka::error::KafkaError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka).create()?;
+    let policy = match settings.cleanup_policy {
+        crate::config::CleanupPolicy::Delete => "delete",
+        crate::config::CleanupPolicy::Compact => "compact",
+        crate::config::CleanupPolicy::CompactDelete => "compact,delete",
+    };
+    let new = NewTopic::new(
+        topic,
+        settings.partitions,
+        TopicReplication::Fixed(settings.replication_factor),
+    )
+    .set("cleanup.policy", policy);
+    let results = admin
+        .create_topics(
+            &[new],
+            &AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10))),
+        )
+        .await?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(KafkaError::AdminOp(code)),
+        }
+    }
+    Ok(())
+}

@@ -29,10 +29,14 @@
 //! - [`redact`]: connection strings made safe to print.
 //! - [`lsn`]: WAL positions.
 //! - [`source`]: the PostgreSQL logical replication client.
-//! - [`registry`]: the embedded Confluent-compatible schema registry.
+//! - [`registry`]: the embedded Confluent-compatible schema registry, and its client.
+//! - [`events`]: contracts, the table → event mapping, and publishing with no loss.
+//! - [`daemon`]: `walcast run`, every part under one shutdown.
 
 pub mod check;
 pub mod config;
+pub mod daemon;
+pub mod events;
 pub mod kafka;
 pub mod lsn;
 pub mod redact;

@@ -146,14 +146,13 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             connect,
             timeout_ms,
         } => check(config, connect, timeout_ms).await,
-        Command::Run(c) => not_yet(
-            c,
-            "run",
-            "the rest of the pipeline: the registry (#4), events and Kafka publishing (#5) and sinks (#6)",
-        ),
-        Command::Schemas {
-            action: SchemasAction::Check(c) | SchemasAction::Register(c),
-        } => not_yet(c, "schemas", "the registry client (issue #5)"),
+        Command::Run(c) => {
+            let config = std::sync::Arc::new(load(&c)?);
+            walcast::daemon::run(config, terminated())
+                .await
+                .map_err(|e| Failure::Runtime(e.into()))
+        }
+        Command::Schemas { action } => schemas(action).await,
         Command::Status(c) => not_yet(c, "status", "the source and sink runners (issues #3, #6)"),
         Command::Registry(c) => {
             let config = load(&c)?;
@@ -210,6 +209,57 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             }
         }
     }
+}
+
+/// `walcast schemas check|register`: every contract of every source against the registry.
+async fn schemas(action: SchemasAction) -> Result<(), Failure> {
+    let (arg, register) = match action {
+        SchemasAction::Check(c) => (c, false),
+        SchemasAction::Register(c) => (c, true),
+    };
+    let config = load(&arg)?;
+    let client = walcast::registry::client::Client::new(&config.registry);
+    let mut broken = 0;
+    let mut total = 0;
+    for source in &config.sources {
+        let specs =
+            walcast::events::specs(&config, source).map_err(|e| Failure::Runtime(e.into()))?;
+        if register {
+            walcast::events::register(&client, &specs, config.registry.compatibility)
+                .await
+                .map_err(|e| Failure::Runtime(e.into()))?;
+        }
+        for (subject, contract) in walcast::events::subjects(&specs) {
+            total += 1;
+            let verdict = client.check(&subject, &contract.text).await.map_err(|e| {
+                Failure::Runtime(anyhow::anyhow!(
+                    "{} (subject {subject}): {e}",
+                    contract.path.display()
+                ))
+            })?;
+            if verdict.compatible {
+                println!("ok    {subject}  ({})", contract.path.display());
+            } else {
+                broken += 1;
+                println!("FAIL  {subject}  ({})", contract.path.display());
+                for m in &verdict.messages {
+                    println!("        {m}");
+                }
+            }
+        }
+    }
+    if broken > 0 {
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "{broken} of {total} contract(s) break the registry's compatibility rules; make each change compatible (add fields with defaults, keep field types), or publish it as a new event type"
+        )));
+    }
+    let verb = if register {
+        "registered and compatible"
+    } else {
+        "compatible"
+    };
+    println!("{total} contract(s) {verb} with {}", client.url());
+    Ok(())
 }
 
 /// Completes on SIGTERM or SIGINT: the daemon's shutdown signal.

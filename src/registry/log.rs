@@ -21,10 +21,8 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -62,7 +60,12 @@ impl SchemaLog {
             let what = format!("{what} (topic {topic}, brokers {})", kafka.brokers);
             move |source: KafkaError| RegistryError::Kafka { what, source }
         };
-        ensure_topic(kafka, topic)
+        let settings = crate::config::TopicSettings {
+            partitions: 1,
+            replication_factor: kafka.topic_settings(topic).replication_factor,
+            cleanup_policy: crate::config::CleanupPolicy::Compact,
+        };
+        crate::kafka::ensure_topic(kafka, topic, &settings)
             .await
             .map_err(kafka_error("creating the schema topic"))?;
         let producer: FutureProducer = crate::kafka::client_config(kafka)
@@ -126,26 +129,6 @@ impl SchemaLog {
         }
         Ok(())
     }
-}
-
-async fn ensure_topic(kafka: &KafkaConfig, topic: &str) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = crate::kafka::client_config(kafka).create()?;
-    let replication = kafka.topic_settings(topic).replication_factor;
-    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(replication))
-        .set("cleanup.policy", "compact");
-    let results = admin
-        .create_topics(
-            &[new],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => return Err(KafkaError::AdminOp(code)),
-        }
-    }
-    Ok(())
 }
 
 /// Reads the assigned partition until the record at `last` has been read.

@@ -20,6 +20,7 @@
 //! (`[registry] embedded = true`); both serve at the address of `registry.url`.
 
 pub mod api;
+pub mod client;
 pub mod compat;
 pub mod error;
 pub mod log;

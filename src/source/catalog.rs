@@ -412,6 +412,65 @@ impl Catalog {
         Ok((name, resolved))
     }
 
+    /// The table as the catalog describes it now, with the names of its NOT NULL columns:
+    /// what a Relation message would say, available before anything streams. Key flags
+    /// follow pgoutput: the replica identity's columns (every column under FULL).
+    pub async fn describe(
+        &mut self,
+        t: &TableName,
+    ) -> Result<(Table, std::collections::HashSet<String>), SourceError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT c.oid, c.relreplident::text, a.attname::text, a.atttypid, a.atttypmod, a.attnotnull, \
+                        COALESCE(a.attnum = ANY (SELECT unnest(i.indkey) FROM pg_index i \
+                          WHERE i.indrelid = c.oid AND CASE c.relreplident WHEN 'd' THEN i.indisprimary \
+                                                          WHEN 'i' THEN i.indisreplident ELSE false END), false) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                 WHERE n.nspname = $1 AND c.relname = $2 ORDER BY a.attnum",
+                &[&t.schema, &t.name],
+            )
+            .await
+            .map_err(catalog_error)?;
+        let Some(first) = rows.first() else {
+            return Err(SourceError::setup(
+                format!("table {}.{} does not exist", t.schema, t.name),
+                "create it, or fix the table name in [[source.table]]",
+            ));
+        };
+        let oid: u32 = first.get(0);
+        let ident: String = first.get(1);
+        let replica_identity = ReplicaIdentity::from_byte(ident.as_bytes()[0])
+            .ok_or_else(|| SourceError::protocol(format!("unknown replica identity {ident:?}")))?;
+        let mut columns = Vec::with_capacity(rows.len());
+        let mut not_null = std::collections::HashSet::new();
+        for r in &rows {
+            let name: String = r.get(2);
+            let type_oid: u32 = r.get(3);
+            let (type_name, ty) = self.resolve_type(type_oid).await?;
+            if r.get::<_, bool>(5) {
+                not_null.insert(name.clone());
+            }
+            columns.push(Column {
+                key: replica_identity == ReplicaIdentity::Full || r.get::<_, bool>(6),
+                name,
+                type_oid,
+                type_modifier: r.get(4),
+                type_name,
+                ty,
+            });
+        }
+        let table = Table {
+            oid,
+            schema: t.schema.clone(),
+            name: t.name.clone(),
+            replica_identity,
+            columns,
+        };
+        Ok((table, not_null))
+    }
+
     /// Columns of `tables` whose types walcast cannot decode, as `(table, column, type)`.
     pub async fn unsupported_columns(
         &mut self,

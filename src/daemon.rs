@@ -1,0 +1,107 @@
+//! `walcast run`: every configured part of the pipeline, under one shutdown.
+//!
+//! Start order: the embedded registry (when `registry.embedded`), then one publisher per
+//! source, each of which checks its tables, mapping, contracts and topics before its
+//! source streams. Shutdown flows from the signal to every task; each publisher flushes and
+//! confirms its final position. The first task to fail stops the others, and its error is
+//! the daemon's.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::events::{publisher, EventsError};
+use crate::registry::client::Client;
+use crate::registry::RegistryError;
+
+/// Why the daemon stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Events(#[from] EventsError),
+}
+
+/// Runs until `shutdown` completes (then returns `Ok` once everything has stopped cleanly)
+/// or a part fails for good.
+pub async fn run(
+    config: Arc<Config>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let (stop, stopped) = watch::channel(false);
+    let signal = move || {
+        let mut rx = stopped.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut tasks: JoinSet<Result<(), DaemonError>> = JoinSet::new();
+
+    if config.registry.embedded {
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        let (cfg, done) = (config.clone(), signal());
+        tasks.spawn(async move {
+            crate::registry::run(
+                &cfg,
+                |addr| {
+                    let _ = ready_tx.send(addr);
+                },
+                done,
+            )
+            .await
+            .map_err(DaemonError::from)
+        });
+        if ready.await.is_err() {
+            // The registry task ended before serving: its error is the answer.
+            return match tasks.join_next().await {
+                Some(Ok(Err(e))) => Err(e),
+                _ => Ok(()),
+            };
+        }
+    }
+    if !config.sinks.is_empty() {
+        tracing::warn!(sinks = config.sinks.len(), "this build publishes events only; the [[sink]] runners are not part of it yet, so no replica is written");
+    }
+    let registry = Arc::new(Client::new(&config.registry));
+    for index in 0..config.sources.len() {
+        let (cfg, reg, done) = (config.clone(), registry.clone(), signal());
+        tasks.spawn(async move {
+            publisher::run(cfg, index, reg, done)
+                .await
+                .map_err(DaemonError::from)
+        });
+    }
+
+    tokio::pin!(shutdown);
+    let mut outcome = Ok(());
+    loop {
+        tokio::select! {
+            _ = &mut shutdown, if !*stop.borrow() => {
+                stop.send_replace(true);
+            }
+            joined = tasks.join_next() => match joined {
+                None => break,
+                Some(Ok(Ok(()))) => {
+                    if !*stop.borrow() {
+                        stop.send_replace(true);
+                    }
+                }
+                Some(Ok(Err(e))) => {
+                    if outcome.is_ok() {
+                        outcome = Err(e);
+                    }
+                    stop.send_replace(true);
+                }
+                Some(Err(join)) => {
+                    tracing::error!(error = %join, "a task of the daemon panicked");
+                    stop.send_replace(true);
+                }
+            },
+        }
+    }
+    outcome
+}

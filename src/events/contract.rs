@@ -1,0 +1,143 @@
+//! Contracts: the Avro records in `schemas/` that a service publishes, one file per event
+//! type and one key record per topic. A contract is the service's public API; the table
+//! behind it is not, which is why columns reach fields only through the mapping.
+
+use std::path::{Path, PathBuf};
+
+use apache_avro::schema::Schema;
+
+use super::avro::{Enc, Slot};
+
+/// A parsed contract file.
+#[derive(Debug, Clone)]
+pub struct Contract {
+    /// As written in the configuration, for messages.
+    pub path: PathBuf,
+    pub schema: Schema,
+    /// The schema text registered: the file's own JSON, normalised by the registry.
+    pub text: String,
+    /// `namespace.name`: with the topic, the value subject (TopicRecordNameStrategy).
+    pub full_name: String,
+    pub fields: Vec<Field>,
+}
+
+/// One field of a contract, compiled.
+#[derive(Debug, Clone)]
+pub struct Field {
+    pub name: String,
+    pub slot: Slot,
+    /// The default's Avro bytes, written when no column feeds the field.
+    pub default: Option<Vec<u8>>,
+}
+
+impl Contract {
+    /// Reads and compiles `resolved`; `path` is how the configuration names it.
+    pub fn load(path: &Path, resolved: &Path) -> Result<Contract, String> {
+        let at = path.display();
+        let text = std::fs::read_to_string(resolved)
+            .map_err(|e| format!("{at}: cannot read the contract ({e})"))?;
+        let schema =
+            Schema::parse_str(&text).map_err(|e| format!("{at}: not a valid Avro schema: {e}"))?;
+        let Schema::Record(record) = &schema else {
+            return Err(format!("{at}: a contract must be an Avro record"));
+        };
+        let mut fields = Vec::with_capacity(record.fields.len());
+        for f in &record.fields {
+            let slot = slot_of(&f.schema).map_err(|e| format!("{at}: field {}: {e}", f.name))?;
+            let default = match &f.default {
+                None => None,
+                Some(json) => Some(default_bytes(&f.schema, json).map_err(|e| {
+                    format!(
+                        "{at}: field {}: the default {json} does not fit the field's type: {e}",
+                        f.name
+                    )
+                })?),
+            };
+            fields.push(Field {
+                name: f.name.clone(),
+                slot,
+                default,
+            });
+        }
+        Ok(Contract {
+            path: path.to_path_buf(),
+            full_name: record.name.fullname(None),
+            schema: schema.clone(),
+            text,
+            fields,
+        })
+    }
+
+    pub fn field(&self, name: &str) -> Option<&Field> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+}
+
+fn default_bytes(schema: &Schema, json: &serde_json::Value) -> Result<Vec<u8>, String> {
+    let value = apache_avro::types::Value::from(json.clone());
+    // Avro: a union's default belongs to its first branch.
+    let target = match schema {
+        Schema::Union(u) => u.variants().first().cloned().unwrap_or(Schema::Null),
+        s => s.clone(),
+    };
+    let resolved = value.resolve(&target).map_err(|e| e.to_string())?;
+    let mut bytes = apache_avro::to_avro_datum(&target, resolved).map_err(|e| e.to_string())?;
+    if matches!(schema, Schema::Union(_)) {
+        bytes.insert(0, 0); // branch 0, zig-zag encoded
+    }
+    Ok(bytes)
+}
+
+/// How a field of Avro type `schema` is written.
+pub fn slot_of(schema: &Schema) -> Result<Slot, String> {
+    if let Schema::Union(u) = schema {
+        let branches = u.variants();
+        let null = branches.iter().position(|b| matches!(b, Schema::Null));
+        return match (branches.len(), null) {
+            (2, Some(n)) => {
+                let value = 1 - n;
+                Ok(Slot {
+                    enc: enc_of(&branches[value])?,
+                    nullable: Some((n as u32, value as u32)),
+                })
+            }
+            _ => Err("only unions of null and one type (a nullable field) are supported".into()),
+        };
+    }
+    Ok(Slot {
+        enc: enc_of(schema)?,
+        nullable: None,
+    })
+}
+
+fn enc_of(schema: &Schema) -> Result<Enc, String> {
+    Ok(match schema {
+        Schema::Boolean => Enc::Boolean,
+        Schema::Int => Enc::Int,
+        Schema::Long => Enc::Long,
+        Schema::Float => Enc::Float,
+        Schema::Double => Enc::Double,
+        Schema::String | Schema::Uuid => Enc::String,
+        Schema::Bytes => Enc::Bytes,
+        Schema::Decimal(d) => Enc::Decimal {
+            scale: d.scale as u32,
+            fixed: match d.inner.as_ref() {
+                Schema::Fixed(f) => Some(f.size),
+                _ => None,
+            },
+        },
+        Schema::Date => Enc::Date,
+        Schema::TimeMillis => Enc::TimeMillis,
+        Schema::TimeMicros => Enc::TimeMicros,
+        Schema::TimestampMillis => Enc::TimestampMillis,
+        Schema::TimestampMicros => Enc::TimestampMicros,
+        Schema::LocalTimestampMillis => Enc::LocalTimestampMillis,
+        Schema::LocalTimestampMicros => Enc::LocalTimestampMicros,
+        Schema::Enum(e) => Enc::Enum(e.symbols.clone()),
+        Schema::Array(a) => Enc::Array(Box::new(slot_of(&a.items)?)),
+        other => return Err(format!(
+            "no column type converts to {:?}; use a type from the type map in the events module",
+            apache_avro::schema::SchemaKind::from(other)
+        )),
+    })
+}

@@ -1,0 +1,211 @@
+//! Domain events: a service publishes contracts, not its tables.
+//!
+//! - [`contract`]: the Avro records of `schemas/`, compiled into field slots;
+//! - [`mapping`]: a table's contracts compiled against its shape, and change → events;
+//! - [`avro`]: the pure encoder, and the PostgreSQL → Avro type map;
+//! - [`watermark`]: which source position the broker's acknowledgements make safe;
+//! - [`publisher`]: the I/O shell: registry, topics, the producer, and the run loop.
+//!
+//! # Subjects
+//! Value subjects follow TopicRecordNameStrategy, `<topic>-<record full name>`, so all of an
+//! aggregate's event types share one topic and stay ordered per key. Key subjects are
+//! `<topic>-key`. Every record is Confluent-framed: magic byte 0, the schema id (4 bytes,
+//! big-endian), then Avro binary.
+//!
+//! # Headers
+//! Every record carries `event_type` (the record's full name, or `tombstone`), `op`
+//! (insert, update, delete), `source`, `lsn` (commit LSN, `X/Y`), `seq` (position in the
+//! transaction), `xid`, `commit_ts` (microseconds since the Unix epoch) and `event_id`:
+//! `<source>/<lsn>/<seq>/<part>`, the same for the same change every time it is delivered,
+//! so consumers can deduplicate.
+
+pub mod avro;
+pub mod contract;
+pub mod mapping;
+pub mod publisher;
+pub mod watermark;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use contract::Contract;
+use mapping::{SchemaIds, TableSpec};
+
+use crate::config::{CleanupPolicy, Config, SourceConfig};
+use crate::registry::client::{Client, ClientError};
+
+/// Why events could not be published. Permanent errors stop the source without confirming
+/// anything more; the operator fixes the contract, the mapping or the table.
+#[derive(Debug, thiserror::Error)]
+pub enum EventsError {
+    #[error("source {source_name}: the event mapping does not fit:\n  - {}", .issues.join("\n  - "))]
+    Mapping {
+        source_name: String,
+        issues: Vec<String>,
+    },
+    #[error("{path}: the registry refused the contract for subject {subject}:\n  - {}\n  hint: make the change compatible (add fields with defaults, keep types), or publish it as a new event type", .messages.join("\n  - "))]
+    Refused {
+        subject: String,
+        path: String,
+        messages: Vec<String>,
+    },
+    #[error("{path} (subject {subject}): {source}")]
+    Registry {
+        subject: String,
+        path: String,
+        source: ClientError,
+    },
+    #[error("source {source_name}, transaction {xid} at {lsn}: {message}; nothing after it is published or confirmed")]
+    Encode {
+        source_name: String,
+        xid: u32,
+        lsn: crate::lsn::Lsn,
+        message: String,
+    },
+    #[error("kafka: {0}")]
+    Kafka(String),
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
+}
+
+impl EventsError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            EventsError::Registry { source, .. } => source.is_transient(),
+            EventsError::Source(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// A contract's subject on `topic`.
+pub fn value_subject(topic: &str, contract: &Contract) -> String {
+    format!("{topic}-{}", contract.full_name)
+}
+
+pub fn key_subject(topic: &str) -> String {
+    format!("{topic}-key")
+}
+
+/// Loads every contract of `source`'s tables.
+pub fn specs(config: &Config, source: &SourceConfig) -> Result<Vec<Arc<TableSpec>>, EventsError> {
+    let mut loaded: BTreeMap<std::path::PathBuf, Arc<Contract>> = BTreeMap::new();
+    let mut issues = Vec::new();
+    let mut load = |path: &std::path::Path| -> Option<Arc<Contract>> {
+        if let Some(c) = loaded.get(path) {
+            return Some(c.clone());
+        }
+        match Contract::load(path, &config.resolve(path)) {
+            Ok(c) => {
+                let c = Arc::new(c);
+                loaded.insert(path.to_path_buf(), c.clone());
+                Some(c)
+            }
+            Err(e) => {
+                issues.push(e);
+                None
+            }
+        }
+    };
+    let mut specs = Vec::new();
+    for t in &source.tables {
+        let (schema, name) = t.qualified_name();
+        let key = load(&t.key);
+        let insert = t.insert.as_deref().and_then(&mut load);
+        let update = t.update.as_deref().and_then(&mut load);
+        let delete = t.delete.as_deref().and_then(&mut load);
+        if let Some(key) = key {
+            specs.push(Arc::new(TableSpec {
+                table: format!("{schema}.{name}"),
+                topic: t.topic.clone(),
+                key,
+                insert,
+                update,
+                delete,
+                columns: t.columns.clone(),
+                compacted: config.kafka.topic_settings(&t.topic).cleanup_policy
+                    != CleanupPolicy::Delete,
+            }));
+        }
+    }
+    if issues.is_empty() {
+        Ok(specs)
+    } else {
+        Err(EventsError::Mapping {
+            source_name: source.name.clone(),
+            issues,
+        })
+    }
+}
+
+/// Every `(subject, contract)` of `specs`, key subjects included, without repeats.
+pub fn subjects(specs: &[Arc<TableSpec>]) -> Vec<(String, Arc<Contract>)> {
+    let mut out: Vec<(String, Arc<Contract>)> = Vec::new();
+    for spec in specs {
+        let mut push = |subject: String, c: &Arc<Contract>| {
+            if !out.iter().any(|(s, _)| *s == subject) {
+                out.push((subject, c.clone()));
+            }
+        };
+        push(key_subject(&spec.topic), &spec.key);
+        for c in spec.contracts().skip(1) {
+            push(value_subject(&spec.topic, c), c);
+        }
+    }
+    out
+}
+
+/// Registers every contract of `specs`, setting `level` on subjects walcast creates. A
+/// contract the registry refuses stops everything before anything is published.
+pub async fn register(
+    client: &Client,
+    specs: &[Arc<TableSpec>],
+    level: crate::config::Compatibility,
+) -> Result<Vec<SchemaIds>, EventsError> {
+    let mut ids_by_subject = BTreeMap::new();
+    for (subject, contract) in subjects(specs) {
+        let located = |source: ClientError| EventsError::Registry {
+            subject: subject.clone(),
+            path: contract.path.display().to_string(),
+            source,
+        };
+        if !client.exists(&subject).await.map_err(located)? {
+            client
+                .set_config(Some(&subject), level)
+                .await
+                .map_err(located)?;
+        }
+        let id = match client.register(&subject, &contract.text).await {
+            Ok(id) => id,
+            Err(e) if e.code() == Some(409) || e.code() == Some(42201) => {
+                let verdict = client.check(&subject, &contract.text).await.ok();
+                let messages = verdict
+                    .filter(|v| !v.messages.is_empty())
+                    .map(|v| v.messages)
+                    .unwrap_or_else(|| vec![e.to_string()]);
+                return Err(EventsError::Refused {
+                    subject,
+                    path: contract.path.display().to_string(),
+                    messages,
+                });
+            }
+            Err(e) => return Err(located(e)),
+        };
+        ids_by_subject.insert(subject, id);
+    }
+    Ok(specs
+        .iter()
+        .map(|spec| {
+            let id = |c: &Option<Arc<Contract>>| {
+                c.as_ref()
+                    .map_or(0, |c| ids_by_subject[&value_subject(&spec.topic, c)])
+            };
+            SchemaIds {
+                key: ids_by_subject[&key_subject(&spec.topic)],
+                insert: id(&spec.insert),
+                update: id(&spec.update),
+                delete: id(&spec.delete),
+            }
+        })
+        .collect())
+}
