@@ -135,9 +135,11 @@ fn enc_of(schema: &Schema) -> Result<Enc, String> {
         Schema::LocalTimestampMicros => Enc::LocalTimestampMicros,
         Schema::Enum(e) => Enc::Enum(e.symbols.clone()),
         Schema::Array(a) => Enc::Array(Box::new(slot_of(&a.items)?)),
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "no column type converts to {:?}; use a type from the type map in the events module",
             apache_avro::schema::SchemaKind::from(other)
-        )),
+        ))
+        }
     })
 }

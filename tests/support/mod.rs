@@ -4,6 +4,7 @@
 //! cannot reach the stack fails and says to run `scripts/stack up` (scripts/test does).
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod registry;
 
 use std::collections::HashMap;

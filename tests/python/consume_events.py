@@ -1,0 +1,57 @@
+"""Reads a walcast topic from the beginning with Confluent's official client and prints one
+JSON line per record: partition, offset, key and value as AvroDeserializer decodes them
+(timestamps as microseconds since the Unix epoch), and the headers.
+
+Usage: consume_events.py REGISTRY_URL BROKERS TOPIC N
+Stops once N records arrived and the topic stayed quiet for a moment; exits 1 if fewer came.
+"""
+
+import json
+import sys
+import time
+from datetime import datetime, timezone
+
+from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+registry_url, brokers, topic, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def plain(v):
+    if isinstance(v, datetime):
+        return (v - EPOCH) // (datetime.resolution)
+    raise TypeError(type(v))
+
+
+consumer = Consumer({"bootstrap.servers": brokers, "group.id": f"{topic}-check",
+                     "enable.auto.commit": False})
+partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry_url}))
+records = []
+deadline = time.monotonic() + 90
+quiet_since = None
+while time.monotonic() < deadline:
+    m = consumer.poll(0.2)
+    if m is None:
+        if len(records) >= n:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since > 1.5:
+                break
+        continue
+    quiet_since = None
+    if m.error():
+        raise SystemExit(f"consuming {topic}: {m.error()}")
+    key = deserialize(m.key(), SerializationContext(topic, MessageField.KEY))
+    value = deserialize(m.value(), SerializationContext(topic, MessageField.VALUE)) if m.value() else None
+    headers = {k: v.decode() for k, v in (m.headers() or [])}
+    records.append({"partition": m.partition(), "offset": m.offset(), "key": key, "value": value,
+                    "headers": headers})
+consumer.close()
+for r in records:
+    print(json.dumps(r, default=plain))
+if len(records) < n:
+    raise SystemExit(f"only {len(records)} of {n} records of {topic} arrived")

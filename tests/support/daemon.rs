@@ -1,0 +1,272 @@
+//! `walcast run` as a child process over a fresh `users` database, with its own slot and
+//! topics, publishing to the stack's broker and registry. Tests write rows, kill or stop the
+//! daemon, and read the topic back with Confluent's Python client.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{unique, Stack};
+
+/// The demo's `users` table, owned by the walcast role.
+pub const USERS_DDL: &str = "CREATE TABLE users (
+  id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  full_name     text        NOT NULL,
+  email         text        NOT NULL,
+  password_hash text        NOT NULL,
+  created_at    timestamptz NOT NULL DEFAULT now(),
+  updated_at    timestamptz NOT NULL DEFAULT now()
+)";
+
+/// A daemon under test.
+pub struct Daemon {
+    pub name: String,
+    pub db: String,
+    pub topic: String,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+/// How the test's configuration differs from the default.
+#[derive(Default, Clone)]
+pub struct Setup {
+    /// Extra `[[source.table]]` keys, e.g. a different `columns` mapping.
+    pub table_keys: Option<String>,
+    /// Replaces a contract file: (file name, content).
+    pub contracts: Vec<(&'static str, String)>,
+    pub compacted: bool,
+}
+
+impl Daemon {
+    /// A fresh database with the users table, and a configuration for it (not started).
+    pub async fn prepare(prefix: &str, setup: Setup) -> Daemon {
+        let stack = Stack::get();
+        let name = unique(prefix);
+        let db = stack.fresh_pg_database(&name).await;
+        stack
+            .pg(&db)
+            .await
+            .batch_execute(&format!(
+                "{USERS_DDL}; ALTER TABLE users OWNER TO walcast; GRANT CREATE ON DATABASE {name} TO walcast;"
+            ))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/users");
+        for file in [
+            "UserKey.avsc",
+            "UserCreated.avsc",
+            "UserUpdated.avsc",
+            "UserDeleted.avsc",
+        ] {
+            std::fs::copy(format!("{root}/{file}"), dir.path().join(file)).unwrap();
+        }
+        for (file, content) in &setup.contracts {
+            std::fs::write(dir.path().join(file), content).unwrap();
+        }
+        let topic = format!("{name}.user");
+        let table_keys = setup
+            .table_keys
+            .clone()
+            .unwrap_or_else(|| "columns = { user_id = \"id\", name = \"full_name\" }".into());
+        let compaction = if setup.compacted {
+            format!("[kafka.topic.\"{topic}\"]\ncleanup_policy = \"compact\"\n")
+        } else {
+            String::new()
+        };
+        let config = dir.path().join("walcast.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[kafka]
+brokers = "{brokers}"
+[kafka.properties]
+"linger.ms" = 5
+{compaction}
+[registry]
+url = "{registry}"
+
+[[source]]
+name = "{name}"
+url = "{url}"
+slot = "{name}"
+snapshot = "never"
+status_interval_ms = 200
+
+[[source.table]]
+table = "public.users"
+topic = "{topic}"
+key = "UserKey.avsc"
+insert = "UserCreated.avsc"
+update = "UserUpdated.avsc"
+delete = "UserDeleted.avsc"
+{table_keys}
+"#,
+                brokers = stack.kafka_brokers,
+                registry = stack.registry_url,
+                url = stack.pg_url_for("walcast", &db),
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("walcast.log");
+        Daemon {
+            name,
+            db,
+            topic,
+            dir,
+            config,
+            child: None,
+            log,
+        }
+    }
+
+    /// Starts `walcast run` and waits until its slot streams.
+    pub async fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_walcast"))
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let pg = Stack::get().pg(&self.db).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let streaming = pg
+                .query_opt(
+                    "SELECT 1 FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid \
+                     WHERE s.slot_name = $1 AND r.state = 'streaming'",
+                    &[&self.name],
+                )
+                .await
+                .unwrap()
+                .is_some();
+            if streaming {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "walcast run exited with {status} before streaming:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "slot {} not streaming within 60s:\n{}",
+                self.name,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs `walcast run` to its end (for configurations it must refuse): exit code, log.
+    pub fn run_to_end(&self) -> (Option<i32>, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_walcast"))
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// SIGKILL: no flush, no final confirmation.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, then the exit code.
+    pub async fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take().expect("running");
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "walcast did not stop within 60s of SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether the daemon is still running; its exit status otherwise.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().unwrap())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn pg(&self) -> tokio_postgres::Client {
+        Stack::get().pg(&self.db).await
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One event as Confluent's Python client decoded it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Decoded {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: serde_json::Value,
+    pub value: Option<serde_json::Value>,
+    pub headers: std::collections::HashMap<String, String>,
+}
+
+/// Reads `topic` from the beginning with confluent-kafka's AvroDeserializer until `n`
+/// records arrived (and a little longer, to catch extras), in per-partition offset order.
+pub async fn decode(topic: &str, n: usize) -> Vec<Decoded> {
+    let stack = Stack::get();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/consume_events.py"
+    );
+    let out = tokio::process::Command::new(&stack.python)
+        .args([
+            script,
+            &stack.registry_url,
+            &stack.kafka_brokers,
+            topic,
+            &n.to_string(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "consume_events.py failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
