@@ -63,6 +63,17 @@ pub async fn run(
             };
         }
     }
+    if config.kafka.exactly_once {
+        // Refused rather than ignored: a user who asked for it must not believe they have it.
+        return Err(DaemonError::Events(EventsError::Kafka(
+            "kafka.exactly_once = true is not available in this build (Kafka transactions per source transaction are planned; the stack's broker, tansu 0.6.0, does not support them); set it to false for at-least-once delivery with deterministic event ids".into(),
+        )));
+    }
+    for source in &config.sources {
+        if source.snapshot == crate::config::SnapshotMode::Initial {
+            tracing::warn!(source = %source.name, "snapshot = \"initial\" is not implemented yet: rows that exist before the slot is created are not published, only changes after it");
+        }
+    }
     if !config.sinks.is_empty() {
         tracing::warn!(sinks = config.sinks.len(), "this build publishes events only; the [[sink]] runners are not part of it yet, so no replica is written");
     }

@@ -8,7 +8,7 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use support::daemon::{decode, Daemon, Setup};
+use support::daemon::{decode, decode_with, Daemon, Setup};
 
 async fn insert_users(pg: &tokio_postgres::Client, names: &[&str]) {
     let mut sql = String::from("INSERT INTO users (full_name, email, password_hash) VALUES ");
@@ -419,6 +419,42 @@ async fn an_incompatible_contract_change_is_refused_with_its_reasons() {
         stderr.contains(
             "field password_hash of record com.example.users.UserCreated has no default value"
         ),
+        "{stderr}"
+    );
+}
+
+/// `[registry] embedded = true`: the daemon serves the registry its events are framed with,
+/// and Confluent's client decodes them through it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_serves_its_embedded_registry() {
+    let mut daemon = Daemon::prepare(
+        "ev_embedded",
+        Setup {
+            embedded_registry: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    daemon.start().await;
+    insert_users(&daemon.pg().await, &["Ada"]).await;
+    let events = decode_with(&daemon.registry_url, &daemon.topic, 1).await;
+    assert_eq!(events[0].value.as_ref().unwrap()["name"], "Ada");
+    assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exactly_once_is_refused_rather_than_ignored() {
+    let daemon = Daemon::prepare("ev_eos", Setup::default()).await;
+    let text = std::fs::read_to_string(&daemon.config).unwrap().replacen(
+        "[kafka]\n",
+        "[kafka]\nexactly_once = true\n",
+        1,
+    );
+    std::fs::write(&daemon.config, text).unwrap();
+    let (code, stderr) = daemon.run_to_end();
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("kafka.exactly_once = true is not available in this build"),
         "{stderr}"
     );
 }

@@ -25,6 +25,8 @@ pub struct Daemon {
     pub topic: String,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// The registry the daemon publishes through.
+    pub registry_url: String,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -37,6 +39,8 @@ pub struct Setup {
     /// Replaces a contract file: (file name, content).
     pub contracts: Vec<(&'static str, String)>,
     pub compacted: bool,
+    /// Serve walcast's own registry from the daemon, on a port and topic of the test's own.
+    pub embedded_registry: bool,
 }
 
 impl Daemon {
@@ -76,6 +80,23 @@ impl Daemon {
         } else {
             String::new()
         };
+        let (registry_url, registry_keys) = if setup.embedded_registry {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let url = format!("http://127.0.0.1:{port}");
+            (
+                url.clone(),
+                format!("url = \"{url}\"\nembedded = true\ntopic = \"_schemas_{name}\"\n"),
+            )
+        } else {
+            (
+                stack.registry_url.clone(),
+                format!("url = \"{}\"\n", stack.registry_url),
+            )
+        };
         let config = dir.path().join("walcast.toml");
         std::fs::write(
             &config,
@@ -86,8 +107,7 @@ brokers = "{brokers}"
 "linger.ms" = 5
 {compaction}
 [registry]
-url = "{registry}"
-
+{registry_keys}
 [[source]]
 name = "{name}"
 url = "{url}"
@@ -105,7 +125,6 @@ delete = "UserDeleted.avsc"
 {table_keys}
 "#,
                 brokers = stack.kafka_brokers,
-                registry = stack.registry_url,
                 url = stack.pg_url_for("walcast", &db),
             ),
         )
@@ -117,6 +136,7 @@ delete = "UserDeleted.avsc"
             topic,
             dir,
             config,
+            registry_url,
             child: None,
             log,
         }
@@ -244,6 +264,11 @@ pub struct Decoded {
 /// Reads `topic` from the beginning with confluent-kafka's AvroDeserializer until `n`
 /// records arrived (and a little longer, to catch extras), in per-partition offset order.
 pub async fn decode(topic: &str, n: usize) -> Vec<Decoded> {
+    decode_with(&Stack::get().registry_url, topic, n).await
+}
+
+/// [`decode`] through the registry at `registry`.
+pub async fn decode_with(registry: &str, topic: &str, n: usize) -> Vec<Decoded> {
     let stack = Stack::get();
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -252,7 +277,7 @@ pub async fn decode(topic: &str, n: usize) -> Vec<Decoded> {
     let out = tokio::process::Command::new(&stack.python)
         .args([
             script,
-            &stack.registry_url,
+            registry,
             &stack.kafka_brokers,
             topic,
             &n.to_string(),

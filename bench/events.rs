@@ -1,0 +1,322 @@
+//! End-to-end benchmark: PostgreSQL → domain events → broker acknowledgement, against
+//! `pg_recvlogical` draining the same WAL.
+//!
+//! Two slots are created before a backlog of small rows (100-row transactions) is written,
+//! so both hold identical WAL. `pg_recvlogical` drains one to /dev/null. The real `walcast
+//! run` binary (release build) drains the other: it decodes, maps, Avro-encodes, produces
+//! with acks=all, and confirms a position only once the broker acknowledged it; it is done
+//! when the slot's `confirmed_flush_lsn` reaches the backlog's end. Rates are compared from
+//! the moment each side streams.
+//!
+//! Then, with walcast caught up, a fixed offered load of 5,000 rows/s (50-row transactions
+//! every 10 ms, 10 s) measures latency from each commit returning to its position being
+//! confirmed, i.e. acknowledged by the broker, polled every millisecond. Last, the daemon's
+//! peak RSS (VmHWM).
+//!
+//! Run: `scripts/stack up && cargo bench --bench events`. `WALCAST_BENCH_ROWS` sets the
+//! backlog (default 300000).
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use walcast::lsn::Lsn;
+
+struct Stack {
+    pg_url: String,
+    pg_bin: String,
+    host: String,
+    port: String,
+    brokers: String,
+    registry: String,
+}
+
+fn stack() -> Stack {
+    let dir =
+        std::env::var("WALCAST_STACK_DIR").unwrap_or_else(|_| "/var/tmp/walcast-stack".into());
+    let text =
+        std::fs::read_to_string(format!("{dir}/stack.env")).expect("run scripts/stack up first");
+    let vars: HashMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
+    Stack {
+        pg_url: vars["WALCAST_PG_URL"].into(),
+        pg_bin: vars["WALCAST_PG_BIN"].into(),
+        host: vars["WALCAST_PG_HOST"].into(),
+        port: vars["WALCAST_PG_PORT"].into(),
+        brokers: vars["WALCAST_KAFKA_BROKERS"].into(),
+        registry: vars["WALCAST_REGISTRY_URL"].into(),
+    }
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("stack PostgreSQL");
+    tokio::spawn(conn);
+    client
+}
+
+async fn confirmed(pg: &tokio_postgres::Client, slot: &str) -> Lsn {
+    let text: Option<String> = pg
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    text.map_or(Lsn::ZERO, |t| t.parse().unwrap())
+}
+
+#[tokio::main]
+async fn main() {
+    let s = stack();
+    let rows: u64 = std::env::var("WALCAST_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300_000);
+    let db = "bench_events";
+    let admin = connect(&format!("{}/postgres", s.pg_url)).await;
+    admin
+        .batch_execute(&format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{db}';
+             DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+        ))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    let pg = connect(&format!("{}/{db}", s.pg_url)).await;
+    pg.batch_execute(&format!(
+        "CREATE TABLE small (id bigint PRIMARY KEY, n int NOT NULL, s text NOT NULL);
+         ALTER TABLE small OWNER TO walcast; GRANT CREATE ON DATABASE {db} TO walcast;
+         CREATE PUBLICATION bench_pub FOR TABLE small;
+         SELECT pg_create_logical_replication_slot('bench_walcast', 'pgoutput');
+         SELECT pg_create_logical_replication_slot('bench_recvlogical', 'pgoutput');
+         CREATE PROCEDURE load_small(txns int) LANGUAGE plpgsql AS $$
+         DECLARE base bigint := 0;
+         BEGIN
+           FOR t IN 1..txns LOOP
+             INSERT INTO small SELECT base + g, g, 'row ' || (base + g) FROM generate_series(1, 100) g;
+             base := base + 100;
+             COMMIT;
+           END LOOP;
+         END $$;"
+    ))
+    .await
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Key.avsc"), r#"{"type":"record","name":"SmallKey","namespace":"bench","fields":[{"name":"id","type":"long"}]}"#).unwrap();
+    std::fs::write(dir.path().join("Row.avsc"), r#"{"type":"record","name":"SmallRow","namespace":"bench","fields":[{"name":"id","type":"long"},{"name":"n","type":"int"},{"name":"s","type":"string"}]}"#).unwrap();
+    let topic = format!("bench_events_{}", std::process::id());
+    let config = dir.path().join("walcast.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[kafka]
+brokers = "{brokers}"
+[kafka.properties]
+"linger.ms" = 5
+[registry]
+url = "{registry}"
+[[source]]
+name = "bench"
+url = "postgres://walcast@{host}:{port}/{db}"
+slot = "bench_walcast"
+publication = "bench_pub"
+snapshot = "never"
+status_interval_ms = 1000
+[[source.table]]
+table = "public.small"
+topic = "{topic}"
+key = "Key.avsc"
+insert = "Row.avsc"
+update = "Row.avsc"
+"#,
+            brokers = s.brokers,
+            registry = s.registry,
+            host = s.host,
+            port = s.port,
+        ),
+    )
+    .unwrap();
+
+    eprintln!("writing a backlog of {rows} rows in 100-row transactions");
+    pg.batch_execute(&format!("CALL load_small({})", rows / 100))
+        .await
+        .unwrap();
+    let end: Lsn = {
+        let t: String = pg
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        t.parse().unwrap()
+    };
+
+    // pg_recvlogical: the server's own decoding speed, nothing downstream.
+    let started = Instant::now();
+    let status = Command::new(format!("{}/pg_recvlogical", s.pg_bin))
+        .env("PGSSLMODE", "prefer")
+        .args([
+            "-h",
+            &s.host,
+            "-p",
+            &s.port,
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-S",
+            "bench_recvlogical",
+        ])
+        .args([
+            "--start",
+            "--no-loop",
+            "-f",
+            "/dev/null",
+            "-E",
+            &end.to_string(),
+        ])
+        .args([
+            "-o",
+            "proto_version=2",
+            "-o",
+            "streaming=on",
+            "-o",
+            "binary=true",
+            "-o",
+            "publication_names=bench_pub",
+        ])
+        .status()
+        .expect("pg_recvlogical runs");
+    assert!(status.success());
+    let recvlogical = started.elapsed();
+
+    // walcast run: decode, map, encode, produce, wait for acks, confirm.
+    let spawned = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_walcast"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("walcast runs");
+    let streaming = loop {
+        let active = pg
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'bench_walcast' AND active",
+                &[],
+            )
+            .await
+            .unwrap()
+            .is_some();
+        if active {
+            break Instant::now();
+        }
+        assert!(child.try_wait().unwrap().is_none(), "walcast exited");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    while confirmed(&pg, "bench_walcast").await < end {
+        assert!(child.try_wait().unwrap().is_none(), "walcast exited");
+        assert!(
+            spawned.elapsed() < Duration::from_secs(600),
+            "walcast did not catch up within 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let walcast = streaming.elapsed();
+    let startup = streaming - spawned;
+
+    // Latency at 5,000 rows/s: commit returned → position confirmed (broker-acknowledged).
+    let polls: Arc<Mutex<Vec<(Instant, Lsn)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (polls, stop) = (polls.clone(), stop.clone());
+        let poll_pg = connect(&format!("{}/{db}", s.pg_url)).await;
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let c = confirmed(&poll_pg, "bench_walcast").await;
+                polls.lock().unwrap().push((Instant::now(), c));
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    let mut commits: Vec<(Instant, Lsn)> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let load_started = Instant::now();
+    for t in 0..1000u64 {
+        tick.tick().await;
+        let base = 10_000_000 + t * 50;
+        let row = pg
+            .query_one(
+                "WITH ins AS (INSERT INTO small SELECT $1::bigint + g, g, 'live ' || g FROM generate_series(1, 50) g RETURNING 1)
+                 SELECT count(*) , pg_current_wal_lsn()::text FROM ins",
+                &[&(base as i64)],
+            )
+            .await
+            .unwrap();
+        let lsn: String = row.get(1);
+        commits.push((Instant::now(), lsn.parse().unwrap()));
+    }
+    let offered = 50_000.0 / load_started.elapsed().as_secs_f64();
+    let last = commits.last().unwrap().1;
+    while confirmed(&pg, "bench_walcast").await < last {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    poller.await.unwrap();
+    let polls = polls.lock().unwrap();
+    let mut latencies: Vec<f64> = commits
+        .iter()
+        .map(|(at, lsn)| {
+            let (confirmed_at, _) = polls
+                .iter()
+                .find(|(t, c)| c > lsn && t >= at)
+                .expect("confirmed");
+            (confirmed_at.duration_since(*at)).as_secs_f64() * 1000.0
+        })
+        .collect();
+    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .unwrap_or("VmHWM: ?")
+        .to_string();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let exit = child.wait().unwrap();
+
+    let rate = |d: Duration| rows as f64 / d.as_secs_f64();
+    println!("end-to-end, {rows} small rows in 100-row transactions (TLS prefer on both sides):");
+    println!("| pg_recvlogical rows/s | walcast PostgreSQL→broker-ack rows/s | ratio |");
+    println!("|---:|---:|---:|");
+    println!(
+        "| {:.0} | {:.0} | {:.2} |",
+        rate(recvlogical),
+        rate(walcast),
+        rate(walcast) / rate(recvlogical)
+    );
+    println!("walcast start-up before streaming (registry, topics, slot checks): {startup:?}");
+    println!(
+        "latency commit → broker-acknowledged and confirmed, offered {offered:.0} rows/s in 50-row transactions: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        pct(0.50),
+        pct(0.99),
+        latencies.last().unwrap()
+    );
+    println!(
+        "walcast peak RSS: {}",
+        hwm.trim_start_matches("VmHWM:").trim()
+    );
+    println!("walcast exit on SIGTERM: {exit}");
+}
