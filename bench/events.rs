@@ -1,12 +1,19 @@
 //! End-to-end benchmark: PostgreSQL → domain events → broker acknowledgement, against
 //! `pg_recvlogical` draining the same WAL.
 //!
-//! Two slots are created before a backlog of small rows (100-row transactions) is written,
-//! so both hold identical WAL. `pg_recvlogical` drains one to /dev/null. The real `walcast
-//! run` binary (release build) drains the other: it decodes, maps, Avro-encodes, produces
+//! Three slots are created before a backlog of small rows (100-row transactions) is written,
+//! so all hold identical WAL. `pg_recvlogical` drains one to /dev/null. The real `walcast
+//! run` binary (release build) drains the others: it decodes, maps, Avro-encodes, produces
 //! with acks=all, and confirms a position only once the broker acknowledged it; it is done
 //! when the slot's `confirmed_flush_lsn` reaches the backlog's end. Rates are compared from
 //! the moment each side streams.
+//!
+//! walcast drains twice, to tell its own cost from the broker's:
+//! - into librdkafka's mock cluster (in this process, acknowledging at once): walcast's own
+//!   pipeline against PostgreSQL's decoding;
+//! - into the stack's tansu: the deployment figure. tansu 0.6.0 stores each record header as
+//!   a row in PostgreSQL, so records carrying walcast's eight headers cap it well below its
+//!   header-less rate; a bare producer sending the same record shape measures that ceiling.
 //!
 //! Then, with walcast caught up, a fixed offered load of 5,000 rows/s (50-row transactions
 //! every 10 ms, 10 s) measures latency from each commit returning to its position being
@@ -77,11 +84,15 @@ async fn main() {
         .unwrap_or(300_000);
     let db = "bench_events";
     let admin = connect(&format!("{}/postgres", s.pg_url)).await;
+    // One statement each: a multi-statement string runs as one transaction.
     admin
         .batch_execute(&format!(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{db}';
-             DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{db}'"
         ))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
         .await
         .unwrap();
     admin
@@ -93,8 +104,6 @@ async fn main() {
         "CREATE TABLE small (id bigint PRIMARY KEY, n int NOT NULL, s text NOT NULL);
          ALTER TABLE small OWNER TO walcast; GRANT CREATE ON DATABASE {db} TO walcast;
          CREATE PUBLICATION bench_pub FOR TABLE small;
-         SELECT pg_create_logical_replication_slot('bench_walcast', 'pgoutput');
-         SELECT pg_create_logical_replication_slot('bench_recvlogical', 'pgoutput');
          CREATE PROCEDURE load_small(txns int) LANGUAGE plpgsql AS $$
          DECLARE base bigint := 0;
          BEGIN
@@ -107,16 +116,33 @@ async fn main() {
     ))
     .await
     .unwrap();
+    for slot in ["bench_tansu", "bench_mock", "bench_recvlogical"] {
+        pg.execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
+        .await
+        .unwrap();
+    }
 
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("Key.avsc"), r#"{"type":"record","name":"SmallKey","namespace":"bench","fields":[{"name":"id","type":"long"}]}"#).unwrap();
-    std::fs::write(dir.path().join("Row.avsc"), r#"{"type":"record","name":"SmallRow","namespace":"bench","fields":[{"name":"id","type":"long"},{"name":"n","type":"int"},{"name":"s","type":"string"}]}"#).unwrap();
-    let topic = format!("bench_events_{}", std::process::id());
-    let config = dir.path().join("walcast.toml");
     std::fs::write(
-        &config,
-        format!(
-            r#"[kafka]
+        dir.path().join("Key.avsc"),
+        r#"{"type":"record","name":"SmallKey","namespace":"bench","fields":[{"name":"id","type":"long"}]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("Row.avsc"),
+        r#"{"type":"record","name":"SmallRow","namespace":"bench","fields":[{"name":"id","type":"long"},{"name":"n","type":"int"},{"name":"s","type":"string"}]}"#,
+    )
+    .unwrap();
+    let topic = format!("bench_events_{}", std::process::id());
+    let write_config = |name: &str, brokers: &str, slot: &str| {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                r#"[kafka]
 brokers = "{brokers}"
 [kafka.properties]
 "linger.ms" = 5
@@ -125,7 +151,7 @@ url = "{registry}"
 [[source]]
 name = "bench"
 url = "postgres://walcast@{host}:{port}/{db}"
-slot = "bench_walcast"
+slot = "{slot}"
 publication = "bench_pub"
 snapshot = "never"
 status_interval_ms = 1000
@@ -136,13 +162,19 @@ key = "Key.avsc"
 insert = "Row.avsc"
 update = "Row.avsc"
 "#,
-            brokers = s.brokers,
-            registry = s.registry,
-            host = s.host,
-            port = s.port,
-        ),
-    )
-    .unwrap();
+                registry = s.registry,
+                host = s.host,
+                port = s.port,
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let mock = rdkafka::mocking::MockCluster::new(1).expect("librdkafka mock cluster");
+    mock.create_topic(&topic, 3, 1)
+        .expect("a topic on the mock cluster");
+    let mock_config = write_config("mock", &mock.bootstrap_servers(), "bench_mock");
+    let tansu_config = write_config("tansu", &s.brokers, "bench_tansu");
 
     eprintln!("writing a backlog of {rows} rows in 100-row transactions");
     pg.batch_execute(&format!("CALL load_small({})", rows / 100))
@@ -188,59 +220,33 @@ update = "Row.avsc"
             "streaming=on",
             "-o",
             "binary=true",
-            "-o",
-            "publication_names=bench_pub",
         ])
+        .args(["-o", "publication_names=bench_pub"])
         .status()
         .expect("pg_recvlogical runs");
     assert!(status.success());
     let recvlogical = started.elapsed();
 
     // walcast run: decode, map, encode, produce, wait for acks, confirm.
-    let spawned = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_walcast"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("walcast runs");
-    let streaming = loop {
-        let active = pg
-            .query_opt(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'bench_walcast' AND active",
-                &[],
-            )
-            .await
-            .unwrap()
-            .is_some();
-        if active {
-            break Instant::now();
-        }
-        assert!(child.try_wait().unwrap().is_none(), "walcast exited");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    };
-    while confirmed(&pg, "bench_walcast").await < end {
-        assert!(child.try_wait().unwrap().is_none(), "walcast exited");
-        assert!(
-            spawned.elapsed() < Duration::from_secs(600),
-            "walcast did not catch up within 10 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let walcast = streaming.elapsed();
-    let startup = streaming - spawned;
+    eprintln!("walcast into the mock cluster");
+    let (mock_time, _, mut mock_child) = drain(&pg, &mock_config, "bench_mock", end).await;
+    eprintln!("walcast into tansu");
+    let (tansu_time, startup, mut child) = drain(&pg, &tansu_config, "bench_tansu", end).await;
+    eprintln!("tansu's ceiling");
+    let ceiling = tansu_ceiling(&s.brokers, &format!("{topic}_ceiling"), 100_000).await;
 
     // Latency at 5,000 rows/s: commit returned → position confirmed (broker-acknowledged).
-    let polls: Arc<Mutex<Vec<(Instant, Lsn)>>> = Arc::default();
+    // Both daemons run; each slot's confirmations are polled.
+    let polls: Arc<Mutex<Vec<(Instant, Lsn, Lsn)>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let poller = {
         let (polls, stop) = (polls.clone(), stop.clone());
         let poll_pg = connect(&format!("{}/{db}", s.pg_url)).await;
         tokio::spawn(async move {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let c = confirmed(&poll_pg, "bench_walcast").await;
-                polls.lock().unwrap().push((Instant::now(), c));
+                let t = confirmed(&poll_pg, "bench_tansu").await;
+                let m = confirmed(&poll_pg, "bench_mock").await;
+                polls.lock().unwrap().push((Instant::now(), t, m));
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         })
@@ -255,7 +261,7 @@ update = "Row.avsc"
         let row = pg
             .query_one(
                 "WITH ins AS (INSERT INTO small SELECT $1::bigint + g, g, 'live ' || g FROM generate_series(1, 50) g RETURNING 1)
-                 SELECT count(*) , pg_current_wal_lsn()::text FROM ins",
+                 SELECT count(*), pg_current_wal_lsn()::text FROM ins",
                 &[&(base as i64)],
             )
             .await
@@ -265,58 +271,198 @@ update = "Row.avsc"
     }
     let offered = 50_000.0 / load_started.elapsed().as_secs_f64();
     let last = commits.last().unwrap().1;
-    while confirmed(&pg, "bench_walcast").await < last {
+    while confirmed(&pg, "bench_tansu").await <= last || confirmed(&pg, "bench_mock").await <= last
+    {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     poller.await.unwrap();
     let polls = polls.lock().unwrap();
-    let mut latencies: Vec<f64> = commits
-        .iter()
-        .map(|(at, lsn)| {
-            let (confirmed_at, _) = polls
-                .iter()
-                .find(|(t, c)| c > lsn && t >= at)
-                .expect("confirmed");
-            (confirmed_at.duration_since(*at)).as_secs_f64() * 1000.0
-        })
-        .collect();
-    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    let latencies = |mock: bool| {
+        let mut l: Vec<f64> = commits
+            .iter()
+            .map(|(at, lsn)| {
+                let (confirmed_at, ..) = polls
+                    .iter()
+                    .find(|(t, on_tansu, on_mock)| {
+                        (if mock { on_mock } else { on_tansu }) > lsn && t >= at
+                    })
+                    .expect("confirmed");
+                confirmed_at.duration_since(*at).as_secs_f64() * 1000.0
+            })
+            .collect();
+        l.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        l
+    };
+    let pct = |l: &[f64], p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)];
+    let (on_mock, on_tansu) = (latencies(true), latencies(false));
+    let mock_rss = peak_rss(&mock_child);
+    terminate(&mut mock_child);
+    let tansu_rss = peak_rss(&child);
+    let exit = terminate(&mut child);
 
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
-    let hwm = status
+    let rate = |d: Duration| rows as f64 / d.as_secs_f64();
+    println!("end-to-end, {rows} small rows in 100-row transactions (TLS prefer on both sides):");
+    println!("| broker | pg_recvlogical rows/s | walcast PostgreSQL→broker-ack rows/s | ratio | walcast peak RSS |");
+    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| librdkafka mock cluster (walcast's own pipeline) | {:.0} | {:.0} | {:.2} | {mock_rss} |",
+        rate(recvlogical),
+        rate(mock_time),
+        rate(mock_time) / rate(recvlogical)
+    );
+    println!(
+        "| tansu 0.6.0 on PostgreSQL (the stack) | {:.0} | {:.0} | {:.2} | {tansu_rss} |",
+        rate(recvlogical),
+        rate(tansu_time),
+        rate(tansu_time) / rate(recvlogical)
+    );
+    println!(
+        "tansu's ceiling for the same record shape (bare idempotent producer, 8 headers): {ceiling:.0} records/s; walcast reaches {:.0}% of it",
+        100.0 * rate(tansu_time) / ceiling
+    );
+    println!("walcast start-up before streaming (registry, topics, slot checks): {startup:?}");
+    println!("latency, commit → broker-acknowledged and confirmed to PostgreSQL, offered {offered:.0} rows/s in 50-row transactions:");
+    for (broker, l) in [("mock cluster", &on_mock), ("tansu", &on_tansu)] {
+        println!(
+            "  {broker}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            pct(l, 0.50),
+            pct(l, 0.99),
+            l.last().unwrap()
+        );
+    }
+    println!("walcast exit on SIGTERM: {exit}");
+}
+
+/// Starts `walcast run` on `config` and waits until `slot` is confirmed up to `end`: the
+/// time from streaming to done, the start-up time, and the daemon, still running.
+async fn drain(
+    pg: &tokio_postgres::Client,
+    config: &std::path::Path,
+    slot: &str,
+    end: Lsn,
+) -> (Duration, Duration, std::process::Child) {
+    let spawned = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_walcast"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("walcast runs");
+    let streaming = loop {
+        let active = pg
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .is_some();
+        if active {
+            break Instant::now();
+        }
+        assert!(child.try_wait().unwrap().is_none(), "walcast exited");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    while confirmed(pg, slot).await < end {
+        assert!(child.try_wait().unwrap().is_none(), "walcast exited");
+        assert!(
+            spawned.elapsed() < Duration::from_secs(600),
+            "walcast did not catch up within 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (streaming.elapsed(), streaming - spawned, child)
+}
+
+fn peak_rss(child: &std::process::Child) -> String {
+    std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("VmHWM"))
-        .unwrap_or("VmHWM: ?")
-        .to_string();
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| "?".into())
+}
+
+fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    let exit = child.wait().unwrap();
+    child.wait().unwrap()
+}
 
-    let rate = |d: Duration| rows as f64 / d.as_secs_f64();
-    println!("end-to-end, {rows} small rows in 100-row transactions (TLS prefer on both sides):");
-    println!("| pg_recvlogical rows/s | walcast PostgreSQL→broker-ack rows/s | ratio |");
-    println!("|---:|---:|---:|");
-    println!(
-        "| {:.0} | {:.0} | {:.2} |",
-        rate(recvlogical),
-        rate(walcast),
-        rate(walcast) / rate(recvlogical)
-    );
-    println!("walcast start-up before streaming (registry, topics, slot checks): {startup:?}");
-    println!(
-        "latency commit → broker-acknowledged and confirmed, offered {offered:.0} rows/s in 50-row transactions: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        pct(0.50),
-        pct(0.99),
-        latencies.last().unwrap()
-    );
-    println!(
-        "walcast peak RSS: {}",
-        hwm.trim_start_matches("VmHWM:").trim()
-    );
-    println!("walcast exit on SIGTERM: {exit}");
+/// What tansu acknowledges per second of records shaped like walcast's (small key and
+/// value, eight headers), from an idempotent acks=all producer with the same settings.
+async fn tansu_ceiling(brokers: &str, topic: &str, n: usize) -> f64 {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .create()
+                .unwrap();
+        admin
+            .create_topics(
+                &[NewTopic::new(topic, 3, TopicReplication::Fixed(1))],
+                &AdminOptions::new(),
+            )
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    let mut pending = std::collections::VecDeque::new();
+    for i in 0..n {
+        let key = format!("key-{i}");
+        let mut headers = OwnedHeaders::new_with_capacity(8);
+        for name in [
+            "event_type",
+            "op",
+            "source",
+            "lsn",
+            "seq",
+            "xid",
+            "commit_ts",
+            "event_id",
+        ] {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some("value-123456"),
+            });
+        }
+        let record = FutureRecord::to(topic)
+            .key(&key)
+            .payload("a row payload of about forty bytes......")
+            .headers(headers);
+        // send_result's future does not borrow the record, so thousands can be in flight.
+        let delivery = producer
+            .send_result(record)
+            .map_err(|(e, _)| e)
+            .expect("queued");
+        pending.push_back(delivery);
+        if pending.len() > 20_000 {
+            pending
+                .pop_front()
+                .unwrap()
+                .await
+                .unwrap()
+                .expect("delivered");
+        }
+    }
+    for p in pending {
+        p.await.unwrap().expect("delivered");
+    }
+    n as f64 / started.elapsed().as_secs_f64()
 }

@@ -22,7 +22,7 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     cc
 }
 
-/// Creates `topic` with `settings` unless it exists. walcast creates its own topics: it never
+/// Creates `topic` with `settings` unless it exists (checked in the cluster's metadata first). walcast creates its own topics: it never
 /// relies on broker auto-creation, which would pick partitions and cleanup policy for it.
 pub async fn ensure_topic(
     kafka: &KafkaConfig,
@@ -33,6 +33,19 @@ pub async fn ensure_topic(
     use rdkafka::client::DefaultClientContext;
     use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     let admin: AdminClient<DefaultClientContext> = client_config(kafka).create()?;
+    // An existing topic is used as it is: clusters where topics are provisioned ahead (and
+    // walcast's principal may not create them) work, and nothing is asked of the admin API.
+    let inner = admin.inner();
+    let metadata = tokio::task::block_in_place(|| {
+        inner.fetch_metadata(Some(topic), std::time::Duration::from_secs(10))
+    })?;
+    if metadata
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+    {
+        return Ok(());
+    }
     let policy = match settings.cleanup_policy {
         crate::config::CleanupPolicy::Delete => "delete",
         crate::config::CleanupPolicy::Compact => "compact",

@@ -118,7 +118,20 @@ pub async fn run(
     }
 
     let (acked_tx, acked_rx) = watch::channel(Lsn::ZERO);
-    let producer: ThreadedProducer<Acks> = crate::kafka::client_config(&config.kafka)
+    let mut client = crate::kafka::client_config(&config.kafka);
+    // Bound what waits in librdkafka for a slow broker: its defaults (1 GB, 100k messages)
+    // are what a backlog fills, and the byte bound does not count headers, so the message
+    // bound is what holds memory (about 1 KB a record with eight headers). More buys no
+    // throughput: once the queue is full, the broker is the limit.
+    for (key, value) in [
+        ("queue.buffering.max.kbytes", "16384"),
+        ("queue.buffering.max.messages", "20000"),
+    ] {
+        if !config.kafka.properties.contains_key(key) {
+            client.set(key, value);
+        }
+    }
+    let producer: ThreadedProducer<Acks> = client
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("partitioner", "murmur2_random")
