@@ -66,7 +66,7 @@ pub async fn run(
     if config.kafka.exactly_once {
         // Refused rather than ignored: a user who asked for it must not believe they have it.
         return Err(DaemonError::Events(EventsError::Kafka(
-            "kafka.exactly_once = true is not available in this build (Kafka transactions per source transaction are planned; the stack's broker, tansu 0.6.0, does not support them); set it to false for at-least-once delivery with deterministic event ids".into(),
+            "kafka.exactly_once = true is not available in this build: Kafka transactions per source transaction are planned, but no broker walcast is tested against supports them yet (tansu 0.6.0 lacks EndTxn); set it to false for at-least-once delivery, where every change carries a deterministic event_id for deduplication".into(),
         )));
     }
     for source in &config.sources {
