@@ -23,45 +23,14 @@
 //! Run: `scripts/stack up && cargo bench --bench events`. `WALCAST_BENCH_ROWS` sets the
 //! backlog (default 300000).
 
-use std::collections::HashMap;
+#[path = "stack.rs"]
+mod stack;
+use stack::{connect, recvlogical, stack};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use walcast::lsn::Lsn;
-
-struct Stack {
-    pg_url: String,
-    pg_bin: String,
-    host: String,
-    port: String,
-    brokers: String,
-    registry: String,
-}
-
-fn stack() -> Stack {
-    let dir =
-        std::env::var("WALCAST_STACK_DIR").unwrap_or_else(|_| "/var/tmp/walcast-stack".into());
-    let text =
-        std::fs::read_to_string(format!("{dir}/stack.env")).expect("run scripts/stack up first");
-    let vars: HashMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
-    Stack {
-        pg_url: vars["WALCAST_PG_URL"].into(),
-        pg_bin: vars["WALCAST_PG_BIN"].into(),
-        host: vars["WALCAST_PG_HOST"].into(),
-        port: vars["WALCAST_PG_PORT"].into(),
-        brokers: vars["WALCAST_KAFKA_BROKERS"].into(),
-        registry: vars["WALCAST_REGISTRY_URL"].into(),
-    }
-}
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("stack PostgreSQL");
-    tokio::spawn(conn);
-    client
-}
 
 async fn confirmed(pg: &tokio_postgres::Client, slot: &str) -> Lsn {
     let text: Option<String> = pg
@@ -190,42 +159,7 @@ update = "Row.avsc"
     };
 
     // pg_recvlogical: the server's own decoding speed, nothing downstream.
-    let started = Instant::now();
-    let status = Command::new(format!("{}/pg_recvlogical", s.pg_bin))
-        .env("PGSSLMODE", "prefer")
-        .args([
-            "-h",
-            &s.host,
-            "-p",
-            &s.port,
-            "-U",
-            "postgres",
-            "-d",
-            db,
-            "-S",
-            "bench_recvlogical",
-        ])
-        .args([
-            "--start",
-            "--no-loop",
-            "-f",
-            "/dev/null",
-            "-E",
-            &end.to_string(),
-        ])
-        .args([
-            "-o",
-            "proto_version=2",
-            "-o",
-            "streaming=on",
-            "-o",
-            "binary=true",
-        ])
-        .args(["-o", "publication_names=bench_pub"])
-        .status()
-        .expect("pg_recvlogical runs");
-    assert!(status.success());
-    let recvlogical = started.elapsed();
+    let recvlogical = recvlogical(&s, db, "bench_recvlogical", "bench_pub", end);
 
     // walcast run: decode, map, encode, produce, wait for acks, confirm.
     eprintln!("walcast into the mock cluster");

@@ -12,35 +12,15 @@
 //! Shapes: small rows in 100-row transactions; ~1 KB rows of 20 mixed columns in 100-row
 //! transactions; one 1,000,000-row transaction (streamed while in progress).
 
-use std::collections::HashMap;
-use std::process::Command;
+#[path = "stack.rs"]
+mod stack;
+use stack::{connect, recvlogical, stack, Stack};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use walcast::lsn::Lsn;
 use walcast::source::catalog::TableName;
 use walcast::source::{SourceEvent, SourceSettings};
-
-struct Stack {
-    pg_url: String,
-    pg_bin: String,
-    host: String,
-    port: String,
-}
-
-fn stack() -> Stack {
-    let dir =
-        std::env::var("WALCAST_STACK_DIR").unwrap_or_else(|_| "/var/tmp/walcast-stack".into());
-    let text =
-        std::fs::read_to_string(format!("{dir}/stack.env")).expect("run scripts/stack up first");
-    let vars: HashMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
-    Stack {
-        pg_url: vars["WALCAST_PG_URL"].to_string(),
-        pg_bin: vars["WALCAST_PG_BIN"].to_string(),
-        host: vars["WALCAST_PG_HOST"].to_string(),
-        port: vars["WALCAST_PG_PORT"].to_string(),
-    }
-}
 
 struct Shape {
     name: &'static str,
@@ -186,55 +166,6 @@ async fn main() {
                 .unwrap();
         }
     }
-}
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("stack PostgreSQL");
-    tokio::spawn(conn);
-    client
-}
-
-/// Drains `slot` up to `end` with pg_recvlogical; returns the wall time.
-fn recvlogical(stack: &Stack, db: &str, slot: &str, publication: &str, end: Lsn) -> Duration {
-    let started = Instant::now();
-    let sslmode = std::env::var("WALCAST_BENCH_TLS").unwrap_or_else(|_| "prefer".into());
-    let status = Command::new(format!("{}/pg_recvlogical", stack.pg_bin))
-        .env("PGSSLMODE", sslmode)
-        .args([
-            "-h",
-            &stack.host,
-            "-p",
-            &stack.port,
-            "-U",
-            "postgres",
-            "-d",
-            db,
-            "-S",
-            slot,
-        ])
-        .args([
-            "--start",
-            "--no-loop",
-            "-f",
-            "/dev/null",
-            "-E",
-            &end.to_string(),
-        ])
-        .args([
-            "-o",
-            "proto_version=2",
-            "-o",
-            "streaming=on",
-            "-o",
-            "binary=true",
-        ])
-        .args(["-o", &format!("publication_names={publication}")])
-        .status()
-        .expect("pg_recvlogical runs");
-    assert!(status.success(), "pg_recvlogical failed: {status}");
-    started.elapsed()
 }
 
 /// Drains `slot` with walcast's source until every row arrived; returns the wall time.

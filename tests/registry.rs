@@ -511,27 +511,16 @@ async fn the_compatibility_matrix_matches_confluents_documentation() {
     for (level, column) in levels {
         for (row, (change, schema)) in changes.iter().enumerate() {
             let subject = format!("m-{}-{row}", level.to_lowercase());
-            registry
-                .call(
-                    "PUT",
-                    &format!("/config/{subject}"),
-                    Some(json!({"compatibility": level})),
-                )
-                .await;
+            registry.set_level(&subject, level).await;
             registry.register(&subject, &base).await;
             let (_, check) = registry
-                .call(
-                    "POST",
+                .post_schema(
                     &format!("/compatibility/subjects/{subject}/versions/latest?verbose=true"),
-                    Some(json!({"schema": schema})),
+                    schema,
                 )
                 .await;
             let (status, _) = registry
-                .call(
-                    "POST",
-                    &format!("/subjects/{subject}/versions"),
-                    Some(json!({"schema": schema})),
-                )
+                .post_schema(&format!("/subjects/{subject}/versions"), schema)
                 .await;
             let want = expected[row][column];
             if check["is_compatible"] != json!(want) || (status == 200) != want {
@@ -575,43 +564,20 @@ async fn transitive_levels_check_every_earlier_version() {
         ("FULL_TRANSITIVE", &forward, false),
     ] {
         let subject = format!("t-{}", level.to_lowercase());
-        registry
-            .call(
-                "PUT",
-                &format!("/config/{subject}"),
-                Some(json!({"compatibility": level})),
-            )
-            .await;
+        registry.set_level(&subject, level).await;
         for schema in &history[..2] {
-            registry
-                .call(
-                    "PUT",
-                    &format!("/config/{subject}"),
-                    Some(json!({"compatibility": "NONE"})),
-                )
-                .await;
+            registry.set_level(&subject, "NONE").await;
             registry.register(&subject, schema).await;
         }
-        registry
-            .call(
-                "PUT",
-                &format!("/config/{subject}"),
-                Some(json!({"compatibility": level})),
-            )
-            .await;
+        registry.set_level(&subject, level).await;
         let (_, all) = registry
-            .call(
-                "POST",
+            .post_schema(
                 &format!("/compatibility/subjects/{subject}/versions"),
-                Some(json!({"schema": history[2]})),
+                &history[2],
             )
             .await;
         let (status, body) = registry
-            .call(
-                "POST",
-                &format!("/subjects/{subject}/versions"),
-                Some(json!({"schema": history[2]})),
-            )
+            .post_schema(&format!("/subjects/{subject}/versions"), &history[2])
             .await;
         assert_eq!(
             (status == 200, all["is_compatible"].as_bool()),

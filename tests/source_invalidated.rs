@@ -20,21 +20,21 @@ struct Cluster {
 
 impl Cluster {
     fn start(bin: &Path, settings: &str) -> Self {
-        let port = 55000 + (std::process::id() % 1000) as u16;
         let dir = PathBuf::from(format!(
             "/var/tmp/walcast-test-cluster-{}",
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&dir);
-        let run = |args: &[&str]| {
-            let status = Command::new("runuser")
+        let try_run = |args: &[&str]| {
+            Command::new("runuser")
                 .args(["-u", "postgres", "--"])
                 .args(args)
                 .stdout(std::process::Stdio::null())
                 .status()
-                .unwrap();
-            assert!(status.success(), "{args:?}");
+                .unwrap()
+                .success()
         };
+        let run = |args: &[&str]| assert!(try_run(args), "{args:?}");
         std::fs::create_dir_all(&dir).unwrap();
         assert!(Command::new("chown")
             .args(["postgres:postgres"])
@@ -51,23 +51,41 @@ impl Cluster {
             "postgres",
             "--auth=trust",
         ]);
-        let conf = format!(
-            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = logical\n{settings}\n",
-            dir.display()
-        );
-        let mut existing = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
-        existing.push_str(&conf);
-        std::fs::write(data.join("postgresql.conf"), existing).unwrap();
+        let base_conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
         let log = dir.join("log");
-        run(&[
-            bin.join("pg_ctl").to_str().unwrap(),
-            "-D",
-            data.to_str().unwrap(),
-            "-l",
-            log.to_str().unwrap(),
-            "-w",
-            "start",
-        ]);
+        // A port the kernel says is free now (a fixed one can be any client's ephemeral
+        // port); another process may still take it first, so a failed start tries another.
+        let mut attempt = 0;
+        let port = loop {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let conf = format!(
+                "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = logical\n{settings}\n",
+                dir.display()
+            );
+            std::fs::write(data.join("postgresql.conf"), format!("{base_conf}{conf}")).unwrap();
+            let started = try_run(&[
+                bin.join("pg_ctl").to_str().unwrap(),
+                "-D",
+                data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ]);
+            attempt += 1;
+            if started {
+                break port;
+            }
+            assert!(
+                attempt < 5,
+                "the throwaway cluster did not start; see {}",
+                log.display()
+            );
+        };
         Cluster {
             bin: bin.to_path_buf(),
             dir,

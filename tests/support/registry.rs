@@ -137,6 +137,24 @@ impl Registry {
         (status, value)
     }
 
+    /// Sets `subject`'s compatibility level, expecting success.
+    pub async fn set_level(&self, subject: &str, level: &str) {
+        let (status, body) = self
+            .call(
+                "PUT",
+                &format!("/config/{subject}"),
+                Some(serde_json::json!({ "compatibility": level })),
+            )
+            .await;
+        assert_eq!(status, 200, "setting {subject} to {level}: {body}");
+    }
+
+    /// POSTs `{"schema": schema}` to `path`.
+    pub async fn post_schema(&self, path: &str, schema: &str) -> (u16, Value) {
+        self.call("POST", path, Some(serde_json::json!({ "schema": schema })))
+            .await
+    }
+
     /// Registers `schema` under `subject`, expecting success; returns the id.
     pub async fn register(&self, subject: &str, schema: &str) -> u64 {
         let (status, body) = self
