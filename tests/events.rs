@@ -310,7 +310,7 @@ async fn every_mapping_error_names_the_contract_field_table_and_column() {
     let key_int = r#"{"type":"record","name":"UserKey","namespace":"com.example.users","fields":[{"name":"user_id","type":"int"}]}"#;
     let key_nullable = r#"{"type":"record","name":"UserKey","namespace":"com.example.users","fields":[{"name":"user_id","type":["null","long"],"default":null}]}"#;
     let deleted_email = r#"{"type":"record","name":"UserDeleted","namespace":"com.example.users","fields":[{"name":"user_id","type":"long"},{"name":"email","type":"string"}]}"#;
-    let cases: Vec<(Setup, &str, &str)> = vec![
+    let mut cases: Vec<(Setup, &str, &str)> = vec![
         (
             Setup { table_keys: Some("columns = { user_id = \"id\" }".into()), ..Default::default() },
             "",
@@ -347,6 +347,14 @@ async fn every_mapping_error_names_the_contract_field_table_and_column() {
             "UserUpdated.avsc: not a valid Avro schema",
         ),
     ];
+    cases.push((
+        Setup {
+            table_keys: Some("columns = { user_id = \"id\", name = \"full_name\", email = \"search\" }".into()),
+            ..Default::default()
+        },
+        "ALTER TABLE users ADD COLUMN search tsvector",
+        "UserCreated.avsc: field email reads column public.users.search (tsvector), but type tsvector is not supported",
+    ));
     for (i, (setup, sql, expected)) in cases.into_iter().enumerate() {
         let daemon = Daemon::prepare(&format!("ev_maperr{i}"), setup).await;
         if !sql.is_empty() {
@@ -457,4 +465,22 @@ async fn exactly_once_is_refused_rather_than_ignored() {
         stderr.contains("kafka.exactly_once = true is not available in this build"),
         "{stderr}"
     );
+}
+
+/// A column no contract maps never leaves the service, so its type does not matter: a
+/// `tsvector` search column, which walcast cannot decode, is no obstacle.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unmapped_column_of_an_unsupported_type_is_no_obstacle() {
+    let mut daemon = Daemon::prepare("ev_unmapped", Setup::default()).await;
+    daemon
+        .pg()
+        .await
+        .batch_execute("ALTER TABLE users ADD COLUMN search tsvector GENERATED ALWAYS AS (to_tsvector('simple', full_name)) STORED")
+        .await
+        .unwrap();
+    daemon.start().await;
+    insert_users(&daemon.pg().await, &["Ada"]).await;
+    let events = decode(&daemon.topic, 1).await;
+    assert_eq!(events[0].value.as_ref().unwrap()["name"], "Ada");
+    assert_eq!(daemon.terminate().await, Some(0));
 }

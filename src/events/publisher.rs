@@ -69,8 +69,27 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), EventsError> {
     let source = &config.sources[index];
-    let settings = SourceSettings::from_config(source);
     let specs = super::specs(&config, source)?;
+    let mut settings = SourceSettings::from_config(source);
+    // Only mapped columns are ever decoded, so only they need a supported type.
+    settings.read_columns = Some(
+        specs
+            .iter()
+            .map(|spec| {
+                let (schema, name) = spec.table.split_once('.').expect("qualified");
+                let table = TableName {
+                    schema: schema.into(),
+                    name: name.into(),
+                };
+                let columns = spec
+                    .contracts()
+                    .flat_map(|c| c.fields.iter())
+                    .map(|f| spec.columns.get(&f.name).unwrap_or(&f.name).clone())
+                    .collect();
+                (table, columns)
+            })
+            .collect(),
+    );
 
     // Everything is checked before anything streams: tables, mapping, registry, topics.
     let mut catalog = Catalog::connect(&settings.url, &settings.name, &settings.tls).await?;

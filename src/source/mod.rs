@@ -73,6 +73,9 @@ pub struct SourceSettings {
     pub heartbeat_interval: Option<Duration>,
     pub heartbeat_table: Option<String>,
     pub tls: tls::TlsSettings,
+    /// The columns anything downstream reads, per table; `None` means all of them. Only
+    /// these must have a type walcast decodes: an unmapped column is never decoded.
+    pub read_columns: Option<std::collections::HashMap<TableName, Vec<String>>>,
 }
 
 impl SourceSettings {
@@ -106,6 +109,7 @@ impl SourceSettings {
                     .unwrap_or_else(|| tls_mode_of_url(&c.resolved_url)),
                 ca_file: c.tls_ca_file.clone(),
             },
+            read_columns: None,
         }
     }
 }
@@ -133,7 +137,12 @@ pub async fn prepare(settings: &SourceSettings) -> Result<Catalog, SourceError> 
         .unsupported_columns(&settings.tables)
         .await?
         .into_iter()
-        .next()
+        .find(|(table, column, _)| {
+            settings
+                .read_columns
+                .as_ref()
+                .is_none_or(|read| read.get(table).is_some_and(|cols| cols.contains(column)))
+        })
     {
         return Err(SourceError::setup(
             format!("source {}: column {table}.{column} has type {ty}, which walcast does not support", settings.name),

@@ -291,6 +291,7 @@ pub fn source_settings(
         heartbeat_interval: None,
         heartbeat_table: None,
         tls: Default::default(),
+        read_columns: None,
     }
 }
 
