@@ -10,6 +10,10 @@
 pub mod mysql;
 pub mod postgres;
 pub mod redis;
+pub mod sink;
+pub mod text;
+
+pub use sink::{Batch, Change, Op, Position, Sink, Value, Version};
 
 use std::error::Error as StdError;
 
@@ -22,6 +26,26 @@ pub enum Error {
     Mysql(#[from] mysql_async::Error),
     #[error("{}", describe(.0))]
     Redis(#[from] ::redis::RedisError),
+    /// The store is not set up as the replica needs; the message says how to fix it.
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl Error {
+    /// Worth retrying: the store was unreachable or busy, not wrong.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Postgres(e) => e.as_db_error().is_none_or(|db| {
+                // Connection, resource and serialization classes: 08, 53, 57, 40.
+                matches!(&db.code().code()[..2], "08" | "53" | "57" | "40")
+            }),
+            Error::Mysql(e) => {
+                matches!(e, mysql_async::Error::Io(_) | mysql_async::Error::Driver(_))
+            }
+            Error::Redis(e) => e.is_io_error() || e.is_timeout() || e.is_connection_dropped(),
+            Error::Setup(_) => false,
+        }
+    }
 }
 
 /// An error and its causes on one line, without repeating a cause the error already printed.

@@ -349,20 +349,24 @@ pub fn render(value: &Value) -> String {
                 let _ = write!(s, "{byte:02x}");
             }
         }
-        Value::Date(d) => infinite(&mut s, d, |s, d| date(s, *d)),
-        Value::Time(us) => time(&mut s, *us),
+        Value::Date(d) => infinite(&mut s, d, |s, d| {
+            connectors::text::date(s, i64::from(*d) + i64::from(PG_EPOCH_DAYS))
+        }),
+        Value::Time(us) => connectors::text::time(&mut s, *us),
         Value::TimeTz {
             micros,
             offset_secs,
         } => {
-            time(&mut s, *micros);
+            connectors::text::time(&mut s, *micros);
             let sign = if *offset_secs < 0 { '-' } else { '+' };
             let o = offset_secs.unsigned_abs();
             let _ = write!(s, "{sign}{:02}:{:02}", o / 3600, o % 3600 / 60);
         }
-        Value::Timestamp(t) => infinite(&mut s, t, |s, us| timestamp(s, *us)),
+        Value::Timestamp(t) => infinite(&mut s, t, |s, us| {
+            connectors::text::timestamp(s, us + PG_EPOCH_MICROS)
+        }),
         Value::TimestampTz(t) => infinite(&mut s, t, |s, us| {
-            timestamp(s, *us);
+            connectors::text::timestamp(s, us + PG_EPOCH_MICROS);
             s.push('Z');
         }),
         Value::Interval {
@@ -447,46 +451,6 @@ fn infinite<T>(s: &mut String, v: &Infinite<T>, finite: impl FnOnce(&mut String,
         Infinite::Infinity => s.push_str("infinity"),
         Infinite::Finite(x) => finite(s, x),
     }
-}
-
-/// Days since 2000-01-01 as `YYYY-MM-DD` (proleptic Gregorian, civil-from-days).
-fn date(s: &mut String, pg_days: i32) {
-    let z = i64::from(pg_days) + i64::from(PG_EPOCH_DAYS) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    if year <= 0 {
-        let _ = write!(s, "{:04}-{month:02}-{day:02} BC", 1 - year);
-    } else {
-        let _ = write!(s, "{year:04}-{month:02}-{day:02}");
-    }
-}
-
-fn time(s: &mut String, micros: i64) {
-    let secs = micros / 1_000_000;
-    let _ = write!(
-        s,
-        "{:02}:{:02}:{:02}",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    );
-    if micros % 1_000_000 != 0 {
-        let _ = write!(s, ".{:06}", micros % 1_000_000);
-    }
-}
-
-fn timestamp(s: &mut String, pg_micros: i64) {
-    let days = pg_micros.div_euclid(86_400_000_000);
-    let rest = pg_micros.rem_euclid(86_400_000_000);
-    date(s, days as i32);
-    s.push('T');
-    time(s, rest);
 }
 
 #[cfg(test)]
