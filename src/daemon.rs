@@ -24,6 +24,8 @@ pub enum DaemonError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Events(#[from] EventsError),
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
 }
 
 /// Runs until `shutdown` completes (then returns `Ok` once everything has stopped cleanly)
@@ -74,14 +76,23 @@ pub async fn run(
             tracing::warn!(source = %source.name, "snapshot = \"initial\" is not implemented yet: rows that exist before the slot is created are not published, only changes after it");
         }
     }
-    if !config.sinks.is_empty() {
-        tracing::warn!(sinks = config.sinks.len(), "this build publishes events only; the [[sink]] runners are not part of it yet, so no replica is written");
-    }
     let registry = Arc::new(Client::new(&config.registry));
     for index in 0..config.sources.len() {
         let (cfg, reg, done) = (config.clone(), registry.clone(), signal());
         tasks.spawn(async move {
             publisher::run(cfg, index, reg, done)
+                .await
+                .map_err(DaemonError::from)
+        });
+    }
+    for (index, sink) in config.sinks.iter().enumerate() {
+        if !matches!(sink.kind, crate::config::SinkKind::Postgres(_)) {
+            tracing::warn!(sink = %sink.name(), "{} sinks are not part of this build yet: this replica is not written", sink.type_name());
+            continue;
+        }
+        let (cfg, reg, done) = (config.clone(), registry.clone(), signal());
+        tasks.spawn(async move {
+            crate::sink::run(cfg, index, reg, done)
                 .await
                 .map_err(DaemonError::from)
         });

@@ -31,6 +31,7 @@
 //! - [`source`]: the PostgreSQL logical replication client.
 //! - [`registry`]: the embedded Confluent-compatible schema registry, and its client.
 //! - [`events`]: contracts, the table → event mapping, and publishing with no loss.
+//! - [`sink`]: the sink runner: consumer group → decode → connector → commit.
 //! - [`daemon`]: `walcast run`, every part under one shutdown.
 
 pub mod check;
@@ -41,4 +42,5 @@ pub mod kafka;
 pub mod lsn;
 pub mod redact;
 pub mod registry;
+pub mod sink;
 pub mod source;
