@@ -25,7 +25,7 @@
 
 #[path = "stack.rs"]
 mod stack;
-use stack::{connect, recvlogical, stack};
+use stack::{connect, fresh_database, recvlogical, stack};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,23 +52,7 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(300_000);
     let db = "bench_events";
-    let admin = connect(&format!("{}/postgres", s.pg_url)).await;
-    // One statement each: a multi-statement string runs as one transaction.
-    admin
-        .batch_execute(&format!(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{db}'"
-        ))
-        .await
-        .unwrap();
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-        .await
-        .unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .await
-        .unwrap();
-    let pg = connect(&format!("{}/{db}", s.pg_url)).await;
+    let pg = fresh_database(&s, db).await;
     pg.batch_execute(&format!(
         "CREATE TABLE small (id bigint PRIMARY KEY, n int NOT NULL, s text NOT NULL);
          ALTER TABLE small OWNER TO walcast; GRANT CREATE ON DATABASE {db} TO walcast;

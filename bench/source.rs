@@ -14,7 +14,7 @@
 
 #[path = "stack.rs"]
 mod stack;
-use stack::{connect, recvlogical, stack, Stack};
+use stack::{fresh_database, recvlogical, stack, Stack};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -85,30 +85,7 @@ END $$;
 async fn main() {
     let stack = stack();
     let db = "bench_source";
-    let admin = connect(&format!("{}/postgres", stack.pg_url)).await;
-    for slot in admin
-        .query(
-            "SELECT slot_name::text FROM pg_replication_slots WHERE database = $1",
-            &[&db],
-        )
-        .await
-        .unwrap()
-    {
-        let name: String = slot.get(0);
-        admin
-            .execute("SELECT pg_drop_replication_slot($1)", &[&name])
-            .await
-            .unwrap();
-    }
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-        .await
-        .unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .await
-        .unwrap();
-    let pg = connect(&format!("{}/{db}", stack.pg_url)).await;
+    let pg = fresh_database(&stack, db).await;
     pg.batch_execute(PROCEDURES).await.unwrap();
 
     println!("| backlog | rows | pg_recvlogical rows/s | walcast source rows/s | ratio |");

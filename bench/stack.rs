@@ -83,3 +83,26 @@ pub fn recvlogical(stack: &Stack, db: &str, slot: &str, publication: &str, end: 
     assert!(status.success(), "pg_recvlogical failed: {status}");
     started.elapsed()
 }
+
+/// `db` created anew, with the replication slots a previous run left on it dropped first;
+/// a connection to it.
+pub async fn fresh_database(stack: &Stack, db: &str) -> tokio_postgres::Client {
+    let admin = connect(&format!("{}/postgres", stack.pg_url)).await;
+    // One statement each: a multi-statement string runs as one transaction.
+    admin
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1",
+            &[&db],
+        )
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    connect(&format!("{}/{db}", stack.pg_url)).await
+}
