@@ -25,7 +25,7 @@
 
 #[path = "stack.rs"]
 mod stack;
-use stack::{connect, fresh_database, recvlogical, stack};
+use stack::{connect, fresh_database, recvlogical, stack, LOAD_SMALL};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -56,19 +56,11 @@ async fn main() {
     pg.batch_execute(&format!(
         "CREATE TABLE small (id bigint PRIMARY KEY, n int NOT NULL, s text NOT NULL);
          ALTER TABLE small OWNER TO walcast; GRANT CREATE ON DATABASE {db} TO walcast;
-         CREATE PUBLICATION bench_pub FOR TABLE small;
-         CREATE PROCEDURE load_small(txns int) LANGUAGE plpgsql AS $$
-         DECLARE base bigint := 0;
-         BEGIN
-           FOR t IN 1..txns LOOP
-             INSERT INTO small SELECT base + g, g, 'row ' || (base + g) FROM generate_series(1, 100) g;
-             base := base + 100;
-             COMMIT;
-           END LOOP;
-         END $$;"
+         CREATE PUBLICATION bench_pub FOR TABLE small;"
     ))
     .await
     .unwrap();
+    pg.batch_execute(LOAD_SMALL).await.unwrap();
     for slot in ["bench_tansu", "bench_mock", "bench_recvlogical"] {
         pg.execute(
             "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",

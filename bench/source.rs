@@ -14,7 +14,7 @@
 
 #[path = "stack.rs"]
 mod stack;
-use stack::{fresh_database, recvlogical, stack, Stack};
+use stack::{fresh_database, recvlogical, stack, Stack, LOAD_SMALL};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -57,16 +57,7 @@ const SHAPES: &[Shape] = &[
     },
 ];
 
-const PROCEDURES: &str = "
-CREATE PROCEDURE load_small(txns int) LANGUAGE plpgsql AS $$
-DECLARE base bigint := 0;
-BEGIN
-  FOR t IN 1..txns LOOP
-    INSERT INTO small SELECT base + g, g, 'row ' || (base + g) FROM generate_series(1, 100) g;
-    base := base + 100;
-    COMMIT;
-  END LOOP;
-END $$;
+const LOAD_WIDE: &str = "
 CREATE PROCEDURE load_wide(txns int) LANGUAGE plpgsql AS $$
 DECLARE base bigint := 0;
 BEGIN
@@ -86,7 +77,8 @@ async fn main() {
     let stack = stack();
     let db = "bench_source";
     let pg = fresh_database(&stack, db).await;
-    pg.batch_execute(PROCEDURES).await.unwrap();
+    pg.batch_execute(LOAD_SMALL).await.unwrap();
+    pg.batch_execute(LOAD_WIDE).await.unwrap();
 
     println!("| backlog | rows | pg_recvlogical rows/s | walcast source rows/s | ratio |");
     println!("|---|---:|---:|---:|---:|");

@@ -106,3 +106,17 @@ pub async fn fresh_database(stack: &Stack, db: &str) -> tokio_postgres::Client {
         .unwrap();
     connect(&format!("{}/{db}", stack.pg_url)).await
 }
+
+/// `CALL load_small(n)` writes n transactions of 100 rows into `small (id, n, s)`, the
+/// small-rows backlog both benchmarks drain.
+pub const LOAD_SMALL: &str = "
+CREATE PROCEDURE load_small(txns int) LANGUAGE plpgsql AS $$
+DECLARE base bigint := 0;
+BEGIN
+  FOR t IN 1..txns LOOP
+    INSERT INTO small SELECT base + g, g, 'row ' || (base + g) FROM generate_series(1, 100) g;
+    base := base + 100;
+    COMMIT;
+  END LOOP;
+END $$;
+";

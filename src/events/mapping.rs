@@ -248,7 +248,7 @@ impl Mapping {
                         .map_err(|e| located(e.error.to_string()))?;
                     if value == Value::UnchangedToast {
                         value = match old.map(|o| o.value(&self.table, *i)) {
-                            Some(Ok(v)) if v != Value::UnchangedToast && !o_key_only(old) => v,
+                            Some(Ok(v)) if v != Value::UnchangedToast && old.is_some_and(|o| !o.key_only) => v,
                             _ => return Err(located(format!(
                                 "the update did not change this TOASTed value, so PostgreSQL did not send it; run ALTER TABLE {} REPLICA IDENTITY FULL so updates carry it, or leave the column out of the contract",
                                 self.table
@@ -261,10 +261,6 @@ impl Mapping {
         }
         Ok(out)
     }
-}
-
-fn o_key_only(old: Option<&Row>) -> bool {
-    old.is_some_and(|o| o.key_only)
 }
 
 fn compile_plan(

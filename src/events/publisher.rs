@@ -14,7 +14,7 @@
 //! Stop taking events, flush the producer so every record sent is acknowledged, then stop
 //! the source, which confirms the final acknowledged position.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -98,7 +98,6 @@ pub async fn run(
         name: source.name.clone(),
         specs: specs.iter().cloned().zip(ids).collect(),
         mappings: HashMap::new(),
-        not_null: HashMap::new(),
         current: None,
         watermark: Arc::new(Mutex::new(Watermark::default())),
         producer: None,
@@ -118,7 +117,6 @@ pub async fn run(
             }
             Err(mut found) => issues.append(&mut found),
         }
-        pipeline.not_null.insert(spec.table.clone(), not_null);
     }
     if !issues.is_empty() {
         return Err(EventsError::Mapping {
@@ -208,7 +206,6 @@ struct Pipeline {
     name: String,
     specs: Vec<(Arc<TableSpec>, SchemaIds)>,
     mappings: HashMap<String, Mapping>,
-    not_null: HashMap<String, HashSet<String>>,
     current: Option<(TxNo, Lsn, u32, i64)>,
     watermark: Arc<Mutex<Watermark>>,
     producer: Option<Arc<ThreadedProducer<Acks>>>,
@@ -278,7 +275,6 @@ impl Pipeline {
                     .collect(),
             }
         })?;
-        self.not_null.insert(key.clone(), not_null);
         self.mappings.insert(key, mapping);
         Ok(())
     }

@@ -21,6 +21,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::rc::Rc;
 
 use apache_avro::schema::{Name, RecordSchema, Schema};
 
@@ -74,8 +75,8 @@ impl fmt::Display for Incompatibility {
 /// Every reason `reader` cannot read data written with `writer`; empty when it can.
 pub fn check(reader: &Schema, writer: &Schema) -> Vec<Incompatibility> {
     let mut checker = Checker {
-        reader_names: names_of(reader),
-        writer_names: names_of(writer),
+        reader_names: Rc::new(names_of(reader)),
+        writer_names: Rc::new(names_of(writer)),
         visiting: HashSet::new(),
         found: Vec::new(),
     };
@@ -111,8 +112,8 @@ fn names_of(schema: &Schema) -> HashMap<Name, Schema> {
 }
 
 struct Checker {
-    reader_names: HashMap<Name, Schema>,
-    writer_names: HashMap<Name, Schema>,
+    reader_names: Rc<HashMap<Name, Schema>>,
+    writer_names: Rc<HashMap<Name, Schema>>,
     /// Record pairs under comparison, so recursive types terminate.
     visiting: HashSet<(Name, Name)>,
     found: Vec<Incompatibility>,
@@ -186,16 +187,12 @@ impl Checker {
     }
 
     fn visit(&mut self, reader: &Schema, writer: &Schema, at: &str) {
-        let names = (
-            std::mem::take(&mut self.reader_names),
-            std::mem::take(&mut self.writer_names),
+        let (reader_names, writer_names) = (self.reader_names.clone(), self.writer_names.clone());
+        self.visit_resolved(
+            Self::resolve(&reader_names, reader),
+            Self::resolve(&writer_names, writer),
+            at,
         );
-        let (r, w) = (
-            Self::resolve(&names.0, reader).clone(),
-            Self::resolve(&names.1, writer).clone(),
-        );
-        (self.reader_names, self.writer_names) = names;
-        self.visit_resolved(&r, &w, at);
     }
 
     fn visit_resolved(&mut self, reader: &Schema, writer: &Schema, at: &str) {

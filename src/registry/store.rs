@@ -208,7 +208,15 @@ impl Store {
         text: &str,
         deleted: Deleted,
     ) -> Result<Registered, ApiError> {
-        let parsed = parse(text)?;
+        self.lookup_parsed(subject, &parse(text)?, deleted)
+    }
+
+    fn lookup_parsed(
+        &self,
+        subject: &str,
+        parsed: &Parsed,
+        deleted: Deleted,
+    ) -> Result<Registered, ApiError> {
         let versions = self.versions(subject, deleted)?;
         let id = self
             .ids
@@ -296,7 +304,7 @@ impl Store {
     /// the records to append (none when nothing changes).
     pub fn plan_register(&self, subject: &str, text: &str) -> Result<(u32, Vec<Record>), ApiError> {
         let parsed = parse(text)?;
-        if let Ok(existing) = self.lookup(subject, text, Deleted::Hide) {
+        if let Ok(existing) = self.lookup_parsed(subject, &parsed, Deleted::Hide) {
             return Ok((existing.id, vec![]));
         }
         let level = self.level(subject);

@@ -81,11 +81,7 @@ impl Daemon {
             String::new()
         };
         let (registry_url, registry_keys) = if setup.embedded_registry {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = super::free_port();
             let url = format!("http://127.0.0.1:{port}");
             (
                 url.clone(),

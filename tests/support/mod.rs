@@ -162,6 +162,15 @@ impl Stack {
     }
 }
 
+/// A loopback port free right now, for a server a test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A name unique to this test run, usable as a database, slot or topic name.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", std::process::id())

@@ -45,11 +45,7 @@ impl Registry {
                 N.fetch_add(1, Ordering::SeqCst)
             )
         });
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let url = format!("http://127.0.0.1:{port}");
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("registry.toml");
