@@ -308,3 +308,15 @@ fn tls_settings_are_checked() {
         "walcast.toml: source[0].tls_ca_file: is only used with tls_mode = \"verify-full\"; set that too, or remove tls_ca_file"
     );
 }
+
+#[test]
+fn the_registrys_storage_topic_must_be_a_kafka_topic_name() {
+    let text = HEAD.replace(
+        "url = \"http://127.0.0.1:8081\"",
+        "url = \"http://127.0.0.1:8081\"\ntopic = \"schemas store\"",
+    );
+    assert_eq!(
+        error_of(&text),
+        "walcast.toml: registry.topic: found \"schemas store\", expected a Kafka topic name: 1 to 249 of letters, digits, '.', '_' and '-'"
+    );
+}

@@ -138,3 +138,25 @@ batch_max_wait_ms = 50
     eprintln!("converged on {rows} rows");
     assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
 }
+
+/// The dead-letter policy is not built yet: a sink asking for it is refused, not ignored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_letter_policy_is_refused_rather_than_ignored() {
+    let stack = Stack::get();
+    let daemon = Daemon::prepare("rep_dlq", Setup::default()).await;
+    let mut config = std::fs::read_to_string(&daemon.config).unwrap();
+    config.push_str(&format!(
+        "\n[[sink]]\nname = \"dlq\"\ntype = \"postgres\"\ntopics = [\"{}\"]\non_error = \"dead_letter\"\nurl = \"{}\"\ntable = \"user_replica\"\nkey = [\"user_id\"]\n",
+        daemon.topic,
+        stack.pg_url_for("postgres", &daemon.db),
+    ));
+    std::fs::write(&daemon.config, config).unwrap();
+    let (code, stderr) = daemon.run_to_end();
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains(
+            "sink dlq: on_error = \"dead_letter\" is not available in this build; use \"stop\""
+        ),
+        "{stderr}"
+    );
+}

@@ -197,6 +197,9 @@ impl Validator<'_> {
                 ),
             );
         }
+        if let Err(why) = check_topic_name(&registry.topic) {
+            self.push("registry.topic", why);
+        }
         if registry.timeout_ms == 0 {
             self.push(
                 "registry.timeout_ms",
