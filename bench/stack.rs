@@ -1,4 +1,6 @@
 //! The local stack the benchmarks run against, as `scripts/stack up` left it.
+// Each benchmark uses its own subset.
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -7,7 +9,6 @@ use std::time::{Duration, Instant};
 use walcast::lsn::Lsn;
 
 /// Addresses of the stack's servers, from `$WALCAST_STACK_DIR/stack.env`.
-#[allow(dead_code)] // each benchmark uses its own subset
 pub struct Stack {
     pub pg_url: String,
     pub pg_bin: String,

@@ -85,11 +85,7 @@ pub async fn run(
                 .map_err(DaemonError::from)
         });
     }
-    for (index, sink) in config.sinks.iter().enumerate() {
-        if !matches!(sink.kind, crate::config::SinkKind::Postgres(_)) {
-            tracing::warn!(sink = %sink.name(), "{} sinks are not part of this build yet: this replica is not written", sink.type_name());
-            continue;
-        }
+    for index in 0..config.sinks.len() {
         let (cfg, reg, done) = (config.clone(), registry.clone(), signal());
         tasks.spawn(async move {
             crate::sink::run(cfg, index, reg, done)

@@ -1,14 +1,33 @@
 //! The sink runner: a consumer group → decode by registry id → batch → connector → commit.
 //!
 //! # Guarantees
-//! - **Offsets follow durability.** A batch's offsets are committed to Kafka only after the
-//!   connector's `apply` returned `Ok` (durable). A crash in between redelivers the batch,
-//!   which the connector absorbs: every change carries its source `(lsn, seq)` from the
-//!   record's headers, and replicas apply a change only over an older version.
-//! - **Order per key.** A key's events share a partition and are read in order; a batch
-//!   keeps each key's latest version.
-//! - **Nothing is skipped silently.** A record that cannot be decoded or applied stops the
-//!   sink with its topic, partition and offset (`on_error = "stop"`).
+//! - **Offsets follow durability.** A batch's positions are written by the connector with
+//!   its rows (same transaction, or same script), and committed to Kafka only after `apply`
+//!   returned `Ok`. A crash in between redelivers the batch, which the connector absorbs:
+//!   every change carries its source `(lsn, seq)` from the record's headers, and replicas
+//!   apply a change only over an older version.
+//! - **The replica's positions decide where reading resumes.** On every assignment each
+//!   partition is read from the position stored in the replica, or from the topic's start
+//!   when the replica holds none (a new replica, or a cache that lost its data). Kafka's
+//!   committed offsets are kept for lag monitoring.
+//! - **Rebalances.** Every applied batch is committed at once, so a revocation finds nothing
+//!   done and uncommitted; the batch being gathered is dropped, and whoever is assigned the
+//!   partitions next reads them again from the replica's positions. A batch is never
+//!   applied by two members at once, because a member applies only between polls.
+//! - **Order per key, keys in parallel.** A key's events share a partition and are read in
+//!   order; a batch keeps each key's latest version, and is split by key hash over
+//!   `parallelism` connections (lanes) that write concurrently. The positions are written
+//!   once every lane's write is durable.
+//! - **Store outages.** A transient store error is retried with backoff, after re-reading
+//!   the replica's positions and rewinding to them; nothing is skipped.
+//! - **Nothing is skipped silently.** A record that cannot be decoded, or that the store
+//!   rejects on its own, follows `on_error`: `stop` names its topic, partition and offset;
+//!   `dead_letter` sends it to the dead-letter topic with the error in its headers, waits
+//!   for the broker's acknowledgement, and goes on.
+//!
+//! Records are decoded with the writer's schema (by the id in their framing) resolved to the
+//! latest registered version of the same subject, so every registered version of a contract
+//! decodes into one view, with defaults for fields the writer did not have.
 //!
 //! The consumer is librdkafka's `BaseConsumer` on a blocking thread: rust-rdkafka's
 //! `StreamConsumer` hangs in its destructor against tansu 0.6.0.
@@ -16,25 +35,31 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use apache_avro::types::Value as Avro;
-use apache_avro::Schema;
-use connectors::postgres::{PostgresSettings, PostgresSink};
-use connectors::{Batch, Change, Op, Position, Sink, Value, Version};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::{BorrowedMessage, Headers};
-use rdkafka::Message;
+use connectors::mysql::MysqlSink;
+use connectors::postgres::PostgresSink;
+use connectors::redis::{RedisSettings, RedisSink};
+use connectors::{Batch, Position, Sink, TableSettings};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
 
-use crate::config::{Config, OnError, SinkKind};
-use crate::lsn::Lsn;
-use crate::registry::client::{Client, ClientError};
+use crate::config::{Config, OnError, SinkConfig, SinkKind, TableSinkOptions};
+use crate::registry::client::Client;
+
+mod dead_letter;
+mod decode;
+
+use dead_letter::DeadLetter;
+use decode::{DecodeError, Decoder};
 
 /// Why a sink stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("sink {sink}: {topic} partition {partition} offset {offset}: {reason}; the record was not applied and its offset not committed")]
+    #[error("sink {sink}: {topic} partition {partition} offset {offset}: {reason}; the record was not applied and its offset not committed (on_error = \"dead_letter\" sends such records to a dead-letter topic instead)")]
     Poison {
         sink: String,
         topic: String,
@@ -58,99 +83,337 @@ pub async fn run(
     config: Arc<Config>,
     index: usize,
     registry: Arc<Client>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), SinkError> {
     let sink_config = &config.sinks[index];
-    let name = sink_config.name().to_string();
+    let consumer = sink_config.common.group_id();
     let setup = |message: String| SinkError::Setup {
+        sink: sink_config.name().to_string(),
+        message,
+    };
+    match &sink_config.kind {
+        SinkKind::Postgres(pg) => {
+            let settings = table_settings(&pg.table, consumer).map_err(setup)?;
+            drive(&config, index, registry, shutdown, move || {
+                PostgresSink::connect(settings.clone())
+            })
+            .await
+        }
+        SinkKind::Mysql(my) => {
+            let settings = table_settings(&my.table, consumer).map_err(setup)?;
+            drive(&config, index, registry, shutdown, move || {
+                MysqlSink::connect(settings.clone())
+            })
+            .await
+        }
+        SinkKind::Redis(r) => {
+            let settings = RedisSettings {
+                url: r.resolved_url.clone(),
+                key_template: r.key_template.clone(),
+                fields: r.fields.clone(),
+                ttl_secs: r.ttl_secs,
+                tombstone_ttl_secs: r.tombstone_ttl_secs,
+                consumer,
+            };
+            drive(&config, index, registry, shutdown, move || {
+                RedisSink::connect(settings.clone())
+            })
+            .await
+        }
+    }
+}
+
+fn table_settings(t: &TableSinkOptions, consumer: String) -> Result<TableSettings, String> {
+    for (key, on) in [
+        ("auto_create", t.auto_create),
+        ("auto_add_columns", t.auto_add_columns),
+    ] {
+        if on {
+            return Err(format!(
+                "{key} = true is not available in this build; create or alter the replica table {} yourself (the key columns as its primary key, the kept fields' columns, _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL) and set {key} = false",
+                t.table
+            ));
+        }
+    }
+    Ok(TableSettings {
+        url: t.resolved_url.clone(),
+        table: t.table.clone(),
+        key: t.key.clone(),
+        columns: t.columns.clone(),
+        fields: t.fields.clone(),
+        consumer,
+    })
+}
+
+/// Connects the store (retrying while it is unreachable), then runs the consumer loop on a
+/// blocking thread until `shutdown`.
+async fn drive<S, F, Fut>(
+    config: &Arc<Config>,
+    index: usize,
+    registry: Arc<Client>,
+    shutdown: impl Future<Output = ()> + Send,
+    connect: F,
+) -> Result<(), SinkError>
+where
+    S: Sink + Send + 'static,
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<S, connectors::Error>>,
+{
+    let sink_config: &SinkConfig = &config.sinks[index];
+    let name = sink_config.name().to_string();
+    let kafka_error = |message: String| SinkError::Kafka {
         sink: name.clone(),
         message,
     };
-    let SinkKind::Postgres(pg) = &sink_config.kind else {
-        return Err(setup(format!(
-            "{} sinks are not available in this build",
-            sink_config.type_name()
-        )));
+    tokio::pin!(shutdown);
+    let mut backoff = Backoff::default();
+    // InnoDB takes next-key locks for `INSERT … ON DUPLICATE KEY UPDATE`, so concurrent
+    // upserts of one table deadlock each other: MySQL replicas apply over one connection.
+    let parallelism = match sink_config.kind {
+        SinkKind::Mysql(_) => 1,
+        _ => sink_config.common.parallelism,
     };
-    if sink_config.common.on_error == OnError::DeadLetter {
-        return Err(setup(
-            "on_error = \"dead_letter\" is not available in this build; use \"stop\"".into(),
-        ));
+    let mut lanes = Vec::with_capacity(parallelism);
+    while lanes.len() < parallelism {
+        match connect().await {
+            Ok(sink) => lanes.push(sink),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(sink = %name, error = %e, "store unreachable; retrying in {:?}", backoff.current());
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next()) => {}
+                    _ = &mut shutdown => return Ok(()),
+                }
+            }
+            Err(source) => {
+                return Err(SinkError::Store {
+                    sink: name.clone(),
+                    source,
+                })
+            }
+        }
     }
-    let settings = PostgresSettings {
-        url: pg.table.resolved_url.clone(),
-        table: pg.table.table.clone(),
-        key: pg.table.key.clone(),
-        columns: pg.table.columns.clone(),
-        fields: pg.table.fields.clone(),
-        consumer: sink_config.common.group_id(),
+    let dead_letter = match sink_config.common.on_error {
+        OnError::Stop => None,
+        OnError::DeadLetter => Some(
+            DeadLetter::new(config, sink_config)
+                .await
+                .map_err(|e| kafka_error(format!("dead-letter topic: {e}")))?,
+        ),
     };
-    let sink = PostgresSink::connect(settings)
-        .await
-        .map_err(|source| SinkError::Store {
-            sink: name.clone(),
-            source,
-        })?;
-    let consumer: BaseConsumer = crate::kafka::client_config(&config.kafka)
+    let context = Assignments::default();
+    let positions = context.positions.clone();
+    let revoked = context.revoked.clone();
+    let mut client_config = crate::kafka::client_config(&config.kafka);
+    if !config.kafka.properties.contains_key("session.timeout.ms") {
+        // A member that died (kill -9) holds its partitions until this runs out; librdkafka's
+        // 45 s default would stall the replica that long after a crash-restart.
+        client_config.set("session.timeout.ms", "10000");
+    }
+    let consumer: BaseConsumer<Assignments> = client_config
         .set("group.id", sink_config.common.group_id())
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .create()
-        .map_err(|e| SinkError::Kafka {
-            sink: name.clone(),
-            message: e.to_string(),
-        })?;
-
+        .create_with_context(context)
+        .map_err(|e| kafka_error(e.to_string()))?;
     let stop = Arc::new(AtomicBool::new(false));
+    let runtime = tokio::runtime::Handle::current();
     let runner = Runner {
         name: name.clone(),
         consumer,
-        sink,
-        decoder: Decoder {
-            sink: name.clone(),
-            registry,
-            schemas: HashMap::new(),
-            runtime: tokio::runtime::Handle::current(),
-        },
+        lanes,
+        decoder: Decoder::new(registry, runtime.clone()),
+        dead_letter,
+        topics: sink_config.common.topics.clone(),
         max_records: sink_config.common.batch_max_records,
         max_wait: Duration::from_millis(sink_config.common.batch_max_wait_ms),
-        topics: sink_config.common.topics.clone(),
+        positions,
+        revoked,
         stop: stop.clone(),
-        runtime: tokio::runtime::Handle::current(),
+        runtime,
+        starved_since: None,
     };
     let mut task = tokio::task::spawn_blocking(move || runner.run());
-    tokio::pin!(shutdown);
     tokio::select! {
-        result = &mut task => return result.map_err(|e| SinkError::Kafka { sink: name, message: e.to_string() })?,
+        result = &mut task => return result.map_err(|e| kafka_error(e.to_string()))?,
         _ = &mut shutdown => stop.store(true, Ordering::Relaxed),
     }
-    task.await.map_err(|e| SinkError::Kafka {
-        sink: name,
-        message: e.to_string(),
-    })?
+    task.await.map_err(|e| kafka_error(e.to_string()))?
 }
 
-struct Runner {
+type PositionMap = Arc<Mutex<HashMap<(String, i32), i64>>>;
+
+/// The consumer's context: on every assignment, starts each partition at the replica's
+/// stored position (or the topic's start); on revocation, tells the runner to drop the
+/// batch it is gathering.
+#[derive(Default)]
+struct Assignments {
+    positions: PositionMap,
+    revoked: Arc<AtomicBool>,
+}
+
+impl ClientContext for Assignments {}
+
+impl ConsumerContext for Assignments {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::types::RDKafkaRespErr::*;
+        let outcome = match err {
+            RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let stored = self.positions.lock().expect("positions lock");
+                for elem in tpl.clone().elements() {
+                    let offset = stored
+                        .get(&(elem.topic().to_string(), elem.partition()))
+                        .map_or(Offset::Beginning, |n| Offset::Offset(*n));
+                    let _ = tpl.set_partition_offset(elem.topic(), elem.partition(), offset);
+                }
+                drop(stored);
+                tracing::info!(assigned = ?tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition(), e.offset())).collect::<Vec<_>>(), "partitions assigned");
+                consumer.assign(tpl)
+            }
+            _ => {
+                self.revoked.store(true, Ordering::SeqCst);
+                tracing::info!("partitions revoked");
+                consumer.unassign()
+            }
+        };
+        if let Err(e) = outcome {
+            tracing::error!(error = %e, "applying a rebalance failed");
+        }
+    }
+}
+
+/// How often an idle sink checks that its store still holds what was applied.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
+
+/// How long a member may go without partitions before it rejoins its group.
+const STARVED: Duration = Duration::from_secs(20);
+
+/// Doubling waits between attempts, from 100 ms to 10 s.
+#[derive(Debug)]
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Duration::from_millis(100))
+    }
+}
+
+impl Backoff {
+    fn current(&self) -> Duration {
+        self.0
+    }
+    fn next(&mut self) -> Duration {
+        let now = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(10));
+        now
+    }
+}
+
+/// What became of a batch.
+enum Applied {
+    Durable,
+    /// The store failed; reading goes on from the replica's positions.
+    Rewound,
+    Stopped,
+}
+
+/// Where one change of the batch came from.
+struct Origin {
+    topic: String,
+    partition: i32,
+    offset: i64,
+}
+
+/// The batch being gathered.
+#[derive(Default)]
+struct Gathering {
+    batch: Batch,
+    origins: Vec<Origin>,
+    /// The record of each change, kept for the dead-letter topic.
+    raws: Vec<dead_letter::Raw>,
+    next: HashMap<(String, i32), i64>,
+}
+
+struct Runner<S> {
     name: String,
-    consumer: BaseConsumer,
-    sink: PostgresSink,
+    consumer: BaseConsumer<Assignments>,
+    /// One connection per lane; the first also writes the positions.
+    lanes: Vec<S>,
     decoder: Decoder,
+    dead_letter: Option<DeadLetter>,
     topics: Vec<String>,
     max_records: usize,
     max_wait: Duration,
+    positions: PositionMap,
+    revoked: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     runtime: tokio::runtime::Handle,
+    /// Since when the consumer has held no partition, if it holds none.
+    starved_since: Option<Instant>,
 }
 
-impl Runner {
+impl<S: Sink> Runner<S> {
+    fn store_error(&self, source: connectors::Error) -> SinkError {
+        SinkError::Store {
+            sink: self.name.clone(),
+            source,
+        }
+    }
+
+    fn kafka_error(&self, message: String) -> SinkError {
+        SinkError::Kafka {
+            sink: self.name.clone(),
+            message,
+        }
+    }
+
+    /// Reads the replica's positions into the map assignments start from, retrying while
+    /// the store is unreachable. `false` if stopped meanwhile.
+    async fn load_positions(&mut self) -> Result<bool, SinkError> {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.lanes[0].positions().await {
+                Ok(stored) => {
+                    let mut map = self.positions.lock().expect("positions lock");
+                    map.clear();
+                    map.extend(
+                        stored
+                            .into_iter()
+                            .map(|p| ((p.topic, p.partition), p.next_offset)),
+                    );
+                    return Ok(true);
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(sink = %self.name, error = %e, "reading the replica's positions failed; retrying in {:?}", backoff.current());
+                    if !self.pause(backoff.next()) {
+                        return Ok(false);
+                    }
+                }
+                Err(e) => return Err(self.store_error(e)),
+            }
+        }
+    }
+
+    /// Sleeps `wait` unless stopped; `false` if stopped.
+    fn pause(&self, wait: Duration) -> bool {
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if self.stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50).min(wait));
+        }
+        !self.stop.load(Ordering::Relaxed)
+    }
+
     /// Waits until every topic exists (a topic appears when its source first publishes; one
     /// subscribed to before that would only be seen at librdkafka's next metadata refresh),
     /// then subscribes. `false` if stopped meanwhile.
     fn subscribe(&self) -> Result<bool, SinkError> {
-        let kafka = |e: rdkafka::error::KafkaError| SinkError::Kafka {
-            sink: self.name.clone(),
-            message: e.to_string(),
-        };
         let mut waiting_logged = false;
         for topic in &self.topics {
             loop {
@@ -160,7 +423,7 @@ impl Runner {
                 let metadata = self
                     .consumer
                     .fetch_metadata(Some(topic), Duration::from_secs(10))
-                    .map_err(kafka)?;
+                    .map_err(|e| self.kafka_error(e.to_string()))?;
                 if metadata
                     .topics()
                     .iter()
@@ -176,188 +439,406 @@ impl Runner {
             }
         }
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
-        self.consumer.subscribe(&topics).map_err(kafka)?;
+        self.consumer
+            .subscribe(&topics)
+            .map_err(|e| self.kafka_error(e.to_string()))?;
         tracing::info!(sink = %self.name, topics = ?topics, "sink consuming");
         Ok(true)
     }
 
     fn run(mut self) -> Result<(), SinkError> {
-        if !self.subscribe()? {
+        let runtime = self.runtime.clone();
+        if !runtime.block_on(self.load_positions())? || !self.subscribe()? {
             return Ok(());
         }
+        let mut last_check = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
-            let mut batch = Batch::default();
-            let mut next: HashMap<(String, i32), i64> = HashMap::new();
-            let deadline = Instant::now() + self.max_wait;
-            while batch.changes.len() < self.max_records && Instant::now() < deadline {
-                let Some(message) = self.consumer.poll(Duration::from_millis(20)) else {
-                    if next.is_empty() && self.stop.load(Ordering::Relaxed) {
+            let Some(gathered) = self.gather()? else {
+                if last_check.elapsed() >= IDLE_CHECK {
+                    last_check = Instant::now();
+                    if !self.verify()? {
                         return Ok(());
                     }
-                    continue;
-                };
-                let message = match message {
-                    Ok(m) => m,
-                    // A topic appears when its source first publishes: wait for it.
-                    Err(rdkafka::error::KafkaError::MessageConsumption(
-                        rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
-                    )) => {
-                        std::thread::sleep(Duration::from_millis(100));
-                        continue;
-                    }
-                    Err(e) => {
-                        return Err(SinkError::Kafka {
-                            sink: self.name.clone(),
-                            message: e.to_string(),
-                        })
-                    }
-                };
-                next.insert(
-                    (message.topic().to_string(), message.partition()),
-                    message.offset() + 1,
-                );
-                if let Some(change) = self.decoder.change(&message)? {
-                    batch.changes.push(change);
+                    self.rejoin_if_starved()?;
                 }
-            }
-            if next.is_empty() {
                 continue;
+            };
+            match self.apply(gathered)? {
+                Applied::Durable => {}
+                Applied::Rewound => continue,
+                Applied::Stopped => return Ok(()),
             }
-            batch.positions = next
-                .iter()
-                .map(|((topic, partition), offset)| Position {
-                    topic: topic.clone(),
-                    partition: *partition,
-                    next_offset: *offset,
-                })
-                .collect();
-            let applied = self.runtime.block_on(self.sink.apply(&batch));
-            applied.map_err(|source| SinkError::Store {
-                sink: self.name.clone(),
-                source,
-            })?;
-            // Durable: now the offsets may move.
-            self.consumer
-                .commit_consumer_state(CommitMode::Sync)
-                .map_err(|e| SinkError::Kafka {
-                    sink: self.name.clone(),
-                    message: format!("committing offsets: {e}"),
-                })?;
+            // Durable: now the Kafka offsets may move too.
+            if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+                // The replica holds the positions; a failed commit only delays lag metrics.
+                tracing::warn!(sink = %self.name, error = %e, "committing offsets to Kafka failed; the replica's positions stay authoritative");
+            }
         }
         Ok(())
     }
-}
 
-/// Records → changes: Confluent framing, Avro by the writer's schema, headers.
-struct Decoder {
-    sink: String,
-    registry: Arc<Client>,
-    schemas: HashMap<u32, Schema>,
-    runtime: tokio::runtime::Handle,
-}
-
-impl Decoder {
-    /// The change a record carries; `None` for a compaction tombstone, whose delete event
-    /// came before it.
-    fn change(&mut self, m: &BorrowedMessage<'_>) -> Result<Option<Change>, SinkError> {
-        let sink = self.sink.clone();
-        let poison = |reason: String| SinkError::Poison {
-            sink: sink.clone(),
-            topic: m.topic().to_string(),
-            partition: m.partition(),
-            offset: m.offset(),
-            reason,
-        };
-        let header = |name: &str| -> Option<String> {
-            m.headers()?
-                .iter()
-                .find(|h| h.key == name)
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        };
-        let Some(payload) = m.payload() else {
+    /// Polls until the batch is full or its time is up. `None` if nothing arrived, or a
+    /// revocation dropped what had.
+    fn gather(&mut self) -> Result<Option<Gathering>, SinkError> {
+        let mut g = Gathering::default();
+        let deadline = Instant::now() + self.max_wait;
+        while g.batch.changes.len() < self.max_records && Instant::now() < deadline {
+            let polled = self.consumer.poll(Duration::from_millis(20));
+            if self.revoked.swap(false, Ordering::SeqCst) {
+                // Not applied, not committed: the next owner reads it again.
+                g = Gathering::default();
+            }
+            let Some(message) = polled else {
+                if g.next.is_empty() && self.stop.load(Ordering::Relaxed) {
+                    return Ok(None);
+                }
+                continue;
+            };
+            let message = match message {
+                Ok(m) => m,
+                // A topic appears when its source first publishes: wait for it.
+                Err(rdkafka::error::KafkaError::MessageConsumption(
+                    rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+                )) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                Err(e) => return Err(self.kafka_error(e.to_string())),
+            };
+            g.next.insert(
+                (message.topic().to_string(), message.partition()),
+                message.offset() + 1,
+            );
+            let mut backoff = Backoff::default();
+            let decoded = loop {
+                match self.decoder.change(&message) {
+                    Err(DecodeError::Unavailable(e)) => {
+                        tracing::warn!(sink = %self.name, error = %e, "schema registry unavailable; retrying in {:?}", backoff.current());
+                        if !self.pause(backoff.next()) {
+                            return Ok(None);
+                        }
+                    }
+                    other => break other,
+                }
+            };
+            match decoded {
+                Ok(None) => {}
+                Ok(Some(change)) => {
+                    g.batch.changes.push(change);
+                    g.origins.push(Origin {
+                        topic: message.topic().to_string(),
+                        partition: message.partition(),
+                        offset: message.offset(),
+                    });
+                    if self.dead_letter.is_some() {
+                        g.raws.push(dead_letter::Raw::of(&message));
+                    }
+                }
+                Err(DecodeError::Poison(reason)) => self.poison(&message, "decode", reason)?,
+                Err(DecodeError::Unavailable(_)) => unreachable!("retried above"),
+            }
+        }
+        if g.next.is_empty() {
             return Ok(None);
-        };
-        let lsn: Lsn = header("lsn")
-            .ok_or_else(|| poison("no lsn header; only walcast's events can be applied".into()))?
-            .parse()
-            .map_err(|e| poison(format!("lsn header: {e}")))?;
-        let seq: u32 = header("seq")
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| poison("no valid seq header".into()))?;
-        let key = self.record(m.key().unwrap_or_default()).map_err(&poison)?;
-        let op = match header("op").as_deref() {
-            Some("delete") => Op::Delete,
-            Some("insert" | "update" | "snapshot") => {
-                Op::Upsert(self.record(payload).map_err(&poison)?)
-            }
-            other => {
-                return Err(poison(format!(
-                    "op header {other:?} is not insert, update or delete"
-                )))
-            }
-        };
-        Ok(Some(Change {
-            key,
-            op,
-            version: Version { lsn: lsn.0, seq },
-        }))
+        }
+        g.batch.positions = g
+            .next
+            .iter()
+            .map(|((topic, partition), offset)| Position {
+                topic: topic.clone(),
+                partition: *partition,
+                next_offset: *offset,
+            })
+            .collect();
+        Ok(Some(g))
     }
 
-    /// A Confluent-framed Avro record, decoded with its writer's schema from the registry.
-    fn record(&mut self, bytes: &[u8]) -> Result<Vec<(String, Value)>, String> {
-        if bytes.len() < 5 || bytes[0] != 0 {
-            return Err("not Confluent-framed Avro (magic byte 0, schema id)".into());
-        }
-        let id = u32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes"));
-        if !self.schemas.contains_key(&id) {
-            let text = self
-                .runtime
-                .block_on(self.registry.schema(id))
-                .map_err(|e: ClientError| format!("schema id {id}: {e}"))?;
-            let schema = Schema::parse_str(&text).map_err(|e| format!("schema id {id}: {e}"))?;
-            self.schemas.insert(id, schema);
-        }
-        let schema = &self.schemas[&id];
-        let value = apache_avro::from_avro_datum(schema, &mut &bytes[5..], None)
-            .map_err(|e| format!("undecodable with schema id {id}: {e}"))?;
-        let Avro::Record(fields) = value else {
-            return Err(format!("schema id {id} is not a record"));
+    /// A record that cannot be decoded: stop, or dead-letter it and go on.
+    fn poison(
+        &self,
+        message: &BorrowedMessage<'_>,
+        stage: &str,
+        reason: String,
+    ) -> Result<(), SinkError> {
+        let raw = dead_letter::Raw::of(message);
+        let origin = Origin {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
         };
-        fields
-            .into_iter()
-            .map(|(name, v)| {
-                convert(v)
-                    .map(|v| (name.clone(), v))
-                    .map_err(|e| format!("field {name}: {e}"))
-            })
-            .collect()
+        self.reject(&origin, &raw, stage, reason)
+    }
+
+    fn reject(
+        &self,
+        origin: &Origin,
+        raw: &dead_letter::Raw,
+        stage: &str,
+        reason: String,
+    ) -> Result<(), SinkError> {
+        let Some(dlq) = &self.dead_letter else {
+            return Err(SinkError::Poison {
+                sink: self.name.clone(),
+                topic: origin.topic.clone(),
+                partition: origin.partition,
+                offset: origin.offset,
+                reason,
+            });
+        };
+        tracing::warn!(sink = %self.name, topic = %origin.topic, partition = origin.partition, offset = origin.offset, %reason, "sending the record to the dead-letter topic {}", dlq.topic());
+        let sent = self.runtime.block_on(dlq.send(
+            &self.name,
+            &origin.topic,
+            origin.partition,
+            origin.offset,
+            stage,
+            &reason,
+            raw,
+        ));
+        sent.map_err(|e| {
+            self.kafka_error(format!(
+                "sending {} partition {} offset {} to the dead-letter topic {} failed: {e}; nothing was skipped",
+                origin.topic,
+                origin.partition,
+                origin.offset,
+                dlq.topic()
+            ))
+        })
+    }
+
+    /// Applies a gathered batch until it is durable, or rewinds after a store outage.
+    fn apply(&mut self, mut g: Gathering) -> Result<Applied, SinkError> {
+        let mut backoff = Backoff::default();
+        loop {
+            let result = self.runtime.block_on(apply_over(&mut self.lanes, &g.batch));
+            match result {
+                Ok(()) => {
+                    let mut map = self.positions.lock().expect("positions lock");
+                    for p in &g.batch.positions {
+                        map.insert((p.topic.clone(), p.partition), p.next_offset);
+                    }
+                    return Ok(Applied::Durable);
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(sink = %self.name, error = %e, "store unavailable; rewinding to the replica's positions and retrying in {:?}", backoff.current());
+                    if !self.pause(backoff.next()) {
+                        return Ok(Applied::Stopped);
+                    }
+                    // What the store holds decides where to read again: a store restarted
+                    // without its data (a cache) replays from the start.
+                    return Ok(if self.rewind()? {
+                        Applied::Rewound
+                    } else {
+                        Applied::Stopped
+                    });
+                }
+                Err(e) if e.is_poison() => {
+                    g = self.isolate(g)?;
+                }
+                Err(e) => return Err(self.store_error(e)),
+            }
+        }
+    }
+
+    /// Finds the changes of a failed batch the store rejects on their own, by applying the
+    /// changes one at a time; rejects those and returns the rest, with the positions.
+    fn isolate(&mut self, g: Gathering) -> Result<Gathering, SinkError> {
+        let Gathering {
+            batch,
+            origins,
+            raws,
+            next,
+        } = g;
+        let mut kept = Gathering {
+            next,
+            ..Gathering::default()
+        };
+        let raws: Vec<Option<dead_letter::Raw>> = if raws.is_empty() {
+            origins.iter().map(|_| None).collect()
+        } else {
+            raws.into_iter().map(Some).collect()
+        };
+        for ((change, origin), raw) in batch.changes.into_iter().zip(origins).zip(raws) {
+            let alone = Batch {
+                changes: vec![change.clone()],
+                positions: vec![],
+            };
+            match self.runtime.block_on(self.lanes[0].apply(&alone)) {
+                Err(e) if e.is_poison() => {
+                    let raw = raw.unwrap_or_default();
+                    self.reject(&origin, &raw, "apply", connectors::describe(&e))?;
+                }
+                // Transient or setup errors surface again when the rest is applied.
+                _ => {
+                    kept.batch.changes.push(change);
+                    kept.origins.push(origin);
+                    if let Some(raw) = raw {
+                        kept.raws.push(raw);
+                    }
+                }
+            }
+        }
+        kept.batch.positions = batch.positions;
+        Ok(kept)
+    }
+
+    /// A group member that has held no partition for a while rejoins the group. tansu 0.6.0
+    /// can complete a rebalance that gives a restarted member nothing while the member it
+    /// replaced is being expired, and then never rebalances again.
+    fn rejoin_if_starved(&mut self) -> Result<(), SinkError> {
+        let assigned = self
+            .consumer
+            .assignment()
+            .map_err(|e| self.kafka_error(e.to_string()))?
+            .count();
+        if assigned > 0 {
+            self.starved_since = None;
+            return Ok(());
+        }
+        let since = *self.starved_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < STARVED {
+            return Ok(());
+        }
+        tracing::warn!(sink = %self.name, "no partition assigned for {:?}; rejoining the group", STARVED);
+        self.starved_since = None;
+        self.consumer.unsubscribe();
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        self.consumer
+            .subscribe(&topics)
+            .map_err(|e| self.kafka_error(e.to_string()))
+    }
+
+    /// While idle, checks that the store still holds the positions applied: a cache that
+    /// restarted empty, or a database restored from an older backup, is caught up again
+    /// from where it now stands. `false` if stopped meanwhile.
+    fn verify(&mut self) -> Result<bool, SinkError> {
+        let runtime = self.runtime.clone();
+        match runtime.block_on(self.lanes[0].positions()) {
+            Ok(stored) => {
+                let stored: HashMap<(String, i32), i64> = stored
+                    .into_iter()
+                    .map(|p| ((p.topic, p.partition), p.next_offset))
+                    .collect();
+                let behind = {
+                    let applied = self.positions.lock().expect("positions lock");
+                    applied
+                        .iter()
+                        .any(|(k, v)| stored.get(k).is_none_or(|s| s < v))
+                };
+                if !behind {
+                    return Ok(true);
+                }
+                tracing::warn!(sink = %self.name, "the store holds older positions than were applied (it lost data, or was restored); rewinding to them");
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!(sink = %self.name, error = %e, "store unavailable; rewinding to the replica's positions");
+            }
+            Err(e) => return Err(self.store_error(e)),
+        }
+        self.rewind()
+    }
+
+    /// Re-reads the replica's positions and seeks every assigned partition to them.
+    fn rewind(&mut self) -> Result<bool, SinkError> {
+        let runtime = self.runtime.clone();
+        if !runtime.block_on(self.load_positions())? {
+            return Ok(false);
+        }
+        let assignment = self
+            .consumer
+            .assignment()
+            .map_err(|e| self.kafka_error(e.to_string()))?;
+        let mut tpl = TopicPartitionList::new();
+        {
+            let stored = self.positions.lock().expect("positions lock");
+            for elem in assignment.elements() {
+                let offset = stored
+                    .get(&(elem.topic().to_string(), elem.partition()))
+                    .map_or(Offset::Beginning, |n| Offset::Offset(*n));
+                let _ = tpl.add_partition_offset(elem.topic(), elem.partition(), offset);
+            }
+        }
+        if tpl.count() > 0 {
+            let sought = self
+                .consumer
+                .seek_partitions(tpl, Duration::from_secs(10))
+                .map_err(|e| self.kafka_error(format!("rewinding: {e}")))?;
+            for elem in sought.elements() {
+                if let Err(e) = elem.error() {
+                    return Err(self.kafka_error(format!(
+                        "rewinding {} partition {} to {:?}: {e}",
+                        elem.topic(),
+                        elem.partition(),
+                        elem.offset()
+                    )));
+                }
+            }
+            tracing::info!(sink = %self.name, positions = ?sought.elements().iter().map(|e| (e.topic().to_string(), e.partition(), e.offset())).collect::<Vec<_>>(), "rewound");
+        }
+        Ok(true)
     }
 }
 
-fn convert(v: Avro) -> Result<Value, String> {
-    Ok(match v {
-        Avro::Null => Value::Null,
-        Avro::Boolean(b) => Value::Bool(b),
-        Avro::Int(n) => Value::Long(n.into()),
-        Avro::Long(n) => Value::Long(n),
-        Avro::Float(x) => Value::Double(x.into()),
-        Avro::Double(x) => Value::Double(x),
-        Avro::String(s) | Avro::Enum(_, s) => Value::Text(s),
-        Avro::Uuid(u) => Value::Text(u.to_string()),
-        Avro::Bytes(b) | Avro::Fixed(_, b) => Value::Bytes(b),
-        Avro::Date(d) => Value::Date(d),
-        Avro::TimeMillis(ms) => Value::Time(i64::from(ms) * 1000),
-        Avro::TimeMicros(us) => Value::Time(us),
-        Avro::TimestampMillis(ms) => Value::Timestamp(ms * 1000),
-        Avro::TimestampMicros(us) => Value::Timestamp(us),
-        Avro::LocalTimestampMillis(ms) => Value::LocalTimestamp(ms * 1000),
-        Avro::LocalTimestampMicros(us) => Value::LocalTimestamp(us),
-        Avro::Union(_, inner) => convert(*inner)?,
-        other => {
-            return Err(format!(
-                "{other:?} has no replica column type in this build"
-            ))
+/// Applies `batch` over the lanes: each key's changes go to the lane its hash picks, so they
+/// stay in order on one connection; lanes write concurrently; the positions are written
+/// last, through the first lane, once every lane's write is durable. A crash in between
+/// leaves older positions beside newer rows: the redelivery that follows is absorbed by the
+/// versions. With one lane, rows and positions share one transaction.
+pub async fn apply_over<S: Sink>(lanes: &mut [S], batch: &Batch) -> Result<(), connectors::Error> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    if lanes.len() == 1 {
+        return lanes[0].apply(batch).await;
+    }
+    let mut parts: Vec<Batch> = lanes.iter().map(|_| Batch::default()).collect();
+    for change in &batch.changes {
+        let mut hasher = DefaultHasher::new();
+        format!("{:?}", change.key).hash(&mut hasher);
+        let lane = (hasher.finish() % lanes.len() as u64) as usize;
+        parts[lane].changes.push(change.clone());
+    }
+    let writes = lanes
+        .iter_mut()
+        .zip(&parts)
+        .filter(|(_, part)| !part.changes.is_empty())
+        .map(|(lane, part)| lane.apply(part))
+        .collect();
+    for result in join_all(writes).await {
+        result?;
+    }
+    if batch.positions.is_empty() {
+        return Ok(());
+    }
+    let positions = Batch {
+        changes: Vec::new(),
+        positions: batch.positions.clone(),
+    };
+    lanes[0].apply(&positions).await
+}
+
+/// Runs `futures` concurrently on the current task; their outputs in order.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    use std::task::Poll;
+    let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(v) => *output = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
         }
     })
+    .await;
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
 }

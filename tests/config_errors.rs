@@ -77,7 +77,7 @@ fn an_unknown_key_in_a_sink_lists_its_type_keys_and_the_common_keys() {
     );
     assert_eq!(
         error_of(&text),
-        "walcast.toml: sink[0].ttl: unknown key; expected one of: url, url_env, password_env, key_template, fields, ttl_secs, tombstone_ttl_secs, name, topics, group, on_error, dead_letter_topic, batch_max_records, batch_max_wait_ms"
+        "walcast.toml: sink[0].ttl: unknown key; expected one of: url, url_env, password_env, key_template, fields, ttl_secs, tombstone_ttl_secs, name, topics, group, on_error, dead_letter_topic, batch_max_records, batch_max_wait_ms, parallelism"
     );
 }
 

@@ -1,12 +1,15 @@
-//! Spec: the full loop. The users database → `walcast run` (source and sink in one daemon)
-//! → Kafka → a PostgreSQL read replica in another database, which converges to exactly the
-//! source's state after random writes and after kill -9 mid-stream.
+//! Spec: the full loop. The users database → `walcast run` (source and sinks in one daemon)
+//! → Kafka → read replicas in PostgreSQL, MariaDB and Redis, each of which converges to
+//! exactly the source's state after random writes, after kill -9 of the daemon mid-stream,
+//! and after a restart of its store mid-stream.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
+use mysql_async::prelude::Queryable;
 use support::daemon::{Daemon, Setup};
+use support::targets::{restart_machine_mariadb, OwnPostgres, OwnRedis};
 use support::{unique, Stack};
 
 type Rows = Vec<(i64, String, String)>;
@@ -20,37 +23,104 @@ async fn source_rows(pg: &tokio_postgres::Client) -> Rows {
         .collect()
 }
 
-async fn replica_rows(pg: &tokio_postgres::Client) -> Rows {
-    pg.query(
-        "SELECT user_id, name, email FROM user_replica ORDER BY user_id",
-        &[],
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| (r.get(0), r.get(1), r.get(2)))
-    .collect()
+/// The replicas under test, read back as `(id, name, email)` rows.
+struct Replicas {
+    pg: OwnPostgres,
+    mysql_url: String,
+    redis: OwnRedis,
+    redis_prefix: String,
 }
 
-async fn converged(
-    daemon: &Daemon,
-    source: &tokio_postgres::Client,
-    replica: &tokio_postgres::Client,
-) {
-    let deadline = Instant::now() + Duration::from_secs(90);
+impl Replicas {
+    async fn postgres(&self) -> Rows {
+        let Ok(client) =
+            tokio_postgres::connect(&self.pg.url("orders"), tokio_postgres::NoTls).await
+        else {
+            return vec![];
+        };
+        let (client, conn) = client;
+        tokio::spawn(conn);
+        client
+            .query(
+                "SELECT user_id, name, email FROM user_replica ORDER BY user_id",
+                &[],
+            )
+            .await
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    async fn mysql(&self) -> Rows {
+        let Ok(mut conn) = mysql_async::Conn::from_url(&self.mysql_url).await else {
+            return vec![];
+        };
+        let rows = conn
+            .query("SELECT user_id, name, email FROM user_replica ORDER BY user_id")
+            .await
+            .unwrap_or_default();
+        let _ = conn.disconnect().await;
+        rows
+    }
+
+    async fn redis(&self) -> Rows {
+        let Ok(client) = redis::Client::open(self.redis.url().as_str()) else {
+            return vec![];
+        };
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+            return vec![];
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.redis_prefix))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        let mut rows = Vec::new();
+        for key in keys {
+            let (name, email): (Option<String>, Option<String>) = redis::cmd("HMGET")
+                .arg(&key)
+                .arg("name")
+                .arg("email")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let id = key[self.redis_prefix.len()..].parse().unwrap();
+            rows.push((id, name.unwrap_or_default(), email.unwrap_or_default()));
+        }
+        rows.sort();
+        rows
+    }
+}
+
+/// Waits until every replica holds exactly the source's rows.
+async fn converged(daemon: &Daemon, source: &tokio_postgres::Client, replicas: &Replicas) {
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let (want, got) = (source_rows(source).await, replica_rows(replica).await);
-        if want == got {
+        let want = source_rows(source).await;
+        let got = [
+            ("postgres", replicas.postgres().await),
+            ("mariadb", replicas.mysql().await),
+            ("redis", replicas.redis().await),
+        ];
+        let behind: Vec<String> = got
+            .iter()
+            .filter(|(_, rows)| *rows != want)
+            .map(|(store, rows)| format!("{store} ({} rows)", rows.len()))
+            .collect();
+        if behind.is_empty() {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "the replica did not converge within 90s: {} source rows, {} replica rows\n{}",
+            "replicas did not converge within 120s: {} source rows; behind: {}\n{}",
             want.len(),
-            got.len(),
+            behind.join(", "),
             daemon.log_text()
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -81,35 +151,61 @@ async fn random_writes(pg: &tokio_postgres::Client, rounds: u32, seed: &mut u64)
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_postgres_replica_converges_to_the_source_through_kill_9() {
+async fn every_replica_converges_through_kill_9_and_restarts_of_its_store() {
     let stack = Stack::get();
-    let mut daemon = Daemon::prepare("rep_pg", Setup::default()).await;
-    let replica_db = stack.fresh_pg_database(&unique("rep_pg_orders")).await;
-    let replica = stack.pg(&replica_db).await;
-    replica
-        .batch_execute(
-            "CREATE TABLE user_replica (user_id bigint PRIMARY KEY, name text, email text,
-               _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL)",
-        )
+    let mut daemon = Daemon::prepare("rep_all", Setup::default()).await;
+    let table = "CREATE TABLE user_replica (user_id bigint PRIMARY KEY, name text, email text,
+               _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL)";
+    let pg = OwnPostgres::start(&daemon.name).await;
+    pg.client("postgres")
+        .await
+        .batch_execute("CREATE DATABASE orders")
         .await
         .unwrap();
+    pg.client("orders")
+        .await
+        .batch_execute(table)
+        .await
+        .unwrap();
+    let mysql_url = stack
+        .fresh_mysql_database(&unique("rep_all_shipping"))
+        .await;
+    let mut conn = mysql_async::Conn::from_url(&mysql_url).await.unwrap();
+    conn.query_drop(table.replace("integer", "int"))
+        .await
+        .unwrap();
+    conn.disconnect().await.unwrap();
+    let redis = OwnRedis::start().await;
+    let replicas = Replicas {
+        redis_prefix: format!("{}:user:", daemon.name),
+        pg,
+        mysql_url,
+        redis,
+    };
     let mut config = std::fs::read_to_string(&daemon.config).unwrap();
-    config.push_str(&format!(
-        r#"
-[[sink]]
-name = "replica-{name}"
-type = "postgres"
-topics = ["{topic}"]
-url = "{url}"
-table = "user_replica"
-key = ["user_id"]
-fields = ["user_id", "name", "email"]
-batch_max_wait_ms = 50
-"#,
-        name = daemon.name,
-        topic = daemon.topic,
-        url = stack.pg_url_for("postgres", &replica_db),
-    ));
+    for (kind, url, keys) in [
+        (
+            "postgres",
+            replicas.pg.url("orders"),
+            "table = \"user_replica\"\nkey = [\"user_id\"]",
+        ),
+        (
+            "mysql",
+            replicas.mysql_url.clone(),
+            "table = \"user_replica\"\nkey = [\"user_id\"]",
+        ),
+        (
+            "redis",
+            replicas.redis.url(),
+            &format!("key_template = \"{}{{user_id}}\"", replicas.redis_prefix),
+        ),
+    ] {
+        config.push_str(&format!(
+            "\n[[sink]]\nname = \"{kind}-{name}\"\ntype = \"{kind}\"\ntopics = [\"{topic}\"]\nurl = \"{url}\"\n{keys}\nfields = [\"user_id\", \"name\", \"email\"]\nbatch_max_wait_ms = 50\n",
+            name = daemon.name,
+            topic = daemon.topic,
+        ));
+    }
     std::fs::write(&daemon.config, config).unwrap();
     daemon.start().await;
     let source = daemon.pg().await;
@@ -117,7 +213,7 @@ batch_max_wait_ms = 50
     eprintln!("seed {seed}");
 
     random_writes(&source, 10, &mut seed).await;
-    converged(&daemon, &source, &replica).await;
+    converged(&daemon, &source, &replicas).await;
 
     // kill -9 while writes stream, then restart: redelivery is absorbed.
     let writes = {
@@ -129,34 +225,190 @@ batch_max_wait_ms = 50
     daemon.kill9();
     writes.await.unwrap();
     daemon.start().await;
-    converged(&daemon, &source, &replica).await;
-    let rows = replica_rows(&replica).await.len();
+    converged(&daemon, &source, &replicas).await;
+
+    // Every store restarts while writes stream; the Redis one comes back empty.
+    seed = seed.wrapping_mul(31).wrapping_add(7);
+    let writes = {
+        let pg = daemon.pg().await;
+        let mut s = seed;
+        tokio::spawn(async move { random_writes(&pg, 30, &mut s).await })
+    };
+    replicas.pg.restart().await;
+    restart_machine_mariadb().await;
+    let mut replicas = replicas;
+    replicas.redis.restart().await;
+    writes.await.unwrap();
+    converged(&daemon, &source, &replicas).await;
+
+    let rows = source_rows(&source).await.len();
     assert!(
         rows > 0,
         "the scenario deleted everything; nothing was compared"
     );
     eprintln!("converged on {rows} rows");
+    assert!(
+        daemon.log_text().contains("store unavailable; rewinding"),
+        "no store outage was seen, so none was survived\n{}",
+        daemon.log_text()
+    );
     assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
 }
 
-/// The dead-letter policy is not built yet: a sink asking for it is refused, not ignored.
+/// A record the replica's store rejects (here a CHECK constraint), and a record that is not
+/// an event at all, go to the dead-letter topic with the error in headers; the rows around
+/// them are applied, and nothing is skipped silently.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_dead_letter_policy_is_refused_rather_than_ignored() {
+async fn poison_records_go_to_the_dead_letter_topic_and_the_sink_goes_on() {
     let stack = Stack::get();
-    let daemon = Daemon::prepare("rep_dlq", Setup::default()).await;
+    let mut daemon = Daemon::prepare("rep_dlq", Setup::default()).await;
+    let replica_db = stack.fresh_pg_database(&unique("rep_dlq_orders")).await;
+    let replica = stack.pg(&replica_db).await;
+    replica
+        .batch_execute(
+            "CREATE TABLE user_replica (user_id bigint PRIMARY KEY, name text, email text CHECK (email <> 'poison@example.com'),
+               _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL)",
+        )
+        .await
+        .unwrap();
+    let dlq = format!("{}.dlq", daemon.name);
     let mut config = std::fs::read_to_string(&daemon.config).unwrap();
     config.push_str(&format!(
-        "\n[[sink]]\nname = \"dlq\"\ntype = \"postgres\"\ntopics = [\"{}\"]\non_error = \"dead_letter\"\nurl = \"{}\"\ntable = \"user_replica\"\nkey = [\"user_id\"]\n",
-        daemon.topic,
-        stack.pg_url_for("postgres", &daemon.db),
+        "\n[kafka.topic.\"{dlq}\"]\npartitions = 1\n\n[[sink]]\nname = \"dlq-{name}\"\ntype = \"postgres\"\ntopics = [\"{topic}\"]\non_error = \"dead_letter\"\ndead_letter_topic = \"{dlq}\"\nurl = \"{url}\"\ntable = \"user_replica\"\nkey = [\"user_id\"]\nfields = [\"user_id\", \"name\", \"email\"]\nbatch_max_wait_ms = 50\n",
+        name = daemon.name,
+        topic = daemon.topic,
+        url = stack.pg_url_for("postgres", &replica_db),
     ));
     std::fs::write(&daemon.config, config).unwrap();
-    let (code, stderr) = daemon.run_to_end();
-    assert_eq!(code, Some(1));
+    daemon.start().await;
+    let source = daemon.pg().await;
+    source
+        .batch_execute(
+            "INSERT INTO users (full_name, email, password_hash) VALUES ('Ada', 'ada@example.com', 'x'), ('Bad', 'poison@example.com', 'x'), ('Grace', 'grace@example.com', 'x')",
+        )
+        .await
+        .unwrap();
+    // Not an event: no Confluent framing, no walcast headers.
+    let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka_brokers)
+        .create()
+        .unwrap();
+    producer
+        .send(
+            rdkafka::producer::BaseRecord::to(&daemon.topic)
+                .key("garbage")
+                .payload("not avro"),
+        )
+        .unwrap();
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).unwrap();
+    source
+        .batch_execute("INSERT INTO users (full_name, email, password_hash) VALUES ('Edsger', 'edsger@example.com', 'x')")
+        .await
+        .unwrap();
+
+    let records = support::consume_from_start(&stack.kafka_brokers, &dlq, 2).await;
+    let header = |r: &support::Record, name: &str| {
+        r.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_else(|| panic!("no {name} header: {:?}", r.headers))
+    };
+    let mut by_stage: Vec<(String, String, String)> = records
+        .iter()
+        .map(|r| {
+            assert_eq!(header(r, "__walcast.errors.topic"), daemon.topic);
+            assert_eq!(
+                header(r, "__walcast.errors.sink"),
+                format!("dlq-{}", daemon.name)
+            );
+            header(r, "__walcast.errors.offset").parse::<i64>().unwrap();
+            (
+                header(r, "__walcast.errors.stage"),
+                header(r, "__walcast.errors.message"),
+                String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned(),
+            )
+        })
+        .collect();
+    by_stage.sort();
+    assert_eq!(by_stage[0].0, "apply");
     assert!(
-        stderr.contains(
-            "sink dlq: on_error = \"dead_letter\" is not available in this build; use \"stop\""
-        ),
-        "{stderr}"
+        by_stage[0].1.contains("user_replica_email_check"),
+        "{:?}",
+        by_stage[0]
+    );
+    assert_eq!(
+        by_stage[1],
+        (
+            "decode".to_string(),
+            "no lsn header; only walcast's events can be applied".to_string(),
+            "garbage".to_string()
+        )
+    );
+    // The poison event's own record is copied as it was: its walcast headers travel with it.
+    let apply = records
+        .iter()
+        .find(|r| header(r, "__walcast.errors.stage") == "apply")
+        .unwrap();
+    assert_eq!(header(apply, "op"), "insert");
+
+    support::wait_until("the good rows", Duration::from_secs(60), || async {
+        let names: Vec<String> = replica
+            .query("SELECT name FROM user_replica ORDER BY user_id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        names == ["Ada", "Grace", "Edsger"]
+    })
+    .await;
+    assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
+}
+
+/// With the default policy, the same rejected record stops the sink, naming where it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_record_stops_the_sink_naming_topic_partition_and_offset() {
+    let stack = Stack::get();
+    let mut daemon = Daemon::prepare("rep_stop", Setup::default()).await;
+    let replica_db = stack.fresh_pg_database(&unique("rep_stop_orders")).await;
+    stack
+        .pg(&replica_db)
+        .await
+        .batch_execute(
+            "CREATE TABLE user_replica (user_id bigint PRIMARY KEY, name text, email text CHECK (email <> 'poison@example.com'),
+               _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL)",
+        )
+        .await
+        .unwrap();
+    let mut config = std::fs::read_to_string(&daemon.config).unwrap();
+    config.push_str(&format!(
+        "\n[[sink]]\nname = \"stop\"\ntype = \"postgres\"\ntopics = [\"{topic}\"]\nurl = \"{url}\"\ntable = \"user_replica\"\nkey = [\"user_id\"]\nfields = [\"user_id\", \"name\", \"email\"]\n",
+        topic = daemon.topic,
+        url = stack.pg_url_for("postgres", &replica_db),
+    ));
+    std::fs::write(&daemon.config, config).unwrap();
+    daemon.start().await;
+    daemon
+        .pg()
+        .await
+        .batch_execute("INSERT INTO users (full_name, email, password_hash) VALUES ('Bad', 'poison@example.com', 'x')")
+        .await
+        .unwrap();
+    support::wait_until("the daemon to stop", Duration::from_secs(60), || {
+        let exited = daemon.exited().is_some();
+        async move { exited }
+    })
+    .await;
+    let log = daemon.log_text();
+    let expected = format!("sink stop: {} partition ", daemon.topic);
+    assert!(log.contains(&expected), "{log}");
+    assert!(
+        log.contains("violates check constraint \"user_replica_email_check\""),
+        "{log}"
+    );
+    assert!(
+        log.contains("; the record was not applied and its offset not committed (on_error = \"dead_letter\" sends such records to a dead-letter topic instead)"),
+        "{log}"
     );
 }

@@ -11,9 +11,11 @@ pub mod mysql;
 pub mod postgres;
 pub mod redis;
 pub mod sink;
+pub mod table;
 pub mod text;
 
 pub use sink::{Batch, Change, Op, Position, Sink, Value, Version};
+pub use table::TableSettings;
 
 use std::error::Error as StdError;
 
@@ -39,10 +41,41 @@ impl Error {
                 // Connection, resource and serialization classes: 08, 53, 57, 40.
                 matches!(&db.code().code()[..2], "08" | "53" | "57" | "40")
             }),
+            Error::Mysql(mysql_async::Error::Server(e)) => {
+                // Deadlock or lock wait timeout (the transaction was rolled back), the server
+                // shutting down, too many connections.
+                e.state == "40001" || matches!(e.code, 1205 | 1213 | 1053 | 1040)
+            }
             Error::Mysql(e) => {
                 matches!(e, mysql_async::Error::Io(_) | mysql_async::Error::Driver(_))
             }
             Error::Redis(e) => e.is_io_error() || e.is_timeout() || e.is_connection_dropped(),
+            Error::Setup(_) => false,
+        }
+    }
+}
+
+impl Error {
+    /// The data of one change cannot be stored (a constraint or a value the store rejects),
+    /// while other changes can: the runner isolates the change and applies its poison
+    /// policy. Setup errors are not poison: every change would fail the same way.
+    pub fn is_poison(&self) -> bool {
+        match self {
+            // Data exceptions (22) and integrity constraint violations (23).
+            Error::Postgres(e) => e
+                .as_db_error()
+                .is_some_and(|db| matches!(&db.code().code()[..2], "22" | "23")),
+            Error::Mysql(mysql_async::Error::Server(e)) => {
+                e.state.starts_with("22") || e.state.starts_with("23")
+            }
+            Error::Mysql(_) => false,
+            // A script error (such as WRONGTYPE: the key holds another kind of value).
+            Error::Redis(e) => {
+                !e.is_io_error()
+                    && !e.is_timeout()
+                    && !e.is_connection_dropped()
+                    && e.code().is_some()
+            }
             Error::Setup(_) => false,
         }
     }

@@ -1,14 +1,350 @@
-//! MySQL and MariaDB read replicas.
+//! MySQL and MariaDB read replicas: one table per event stream, version-guarded.
+//!
+//! The same semantics as the PostgreSQL replica, in MySQL's dialect. Every row carries its
+//! source version in `_walcast_lsn` and `_walcast_seq`; a batch is one transaction:
+//! - upserts are one multi-row `INSERT … ON DUPLICATE KEY UPDATE` whose every assignment
+//!   keeps the stored value unless the incoming version is higher; then the rows of the
+//!   batch's keys that a newer tombstone shadows (a late update of a deleted row) are
+//!   removed again, before anyone can see them;
+//! - deletes remove rows older than them and leave a tombstone version in
+//!   `<table>_walcast_tombstones`;
+//! - the consumer's positions are upserted into `walcast_offsets` in the same transaction.
+//!
+//! `ON DUPLICATE KEY UPDATE` assigns left to right, each assignment seeing the ones before
+//! it. So the data columns come first, all guarded by the stored version; then
+//! `_walcast_seq`, guarded the same way; then `_walcast_lsn = GREATEST(stored, incoming)`,
+//! which is right whichever way the guard went.
+//!
+//! Statements are sent as text with literals escaped by the driver (honouring the
+//! session's `NO_BACKSLASH_ESCAPES`), so a batch costs no prepare round trips. The session
+//! runs in UTC, so UTC timestamps are written as they are.
+
+use std::collections::HashMap;
 
 use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, TxOpts, Value as My};
 
+use crate::sink::{Batch, Change, Position, Sink, Value, Version};
+use crate::table::{field, latest_per_key, TableSettings};
 use crate::Error;
 
 /// Connects to `url` and returns the server's version string.
 pub async fn probe(url: &str) -> Result<String, Error> {
-    let opts = mysql_async::Opts::from_url(url).map_err(mysql_async::Error::from)?;
-    let mut conn = mysql_async::Conn::new(opts).await?;
+    let opts = Opts::from_url(url).map_err(mysql_async::Error::from)?;
+    let mut conn = Conn::new(opts).await?;
     let version: Option<String> = conn.query_first("SELECT VERSION()").await?;
     conn.disconnect().await?;
     Ok(format!("MySQL/MariaDB {}", version.unwrap_or_default()))
+}
+
+/// A replica table, connected and checked.
+#[derive(Debug)]
+pub struct MysqlSink {
+    opts: Opts,
+    /// `None` after an error; the next `apply` connects again.
+    conn: Option<Conn>,
+    settings: TableSettings,
+    table: String,
+    tombstones: String,
+    /// Column name → `COLUMN_TYPE`.
+    types: HashMap<String, String>,
+    no_backslash_escapes: bool,
+}
+
+fn quote(ident: &str) -> String {
+    format!("`{}`", ident.replace('`', "``"))
+}
+
+/// The guard every assignment of an upsert shares: the incoming version is higher.
+const NEWER: &str = "(_walcast_lsn, _walcast_seq) < (VALUES(_walcast_lsn), VALUES(_walcast_seq))";
+
+impl MysqlSink {
+    /// Connects, checks the replica table and creates the tombstone table beside it and
+    /// `walcast_offsets` when missing.
+    pub async fn connect(settings: TableSettings) -> Result<Self, Error> {
+        let opts = Opts::from_url(&settings.url).map_err(mysql_async::Error::from)?;
+        let mut conn = open(&opts).await?;
+        let (schema, name) = match settings.table.split_once('.') {
+            Some((s, n)) => (Some(s.to_string()), n.to_string()),
+            None => (None, settings.table.clone()),
+        };
+        let rows: Vec<(String, String, String, String)> = conn
+            .exec(
+                "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, TABLE_SCHEMA FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ?",
+                (schema, &name),
+            )
+            .await?;
+        let Some(database) = rows.first().map(|r| r.3.clone()) else {
+            return Err(Error::Setup(format!(
+                "replica table {} does not exist; create it with the key columns as its primary key, the columns of the fields kept, and _walcast_lsn BIGINT NOT NULL, _walcast_seq INT NOT NULL",
+                settings.table
+            )));
+        };
+        for (column, ty) in [("_walcast_lsn", "bigint"), ("_walcast_seq", "int")] {
+            if !rows.iter().any(|r| r.0 == column && r.1 == ty) {
+                return Err(Error::Setup(format!(
+                    "replica table {} lacks the version column {column} {ty}; run ALTER TABLE {} ADD COLUMN {column} {} NOT NULL DEFAULT 0",
+                    settings.table,
+                    quote(&name),
+                    ty.to_uppercase()
+                )));
+            }
+        }
+        let types: HashMap<String, String> =
+            rows.into_iter().map(|(c, _, ty, _)| (c, ty)).collect();
+        let key_columns = settings.key_columns();
+        for (field, c) in settings.key.iter().zip(&key_columns) {
+            if !types.contains_key(c) {
+                return Err(Error::Setup(format!(
+                    "replica table {} has no column {c} for key field {field}; add it, or map it with columns",
+                    settings.table
+                )));
+            }
+        }
+        let table = format!("{}.{}", quote(&database), quote(&name));
+        let tombstones = format!(
+            "{}.{}",
+            quote(&database),
+            quote(&format!("{name}_walcast_tombstones"))
+        );
+        let key_defs: Vec<String> = key_columns
+            .iter()
+            .map(|c| format!("{} {} NOT NULL", quote(c), types[c]))
+            .collect();
+        let key_list: Vec<String> = key_columns.iter().map(|c| quote(c)).collect();
+        conn.query_drop(format!(
+            "CREATE TABLE IF NOT EXISTS {tombstones} ({}, _walcast_lsn BIGINT NOT NULL, _walcast_seq INT NOT NULL, PRIMARY KEY ({}))",
+            key_defs.join(", "),
+            key_list.join(", ")
+        ))
+        .await?;
+        conn.query_drop(format!(
+            "CREATE TABLE IF NOT EXISTS {}.walcast_offsets (consumer VARCHAR(255) NOT NULL, topic VARCHAR(255) NOT NULL,
+               `partition` INT NOT NULL, next_offset BIGINT NOT NULL, PRIMARY KEY (consumer, topic, `partition`))",
+            quote(&database)
+        ))
+        .await?;
+        let sql_mode: Option<String> = conn.query_first("SELECT @@SESSION.sql_mode").await?;
+        Ok(MysqlSink {
+            opts,
+            conn: Some(conn),
+            settings,
+            table,
+            tombstones,
+            types,
+            no_backslash_escapes: sql_mode.is_some_and(|m| m.contains("NO_BACKSLASH_ESCAPES")),
+        })
+    }
+
+    /// `value` as an SQL literal.
+    fn literal(&self, value: Option<&Value>) -> String {
+        let my = match value {
+            None | Some(Value::Null) => My::NULL,
+            Some(Value::Bool(b)) => My::Int(i64::from(*b)),
+            Some(Value::Long(n)) => My::Int(*n),
+            Some(Value::Double(x)) => My::Double(*x),
+            Some(Value::Bytes(b)) => My::Bytes(b.clone()),
+            Some(other) => My::Bytes(
+                crate::text::value(other, "")
+                    .unwrap_or_default()
+                    .into_bytes(),
+            ),
+        };
+        my.as_sql(self.no_backslash_escapes)
+    }
+
+    fn version(v: Version) -> String {
+        format!("{}, {}", v.lsn, v.seq)
+    }
+
+    /// `(k1, k2)` of a change, as literals.
+    fn key_tuple(&self, change: &Change) -> String {
+        let parts: Vec<String> = self
+            .settings
+            .key
+            .iter()
+            .map(|k| self.literal(field(change, k)))
+            .collect();
+        format!("({})", parts.join(", "))
+    }
+
+    /// The statements that apply `batch`, in order. Needs the tombstones of the batch's
+    /// upserted keys, read in the same transaction.
+    fn statements(
+        &self,
+        upserts: &[&Change],
+        deletes: &[&Change],
+        positions: &[Position],
+    ) -> Result<Vec<String>, Error> {
+        let mut out = Vec::new();
+        let key_columns = self.settings.key_columns();
+        let keys: Vec<String> = key_columns.iter().map(|k| quote(k)).collect();
+        if !upserts.is_empty() {
+            let columns = self
+                .settings
+                .upsert_columns(upserts, |c| self.types.contains_key(c))?;
+            let rows: Vec<String> = upserts
+                .iter()
+                .map(|c| {
+                    let values: Vec<String> = columns
+                        .iter()
+                        .map(|(f, _)| self.literal(field(c, f)))
+                        .collect();
+                    format!("({}, {})", values.join(", "), Self::version(c.version))
+                })
+                .collect();
+            let target: Vec<String> = columns.iter().map(|(_, c)| quote(c)).collect();
+            let mut updates: Vec<String> = columns
+                .iter()
+                .filter(|(_, c)| !key_columns.contains(c))
+                .map(|(_, c)| format!("{0} = IF({NEWER}, VALUES({0}), {0})", quote(c)))
+                .collect();
+            updates.push(format!(
+                "_walcast_seq = IF({NEWER}, VALUES(_walcast_seq), _walcast_seq)"
+            ));
+            updates.push("_walcast_lsn = GREATEST(_walcast_lsn, VALUES(_walcast_lsn))".into());
+            out.push(format!(
+                "INSERT INTO {} ({}, _walcast_lsn, _walcast_seq) VALUES {} ON DUPLICATE KEY UPDATE {}",
+                self.table,
+                target.join(", "),
+                rows.join(", "),
+                updates.join(", ")
+            ));
+            let tuples: Vec<String> = upserts.iter().map(|c| self.key_tuple(c)).collect();
+            let on: Vec<String> = keys.iter().map(|k| format!("t.{k} = d.{k}")).collect();
+            let qualified: Vec<String> = keys.iter().map(|k| format!("t.{k}")).collect();
+            out.push(format!(
+                "DELETE t FROM {} AS t JOIN {} AS d ON {} WHERE ({}) IN ({}) \
+                 AND (d._walcast_lsn, d._walcast_seq) >= (t._walcast_lsn, t._walcast_seq)",
+                self.table,
+                self.tombstones,
+                on.join(" AND "),
+                qualified.join(", "),
+                tuples.join(", ")
+            ));
+        }
+        if !deletes.is_empty() {
+            let selects: Vec<String> = deletes
+                .iter()
+                .map(|c| {
+                    let parts: Vec<String> = self
+                        .settings
+                        .key
+                        .iter()
+                        .enumerate()
+                        .map(|(i, k)| format!("{} AS k{i}", self.literal(field(c, k))))
+                        .collect();
+                    format!(
+                        "SELECT {}, {} AS l, {} AS s",
+                        parts.join(", "),
+                        c.version.lsn,
+                        c.version.seq
+                    )
+                })
+                .collect();
+            let on: Vec<String> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| format!("t.{k} = v.k{i}"))
+                .collect();
+            out.push(format!(
+                "DELETE t FROM {} AS t JOIN ({}) AS v ON {} WHERE (t._walcast_lsn, t._walcast_seq) < (v.l, v.s)",
+                self.table,
+                selects.join(" UNION ALL "),
+                on.join(" AND ")
+            ));
+            let rows: Vec<String> = deletes
+                .iter()
+                .map(|c| {
+                    let key = self.key_tuple(c);
+                    format!("{}, {})", &key[..key.len() - 1], Self::version(c.version))
+                })
+                .collect();
+            out.push(format!(
+                "INSERT INTO {} ({}, _walcast_lsn, _walcast_seq) VALUES {} ON DUPLICATE KEY UPDATE \
+                 _walcast_seq = IF({NEWER}, VALUES(_walcast_seq), _walcast_seq), _walcast_lsn = GREATEST(_walcast_lsn, VALUES(_walcast_lsn))",
+                self.tombstones,
+                keys.join(", "),
+                rows.join(", ")
+            ));
+        }
+        if !positions.is_empty() {
+            let rows: Vec<String> = positions
+                .iter()
+                .map(|p| {
+                    format!(
+                        "({}, {}, {}, {})",
+                        self.literal(Some(&Value::Text(self.settings.consumer.clone()))),
+                        self.literal(Some(&Value::Text(p.topic.clone()))),
+                        p.partition,
+                        p.next_offset
+                    )
+                })
+                .collect();
+            out.push(format!(
+                "INSERT INTO walcast_offsets (consumer, topic, `partition`, next_offset) VALUES {} \
+                 ON DUPLICATE KEY UPDATE next_offset = VALUES(next_offset)",
+                rows.join(", ")
+            ));
+        }
+        Ok(out)
+    }
+}
+
+async fn open(opts: &Opts) -> Result<Conn, Error> {
+    let mut conn = Conn::new(opts.clone()).await?;
+    conn.query_drop("SET time_zone = '+00:00'").await?;
+    Ok(conn)
+}
+
+impl Sink for MysqlSink {
+    async fn apply(&mut self, batch: &Batch) -> Result<(), Error> {
+        let (upserts, deletes) = latest_per_key(&batch.changes);
+        if self.conn.is_none() {
+            self.conn = Some(open(&self.opts).await?);
+        }
+        let mut conn = self.conn.take().expect("connected");
+        let result = async {
+            // READ COMMITTED takes no gap locks, so lanes writing different keys of one
+            // table do not deadlock each other; every guard reads the row it locks.
+            let mut options = TxOpts::default();
+            options.with_isolation_level(mysql_async::IsolationLevel::ReadCommitted);
+            let mut tx = conn.start_transaction(options).await?;
+            for sql in self.statements(&upserts, &deletes, &batch.positions)? {
+                tx.query_drop(sql).await?;
+            }
+            tx.commit().await?;
+            Ok::<_, Error>(())
+        }
+        .await;
+        // A connection that failed mid-transaction is not reused.
+        if result.is_ok() {
+            self.conn = Some(conn);
+        }
+        result
+    }
+
+    async fn positions(&mut self) -> Result<Vec<Position>, Error> {
+        if self.conn.is_none() {
+            self.conn = Some(open(&self.opts).await?);
+        }
+        let mut conn = self.conn.take().expect("connected");
+        let rows: Vec<(String, i32, i64)> = conn
+            .exec(
+                "SELECT topic, `partition`, next_offset FROM walcast_offsets WHERE consumer = ? ORDER BY topic, `partition`",
+                (&self.settings.consumer,),
+            )
+            .await?;
+        // Kept only when it worked: a failed connection is not reused.
+        self.conn = Some(conn);
+        Ok(rows
+            .into_iter()
+            .map(|(topic, partition, next_offset)| Position {
+                topic,
+                partition,
+                next_offset,
+            })
+            .collect())
+    }
 }

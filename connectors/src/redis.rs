@@ -1,5 +1,30 @@
-//! Redis read caches: one hash per key.
+//! Redis read caches: one hash per key, version-guarded by a server-side script.
+//!
+//! A key's hash holds the fields kept and `_walcast_version`, the source version it was
+//! written at, as 24 hex digits (`lsn` then `seq`, fixed width, so text order is version
+//! order). A batch is one Lua script, which Redis runs atomically:
+//! - an upsert replaces the hash only if its version is higher than both the stored one and
+//!   the key's tombstone, and sets the key's TTL when one is configured;
+//! - a delete removes the hash under the same guard and leaves its version in
+//!   `walcast:tombstone:<key>` for `tombstone_ttl_secs`, so a late update cannot resurrect
+//!   the key within that window;
+//! - the consumer's positions go into the hash `walcast:offsets:<consumer>`, last, so an
+//!   error part-way through a script never records progress it did not make.
+//!
+//! NULL fields are left out of the hash. Values are written in their text form (times in
+//! RFC 3339, UTC with `Z`), bytes as they are.
+//!
+//! A Redis that keeps nothing on disk loses the positions with the data when it restarts;
+//! the runner then finds no stored positions and replays the topic from its start, which
+//! rebuilds the cache.
 
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::Script;
+
+use crate::sink::{Batch, Change, Op, Position, Sink, Value, Version};
+use crate::table::latest_per_key;
 use crate::Error;
 
 /// Connects to `url`, sends PING and returns the server's version.
@@ -18,4 +43,241 @@ pub async fn probe(url: &str) -> Result<String, Error> {
         .trim()
         .to_string();
     Ok(format!("Redis {version} ({pong})"))
+}
+
+/// What a Redis cache is.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    /// Key of each hash, with `{field}` placeholders filled from the event's key.
+    pub key_template: String,
+    /// Event fields stored; `None` stores all.
+    pub fields: Option<Vec<String>>,
+    /// Expiry of each key; 0 keeps keys forever.
+    pub ttl_secs: u64,
+    /// How long a deleted key's tombstone version is kept.
+    pub tombstone_ttl_secs: u64,
+    /// Names this cache's positions (the consumer group).
+    pub consumer: String,
+}
+
+/// A Redis cache, connected.
+#[derive(Debug)]
+pub struct RedisSink {
+    client: ::redis::Client,
+    /// `None` after an error; the next `apply` connects again.
+    conn: Option<MultiplexedConnection>,
+    settings: RedisSettings,
+    script: Script,
+}
+
+/// KEYS: the offsets hash, then per change its hash and its tombstone.
+/// ARGV: ttl, tombstone ttl, change count, position count; per change: op (`u`/`d`),
+/// version, field count, then field/value pairs; then per position: field, offset.
+const APPLY: &str = r"
+local ttl, tomb_ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local changes, positions = tonumber(ARGV[3]), tonumber(ARGV[4])
+local a = 5
+for i = 1, changes do
+  local key, tomb = KEYS[2 * i], KEYS[2 * i + 1]
+  local op, version, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  a = a + 3
+  local stored = redis.call('HGET', key, '_walcast_version')
+  local buried = redis.call('GET', tomb)
+  if (not stored or stored < version) and (not buried or buried < version) then
+    redis.call('DEL', key)
+    if op == 'u' then
+      local args = {'_walcast_version', version}
+      for j = 0, n - 1 do
+        args[#args + 1] = ARGV[a + 2 * j]
+        args[#args + 1] = ARGV[a + 2 * j + 1]
+      end
+      redis.call('HSET', key, unpack(args))
+      if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+    elseif tomb_ttl > 0 then
+      redis.call('SET', tomb, version, 'EX', tomb_ttl)
+    else
+      redis.call('SET', tomb, version)
+    end
+  end
+  a = a + 2 * n
+end
+for i = 1, positions do
+  redis.call('HSET', KEYS[1], ARGV[a], ARGV[a + 1])
+  a = a + 2
+end
+return changes
+";
+
+/// A connection that fails rather than waits when the server went away.
+async fn open(client: &::redis::Client) -> Result<MultiplexedConnection, Error> {
+    let config = ::redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Duration::from_secs(10))
+        .set_response_timeout(Duration::from_secs(30));
+    Ok(client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?)
+}
+
+fn field_of<'a>(fields: &'a [(String, Value)], name: &str) -> Option<&'a Value> {
+    fields.iter().find(|(f, _)| f == name).map(|(_, v)| v)
+}
+
+fn version_text(v: Version) -> String {
+    format!("{:016x}{:08x}", v.lsn, v.seq)
+}
+
+fn bytes(value: &Value) -> Option<Vec<u8>> {
+    match value {
+        Value::Bytes(b) => Some(b.clone()),
+        other => crate::text::value(other, "Z").map(String::into_bytes),
+    }
+}
+
+impl RedisSink {
+    /// Connects and checks the key template.
+    pub async fn connect(settings: RedisSettings) -> Result<Self, Error> {
+        if !settings.key_template.contains('{') {
+            return Err(Error::Setup(format!(
+                "key_template {:?} has no {{field}} placeholder, so every event would write the same key; name the key fields, e.g. \"user:{{user_id}}\"",
+                settings.key_template
+            )));
+        }
+        let client = ::redis::Client::open(settings.url.as_str())?;
+        let conn = open(&client).await?;
+        Ok(RedisSink {
+            client,
+            conn: Some(conn),
+            settings,
+            script: Script::new(APPLY),
+        })
+    }
+
+    /// The change's Redis key, from the template.
+    fn key(&self, change: &Change) -> Result<String, Error> {
+        let mut out = String::new();
+        let mut rest = self.settings.key_template.as_str();
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let close = rest[open..].find('}').ok_or_else(|| {
+                Error::Setup(format!(
+                    "key_template {:?} has an unclosed {{",
+                    self.settings.key_template
+                ))
+            })? + open;
+            let name = &rest[open + 1..close];
+            let value = field_of(&change.key, name).ok_or_else(|| {
+                    let fields: Vec<&str> = change.key.iter().map(|(f, _)| f.as_str()).collect();
+                    Error::Setup(format!(
+                        "key_template {:?} names {{{name}}}, which is not a key field of the events (key fields: {}); use key fields only, so each key maps to one hash",
+                        self.settings.key_template,
+                        fields.join(", ")
+                    ))
+                })?;
+            out.push_str(&crate::text::value(value, "Z").unwrap_or_default());
+            rest = &rest[close + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    fn kept(&self, name: &str) -> bool {
+        self.settings
+            .fields
+            .as_ref()
+            .is_none_or(|f| f.iter().any(|k| k == name))
+    }
+
+    fn offsets_key(&self) -> String {
+        format!("walcast:offsets:{}", self.settings.consumer)
+    }
+
+    async fn conn(&mut self) -> Result<MultiplexedConnection, Error> {
+        if self.conn.is_none() {
+            self.conn = Some(open(&self.client).await?);
+        }
+        Ok(self.conn.clone().expect("connected"))
+    }
+}
+
+impl Sink for RedisSink {
+    async fn apply(&mut self, batch: &Batch) -> Result<(), Error> {
+        let (upserts, deletes) = latest_per_key(&batch.changes);
+        let mut conn = self.conn().await?;
+        let script = self.script.clone();
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.offsets_key())
+            .arg(self.settings.ttl_secs)
+            .arg(self.settings.tombstone_ttl_secs)
+            .arg(upserts.len() + deletes.len())
+            .arg(batch.positions.len());
+        for change in upserts.iter().chain(&deletes) {
+            let key = self.key(change)?;
+            invocation.key(&key).key(format!("walcast:tombstone:{key}"));
+            let kept: Vec<(&String, Vec<u8>)> = match &change.op {
+                Op::Upsert(fields) => {
+                    let extra = fields
+                        .iter()
+                        .filter(|(f, _)| field_of(&change.key, f).is_none());
+                    change
+                        .key
+                        .iter()
+                        .chain(extra)
+                        .filter(|(f, _)| self.kept(f))
+                        .filter_map(|(f, v)| Some((f, bytes(v)?)))
+                        .collect()
+                }
+                Op::Delete => Vec::new(),
+            };
+            let op = if matches!(change.op, Op::Delete) {
+                "d"
+            } else {
+                "u"
+            };
+            invocation
+                .arg(op)
+                .arg(version_text(change.version))
+                .arg(kept.len());
+            for (f, v) in kept {
+                invocation.arg(f.as_str()).arg(v);
+            }
+        }
+        for p in &batch.positions {
+            invocation
+                .arg(format!("{}/{}", p.topic, p.partition))
+                .arg(p.next_offset);
+        }
+        let result: Result<i64, _> = invocation.invoke_async(&mut conn).await;
+        if result.is_err() {
+            self.conn = None;
+        }
+        result?;
+        Ok(())
+    }
+
+    async fn positions(&mut self) -> Result<Vec<Position>, Error> {
+        let mut conn = self.conn().await?;
+        let stored: Result<Vec<(String, i64)>, _> = ::redis::cmd("HGETALL")
+            .arg(self.offsets_key())
+            .query_async(&mut conn)
+            .await;
+        if stored.is_err() {
+            self.conn = None;
+        }
+        let stored = stored?;
+        let mut out: Vec<Position> = stored
+            .into_iter()
+            .filter_map(|(field, next_offset)| {
+                let (topic, partition) = field.rsplit_once('/')?;
+                Some(Position {
+                    topic: topic.to_string(),
+                    partition: partition.parse().ok()?,
+                    next_offset,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        Ok(out)
+    }
 }

@@ -1,11 +1,13 @@
 //! Conformance: the scenarios every connector must pass, against the real store.
-//! Each store implements [`Harness`]; each scenario runs once per store. (PostgreSQL now;
-//! MySQL/MariaDB and Redis join with their connectors.)
+//! Each store implements [`Harness`]; each scenario runs once per store (the `conformance!`
+//! macro at the end), against the stack's PostgreSQL, MariaDB and Redis.
 
 use std::collections::BTreeMap;
 
-use connectors::postgres::{PostgresSettings, PostgresSink};
-use connectors::{Batch, Change, Op, Position, Sink, Value, Version};
+use connectors::mysql::MysqlSink;
+use connectors::postgres::PostgresSink;
+use connectors::redis::{RedisSettings, RedisSink};
+use connectors::{Batch, Change, Op, Position, Sink, TableSettings, Value, Version};
 
 /// One store under test: a fresh replica, and a way to read back what it holds.
 trait Harness: Sized {
@@ -13,6 +15,8 @@ trait Harness: Sized {
     async fn fresh(name: &str) -> (Self, Self::Sink);
     /// `id → name` of every row the replica holds.
     async fn rows(&self) -> BTreeMap<i64, String>;
+    /// `id → email` of every row the replica holds (NULL as "").
+    async fn emails(&self) -> BTreeMap<i64, String>;
     /// A new connection to the same replica, as after a crash.
     async fn reconnect(&self) -> Self::Sink;
 }
@@ -146,11 +150,62 @@ async fn a_crash_between_write_and_offset_commit_is_absorbed<H: Harness>(name: &
     assert_eq!(h.rows().await, rows(&[(1, "Ada"), (2, "Grace")]));
 }
 
+/// Changes of different keys arrive in any order across batches; each key's newest wins.
+async fn reordered_delivery_converges<H: Harness>(name: &str) {
+    let (h, mut sink) = H::fresh(name).await;
+    let changes = [
+        upsert(1, "a1", 10, 0),
+        upsert(2, "b1", 10, 1),
+        upsert(1, "a2", 20, 0),
+        delete(2, 30, 0),
+        upsert(3, "c1", 30, 1),
+        upsert(1, "a3", 40, 0),
+        upsert(3, "c2", 50, 0),
+    ];
+    // Newest first, one change per batch: the worst order.
+    for c in changes.iter().rev() {
+        sink.apply(&batch(vec![c.clone()])).await.unwrap();
+    }
+    assert_eq!(h.rows().await, rows(&[(1, "a3"), (3, "c2")]));
+}
+
+/// A contract gains an optional field: events of both versions apply, and an older event
+/// never clears what a newer one wrote.
+async fn schema_evolution_keeps_both_versions_applicable<H: Harness>(name: &str) {
+    let (h, mut sink) = H::fresh(name).await;
+    let v2 = |id: i64, name: &str, email: &str, lsn: u64| Change {
+        key: vec![("user_id".into(), Value::Long(id))],
+        op: Op::Upsert(vec![
+            ("name".into(), Value::Text(name.into())),
+            ("email".into(), Value::Text(email.into())),
+        ]),
+        version: Version { lsn, seq: 0 },
+    };
+    sink.apply(&batch(vec![
+        upsert(1, "Ada", 10, 0),
+        upsert(2, "Grace", 10, 1),
+    ]))
+    .await
+    .unwrap();
+    sink.apply(&batch(vec![v2(1, "Ada", "ada@example.com", 20)]))
+        .await
+        .unwrap();
+    sink.apply(&batch(vec![upsert(1, "stale v1", 15, 0)]))
+        .await
+        .unwrap();
+    assert_eq!(h.rows().await, rows(&[(1, "Ada"), (2, "Grace")]));
+    assert_eq!(
+        h.emails().await,
+        rows(&[(1, "ada@example.com"), (2, "")]),
+        "a v1 event leaves email NULL; a stale v1 event does not clear it"
+    );
+}
+
 // ------------------------------------------------------------------ PostgreSQL
 
 struct Pg {
     admin_url: String,
-    settings: PostgresSettings,
+    settings: TableSettings,
 }
 
 fn stack_var(name: &str) -> String {
@@ -177,7 +232,11 @@ impl Harness for Pg {
 
     async fn fresh(name: &str) -> (Self, PostgresSink) {
         let base = stack_var("WALCAST_PG_URL");
-        let db = format!("conf_{name}_{}", std::process::id());
+        let db = format!(
+            "conf_{}_{}",
+            &name[..name.len().min(40)],
+            std::process::id()
+        );
         let admin = pg_client(&format!("{base}/postgres")).await;
         admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
@@ -191,19 +250,12 @@ impl Harness for Pg {
         pg_client(&url)
             .await
             .batch_execute(
-                "CREATE TABLE user_replica (user_id bigint PRIMARY KEY, customer_name text,
+                "CREATE TABLE user_replica (user_id bigint PRIMARY KEY, customer_name text, email text,
                    _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL)",
             )
             .await
             .unwrap();
-        let settings = PostgresSettings {
-            url: url.clone(),
-            table: "user_replica".into(),
-            key: vec!["user_id".into()],
-            columns: [("customer_name".to_string(), "name".to_string())].into(),
-            fields: None,
-            consumer: "walcast.test".into(),
-        };
+        let settings = table_settings(&url);
         let sink = PostgresSink::connect(settings.clone()).await.unwrap();
         (
             Pg {
@@ -215,14 +267,11 @@ impl Harness for Pg {
     }
 
     async fn rows(&self) -> BTreeMap<i64, String> {
-        pg_client(&self.admin_url)
-            .await
-            .query("SELECT user_id, customer_name FROM user_replica", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect()
+        self.select("customer_name").await
+    }
+
+    async fn emails(&self) -> BTreeMap<i64, String> {
+        self.select("coalesce(email, '')").await
     }
 
     async fn reconnect(&self) -> PostgresSink {
@@ -230,25 +279,29 @@ impl Harness for Pg {
     }
 }
 
-#[tokio::test]
-async fn postgres_inserts_updates_and_deletes_converge() {
-    inserts_updates_and_deletes_converge::<Pg>("ops").await;
+impl Pg {
+    async fn select(&self, column: &str) -> BTreeMap<i64, String> {
+        pg_client(&self.admin_url)
+            .await
+            .query(&format!("SELECT user_id, {column} FROM user_replica"), &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
 }
-#[tokio::test]
-async fn postgres_redelivery_changes_nothing() {
-    redelivery_changes_nothing::<Pg>("redelivery").await;
-}
-#[tokio::test]
-async fn postgres_a_stale_update_never_overwrites_a_newer_one() {
-    a_stale_update_never_overwrites_a_newer_one::<Pg>("stale").await;
-}
-#[tokio::test]
-async fn postgres_a_late_update_cannot_resurrect_a_deleted_row() {
-    a_late_update_cannot_resurrect_a_deleted_row::<Pg>("late").await;
-}
-#[tokio::test]
-async fn postgres_a_crash_between_write_and_offset_commit_is_absorbed() {
-    a_crash_between_write_and_offset_commit_is_absorbed::<Pg>("crash").await;
+
+/// The replica the table-shaped stores share: `name` is written to `customer_name`.
+fn table_settings(url: &str) -> TableSettings {
+    TableSettings {
+        url: url.to_string(),
+        table: "user_replica".into(),
+        key: vec!["user_id".into()],
+        columns: [("customer_name".to_string(), "name".to_string())].into(),
+        fields: None,
+        consumer: "walcast.test".into(),
+    }
 }
 
 /// Setup problems name the table and the fix.
@@ -287,3 +340,259 @@ async fn postgres_setup_errors_say_how_to_fix_them() {
         "event field nickname has no column nickname in replica table user_replica; add the column, map the field with columns, or leave it out of fields"
     );
 }
+
+// ------------------------------------------------------------------ MySQL/MariaDB
+
+struct My {
+    pool: mysql_async::Pool,
+    settings: TableSettings,
+}
+
+impl My {
+    async fn select(&self, column: &str) -> BTreeMap<i64, String> {
+        use mysql_async::prelude::Queryable;
+        let mut conn = self.pool.get_conn().await.unwrap();
+        conn.query(format!("SELECT user_id, {column} FROM user_replica"))
+            .await
+            .unwrap()
+            .into_iter()
+            .collect()
+    }
+}
+
+impl Harness for My {
+    type Sink = MysqlSink;
+
+    async fn fresh(name: &str) -> (Self, MysqlSink) {
+        use mysql_async::prelude::Queryable;
+        let base = stack_var("WALCAST_MYSQL_URL");
+        let db = format!(
+            "conf_{}_{}",
+            &name[..name.len().min(40)],
+            std::process::id()
+        );
+        let admin = mysql_async::Pool::new(base.as_str());
+        let mut conn = admin.get_conn().await.unwrap();
+        conn.query_drop(format!("DROP DATABASE IF EXISTS {db}"))
+            .await
+            .unwrap();
+        conn.query_drop(format!("CREATE DATABASE {db}"))
+            .await
+            .unwrap();
+        conn.query_drop(format!(
+            "CREATE TABLE {db}.user_replica (user_id BIGINT PRIMARY KEY, customer_name TEXT, email TEXT,
+               _walcast_lsn BIGINT NOT NULL, _walcast_seq INT NOT NULL)"
+        ))
+        .await
+        .unwrap();
+        drop(conn);
+        admin.disconnect().await.unwrap();
+        let url = format!("{base}/{db}");
+        let settings = table_settings(&url);
+        let sink = MysqlSink::connect(settings.clone()).await.unwrap();
+        let pool = mysql_async::Pool::new(url.as_str());
+        (My { pool, settings }, sink)
+    }
+
+    async fn rows(&self) -> BTreeMap<i64, String> {
+        self.select("customer_name").await
+    }
+
+    async fn emails(&self) -> BTreeMap<i64, String> {
+        self.select("coalesce(email, '')").await
+    }
+
+    async fn reconnect(&self) -> MysqlSink {
+        MysqlSink::connect(self.settings.clone()).await.unwrap()
+    }
+}
+
+/// Setup problems name the table and the fix.
+#[tokio::test]
+async fn mysql_setup_errors_say_how_to_fix_them() {
+    use mysql_async::prelude::Queryable;
+    let (h, _) = My::fresh("setup").await;
+    let mut settings = h.settings.clone();
+    settings.table = "missing_replica".into();
+    let e = MysqlSink::connect(settings).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("replica table missing_replica does not exist; create it"),
+        "{e}"
+    );
+    let mut conn = h.pool.get_conn().await.unwrap();
+    conn.query_drop("CREATE TABLE bare (user_id BIGINT PRIMARY KEY)")
+        .await
+        .unwrap();
+    let mut settings = h.settings.clone();
+    settings.table = "bare".into();
+    let e = MysqlSink::connect(settings).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "replica table bare lacks the version column _walcast_lsn bigint; run ALTER TABLE `bare` ADD COLUMN _walcast_lsn BIGINT NOT NULL DEFAULT 0"
+    );
+}
+
+// ------------------------------------------------------------------ Redis
+
+struct Redis {
+    settings: RedisSettings,
+    prefix: String,
+}
+
+impl Redis {
+    async fn field(&self, field: &str) -> BTreeMap<i64, String> {
+        let client = ::redis::Client::open(self.settings.url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = ::redis::cmd("KEYS")
+            .arg(format!("{}*", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mut out = BTreeMap::new();
+        for key in keys {
+            let id: i64 = key[self.prefix.len()..].parse().unwrap();
+            let value: Option<String> = ::redis::cmd("HGET")
+                .arg(&key)
+                .arg(field)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            out.insert(id, value.unwrap_or_default());
+        }
+        out
+    }
+}
+
+impl Harness for Redis {
+    type Sink = RedisSink;
+
+    async fn fresh(name: &str) -> (Self, RedisSink) {
+        let prefix = format!("conf:{name}:{}:user:", std::process::id());
+        let settings = RedisSettings {
+            url: stack_var("WALCAST_REDIS_URL"),
+            key_template: format!("{prefix}{{user_id}}"),
+            fields: None,
+            ttl_secs: 600,
+            tombstone_ttl_secs: 600,
+            consumer: format!("walcast.test.{name}.{}", std::process::id()),
+        };
+        let client = ::redis::Client::open(settings.url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        for pattern in [
+            format!("{prefix}*"),
+            format!("walcast:tombstone:{prefix}*"),
+            format!("walcast:offsets:{}", settings.consumer),
+        ] {
+            let keys: Vec<String> = ::redis::cmd("KEYS")
+                .arg(pattern)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            for key in keys {
+                let _: () = ::redis::cmd("DEL")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        }
+        let sink = RedisSink::connect(settings.clone()).await.unwrap();
+        (Redis { settings, prefix }, sink)
+    }
+
+    async fn rows(&self) -> BTreeMap<i64, String> {
+        self.field("name").await
+    }
+
+    async fn emails(&self) -> BTreeMap<i64, String> {
+        self.field("email").await
+    }
+
+    async fn reconnect(&self) -> RedisSink {
+        RedisSink::connect(self.settings.clone()).await.unwrap()
+    }
+}
+
+/// The key template is checked, and names the fix.
+#[tokio::test]
+async fn redis_key_template_errors_say_how_to_fix_them() {
+    let (h, _) = Redis::fresh("template").await;
+    let mut settings = h.settings.clone();
+    settings.key_template = "user".into();
+    let e = RedisSink::connect(settings).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "key_template \"user\" has no {field} placeholder, so every event would write the same key; name the key fields, e.g. \"user:{user_id}\""
+    );
+    let mut settings = h.settings.clone();
+    settings.key_template = "user:{id}".into();
+    let mut sink = RedisSink::connect(settings).await.unwrap();
+    let e = sink
+        .apply(&batch(vec![upsert(1, "Ada", 1, 0)]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "key_template \"user:{id}\" names {id}, which is not a key field of the events (key fields: user_id); use key fields only, so each key maps to one hash"
+    );
+}
+
+/// A deleted key's tombstone expires after `tombstone_ttl_secs`; kept keys after `ttl_secs`.
+#[tokio::test]
+async fn redis_keys_and_tombstones_expire() {
+    let (h, mut sink) = Redis::fresh("ttl").await;
+    sink.apply(&batch(vec![upsert(1, "Ada", 10, 0), delete(2, 10, 1)]))
+        .await
+        .unwrap();
+    let client = ::redis::Client::open(h.settings.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let ttl = |key: String| {
+        let mut conn = conn.clone();
+        async move {
+            let t: i64 = ::redis::cmd("TTL")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            t
+        }
+    };
+    let kept = ttl(format!("{}1", h.prefix)).await;
+    let tomb = ttl(format!("walcast:tombstone:{}2", h.prefix)).await;
+    assert!((590..=600).contains(&kept), "key TTL {kept}");
+    assert!((590..=600).contains(&tomb), "tombstone TTL {tomb}");
+    let version: String = ::redis::cmd("HGET")
+        .arg(format!("{}1", h.prefix))
+        .arg("_walcast_version")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(version, "000000000000000a00000000");
+}
+
+// ------------------------------------------------------------------ every scenario × every store
+
+macro_rules! conformance {
+    ($($scenario:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test] async fn $scenario() { super::$scenario::<super::Pg>(stringify!($scenario)).await; })*
+        }
+        mod mysql {
+            $(#[tokio::test] async fn $scenario() { super::$scenario::<super::My>(stringify!($scenario)).await; })*
+        }
+        mod redis {
+            $(#[tokio::test] async fn $scenario() { super::$scenario::<super::Redis>(stringify!($scenario)).await; })*
+        }
+    };
+}
+
+conformance!(
+    inserts_updates_and_deletes_converge,
+    redelivery_changes_nothing,
+    reordered_delivery_converges,
+    a_stale_update_never_overwrites_a_newer_one,
+    a_late_update_cannot_resurrect_a_deleted_row,
+    schema_evolution_keeps_both_versions_applicable,
+    a_crash_between_write_and_offset_commit_is_absorbed,
+);

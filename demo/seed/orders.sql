@@ -15,8 +15,7 @@ CREATE TABLE IF NOT EXISTS user_replica (
   name         text,
   email        text,
   _walcast_lsn     bigint   NOT NULL,
-  _walcast_seq     integer  NOT NULL,
-  _walcast_deleted boolean  NOT NULL DEFAULT false
+  _walcast_seq     integer  NOT NULL
 );
 GRANT SELECT, INSERT, UPDATE, DELETE ON user_replica TO walcast;
 GRANT CREATE ON SCHEMA public TO walcast;

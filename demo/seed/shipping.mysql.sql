@@ -10,6 +10,5 @@ CREATE TABLE IF NOT EXISTS address_replica (
   postal_code  VARCHAR(32),
   country      CHAR(2),
   _walcast_lsn     BIGINT UNSIGNED NOT NULL,
-  _walcast_seq     INT UNSIGNED NOT NULL,
-  _walcast_deleted BOOLEAN NOT NULL DEFAULT FALSE
+  _walcast_seq     INT UNSIGNED NOT NULL
 ) ENGINE = InnoDB;

@@ -49,6 +49,9 @@ pub struct SinkCommon {
     pub batch_max_records: usize,
     #[serde(default = "default_batch_max_wait_ms")]
     pub batch_max_wait_ms: u64,
+    /// Connections a batch is applied over, its keys split among them by hash.
+    #[serde(default = "default_parallelism")]
+    pub parallelism: usize,
 }
 
 const COMMON_KEYS: &[&str] = &[
@@ -59,10 +62,14 @@ const COMMON_KEYS: &[&str] = &[
     "dead_letter_topic",
     "batch_max_records",
     "batch_max_wait_ms",
+    "parallelism",
 ];
 
 fn default_batch_max_records() -> usize {
     1000
+}
+fn default_parallelism() -> usize {
+    2
 }
 fn default_batch_max_wait_ms() -> u64 {
     100

@@ -384,6 +384,15 @@ impl Validator<'_> {
                     "found 0, expected at least 1",
                 );
             }
+            if !(1..=64).contains(&common.parallelism) {
+                self.push(
+                    format!("{prefix}.parallelism"),
+                    format!(
+                        "found {}, expected 1 to 64 (connections to the store)",
+                        common.parallelism
+                    ),
+                );
+            }
             match &mut sink.kind {
                 SinkKind::Postgres(s) => {
                     let t = &mut s.table;

@@ -152,6 +152,30 @@ impl Client {
         Ok(schema)
     }
 
+    /// The latest schema of the subject that registered `id`: the view a consumer reads
+    /// `id`'s records in, resolving the writer's schema to it. `None` when no live subject
+    /// holds `id` (it was deleted), in which case the writer's schema is the only view.
+    pub async fn latest_of_subject(&self, id: u32) -> Result<Option<String>, ClientError> {
+        let usages = self
+            .call("GET", &format!("/schemas/ids/{id}/versions"), None)
+            .await?;
+        let Some(subject) = usages
+            .as_array()
+            .and_then(|u| u.first())
+            .and_then(|u| u["subject"].as_str())
+        else {
+            return Ok(None);
+        };
+        let body = self
+            .call(
+                "GET",
+                &format!("/subjects/{}/versions/latest", segment(subject)),
+                None,
+            )
+            .await?;
+        Ok(body["schema"].as_str().map(str::to_string))
+    }
+
     /// Would registering `schema` under `subject` pass the subject's compatibility level?
     /// A subject that does not exist yet accepts anything.
     pub async fn check(&self, subject: &str, schema: &str) -> Result<Verdict, ClientError> {

@@ -1,11 +1,13 @@
 //! The local real stack, as `scripts/stack up` left it, and per-test resources on it.
 //!
-//! Tests never start servers themselves and never skip when one is missing: a test that
-//! cannot reach the stack fails and says to run `scripts/stack up` (scripts/test does).
+//! Tests never skip when a server is missing: a test that cannot reach the stack fails and
+//! says to run `scripts/stack up` (scripts/test does). The only servers tests start are the
+//! replica stores a spec restarts ([`targets`]).
 #![allow(dead_code)]
 
 pub mod daemon;
 pub mod registry;
+pub mod targets;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -202,6 +204,27 @@ pub struct Record {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+impl Record {
+    fn of(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+        use rdkafka::message::{Headers, Message};
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Record {
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            partition: m.partition(),
+            offset: m.offset(),
+            headers,
+        }
+    }
+}
+
 /// Consumes `topic` in `group` until `n` records arrived, then commits and closes.
 ///
 /// Counts by consuming, never by watermarks (tansu 0.6.0's can be wrong). Uses librdkafka's
@@ -215,8 +238,6 @@ pub async fn consume(
     timeout: Duration,
 ) -> Vec<Record> {
     use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-    use rdkafka::message::Headers;
-    use rdkafka::Message;
     let (brokers, group, topic) = (brokers.to_string(), group.to_string(), topic.to_string());
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = rdkafka::ClientConfig::new()
@@ -239,21 +260,7 @@ pub async fn consume(
                 continue;
             };
             let m = message.unwrap_or_else(|e| panic!("consuming {topic}: {e}"));
-            let headers = m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            records.push(Record {
-                key: m.key().map(<[u8]>::to_vec),
-                value: m.payload().map(<[u8]>::to_vec),
-                partition: m.partition(),
-                offset: m.offset(),
-                headers,
-            });
+            records.push(Record::of(&m));
         }
         consumer.commit_consumer_state(CommitMode::Sync).unwrap();
         records
@@ -502,7 +509,6 @@ pub async fn confirmed_flush(pg: &tokio_postgres::Client, slot: &str) -> walcast
 /// records arrived.
 pub async fn consume_from_start(brokers: &str, topic: &str, n: usize) -> Vec<Record> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::Message;
     let (brokers, topic) = (brokers.to_string(), topic.to_string());
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = rdkafka::ClientConfig::new()
@@ -527,13 +533,7 @@ pub async fn consume_from_start(brokers: &str, topic: &str, n: usize) -> Vec<Rec
                 continue;
             };
             let m = m.unwrap_or_else(|e| panic!("reading {topic}: {e}"));
-            records.push(Record {
-                key: m.key().map(<[u8]>::to_vec),
-                value: m.payload().map(<[u8]>::to_vec),
-                partition: m.partition(),
-                offset: m.offset(),
-                headers: vec![],
-            });
+            records.push(Record::of(&m));
         }
         records
     })

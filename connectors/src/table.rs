@@ -1,0 +1,108 @@
+//! What the table-shaped replicas (PostgreSQL, MySQL/MariaDB) share: which fields a replica
+//! keeps, the column each one is written to, and which change of a batch decides each key.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::sink::{Change, Op};
+use crate::Error;
+
+/// What a replica table is.
+#[derive(Debug, Clone)]
+pub struct TableSettings {
+    pub url: String,
+    /// Target table, optionally qualified (`schema.table`, or `database.table` in MySQL).
+    pub table: String,
+    /// Event fields forming the replica's primary key.
+    pub key: Vec<String>,
+    /// Replica column = event field, where the names differ.
+    pub columns: BTreeMap<String, String>,
+    /// Event fields kept; `None` keeps every field that has a column.
+    pub fields: Option<Vec<String>>,
+    /// Names this replica's positions in `walcast_offsets` (the consumer group).
+    pub consumer: String,
+}
+
+impl TableSettings {
+    /// The replica column a field is written to.
+    pub fn column_of(&self, field: &str) -> String {
+        self.columns
+            .iter()
+            .find(|(_, f)| *f == field)
+            .map_or_else(|| field.to_string(), |(c, _)| c.clone())
+    }
+
+    /// Whether the replica keeps `field` (key fields always).
+    pub fn kept(&self, field: &str) -> bool {
+        self.key.iter().any(|k| k == field)
+            || self
+                .fields
+                .as_ref()
+                .is_none_or(|fields| fields.iter().any(|f| f == field))
+    }
+
+    /// The key's replica columns, in key order.
+    pub fn key_columns(&self) -> Vec<String> {
+        self.key.iter().map(|f| self.column_of(f)).collect()
+    }
+
+    /// The upserted rows' `(field, column)`s: key first, then the kept fields, in first-seen
+    /// order. A kept field without a column is a setup error naming the fix.
+    pub fn upsert_columns(
+        &self,
+        changes: &[&Change],
+        has_column: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(String, String)>, Error> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for change in changes {
+            let Op::Upsert(fields) = &change.op else {
+                continue;
+            };
+            for (field, _) in change.key.iter().chain(fields) {
+                if out.iter().any(|(f, _)| f == field) || !self.kept(field) {
+                    continue;
+                }
+                let column = self.column_of(field);
+                if !has_column(&column) {
+                    return Err(Error::Setup(format!(
+                        "event field {field} has no column {column} in replica table {}; add the column, map the field with columns, or leave it out of fields",
+                        self.table
+                    )));
+                }
+                out.push((field.clone(), column));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Keeps, per key, only the change with the highest version: it decides the key's state.
+/// Returns the upserts and the deletes.
+pub fn latest_per_key(changes: &[Change]) -> (Vec<&Change>, Vec<&Change>) {
+    let mut latest: HashMap<String, &Change> = HashMap::new();
+    for c in changes {
+        let key = format!("{:?}", c.key);
+        match latest.get(&key) {
+            Some(seen) if seen.version >= c.version => {}
+            _ => {
+                latest.insert(key, c);
+            }
+        }
+    }
+    latest
+        .into_values()
+        .partition(|c| matches!(c.op, Op::Upsert(_)))
+}
+
+/// The value of `field` in a change's key or fields, if it has one.
+pub fn field<'a>(change: &'a Change, field: &str) -> Option<&'a crate::Value> {
+    let fields = match &change.op {
+        Op::Upsert(fields) => fields.as_slice(),
+        Op::Delete => &[],
+    };
+    change
+        .key
+        .iter()
+        .chain(fields)
+        .find(|(f, _)| f == field)
+        .map(|(_, v)| v)
+}
