@@ -255,6 +255,12 @@ async fn every_replica_converges_through_kill_9_and_restarts_of_its_store() {
     assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
 }
 
+/// A replica table whose CHECK constraint rejects one email: a record the store refuses.
+const POISON_CHECKED_REPLICA: &str =
+    "CREATE TABLE user_replica (user_id bigint PRIMARY KEY, name text,
+    email text CHECK (email <> 'poison@example.com'),
+    _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL)";
+
 /// A record the replica's store rejects (here a CHECK constraint), and a record that is not
 /// an event at all, go to the dead-letter topic with the error in headers; the rows around
 /// them are applied, and nothing is skipped silently.
@@ -264,13 +270,7 @@ async fn poison_records_go_to_the_dead_letter_topic_and_the_sink_goes_on() {
     let mut daemon = Daemon::prepare("rep_dlq", Setup::default()).await;
     let replica_db = stack.fresh_pg_database(&unique("rep_dlq_orders")).await;
     let replica = stack.pg(&replica_db).await;
-    replica
-        .batch_execute(
-            "CREATE TABLE user_replica (user_id bigint PRIMARY KEY, name text, email text CHECK (email <> 'poison@example.com'),
-               _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL)",
-        )
-        .await
-        .unwrap();
+    replica.batch_execute(POISON_CHECKED_REPLICA).await.unwrap();
     let dlq = format!("{}.dlq", daemon.name);
     let mut config = std::fs::read_to_string(&daemon.config).unwrap();
     config.push_str(&format!(
@@ -375,10 +375,7 @@ async fn a_poison_record_stops_the_sink_naming_topic_partition_and_offset() {
     stack
         .pg(&replica_db)
         .await
-        .batch_execute(
-            "CREATE TABLE user_replica (user_id bigint PRIMARY KEY, name text, email text CHECK (email <> 'poison@example.com'),
-               _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL)",
-        )
+        .batch_execute(POISON_CHECKED_REPLICA)
         .await
         .unwrap();
     let mut config = std::fs::read_to_string(&daemon.config).unwrap();

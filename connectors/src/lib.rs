@@ -49,7 +49,17 @@ impl Error {
             Error::Mysql(e) => {
                 matches!(e, mysql_async::Error::Io(_) | mysql_async::Error::Driver(_))
             }
-            Error::Redis(e) => e.is_io_error() || e.is_timeout() || e.is_connection_dropped(),
+            Error::Redis(e) => {
+                use ::redis::ErrorKind::*;
+                e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || matches!(
+                        e.kind(),
+                        BusyLoadingError | TryAgain | ClusterDown | MasterDown | ReadOnly
+                    )
+            }
             Error::Setup(_) => false,
         }
     }
@@ -69,13 +79,8 @@ impl Error {
                 e.state.starts_with("22") || e.state.starts_with("23")
             }
             Error::Mysql(_) => false,
-            // A script error (such as WRONGTYPE: the key holds another kind of value).
-            Error::Redis(e) => {
-                !e.is_io_error()
-                    && !e.is_timeout()
-                    && !e.is_connection_dropped()
-                    && e.code().is_some()
-            }
+            // The key holds another kind of value than a hash.
+            Error::Redis(e) => e.code() == Some("WRONGTYPE"),
             Error::Setup(_) => false,
         }
     }

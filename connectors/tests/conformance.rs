@@ -596,3 +596,27 @@ conformance!(
     schema_evolution_keeps_both_versions_applicable,
     a_crash_between_write_and_offset_commit_is_absorbed,
 );
+
+/// A key that holds another kind of value is poison (the runner's policy decides), while an
+/// unreachable server is transient: the runner retries it.
+#[tokio::test]
+async fn redis_errors_are_classified() {
+    let (h, mut sink) = Redis::fresh("classify").await;
+    let client = ::redis::Client::open(h.settings.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = ::redis::cmd("SET")
+        .arg(format!("{}1", h.prefix))
+        .arg("not a hash")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let e = sink
+        .apply(&batch(vec![upsert(1, "Ada", 10, 0)]))
+        .await
+        .unwrap_err();
+    assert!(e.is_poison() && !e.is_transient(), "{e}");
+    let mut settings = h.settings.clone();
+    settings.url = "redis://127.0.0.1:1".into();
+    let e = RedisSink::connect(settings).await.unwrap_err();
+    assert!(e.is_transient() && !e.is_poison(), "{e}");
+}
