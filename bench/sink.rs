@@ -117,6 +117,8 @@ async fn main() {
         columns: Default::default(),
         fields: None,
         consumer: "bench".into(),
+        auto_create: false,
+        auto_add_columns: false,
     };
     let copy_client = connect(&format!("{}/{db}", stack.pg_url)).await;
     let copied = copy(&copy_client, rows).await;

@@ -87,20 +87,16 @@ pub async fn run(
 ) -> Result<(), SinkError> {
     let sink_config = &config.sinks[index];
     let consumer = sink_config.common.group_id();
-    let setup = |message: String| SinkError::Setup {
-        sink: sink_config.name().to_string(),
-        message,
-    };
     match &sink_config.kind {
         SinkKind::Postgres(pg) => {
-            let settings = table_settings(&pg.table, consumer).map_err(setup)?;
+            let settings = table_settings(&pg.table, consumer);
             drive(&config, index, registry, shutdown, move || {
                 PostgresSink::connect(settings.clone())
             })
             .await
         }
         SinkKind::Mysql(my) => {
-            let settings = table_settings(&my.table, consumer).map_err(setup)?;
+            let settings = table_settings(&my.table, consumer);
             drive(&config, index, registry, shutdown, move || {
                 MysqlSink::connect(settings.clone())
             })
@@ -123,26 +119,17 @@ pub async fn run(
     }
 }
 
-fn table_settings(t: &TableSinkOptions, consumer: String) -> Result<TableSettings, String> {
-    for (key, on) in [
-        ("auto_create", t.auto_create),
-        ("auto_add_columns", t.auto_add_columns),
-    ] {
-        if on {
-            return Err(format!(
-                "{key} = true is not available in this build; create or alter the replica table {} yourself (the key columns as its primary key, the kept fields' columns, _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL) and set {key} = false",
-                t.table
-            ));
-        }
-    }
-    Ok(TableSettings {
+fn table_settings(t: &TableSinkOptions, consumer: String) -> TableSettings {
+    TableSettings {
         url: t.resolved_url.clone(),
         table: t.table.clone(),
         key: t.key.clone(),
         columns: t.columns.clone(),
         fields: t.fields.clone(),
         consumer,
-    })
+        auto_create: t.auto_create,
+        auto_add_columns: t.auto_add_columns,
+    }
 }
 
 /// Connects the store (retrying while it is unreachable), then runs the consumer loop on a
@@ -609,6 +596,29 @@ impl<S: Sink> Runner<S> {
     /// Applies a gathered batch until it is durable, or rewinds after a store outage.
     fn apply(&mut self, mut g: Gathering) -> Result<Applied, SinkError> {
         let mut backoff = Backoff::default();
+        let views = self.decoder.take_new_views();
+        for fields in &views {
+            for lane in 0..self.lanes.len() {
+                let prepared = self.runtime.block_on(self.lanes[lane].prepare(fields));
+                match prepared {
+                    Ok(()) => {}
+                    Err(e) if e.is_transient() => {
+                        tracing::warn!(sink = %self.name, error = %e, "store unavailable while preparing the replica table; rewinding");
+                        // The views are seen again when their records are read again.
+                        self.decoder.forget_views();
+                        if !self.pause(backoff.next()) {
+                            return Ok(Applied::Stopped);
+                        }
+                        return Ok(if self.rewind()? {
+                            Applied::Rewound
+                        } else {
+                            Applied::Stopped
+                        });
+                    }
+                    Err(e) => return Err(self.store_error(e)),
+                }
+            }
+        }
         loop {
             let result = self.runtime.block_on(apply_over(&mut self.lanes, &g.batch));
             match result {

@@ -14,7 +14,7 @@ pub mod sink;
 pub mod table;
 pub mod text;
 
-pub use sink::{Batch, Change, Op, Position, Sink, Value, Version};
+pub use sink::{Batch, Change, Field, FieldType, Op, Position, Sink, Value, Version};
 pub use table::TableSettings;
 
 use std::error::Error as StdError;

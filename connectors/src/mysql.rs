@@ -25,7 +25,8 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, TxOpts, Value as My};
 
 use crate::sink::{Batch, Change, Position, Sink, Value, Version};
-use crate::table::{field, latest_per_key, TableSettings};
+use crate::sink::{Field, FieldType};
+use crate::table::{field, latest_per_key, missing_columns, TableSettings};
 use crate::Error;
 
 /// Connects to `url` and returns the server's version string.
@@ -44,10 +45,12 @@ pub struct MysqlSink {
     /// `None` after an error; the next `apply` connects again.
     conn: Option<Conn>,
     settings: TableSettings,
+    database: String,
+    name: String,
     table: String,
     tombstones: String,
-    /// Column name → `COLUMN_TYPE`.
-    types: HashMap<String, String>,
+    /// Column name → (`DATA_TYPE`, `COLUMN_TYPE`).
+    types: HashMap<String, (String, String)>,
     no_backslash_escapes: bool,
 }
 
@@ -60,81 +63,128 @@ const NEWER: &str = "(_walcast_lsn, _walcast_seq) < (VALUES(_walcast_lsn), VALUE
 
 impl MysqlSink {
     /// Connects, checks the replica table and creates the tombstone table beside it and
-    /// `walcast_offsets` when missing.
+    /// `walcast_offsets` when missing. With `auto_create`, a missing table is created by the
+    /// first [`Sink::prepare`].
     pub async fn connect(settings: TableSettings) -> Result<Self, Error> {
         let opts = Opts::from_url(&settings.url).map_err(mysql_async::Error::from)?;
         let mut conn = open(&opts).await?;
         let (schema, name) = match settings.table.split_once('.') {
-            Some((s, n)) => (Some(s.to_string()), n.to_string()),
-            None => (None, settings.table.clone()),
+            Some((s, n)) => (s.to_string(), n.to_string()),
+            None => {
+                let db: Option<String> = conn.query_first("SELECT DATABASE()").await?;
+                let db = db.ok_or_else(|| {
+                    Error::Setup(format!(
+                        "replica table {} names no database, and the url selects none; write database.table, or add /database to the url",
+                        settings.table
+                    ))
+                })?;
+                (db, settings.table.clone())
+            }
         };
-        let rows: Vec<(String, String, String, String)> = conn
+        let sql_mode: Option<String> = conn.query_first("SELECT @@SESSION.sql_mode").await?;
+        let mut sink = MysqlSink {
+            opts,
+            conn: Some(conn),
+            table: format!("{}.{}", quote(&schema), quote(&name)),
+            tombstones: format!(
+                "{}.{}",
+                quote(&schema),
+                quote(&format!("{name}_walcast_tombstones"))
+            ),
+            database: schema,
+            name,
+            types: HashMap::new(),
+            settings,
+            no_backslash_escapes: sql_mode.is_some_and(|m| m.contains("NO_BACKSLASH_ESCAPES")),
+        };
+        sink.load_types().await?;
+        if sink.types.is_empty() {
+            if !sink.settings.auto_create {
+                return Err(Error::Setup(format!(
+                    "replica table {} does not exist; create it with the key columns as its primary key, the columns of the fields kept, and _walcast_lsn BIGINT NOT NULL, _walcast_seq INT NOT NULL (or set auto_create = true)",
+                    sink.settings.table
+                )));
+            }
+            let offsets = sink.offsets_ddl();
+            sink.connected().await?.query_drop(offsets).await?;
+            return Ok(sink);
+        }
+        sink.check_and_create_bookkeeping().await?;
+        Ok(sink)
+    }
+
+    fn conn(&mut self) -> &mut Conn {
+        self.conn.as_mut().expect("connected")
+    }
+
+    async fn connected(&mut self) -> Result<&mut Conn, Error> {
+        if self.conn.is_none() {
+            self.conn = Some(open(&self.opts).await?);
+        }
+        Ok(self.conn())
+    }
+
+    /// The replica table's columns: name → (`DATA_TYPE`, `COLUMN_TYPE`); empty when it does
+    /// not exist.
+    async fn load_types(&mut self) -> Result<(), Error> {
+        let (database, name) = (self.database.clone(), self.name.clone());
+        let rows: Vec<(String, String, String)> = self
+            .connected()
+            .await?
             .exec(
-                "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, TABLE_SCHEMA FROM information_schema.COLUMNS \
-                 WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ?",
-                (schema, &name),
+                "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (database, name),
             )
             .await?;
-        let Some(database) = rows.first().map(|r| r.3.clone()) else {
-            return Err(Error::Setup(format!(
-                "replica table {} does not exist; create it with the key columns as its primary key, the columns of the fields kept, and _walcast_lsn BIGINT NOT NULL, _walcast_seq INT NOT NULL",
-                settings.table
-            )));
-        };
+        self.types = rows.into_iter().map(|(c, d, t)| (c, (d, t))).collect();
+        Ok(())
+    }
+
+    fn offsets_ddl(&self) -> String {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {}.walcast_offsets (consumer VARCHAR(255) NOT NULL, topic VARCHAR(255) NOT NULL,
+               `partition` INT NOT NULL, next_offset BIGINT NOT NULL, PRIMARY KEY (consumer, topic, `partition`))",
+            quote(&self.database)
+        )
+    }
+
+    async fn check_and_create_bookkeeping(&mut self) -> Result<(), Error> {
         for (column, ty) in [("_walcast_lsn", "bigint"), ("_walcast_seq", "int")] {
-            if !rows.iter().any(|r| r.0 == column && r.1 == ty) {
+            if self.types.get(column).is_none_or(|(d, _)| d != ty) {
                 return Err(Error::Setup(format!(
                     "replica table {} lacks the version column {column} {ty}; run ALTER TABLE {} ADD COLUMN {column} {} NOT NULL DEFAULT 0",
-                    settings.table,
-                    quote(&name),
+                    self.settings.table,
+                    quote(&self.name),
                     ty.to_uppercase()
                 )));
             }
         }
-        let types: HashMap<String, String> =
-            rows.into_iter().map(|(c, _, ty, _)| (c, ty)).collect();
-        let key_columns = settings.key_columns();
-        for (field, c) in settings.key.iter().zip(&key_columns) {
-            if !types.contains_key(c) {
+        let key_columns = self.settings.key_columns();
+        for (field, c) in self.settings.key.iter().zip(&key_columns) {
+            if !self.types.contains_key(c) {
                 return Err(Error::Setup(format!(
                     "replica table {} has no column {c} for key field {field}; add it, or map it with columns",
-                    settings.table
+                    self.settings.table
                 )));
             }
         }
-        let table = format!("{}.{}", quote(&database), quote(&name));
-        let tombstones = format!(
-            "{}.{}",
-            quote(&database),
-            quote(&format!("{name}_walcast_tombstones"))
-        );
         let key_defs: Vec<String> = key_columns
             .iter()
-            .map(|c| format!("{} {} NOT NULL", quote(c), types[c]))
+            .map(|c| format!("{} {} NOT NULL", quote(c), self.types[c].1))
             .collect();
         let key_list: Vec<String> = key_columns.iter().map(|c| quote(c)).collect();
-        conn.query_drop(format!(
-            "CREATE TABLE IF NOT EXISTS {tombstones} ({}, _walcast_lsn BIGINT NOT NULL, _walcast_seq INT NOT NULL, PRIMARY KEY ({}))",
+        let tombstones = format!(
+            "CREATE TABLE IF NOT EXISTS {} ({}, _walcast_lsn BIGINT NOT NULL, _walcast_seq INT NOT NULL, PRIMARY KEY ({}))",
+            self.tombstones,
             key_defs.join(", "),
             key_list.join(", ")
-        ))
-        .await?;
-        conn.query_drop(format!(
-            "CREATE TABLE IF NOT EXISTS {}.walcast_offsets (consumer VARCHAR(255) NOT NULL, topic VARCHAR(255) NOT NULL,
-               `partition` INT NOT NULL, next_offset BIGINT NOT NULL, PRIMARY KEY (consumer, topic, `partition`))",
-            quote(&database)
-        ))
-        .await?;
-        let sql_mode: Option<String> = conn.query_first("SELECT @@SESSION.sql_mode").await?;
-        Ok(MysqlSink {
-            opts,
-            conn: Some(conn),
-            settings,
-            table,
-            tombstones,
-            types,
-            no_backslash_escapes: sql_mode.is_some_and(|m| m.contains("NO_BACKSLASH_ESCAPES")),
-        })
+        );
+        let offsets = self.offsets_ddl();
+        let conn = self.connected().await?;
+        conn.query_drop(tombstones).await?;
+        conn.query_drop(offsets).await?;
+        Ok(())
     }
 
     /// `value` as an SQL literal.
@@ -292,6 +342,28 @@ impl MysqlSink {
     }
 }
 
+/// The column type a field is created with. Key columns need a bounded length.
+fn mysql_type(ty: FieldType, key: bool) -> String {
+    match ty {
+        FieldType::Bool => "BOOLEAN".into(),
+        FieldType::Int => "INT".into(),
+        FieldType::Long => "BIGINT".into(),
+        FieldType::Float => "FLOAT".into(),
+        FieldType::Double => "DOUBLE".into(),
+        FieldType::Text if key => "VARCHAR(255)".into(),
+        FieldType::Text => "TEXT".into(),
+        FieldType::Bytes if key => "VARBINARY(255)".into(),
+        FieldType::Bytes => "LONGBLOB".into(),
+        FieldType::Decimal { precision, scale } => {
+            format!("DECIMAL({}, {})", precision.min(65), scale.min(30))
+        }
+        FieldType::Date => "DATE".into(),
+        FieldType::Timestamp | FieldType::LocalTimestamp => "DATETIME(6)".into(),
+        FieldType::Time => "TIME(6)".into(),
+        FieldType::Uuid => "CHAR(36)".into(),
+    }
+}
+
 async fn open(opts: &Opts) -> Result<Conn, Error> {
     let mut conn = Conn::new(opts.clone()).await?;
     conn.query_drop("SET time_zone = '+00:00'").await?;
@@ -300,7 +372,17 @@ async fn open(opts: &Opts) -> Result<Conn, Error> {
 
 impl Sink for MysqlSink {
     async fn apply(&mut self, batch: &Batch) -> Result<(), Error> {
-        let (upserts, deletes) = latest_per_key(&batch.changes);
+        let (upserts, mut deletes) = latest_per_key(&batch.changes);
+        if self.types.is_empty() {
+            // auto_create, and no upsert yet: nothing to delete.
+            if !upserts.is_empty() {
+                return Err(Error::Setup(format!(
+                    "replica table {} was not created: no contract version was prepared",
+                    self.settings.table
+                )));
+            }
+            deletes.clear();
+        }
         if self.conn.is_none() {
             self.conn = Some(open(&self.opts).await?);
         }
@@ -323,6 +405,68 @@ impl Sink for MysqlSink {
             self.conn = Some(conn);
         }
         result
+    }
+
+    async fn prepare(&mut self, fields: &[Field]) -> Result<(), Error> {
+        let missing = missing_columns(&self.settings, fields, |c| self.types.contains_key(c));
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let is_key = |c: &str| self.settings.key_columns().iter().any(|k| k == c);
+        let definition = |(f, c): &(&Field, String)| {
+            format!(
+                "{} {}{}",
+                quote(c),
+                mysql_type(f.ty, is_key(c)),
+                if f.nullable { "" } else { " NOT NULL" }
+            )
+        };
+        let sql = if self.types.is_empty() {
+            // auto_create: connect refused a missing table otherwise.
+            for key in &self.settings.key {
+                if !missing.iter().any(|(f, _)| &f.name == key) {
+                    return Err(Error::Setup(format!(
+                        "cannot create replica table {}: key field {key} is not a field of the contract; set key to the contract's key fields",
+                        self.settings.table
+                    )));
+                }
+            }
+            let columns: Vec<String> = missing.iter().map(definition).collect();
+            let keys: Vec<String> = self
+                .settings
+                .key_columns()
+                .iter()
+                .map(|k| quote(k))
+                .collect();
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} ({}, _walcast_lsn BIGINT NOT NULL, _walcast_seq INT NOT NULL, PRIMARY KEY ({}))",
+                self.table,
+                columns.join(", "),
+                keys.join(", ")
+            )
+        } else if self.settings.auto_add_columns {
+            let added: Vec<String> = missing
+                .iter()
+                .map(|(f, c)| {
+                    format!(
+                        "ADD COLUMN IF NOT EXISTS {} {}",
+                        quote(c),
+                        mysql_type(f.ty, false)
+                    )
+                })
+                .collect();
+            format!("ALTER TABLE {} {}", self.table, added.join(", "))
+        } else {
+            // upsert_columns names the fix if a change carries such a field.
+            return Ok(());
+        };
+        let created = self.types.is_empty();
+        self.connected().await?.query_drop(sql).await?;
+        self.load_types().await?;
+        if created {
+            self.check_and_create_bookkeeping().await?;
+        }
+        Ok(())
     }
 
     async fn positions(&mut self) -> Result<Vec<Position>, Error> {

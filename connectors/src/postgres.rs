@@ -23,7 +23,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::sink::{Batch, Position, Sink, Value};
-use crate::table::{field, latest_per_key, TableSettings};
+use crate::sink::{Field, FieldType};
+use crate::table::{field, latest_per_key, missing_columns, TableSettings};
 use crate::Error;
 
 /// Connects to `url` and returns the server's version string.
@@ -73,66 +74,83 @@ fn names(table: &str) -> (String, String) {
 
 impl PostgresSink {
     /// Connects, checks the replica table and creates walcast's bookkeeping tables (the
-    /// tombstones beside it, and `walcast_offsets`) when missing.
+    /// tombstones beside it, and `walcast_offsets`) when missing. With `auto_create`, a
+    /// missing table is created by the first [`Sink::prepare`].
     pub async fn connect(settings: TableSettings) -> Result<Self, Error> {
         let client = open(&settings.url).await?;
         let (table, tombstones) = names(&settings.table);
-        let rows = client
+        let mut sink = PostgresSink {
+            client: Some(client),
+            table,
+            tombstones,
+            types: HashMap::new(),
+            settings,
+            prepared: HashMap::new(),
+        };
+        sink.load_types().await?;
+        if sink.types.is_empty() {
+            if !sink.settings.auto_create {
+                return Err(Error::Setup(format!(
+                    "replica table {} does not exist; create it with the key columns, the columns of the fields kept, and _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL (or set auto_create = true)",
+                    sink.settings.table
+                )));
+            }
+            sink.client().await?.batch_execute(OFFSETS_DDL).await?;
+            return Ok(sink);
+        }
+        sink.check_and_create_bookkeeping().await?;
+        Ok(sink)
+    }
+
+    /// The replica table's columns and their types; empty when it does not exist.
+    async fn load_types(&mut self) -> Result<(), Error> {
+        let table = self.table.clone();
+        let rows = self
+            .client()
+            .await?
             .query(
                 "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
                  WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
                 &[&table],
             )
             .await?;
-        if rows.is_empty() {
-            return Err(Error::Setup(format!(
-                "replica table {} does not exist; create it with the key columns, the columns of the fields kept, and _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL (or set auto_create = true)",
-                settings.table
-            )));
-        }
-        let types: HashMap<String, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        self.types = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        // Statements were planned for the old columns.
+        self.prepared.clear();
+        Ok(())
+    }
+
+    async fn check_and_create_bookkeeping(&mut self) -> Result<(), Error> {
         for (column, ty) in [("_walcast_lsn", "bigint"), ("_walcast_seq", "integer")] {
-            if types.get(column).map(String::as_str) != Some(ty) {
+            if self.types.get(column).map(String::as_str) != Some(ty) {
                 return Err(Error::Setup(format!(
-                    "replica table {} lacks the version column {column} {ty}; run ALTER TABLE {table} ADD COLUMN {column} {ty} NOT NULL DEFAULT 0",
-                    settings.table
+                    "replica table {} lacks the version column {column} {ty}; run ALTER TABLE {} ADD COLUMN {column} {ty} NOT NULL DEFAULT 0",
+                    self.settings.table, self.table
                 )));
             }
         }
-        let sink = PostgresSink {
-            client: Some(client),
-            table,
-            tombstones,
-            types,
-            settings,
-            prepared: HashMap::new(),
-        };
-        let key_columns = sink.settings.key_columns();
-        for (field, c) in sink.settings.key.iter().zip(&key_columns) {
-            if !sink.types.contains_key(c) {
+        let key_columns = self.settings.key_columns();
+        for (field, c) in self.settings.key.iter().zip(&key_columns) {
+            if !self.types.contains_key(c) {
                 return Err(Error::Setup(format!(
                     "replica table {} has no column {c} for key field {field}; add it, or map it with columns",
-                    sink.settings.table
+                    self.settings.table
                 )));
             }
         }
         let key_defs: Vec<String> = key_columns
             .iter()
-            .map(|c| format!("{} {}", quote(c), sink.types[c]))
+            .map(|c| format!("{} {}", quote(c), self.types[c]))
             .collect();
         let key_list: Vec<String> = key_columns.iter().map(|c| quote(c)).collect();
-        let client = sink.client.as_ref().expect("just connected");
-        client
-            .batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS {} ({}, _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL, PRIMARY KEY ({}));
-                 CREATE TABLE IF NOT EXISTS walcast_offsets (consumer text NOT NULL, topic text NOT NULL, partition integer NOT NULL,
-                   next_offset bigint NOT NULL, PRIMARY KEY (consumer, topic, partition));",
-                sink.tombstones,
-                key_defs.join(", "),
-                key_list.join(", ")
-            ))
-            .await?;
-        Ok(sink)
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {} ({}, _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL, PRIMARY KEY ({})); {OFFSETS_DDL}",
+            self.tombstones,
+            key_defs.join(", "),
+            key_list.join(", ")
+        );
+        self.client().await?.batch_execute(&sql).await?;
+        Ok(())
     }
 
     fn cast(&self, column: &str) -> &str {
@@ -155,6 +173,28 @@ async fn open(url: &str) -> Result<Client, Error> {
     Ok(client)
 }
 
+const OFFSETS_DDL: &str = "CREATE TABLE IF NOT EXISTS walcast_offsets (consumer text NOT NULL, topic text NOT NULL,
+    partition integer NOT NULL, next_offset bigint NOT NULL, PRIMARY KEY (consumer, topic, partition))";
+
+/// The column type a field is created with.
+fn pg_type(ty: FieldType) -> String {
+    match ty {
+        FieldType::Bool => "boolean".into(),
+        FieldType::Int => "integer".into(),
+        FieldType::Long => "bigint".into(),
+        FieldType::Float => "real".into(),
+        FieldType::Double => "double precision".into(),
+        FieldType::Text => "text".into(),
+        FieldType::Bytes => "bytea".into(),
+        FieldType::Decimal { precision, scale } => format!("numeric({precision}, {scale})"),
+        FieldType::Date => "date".into(),
+        FieldType::Timestamp => "timestamptz".into(),
+        FieldType::LocalTimestamp => "timestamp".into(),
+        FieldType::Time => "time".into(),
+        FieldType::Uuid => "uuid".into(),
+    }
+}
+
 /// A value in the text form PostgreSQL's input functions read; `None` is NULL.
 fn text(value: &Value) -> Option<String> {
     crate::text::value(value, "+00")
@@ -172,7 +212,17 @@ impl PostgresSink {
 
     /// The statements that apply one batch, each with its array parameters.
     fn statements(&self, batch: &Batch) -> Result<Vec<(String, Vec<Param>)>, Error> {
-        let (upserts, deletes) = latest_per_key(&batch.changes);
+        let (upserts, mut deletes) = latest_per_key(&batch.changes);
+        if self.types.is_empty() {
+            // auto_create, and no upsert yet: nothing to delete.
+            if !upserts.is_empty() {
+                return Err(Error::Setup(format!(
+                    "replica table {} was not created: no contract version was prepared",
+                    self.settings.table
+                )));
+            }
+            deletes.clear();
+        }
         let key_columns = self.settings.key_columns();
         let keys: Vec<String> = key_columns.iter().map(|k| quote(k)).collect();
         let mut out = Vec::new();
@@ -351,6 +401,59 @@ impl Sink for PostgresSink {
         }
         .await;
         result.map_err(Error::from)
+    }
+
+    async fn prepare(&mut self, fields: &[Field]) -> Result<(), Error> {
+        let missing = missing_columns(&self.settings, fields, |c| self.types.contains_key(c));
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let definition = |(f, c): &(&Field, String)| {
+            format!(
+                "{} {}{}",
+                quote(c),
+                pg_type(f.ty),
+                if f.nullable { "" } else { " NOT NULL" }
+            )
+        };
+        if self.types.is_empty() {
+            // auto_create: connect refused a missing table otherwise.
+            for key in &self.settings.key {
+                if !missing.iter().any(|(f, _)| &f.name == key) {
+                    return Err(Error::Setup(format!(
+                        "cannot create replica table {}: key field {key} is not a field of the contract; set key to the contract's key fields",
+                        self.settings.table
+                    )));
+                }
+            }
+            let columns: Vec<String> = missing.iter().map(definition).collect();
+            let keys: Vec<String> = self
+                .settings
+                .key_columns()
+                .iter()
+                .map(|k| quote(k))
+                .collect();
+            let sql = format!(
+                "CREATE TABLE IF NOT EXISTS {} ({}, _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL, PRIMARY KEY ({}))",
+                self.table,
+                columns.join(", "),
+                keys.join(", ")
+            );
+            self.client().await?.batch_execute(&sql).await?;
+            self.load_types().await?;
+            return self.check_and_create_bookkeeping().await;
+        }
+        if !self.settings.auto_add_columns {
+            // upsert_columns names the fix if a change carries such a field.
+            return Ok(());
+        }
+        let added: Vec<String> = missing
+            .iter()
+            .map(|(f, c)| format!("ADD COLUMN IF NOT EXISTS {} {}", quote(c), pg_type(f.ty)))
+            .collect();
+        let sql = format!("ALTER TABLE {} {}", self.table, added.join(", "));
+        self.client().await?.batch_execute(&sql).await?;
+        self.load_types().await
     }
 
     async fn positions(&mut self) -> Result<Vec<Position>, Error> {

@@ -256,6 +256,11 @@ impl Sink for RedisSink {
         Ok(())
     }
 
+    /// Hashes take any field: nothing to prepare.
+    async fn prepare(&mut self, _fields: &[crate::sink::Field]) -> Result<(), Error> {
+        Ok(())
+    }
+
     async fn positions(&mut self) -> Result<Vec<Position>, Error> {
         let mut conn = self.conn().await?;
         let stored: Result<Vec<(String, i64)>, _> = ::redis::cmd("HGETALL")

@@ -33,6 +33,37 @@ pub enum Value {
     Time(i64),
 }
 
+/// The type of an event field, as a contract declares it: what a replica column for it
+/// is created as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    Bool,
+    Int,
+    Long,
+    Float,
+    Double,
+    Text,
+    Bytes,
+    /// An exact decimal with this many digits after the point.
+    Decimal {
+        precision: usize,
+        scale: usize,
+    },
+    Date,
+    Timestamp,
+    LocalTimestamp,
+    Time,
+    Uuid,
+}
+
+/// One field of a contract version: its name, type, and whether it may be null.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    pub name: String,
+    pub ty: FieldType,
+    pub nullable: bool,
+}
+
 /// What happened to one key.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
@@ -83,4 +114,12 @@ pub trait Sink {
 
     /// The positions stored with the rows, if this store keeps them.
     fn positions(&mut self) -> impl Future<Output = Result<Vec<Position>, crate::Error>> + Send;
+
+    /// A contract version whose changes are about to be applied, with every field it has.
+    /// A store that creates its table, or adds columns when a contract gains fields
+    /// (`auto_create`, `auto_add_columns`), does so here; others ignore it.
+    fn prepare(
+        &mut self,
+        fields: &[Field],
+    ) -> impl Future<Output = Result<(), crate::Error>> + Send;
 }

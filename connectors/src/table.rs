@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::sink::{Change, Op};
+use crate::sink::{Change, Field, Op};
 use crate::Error;
 
 /// What a replica table is.
@@ -20,6 +20,10 @@ pub struct TableSettings {
     pub fields: Option<Vec<String>>,
     /// Names this replica's positions in `walcast_offsets` (the consumer group).
     pub consumer: String,
+    /// Create the table from the first contract version applied, when it is missing.
+    pub auto_create: bool,
+    /// Add a nullable column for each kept field a contract version gains.
+    pub auto_add_columns: bool,
 }
 
 impl TableSettings {
@@ -73,6 +77,28 @@ impl TableSettings {
         }
         Ok(out)
     }
+}
+
+/// The kept fields of a contract version that have no column yet, as (field, column), key
+/// fields first.
+pub fn missing_columns<'f>(
+    settings: &TableSettings,
+    fields: &'f [Field],
+    has_column: impl Fn(&str) -> bool,
+) -> Vec<(&'f Field, String)> {
+    let mut out: Vec<(&Field, String)> = Vec::new();
+    for key in &settings.key {
+        if let Some(f) = fields.iter().find(|f| &f.name == key) {
+            out.push((f, settings.column_of(key)));
+        }
+    }
+    for f in fields {
+        if !settings.key.contains(&f.name) && settings.kept(&f.name) {
+            out.push((f, settings.column_of(&f.name)));
+        }
+    }
+    out.retain(|(_, c)| !has_column(c));
+    out
 }
 
 /// Keeps, per key, only the change with the highest version: it decides the key's state.

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use connectors::mysql::MysqlSink;
 use connectors::postgres::PostgresSink;
 use connectors::redis::{RedisSettings, RedisSink};
-use connectors::{Batch, Change, Op, Position, Sink, TableSettings, Value, Version};
+use connectors::{
+    Batch, Change, Field, FieldType, Op, Position, Sink, TableSettings, Value, Version,
+};
 
 /// One store under test: a fresh replica, and a way to read back what it holds.
 trait Harness: Sized {
@@ -201,6 +203,84 @@ async fn schema_evolution_keeps_both_versions_applicable<H: Harness>(name: &str)
     );
 }
 
+/// A table-shaped store that can also open a replica of a table that does not exist yet.
+trait TableHarness: Harness {
+    /// A sink on the missing table `auto_replica`, with auto_create and auto_add_columns.
+    async fn auto_sink(&self) -> Self::Sink;
+    /// `id → value of column` of `auto_replica`.
+    async fn auto_rows(&self, column: &str) -> BTreeMap<i64, String>;
+}
+
+fn field(name: &str, ty: FieldType, nullable: bool) -> Field {
+    Field {
+        name: name.into(),
+        ty,
+        nullable,
+    }
+}
+
+/// `auto_create` makes the table from the first contract version; `auto_add_columns` adds a
+/// nullable column when a later version gains a field.
+async fn auto_create_and_auto_add_columns<H: TableHarness>(name: &str) {
+    let (h, _) = H::fresh(name).await;
+    let mut sink = h.auto_sink().await;
+    // Deletes before any upsert: nothing to delete yet.
+    sink.apply(&batch(vec![delete(9, 5, 0)])).await.unwrap();
+    let v1 = [
+        field("user_id", FieldType::Long, false),
+        field("name", FieldType::Text, false),
+        field(
+            "balance",
+            FieldType::Decimal {
+                precision: 12,
+                scale: 2,
+            },
+            true,
+        ),
+    ];
+    sink.prepare(&v1).await.unwrap();
+    sink.prepare(&v1).await.unwrap(); // idempotent
+    let mut with_balance = upsert(1, "Ada", 10, 0);
+    if let Op::Upsert(fields) = &mut with_balance.op {
+        fields.push(("balance".into(), Value::Decimal("-12.50".into())));
+    }
+    sink.apply(&batch(vec![with_balance, upsert(2, "Grace", 10, 1)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        h.auto_rows("customer_name").await,
+        rows(&[(1, "Ada"), (2, "Grace")])
+    );
+    assert_eq!(
+        h.auto_rows("coalesce(cast(balance as char), '')")
+            .await
+            .get(&1)
+            .map(String::as_str),
+        Some("-12.50")
+    );
+    let v2 = [
+        field("user_id", FieldType::Long, false),
+        field("name", FieldType::Text, false),
+        field("email", FieldType::Text, true),
+    ];
+    sink.prepare(&v2).await.unwrap();
+    let v2_change = Change {
+        key: vec![("user_id".into(), Value::Long(2))],
+        op: Op::Upsert(vec![
+            ("name".into(), Value::Text("Grace".into())),
+            ("email".into(), Value::Text("grace@example.com".into())),
+        ]),
+        version: Version { lsn: 20, seq: 0 },
+    };
+    sink.apply(&batch(vec![v2_change, delete(1, 20, 1)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        h.auto_rows("coalesce(email, '')").await,
+        rows(&[(2, "grace@example.com")])
+    );
+}
+
 // ------------------------------------------------------------------ PostgreSQL
 
 struct Pg {
@@ -292,6 +372,33 @@ impl Pg {
     }
 }
 
+impl TableHarness for Pg {
+    async fn auto_sink(&self) -> PostgresSink {
+        let mut settings = self.settings.clone();
+        settings.table = "auto_replica".into();
+        settings.auto_create = true;
+        settings.auto_add_columns = true;
+        PostgresSink::connect(settings).await.unwrap()
+    }
+
+    async fn auto_rows(&self, column: &str) -> BTreeMap<i64, String> {
+        let column = column.replace("cast(balance as char)", "balance::text");
+        pg_client(&self.admin_url)
+            .await
+            .query(&format!("SELECT user_id, {column} FROM auto_replica"), &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn postgres_auto_create_and_auto_add_columns() {
+    auto_create_and_auto_add_columns::<Pg>("auto").await;
+}
+
 /// The replica the table-shaped stores share: `name` is written to `customer_name`.
 fn table_settings(url: &str) -> TableSettings {
     TableSettings {
@@ -301,6 +408,8 @@ fn table_settings(url: &str) -> TableSettings {
         columns: [("customer_name".to_string(), "name".to_string())].into(),
         fields: None,
         consumer: "walcast.test".into(),
+        auto_create: false,
+        auto_add_columns: false,
     }
 }
 
@@ -405,6 +514,31 @@ impl Harness for My {
     async fn reconnect(&self) -> MysqlSink {
         MysqlSink::connect(self.settings.clone()).await.unwrap()
     }
+}
+
+impl TableHarness for My {
+    async fn auto_sink(&self) -> MysqlSink {
+        let mut settings = self.settings.clone();
+        settings.table = "auto_replica".into();
+        settings.auto_create = true;
+        settings.auto_add_columns = true;
+        MysqlSink::connect(settings).await.unwrap()
+    }
+
+    async fn auto_rows(&self, column: &str) -> BTreeMap<i64, String> {
+        use mysql_async::prelude::Queryable;
+        let mut conn = self.pool.get_conn().await.unwrap();
+        conn.query(format!("SELECT user_id, {column} FROM auto_replica"))
+            .await
+            .unwrap()
+            .into_iter()
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn mysql_auto_create_and_auto_add_columns() {
+    auto_create_and_auto_add_columns::<My>("auto").await;
 }
 
 /// Setup problems name the table and the fix.

@@ -1,12 +1,12 @@
 //! Records → changes: Confluent framing, Avro resolved from the writer's schema to the
 //! subject's latest, and walcast's headers (`op`, `lsn`, `seq`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use apache_avro::types::Value as Avro;
 use apache_avro::Schema;
-use connectors::{Change, Op, Value, Version};
+use connectors::{Change, Field, FieldType, Op, Value, Version};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 use crate::lsn::Lsn;
@@ -27,6 +27,8 @@ struct Resolution {
     reader: Option<Schema>,
     /// The scale of each decimal field of the view.
     scales: HashMap<String, usize>,
+    /// The view's fields, for replicas that create or extend their tables.
+    fields: Vec<Field>,
 }
 
 /// Decodes records, caching schemas by id.
@@ -34,6 +36,10 @@ pub(super) struct Decoder {
     registry: Arc<Client>,
     schemas: HashMap<u32, Resolution>,
     runtime: tokio::runtime::Handle,
+    /// (key schema id, value schema id) pairs of upserts seen so far.
+    views: HashSet<(u32, u32)>,
+    /// The fields (key's and value's) of views first seen since the last `take_new_views`.
+    new_views: Vec<Vec<Field>>,
 }
 
 impl Decoder {
@@ -42,6 +48,8 @@ impl Decoder {
             registry,
             schemas: HashMap::new(),
             runtime,
+            views: HashSet::new(),
+            new_views: Vec::new(),
         }
     }
 
@@ -69,10 +77,15 @@ impl Decoder {
         let seq: u32 = header("seq")
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| poison("no valid seq header".into()))?;
-        let key = self.record(m.key().unwrap_or_default())?;
+        let key_bytes = m.key().unwrap_or_default();
+        let key = self.record(key_bytes)?;
         let op = match header("op").as_deref() {
             Some("delete") => Op::Delete,
-            Some("insert" | "update" | "snapshot") => Op::Upsert(self.record(payload)?),
+            Some("insert" | "update" | "snapshot") => {
+                let fields = self.record(payload)?;
+                self.note_view(key_bytes, payload);
+                Op::Upsert(fields)
+            }
             other => {
                 return Err(poison(format!(
                     "op header {other:?} is not insert, update, snapshot or delete"
@@ -84,6 +97,34 @@ impl Decoder {
             op,
             version: Version { lsn: lsn.0, seq },
         }))
+    }
+
+    /// The fields of views (key and value contract versions) that appeared since the last
+    /// call: a replica prepares its table for them before applying their changes.
+    pub(super) fn take_new_views(&mut self) -> Vec<Vec<Field>> {
+        std::mem::take(&mut self.new_views)
+    }
+
+    /// Forgets which views were prepared, so they are prepared again when next seen.
+    pub(super) fn forget_views(&mut self) {
+        self.views.clear();
+        self.new_views.clear();
+    }
+
+    /// Records a new (key, value) view of an upsert; both ids are already resolved.
+    fn note_view(&mut self, key: &[u8], value: &[u8]) {
+        let id = |b: &[u8]| u32::from_be_bytes(b[1..5].try_into().expect("4 bytes"));
+        let pair = (id(key), id(value));
+        if !self.views.insert(pair) {
+            return;
+        }
+        let mut fields = self.schemas[&pair.0].fields.clone();
+        for f in &self.schemas[&pair.1].fields {
+            if !fields.iter().any(|k| k.name == f.name) {
+                fields.push(f.clone());
+            }
+        }
+        self.new_views.push(fields);
     }
 
     /// A Confluent-framed Avro record, read in its subject's latest view.
@@ -102,6 +143,7 @@ impl Decoder {
             writer,
             reader,
             scales,
+            ..
         } = &self.schemas[&id];
         let value = apache_avro::from_avro_datum(writer, &mut &bytes[5..], reader.as_ref())
             .map_err(|e| DecodeError::Poison(format!("undecodable with schema id {id}: {e}")))?;
@@ -141,13 +183,63 @@ impl Decoder {
             })?),
             _ => None,
         };
-        let scales = decimal_scales(reader.as_ref().unwrap_or(&writer));
+        let view = reader.as_ref().unwrap_or(&writer);
+        let scales = decimal_scales(view);
+        let fields = view_fields(view);
         Ok(Resolution {
             writer,
             reader,
             scales,
+            fields,
         })
     }
+}
+
+/// A record schema's fields as replica columns: type, and nullable when a union with null.
+/// Fields of a type no column takes (records, arrays, maps) are left out.
+fn view_fields(schema: &Schema) -> Vec<Field> {
+    let Schema::Record(record) = schema else {
+        return Vec::new();
+    };
+    record
+        .fields
+        .iter()
+        .filter_map(|f| {
+            let (inner, nullable) = match &f.schema {
+                Schema::Union(u) => (
+                    u.variants().iter().find(|v| !matches!(v, Schema::Null))?,
+                    u.variants().iter().any(|v| matches!(v, Schema::Null)),
+                ),
+                other => (other, false),
+            };
+            let ty = match inner {
+                Schema::Boolean => FieldType::Bool,
+                Schema::Int => FieldType::Int,
+                Schema::Long => FieldType::Long,
+                Schema::Float => FieldType::Float,
+                Schema::Double => FieldType::Double,
+                Schema::String | Schema::Enum(_) => FieldType::Text,
+                Schema::Bytes | Schema::Fixed(_) => FieldType::Bytes,
+                Schema::Uuid => FieldType::Uuid,
+                Schema::Decimal(d) => FieldType::Decimal {
+                    precision: d.precision,
+                    scale: d.scale,
+                },
+                Schema::Date => FieldType::Date,
+                Schema::TimeMillis | Schema::TimeMicros => FieldType::Time,
+                Schema::TimestampMillis | Schema::TimestampMicros => FieldType::Timestamp,
+                Schema::LocalTimestampMillis | Schema::LocalTimestampMicros => {
+                    FieldType::LocalTimestamp
+                }
+                _ => return None,
+            };
+            Some(Field {
+                name: f.name.clone(),
+                ty,
+                nullable,
+            })
+        })
+        .collect()
 }
 
 /// The scale of each decimal field (plain or in a union) of a record schema.
