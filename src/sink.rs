@@ -190,6 +190,7 @@ where
     let context = Assignments::default();
     let positions = context.positions.clone();
     let revoked = context.revoked.clone();
+    let assigned = context.assigned.clone();
     let mut client_config = crate::kafka::client_config(&config.kafka);
     if !config.kafka.properties.contains_key("session.timeout.ms") {
         // A member that died (kill -9) holds its partitions until this runs out; librdkafka's
@@ -215,6 +216,7 @@ where
         max_wait: Duration::from_millis(sink_config.common.batch_max_wait_ms),
         positions,
         revoked,
+        assigned,
         stop: stop.clone(),
         runtime,
         starved_since: None,
@@ -230,12 +232,14 @@ where
 type PositionMap = Arc<Mutex<HashMap<(String, i32), i64>>>;
 
 /// The consumer's context: on every assignment, starts each partition at the replica's
-/// stored position (or the topic's start); on revocation, tells the runner to drop the
-/// batch it is gathering.
+/// stored position as last read (or the topic's start), and tells the runner to read the
+/// positions again (another member may have moved them since); on revocation, tells the
+/// runner to drop the batch it is gathering.
 #[derive(Default)]
 struct Assignments {
     positions: PositionMap,
     revoked: Arc<AtomicBool>,
+    assigned: Arc<AtomicBool>,
 }
 
 impl ClientContext for Assignments {}
@@ -258,6 +262,9 @@ impl ConsumerContext for Assignments {
                     let _ = tpl.set_partition_offset(elem.topic(), elem.partition(), offset);
                 }
                 drop(stored);
+                if tpl.count() > 0 {
+                    self.assigned.store(true, Ordering::SeqCst);
+                }
                 tracing::info!(assigned = ?tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition(), e.offset())).collect::<Vec<_>>(), "partitions assigned");
                 consumer.assign(tpl)
             }
@@ -337,6 +344,7 @@ struct Runner<S> {
     max_wait: Duration,
     positions: PositionMap,
     revoked: Arc<AtomicBool>,
+    assigned: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     runtime: tokio::runtime::Handle,
     /// Since when the consumer has held no partition, if it holds none.
@@ -474,6 +482,14 @@ impl<S: Sink> Runner<S> {
             if self.revoked.swap(false, Ordering::SeqCst) {
                 // Not applied, not committed: the next owner reads it again.
                 g = Gathering::default();
+            }
+            if self.assigned.swap(false, Ordering::SeqCst) {
+                // Start where the replica stands now, not where it stood when last read.
+                g = Gathering::default();
+                if !self.rewind()? {
+                    return Ok(None);
+                }
+                continue;
             }
             let Some(message) = polled else {
                 if g.next.is_empty() && self.stop.load(Ordering::Relaxed) {

@@ -155,8 +155,6 @@ async fn random_writes(pg: &tokio_postgres::Client, rounds: u32, seed: &mut u64)
 async fn every_replica_converges_through_kill_9_and_restarts_of_its_store() {
     let stack = Stack::get();
     let mut daemon = Daemon::prepare("rep_all", Setup::default()).await;
-    let table = "CREATE TABLE user_replica (user_id bigint PRIMARY KEY, name text, email text,
-               _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL)";
     let pg = OwnPostgres::start(&daemon.name).await;
     pg.client("postgres")
         .await
@@ -165,7 +163,7 @@ async fn every_replica_converges_through_kill_9_and_restarts_of_its_store() {
         .unwrap();
     pg.client("orders")
         .await
-        .batch_execute(table)
+        .batch_execute(REPLICA)
         .await
         .unwrap();
     let mysql_url = stack
@@ -251,6 +249,11 @@ async fn every_replica_converges_through_kill_9_and_restarts_of_its_store() {
     );
     assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
 }
+
+/// The replica table of the PostgreSQL sinks.
+const REPLICA: &str =
+    "CREATE TABLE user_replica (user_id bigint PRIMARY KEY, name text, email text,
+    _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL)";
 
 /// A replica table whose CHECK constraint rejects one email: a record the store refuses.
 const POISON_CHECKED_REPLICA: &str =
@@ -405,4 +408,113 @@ async fn a_poison_record_stops_the_sink_naming_topic_partition_and_offset() {
         log.contains("; the record was not applied and its offset not committed (on_error = \"dead_letter\" sends such records to a dead-letter topic instead)"),
         "{log}"
     );
+}
+
+/// Two members of one sink's consumer group share its partitions. When one stops, the other
+/// is given its partitions and resumes them from the replica's positions: the replica
+/// converges. (The member stops with SIGTERM: after a kill -9, tansu 0.6.0 can hand the dead
+/// member's partitions back to it in the rebalance that expires it, and they stay orphaned.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sink_group_member_takes_over_when_the_other_stops() {
+    let stack = Stack::get();
+    let mut daemon = Daemon::prepare("rep_grp", Setup::default()).await;
+    let replica_db = stack.fresh_pg_database(&unique("rep_grp_orders")).await;
+    let replica = stack.pg(&replica_db).await;
+    replica.batch_execute(REPLICA).await.unwrap();
+    let sink = format!(
+        "\n[[sink]]\nname = \"grp-{name}\"\ntype = \"postgres\"\ntopics = [\"{topic}\"]\nurl = \"{url}\"\ntable = \"user_replica\"\nkey = [\"user_id\"]\nfields = [\"user_id\", \"name\", \"email\"]\nbatch_max_wait_ms = 50\n",
+        name = daemon.name,
+        topic = daemon.topic,
+        url = stack.pg_url_for("postgres", &replica_db),
+    );
+    let mut config = std::fs::read_to_string(&daemon.config).unwrap();
+    config.push_str(&sink);
+    std::fs::write(&daemon.config, config).unwrap();
+    // The second member runs the same sink, and nothing else.
+    let member_config = daemon.dir.path().join("member.toml");
+    std::fs::write(
+        &member_config,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\n[registry]\nurl = \"{}\"\n{sink}",
+            stack.kafka_brokers, daemon.registry_url
+        ),
+    )
+    .unwrap();
+    let member_log = daemon.dir.path().join("member.log");
+    daemon.start().await;
+    let mut member = std::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
+        .args(["run", "--config"])
+        .arg(&member_config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&member_log).unwrap())
+        .spawn()
+        .unwrap();
+    let source = daemon.pg().await;
+    let mut seed = 0x2545_F491_4F6C_DD1Du64 ^ u64::from(std::process::id());
+    random_writes(&source, 5, &mut seed).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = std::fs::read_to_string(&member_log).unwrap_or_default();
+        if log.contains("partitions assigned") && log.contains(&format!("(\"{}\", ", daemon.topic))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second member was given no partition within 60s:\n{log}\nfirst member:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let replica_rows = || async {
+        replica
+            .query(
+                "SELECT user_id, name, email FROM user_replica ORDER BY user_id",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect::<Rows>()
+    };
+    let converged = || async {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let (want, got) = (source_rows(&source).await, replica_rows().await);
+            if want == got {
+                return want.len();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica did not converge: {} source rows, {} replica rows\n{}\nmember:\n{}",
+                want.len(),
+                got.len(),
+                daemon.log_text(),
+                std::fs::read_to_string(&member_log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    random_writes(&source, 10, &mut seed).await;
+    converged().await;
+
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &member.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    assert_eq!(
+        member.wait().unwrap().code(),
+        Some(0),
+        "the member stops cleanly"
+    );
+    random_writes(&source, 10, &mut seed).await;
+    let rows = converged().await;
+    assert!(
+        rows > 0,
+        "the scenario deleted everything; nothing was compared"
+    );
+    assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
 }
