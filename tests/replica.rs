@@ -518,3 +518,95 @@ async fn a_sink_group_member_takes_over_when_the_other_stops() {
     );
     assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
 }
+
+/// Records are read in their subject's latest view: after a contract gains a field with a
+/// default, events written before it reach the replica with the default, and newer events
+/// with their own value. (Decoding by the writer's schema alone would leave the field NULL.)
+#[tokio::test(flavor = "multi_thread")]
+async fn older_events_are_read_in_the_latest_contract_version() {
+    let stack = Stack::get();
+    let mut daemon = Daemon::prepare("rep_view", Setup::default()).await;
+    daemon.start().await;
+    let source = daemon.pg().await;
+    source
+        .batch_execute("INSERT INTO users (full_name, email, password_hash) VALUES ('Ada', 'ada@example.com', 'x'), ('Grace', 'grace@example.com', 'x')")
+        .await
+        .unwrap();
+    assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
+
+    // Version 2 of the contracts gains `tier`, read from a new column.
+    source
+        .batch_execute("ALTER TABLE users ADD COLUMN tier text NOT NULL DEFAULT 'gold'")
+        .await
+        .unwrap();
+    let tier = r#"{"name": "tier", "type": "string", "default": "standard"}"#;
+    for file in ["UserCreated.avsc", "UserUpdated.avsc"] {
+        let path = daemon.dir.path().join(file);
+        let v1 = std::fs::read_to_string(&path).unwrap();
+        let at = v1.rfind(']').unwrap();
+        let v2 = format!("{},\n    {tier}\n  {}", v1[..at].trim_end(), &v1[at..]);
+        std::fs::write(&path, v2).unwrap();
+    }
+    let replica_db = stack.fresh_pg_database(&unique("rep_view_orders")).await;
+    let replica = stack.pg(&replica_db).await;
+    replica
+        .batch_execute(
+            "CREATE TABLE user_replica (user_id bigint PRIMARY KEY, name text, tier text,
+               _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL)",
+        )
+        .await
+        .unwrap();
+    let mut config = std::fs::read_to_string(&daemon.config).unwrap();
+    config.push_str(&format!(
+        "\n[[sink]]\nname = \"view-{name}\"\ntype = \"postgres\"\ntopics = [\"{topic}\"]\nurl = \"{url}\"\ntable = \"user_replica\"\nkey = [\"user_id\"]\nfields = [\"user_id\", \"name\", \"tier\"]\nbatch_max_wait_ms = 50\n",
+        name = daemon.name,
+        topic = daemon.topic,
+        url = stack.pg_url_for("postgres", &replica_db),
+    ));
+    std::fs::write(&daemon.config, config).unwrap();
+    // The schema registry workflow: version 2 is registered before the deployment that
+    // uses it, so the sink's first look at the subject already finds it.
+    let registered = std::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
+        .args(["schemas", "register", "--config"])
+        .arg(&daemon.config)
+        .output()
+        .unwrap();
+    assert!(
+        registered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&registered.stderr)
+    );
+    daemon.start().await;
+    source
+        .batch_execute("INSERT INTO users (full_name, email, password_hash) VALUES ('Edsger', 'edsger@example.com', 'x')")
+        .await
+        .unwrap();
+    let want = vec![
+        ("Ada".to_string(), "standard".to_string()),
+        ("Grace".to_string(), "standard".to_string()),
+        ("Edsger".to_string(), "gold".to_string()),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got: Vec<(String, String)> = replica
+            .query(
+                "SELECT name, coalesce(tier, 'NULL') FROM user_replica ORDER BY user_id",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        if got == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica holds {got:?}, expected {want:?}\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
+}

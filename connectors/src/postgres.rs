@@ -160,6 +160,8 @@ impl PostgresSink {
     /// The connection, opened again if it broke.
     async fn client(&mut self) -> Result<&mut Client, Error> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
+            // Statements are prepared per connection.
+            self.prepared.clear();
             self.client = Some(open(&self.settings.url).await?);
         }
         Ok(self.client.as_mut().expect("connected"))
@@ -378,9 +380,7 @@ fn versions(changes: &[&crate::sink::Change]) -> [Param; 2] {
 impl Sink for PostgresSink {
     async fn apply(&mut self, batch: &Batch) -> Result<(), Error> {
         let statements = self.statements(batch)?;
-        let connected = self.client.as_ref().is_some_and(|c| !c.is_closed());
-        if !connected || self.prepared.len() > 64 {
-            // Statements are prepared per connection.
+        if self.prepared.len() > 64 {
             self.prepared.clear();
         }
         self.client().await?;

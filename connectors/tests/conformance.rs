@@ -754,3 +754,30 @@ async fn redis_errors_are_classified() {
     let e = RedisSink::connect(settings).await.unwrap_err();
     assert!(e.is_transient() && !e.is_poison(), "{e}");
 }
+
+/// After the server drops the connection, the sink reconnects on its next call, whichever
+/// call that is, and re-prepares its statements on the new connection.
+#[tokio::test]
+async fn postgres_a_dropped_connection_is_reopened() {
+    let (h, mut sink) = Pg::fresh("dropped").await;
+    sink.apply(&batch(vec![upsert(1, "Ada", 10, 0)]))
+        .await
+        .unwrap();
+    let admin = pg_client(&h.admin_url).await;
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    // The first call after the drop may fail, as transient; the next one reconnects.
+    if let Err(e) = sink.positions().await {
+        assert!(e.is_transient(), "{e}");
+        sink.positions().await.unwrap();
+    }
+    sink.apply(&batch(vec![upsert(1, "Ada Lovelace", 20, 0)]))
+        .await
+        .unwrap();
+    assert_eq!(h.rows().await, rows(&[(1, "Ada Lovelace")]));
+}

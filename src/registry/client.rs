@@ -152,28 +152,20 @@ impl Client {
         Ok(schema)
     }
 
-    /// The latest schema of the subject that registered `id`: the view a consumer reads
-    /// `id`'s records in, resolving the writer's schema to it. `None` when no live subject
-    /// holds `id` (it was deleted), in which case the writer's schema is the only view.
-    pub async fn latest_of_subject(&self, id: u32) -> Result<Option<String>, ClientError> {
-        let usages = self
-            .call("GET", &format!("/schemas/ids/{id}/versions"), None)
-            .await?;
-        let Some(subject) = usages
-            .as_array()
-            .and_then(|u| u.first())
-            .and_then(|u| u["subject"].as_str())
-        else {
-            return Ok(None);
-        };
-        let body = self
+    /// The latest schema registered under `subject`; `None` when the subject does not exist.
+    pub async fn latest(&self, subject: &str) -> Result<Option<String>, ClientError> {
+        match self
             .call(
                 "GET",
                 &format!("/subjects/{}/versions/latest", segment(subject)),
                 None,
             )
-            .await?;
-        Ok(body["schema"].as_str().map(str::to_string))
+            .await
+        {
+            Ok(body) => Ok(body["schema"].as_str().map(str::to_string)),
+            Err(e) if matches!(e.code(), Some(40401 | 40402)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Would registering `schema` under `subject` pass the subject's compatibility level?

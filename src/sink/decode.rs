@@ -31,13 +31,18 @@ struct Resolution {
     fields: Vec<Field>,
 }
 
-/// Decodes records, caching schemas by id.
+/// Decodes records, caching schemas by (id, topic, role).
+///
+/// Ids are global: one schema text has one id in every subject that registered it. The
+/// view a record is read in is the latest version of the subject its producer registered
+/// it under, which walcast's events name by TopicRecordNameStrategy: `<topic>-key` for
+/// keys, `<topic>-<record full name>` for values.
 pub(super) struct Decoder {
     registry: Arc<Client>,
-    schemas: HashMap<u32, Resolution>,
+    schemas: HashMap<(u32, String), Resolution>,
     runtime: tokio::runtime::Handle,
-    /// (key schema id, value schema id) pairs of upserts seen so far.
-    views: HashSet<(u32, u32)>,
+    /// (topic, key schema id, value schema id) of upserts seen so far.
+    views: HashSet<(String, u32, u32)>,
     /// The fields (key's and value's) of views first seen since the last `take_new_views`.
     new_views: Vec<Vec<Field>>,
 }
@@ -78,12 +83,13 @@ impl Decoder {
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| poison("no valid seq header".into()))?;
         let key_bytes = m.key().unwrap_or_default();
-        let key = self.record(key_bytes)?;
+        let topic = m.topic();
+        let key = self.record(key_bytes, topic, true)?;
         let op = match header("op").as_deref() {
             Some("delete") => Op::Delete,
             Some("insert" | "update" | "snapshot") => {
-                let fields = self.record(payload)?;
-                self.note_view(key_bytes, payload);
+                let fields = self.record(payload, topic, false)?;
+                self.note_view(topic, key_bytes, payload);
                 Op::Upsert(fields)
             }
             other => {
@@ -112,14 +118,14 @@ impl Decoder {
     }
 
     /// Records a new (key, value) view of an upsert; both ids are already resolved.
-    fn note_view(&mut self, key: &[u8], value: &[u8]) {
+    fn note_view(&mut self, topic: &str, key: &[u8], value: &[u8]) {
         let id = |b: &[u8]| u32::from_be_bytes(b[1..5].try_into().expect("4 bytes"));
-        let pair = (id(key), id(value));
-        if !self.views.insert(pair) {
+        let (key_id, value_id) = (id(key), id(value));
+        if !self.views.insert((topic.to_string(), key_id, value_id)) {
             return;
         }
-        let mut fields = self.schemas[&pair.0].fields.clone();
-        for f in &self.schemas[&pair.1].fields {
+        let mut fields = self.schemas[&(key_id, role(topic, true))].fields.clone();
+        for f in &self.schemas[&(value_id, role(topic, false))].fields {
             if !fields.iter().any(|k| k.name == f.name) {
                 fields.push(f.clone());
             }
@@ -128,23 +134,29 @@ impl Decoder {
     }
 
     /// A Confluent-framed Avro record, read in its subject's latest view.
-    fn record(&mut self, bytes: &[u8]) -> Result<Vec<(String, Value)>, DecodeError> {
+    fn record(
+        &mut self,
+        bytes: &[u8],
+        topic: &str,
+        key: bool,
+    ) -> Result<Vec<(String, Value)>, DecodeError> {
         if bytes.len() < 5 || bytes[0] != 0 {
             return Err(DecodeError::Poison(
                 "not Confluent-framed Avro (magic byte 0, then a 4-byte schema id)".into(),
             ));
         }
         let id = u32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes"));
-        if !self.schemas.contains_key(&id) {
-            let resolution = self.resolve(id)?;
-            self.schemas.insert(id, resolution);
+        let cache_key = (id, role(topic, key));
+        if !self.schemas.contains_key(&cache_key) {
+            let resolution = self.resolve(id, topic, key)?;
+            self.schemas.insert(cache_key.clone(), resolution);
         }
         let Resolution {
             writer,
             reader,
             scales,
             ..
-        } = &self.schemas[&id];
+        } = &self.schemas[&cache_key];
         let value = apache_avro::from_avro_datum(writer, &mut &bytes[5..], reader.as_ref())
             .map_err(|e| DecodeError::Poison(format!("undecodable with schema id {id}: {e}")))?;
         let Avro::Record(fields) = value else {
@@ -162,7 +174,7 @@ impl Decoder {
             .collect()
     }
 
-    fn resolve(&self, id: u32) -> Result<Resolution, DecodeError> {
+    fn resolve(&self, id: u32, topic: &str, key: bool) -> Result<Resolution, DecodeError> {
         fn fetch<T>(id: u32, r: Result<T, ClientError>) -> Result<T, DecodeError> {
             match r {
                 Ok(v) => Ok(v),
@@ -173,10 +185,12 @@ impl Decoder {
         let text = fetch(id, self.runtime.block_on(self.registry.schema(id)))?;
         let writer = Schema::parse_str(&text)
             .map_err(|e| DecodeError::Poison(format!("schema id {id}: {e}")))?;
-        let latest = fetch(
-            id,
-            self.runtime.block_on(self.registry.latest_of_subject(id)),
-        )?;
+        let subject = match &writer {
+            _ if key => format!("{topic}-key"),
+            Schema::Record(r) => format!("{topic}-{}", r.name.fullname(None)),
+            _ => format!("{topic}-value"),
+        };
+        let latest = fetch(id, self.runtime.block_on(self.registry.latest(&subject)))?;
         let reader = match latest {
             Some(latest) if latest != text => Some(Schema::parse_str(&latest).map_err(|e| {
                 DecodeError::Poison(format!("latest schema of id {id}'s subject: {e}"))
@@ -193,6 +207,11 @@ impl Decoder {
             fields,
         })
     }
+}
+
+/// The cache key of a schema's role on a topic: a record's subject depends on both.
+fn role(topic: &str, key: bool) -> String {
+    format!("{topic}/{}", if key { "key" } else { "value" })
 }
 
 /// A record schema's fields as replica columns: type, and nullable when a union with null.
