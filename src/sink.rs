@@ -622,14 +622,7 @@ impl<S: Sink> Runner<S> {
                         tracing::warn!(sink = %self.name, error = %e, "store unavailable while preparing the replica table; rewinding");
                         // The views are seen again when their records are read again.
                         self.decoder.forget_views();
-                        if !self.pause(backoff.next()) {
-                            return Ok(Applied::Stopped);
-                        }
-                        return Ok(if self.rewind()? {
-                            Applied::Rewound
-                        } else {
-                            Applied::Stopped
-                        });
+                        return self.back_off_and_rewind(&mut backoff);
                     }
                     Err(e) => return Err(self.store_error(e)),
                 }
@@ -647,16 +640,7 @@ impl<S: Sink> Runner<S> {
                 }
                 Err(e) if e.is_transient() => {
                     tracing::warn!(sink = %self.name, error = %e, "store unavailable; rewinding to the replica's positions and retrying in {:?}", backoff.current());
-                    if !self.pause(backoff.next()) {
-                        return Ok(Applied::Stopped);
-                    }
-                    // What the store holds decides where to read again: a store restarted
-                    // without its data (a cache) replays from the start.
-                    return Ok(if self.rewind()? {
-                        Applied::Rewound
-                    } else {
-                        Applied::Stopped
-                    });
+                    return self.back_off_and_rewind(&mut backoff);
                 }
                 Err(e) if e.is_poison() => {
                     g = self.isolate(g)?;
@@ -664,6 +648,19 @@ impl<S: Sink> Runner<S> {
                 Err(e) => return Err(self.store_error(e)),
             }
         }
+    }
+
+    /// Waits the backoff, then rewinds: what the store holds decides where to read again
+    /// (a store restarted without its data, a cache, replays from the start).
+    fn back_off_and_rewind(&mut self, backoff: &mut Backoff) -> Result<Applied, SinkError> {
+        if !self.pause(backoff.next()) {
+            return Ok(Applied::Stopped);
+        }
+        Ok(if self.rewind()? {
+            Applied::Rewound
+        } else {
+            Applied::Stopped
+        })
     }
 
     /// Finds the changes of a failed batch the store rejects on their own, by applying the

@@ -129,15 +129,9 @@ impl PostgresSink {
                 )));
             }
         }
-        let key_columns = self.settings.key_columns();
-        for (field, c) in self.settings.key.iter().zip(&key_columns) {
-            if !self.types.contains_key(c) {
-                return Err(Error::Setup(format!(
-                    "replica table {} has no column {c} for key field {field}; add it, or map it with columns",
-                    self.settings.table
-                )));
-            }
-        }
+        let key_columns = self
+            .settings
+            .existing_key_columns(|c| self.types.contains_key(c))?;
         let key_defs: Vec<String> = key_columns
             .iter()
             .map(|c| format!("{} {}", quote(c), self.types[c]))
@@ -418,14 +412,7 @@ impl Sink for PostgresSink {
         };
         if self.types.is_empty() {
             // auto_create: connect refused a missing table otherwise.
-            for key in &self.settings.key {
-                if !missing.iter().any(|(f, _)| &f.name == key) {
-                    return Err(Error::Setup(format!(
-                        "cannot create replica table {}: key field {key} is not a field of the contract; set key to the contract's key fields",
-                        self.settings.table
-                    )));
-                }
-            }
+            self.settings.check_creatable(&missing)?;
             let columns: Vec<String> = missing.iter().map(definition).collect();
             let keys: Vec<String> = self
                 .settings

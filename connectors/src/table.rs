@@ -49,6 +49,39 @@ impl TableSettings {
         self.key.iter().map(|f| self.column_of(f)).collect()
     }
 
+    /// The key's replica columns, each checked to exist.
+    pub fn existing_key_columns(
+        &self,
+        has_column: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>, Error> {
+        let columns = self.key_columns();
+        for (field, c) in self.key.iter().zip(&columns) {
+            if !has_column(c) {
+                return Err(Error::Setup(format!(
+                    "replica table {} has no column {c} for key field {field}; add it, or map it with columns",
+                    self.table
+                )));
+            }
+        }
+        Ok(columns)
+    }
+
+    /// A table made from `missing` (every kept field of a contract version) needs every
+    /// key field among them.
+    pub fn check_creatable(&self, missing: &[(&Field, String)]) -> Result<(), Error> {
+        match self
+            .key
+            .iter()
+            .find(|key| !missing.iter().any(|(f, _)| &&f.name == key))
+        {
+            Some(key) => Err(Error::Setup(format!(
+                "cannot create replica table {}: key field {key} is not a field of the contract; set key to the contract's key fields",
+                self.table
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// The upserted rows' `(field, column)`s: key first, then the kept fields, in first-seen
     /// order. A kept field without a column is a setup error naming the fix.
     pub fn upsert_columns(
