@@ -151,6 +151,15 @@ impl PostgresSink {
         self.types.get(column).map_or("text", String::as_str)
     }
 
+    /// Drops the connection after a transient error, so the next call opens a new one
+    /// rather than racing the old one's shutdown.
+    fn forget_broken<T>(&mut self, result: Result<T, Error>) -> Result<T, Error> {
+        if result.as_ref().is_err_and(Error::is_transient) {
+            self.client = None;
+        }
+        result
+    }
+
     /// The connection, opened again if it broke.
     async fn client(&mut self) -> Result<&mut Client, Error> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
@@ -394,7 +403,7 @@ impl Sink for PostgresSink {
             tx.commit().await
         }
         .await;
-        result.map_err(Error::from)
+        self.forget_broken(result.map_err(Error::from))
     }
 
     async fn prepare(&mut self, fields: &[Field]) -> Result<(), Error> {
@@ -452,7 +461,9 @@ impl Sink for PostgresSink {
                 "SELECT topic, partition, next_offset FROM walcast_offsets WHERE consumer = $1 ORDER BY topic, partition",
                 &[&consumer],
             )
-            .await?;
+            .await
+            .map_err(Error::from);
+        let rows = self.forget_broken(rows)?;
         Ok(rows
             .iter()
             .map(|r| Position {
