@@ -26,7 +26,7 @@ use mysql_async::{Conn, Opts, TxOpts, Value as My};
 
 use crate::sink::{Batch, Change, Position, Sink, Value, Version};
 use crate::sink::{Field, FieldType};
-use crate::table::{field, latest_per_key, missing_columns, TableSettings};
+use crate::table::{field, missing_columns, TableSettings};
 use crate::Error;
 
 /// Connects to `url` and returns the server's version string.
@@ -366,17 +366,9 @@ async fn open(opts: &Opts) -> Result<Conn, Error> {
 
 impl Sink for MysqlSink {
     async fn apply(&mut self, batch: &Batch) -> Result<(), Error> {
-        let (upserts, mut deletes) = latest_per_key(&batch.changes);
-        if self.types.is_empty() {
-            // auto_create, and no upsert yet: nothing to delete.
-            if !upserts.is_empty() {
-                return Err(Error::Setup(format!(
-                    "replica table {} was not created: no contract version was prepared",
-                    self.settings.table
-                )));
-            }
-            deletes.clear();
-        }
+        let (upserts, deletes) = self
+            .settings
+            .latest_per_key(&batch.changes, !self.types.is_empty())?;
         if self.conn.is_none() {
             self.conn = Some(open(&self.opts).await?);
         }

@@ -24,7 +24,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::sink::{Batch, Position, Sink, Value};
 use crate::sink::{Field, FieldType};
-use crate::table::{field, latest_per_key, missing_columns, TableSettings};
+use crate::table::{field, missing_columns, TableSettings};
 use crate::Error;
 
 /// Connects to `url` and returns the server's version string.
@@ -217,17 +217,9 @@ impl PostgresSink {
 
     /// The statements that apply one batch, each with its array parameters.
     fn statements(&self, batch: &Batch) -> Result<Vec<(String, Vec<Param>)>, Error> {
-        let (upserts, mut deletes) = latest_per_key(&batch.changes);
-        if self.types.is_empty() {
-            // auto_create, and no upsert yet: nothing to delete.
-            if !upserts.is_empty() {
-                return Err(Error::Setup(format!(
-                    "replica table {} was not created: no contract version was prepared",
-                    self.settings.table
-                )));
-            }
-            deletes.clear();
-        }
+        let (upserts, deletes) = self
+            .settings
+            .latest_per_key(&batch.changes, !self.types.is_empty())?;
         let key_columns = self.settings.key_columns();
         let keys: Vec<String> = key_columns.iter().map(|k| quote(k)).collect();
         let mut out = Vec::new();

@@ -49,6 +49,27 @@ impl TableSettings {
         self.key.iter().map(|f| self.column_of(f)).collect()
     }
 
+    /// The upserts and deletes that decide each key's state ([`latest_per_key`]), for a
+    /// table that exists or not: a missing one (auto_create, no contract version prepared
+    /// yet) has nothing to delete, and cannot take upserts.
+    pub fn latest_per_key<'c>(
+        &self,
+        changes: &'c [Change],
+        table_exists: bool,
+    ) -> Result<(Vec<&'c Change>, Vec<&'c Change>), Error> {
+        let (upserts, deletes) = latest_per_key(changes);
+        if table_exists {
+            return Ok((upserts, deletes));
+        }
+        if !upserts.is_empty() {
+            return Err(Error::Setup(format!(
+                "replica table {} was not created: no contract version was prepared",
+                self.table
+            )));
+        }
+        Ok((upserts, Vec::new()))
+    }
+
     /// The key's replica columns, each checked to exist.
     pub fn existing_key_columns(
         &self,
