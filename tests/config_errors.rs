@@ -320,3 +320,14 @@ fn the_registrys_storage_topic_must_be_a_kafka_topic_name() {
         "walcast.toml: registry.topic: found \"schemas store\", expected a Kafka topic name: 1 to 249 of letters, digits, '.', '_' and '-'"
     );
 }
+
+#[test]
+fn a_sinks_parallelism_must_be_1_to_64() {
+    let text = format!(
+        "{HEAD}{USERS_SOURCE}\n[[sink]]\nname = \"r\"\ntype = \"postgres\"\ntopics = [\"users.user\"]\nurl = \"postgres://h/db\"\ntable = \"replica\"\nkey = [\"user_id\"]\nparallelism = 0\n"
+    );
+    assert_eq!(
+        error_of(&text),
+        "walcast.toml: sink[0].parallelism: found 0, expected 1 to 64 (connections to the store)"
+    );
+}

@@ -394,6 +394,29 @@ impl TableHarness for Pg {
     }
 }
 
+/// A table cannot be created from a contract that lacks a key field; the error says so.
+#[tokio::test]
+async fn postgres_auto_create_needs_the_key_fields() {
+    let (h, _) = Pg::fresh("autokey").await;
+    let mut sink = h.auto_sink().await;
+    let e = sink
+        .prepare(&[field("name", FieldType::Text, false)])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "cannot create replica table auto_replica: key field user_id is not a field of the contract; set key to the contract's key fields"
+    );
+    let e = sink
+        .apply(&batch(vec![upsert(1, "Ada", 10, 0)]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "replica table auto_replica was not created: no contract version was prepared"
+    );
+}
+
 #[tokio::test]
 async fn postgres_auto_create_and_auto_add_columns() {
     auto_create_and_auto_add_columns::<Pg>("auto").await;
