@@ -1,24 +1,26 @@
-//! End-to-end benchmark: PostgreSQL → domain events → broker acknowledgement, against
-//! `pg_recvlogical` draining the same WAL.
+//! End-to-end benchmark: PostgreSQL → domain events → Apache Kafka's acknowledgement,
+//! against `pg_recvlogical` draining the same WAL.
 //!
-//! Three slots are created before a backlog of small rows (100-row transactions) is written,
+//! Four slots are created before a backlog of small rows (100-row transactions) is written,
 //! so all hold identical WAL. `pg_recvlogical` drains one to /dev/null. The real `walcast
-//! run` binary (release build) drains the others: it decodes, maps, Avro-encodes, produces
-//! with acks=all, and confirms a position only once the broker acknowledged it; it is done
-//! when the slot's `confirmed_flush_lsn` reaches the backlog's end. Rates are compared from
-//! the moment each side streams.
+//! run` binary (release build) drains the others, one after the other: it decodes, maps,
+//! Avro-encodes, produces, and confirms a position only once Kafka holds it; it is done when
+//! the slot's `confirmed_flush_lsn` reaches the backlog's end. Rates are compared from the
+//! moment each side streams.
 //!
-//! walcast drains twice, to tell its own cost from the broker's:
+//! walcast drains three times:
+//! - into the stack's Kafka, at-least-once (idempotent, acks=all);
+//! - into the stack's Kafka, exactly-once (Kafka transactions with the progress record);
 //! - into librdkafka's mock cluster (in this process, acknowledging at once): walcast's own
-//!   pipeline against PostgreSQL's decoding;
-//! - into the stack's tansu: the deployment figure. tansu 0.6.0 stores each record header as
-//!   a row in PostgreSQL, so records carrying walcast's eight headers cap it well below its
-//!   header-less rate; a bare producer sending the same record shape measures that ceiling.
+//!   pipeline with no broker cost, as an extra.
 //!
-//! Then, with walcast caught up, a fixed offered load of 5,000 rows/s (50-row transactions
-//! every 10 ms, 10 s) measures latency from each commit returning to its position being
-//! confirmed, i.e. acknowledged by the broker, polled every millisecond. Last, the daemon's
-//! peak RSS (VmHWM).
+//! A bare idempotent producer sending records of the same shape measures the broker's own
+//! ceiling on this machine.
+//!
+//! Then, with both Kafka daemons caught up, a fixed offered load of 5,000 rows/s (50-row
+//! transactions every 10 ms, 10 s) measures latency from each commit returning to its
+//! position being confirmed (so acknowledged, or committed, by Kafka), polled every
+//! millisecond. Last, each daemon's peak RSS (VmHWM).
 //!
 //! Run: `scripts/stack up && cargo bench --bench events`. `WALCAST_BENCH_ROWS` sets the
 //! backlog (default 300000).
@@ -61,7 +63,7 @@ async fn main() {
     .await
     .unwrap();
     pg.batch_execute(LOAD_SMALL).await.unwrap();
-    for slot in ["bench_tansu", "bench_mock", "bench_recvlogical"] {
+    for slot in ["bench_alo", "bench_eos", "bench_mock", "bench_recvlogical"] {
         pg.execute(
             "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
             &[&slot],
@@ -82,13 +84,14 @@ async fn main() {
     )
     .unwrap();
     let topic = format!("bench_events_{}", std::process::id());
-    let write_config = |name: &str, brokers: &str, slot: &str| {
+    let write_config = |name: &str, brokers: &str, slot: &str, exactly_once: bool| {
         let path = dir.path().join(format!("{name}.toml"));
         std::fs::write(
             &path,
             format!(
                 r#"[kafka]
 brokers = "{brokers}"
+exactly_once = {exactly_once}
 [kafka.properties]
 "linger.ms" = 5
 [registry]
@@ -118,8 +121,9 @@ update = "Row.avsc"
     let mock = rdkafka::mocking::MockCluster::new(1).expect("librdkafka mock cluster");
     mock.create_topic(&topic, 3, 1)
         .expect("a topic on the mock cluster");
-    let mock_config = write_config("mock", &mock.bootstrap_servers(), "bench_mock");
-    let tansu_config = write_config("tansu", &s.brokers, "bench_tansu");
+    let mock_config = write_config("mock", &mock.bootstrap_servers(), "bench_mock", false);
+    let alo_config = write_config("alo", &s.brokers, "bench_alo", false);
+    let eos_config = write_config("eos", &s.brokers, "bench_eos", true);
 
     eprintln!("writing a backlog of {rows} rows in 100-row transactions");
     pg.batch_execute(&format!("CALL load_small({})", rows / 100))
@@ -138,12 +142,16 @@ update = "Row.avsc"
     let recvlogical = recvlogical(&s, db, "bench_recvlogical", "bench_pub", end);
 
     // walcast run: decode, map, encode, produce, wait for acks, confirm.
+    eprintln!("walcast into Kafka, at-least-once");
+    let (alo_time, startup, mut alo) = drain(&pg, &alo_config, "bench_alo", end).await;
+    eprintln!("walcast into Kafka, exactly-once");
+    let (eos_time, eos_startup, mut eos) = drain(&pg, &eos_config, "bench_eos", end).await;
     eprintln!("walcast into the mock cluster");
     let (mock_time, _, mut mock_child) = drain(&pg, &mock_config, "bench_mock", end).await;
-    eprintln!("walcast into tansu");
-    let (tansu_time, startup, mut child) = drain(&pg, &tansu_config, "bench_tansu", end).await;
-    eprintln!("tansu's ceiling");
-    let ceiling = tansu_ceiling(&s.brokers, &format!("{topic}_ceiling"), 100_000).await;
+    let mock_rss = peak_rss(&mock_child);
+    terminate(&mut mock_child);
+    eprintln!("Kafka's ceiling");
+    let ceiling = broker_ceiling(&s.brokers, &format!("{topic}_ceiling"), 300_000).await;
 
     // Latency at 5,000 rows/s: commit returned → position confirmed (broker-acknowledged).
     // Both daemons run; each slot's confirmations are polled.
@@ -154,9 +162,9 @@ update = "Row.avsc"
         let poll_pg = connect(&format!("{}/{db}", s.pg_url)).await;
         tokio::spawn(async move {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let t = confirmed(&poll_pg, "bench_tansu").await;
-                let m = confirmed(&poll_pg, "bench_mock").await;
-                polls.lock().unwrap().push((Instant::now(), t, m));
+                let a = confirmed(&poll_pg, "bench_alo").await;
+                let e = confirmed(&poll_pg, "bench_eos").await;
+                polls.lock().unwrap().push((Instant::now(), a, e));
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         })
@@ -181,23 +189,20 @@ update = "Row.avsc"
     }
     let offered = 50_000.0 / load_started.elapsed().as_secs_f64();
     let last = commits.last().unwrap().1;
-    while confirmed(&pg, "bench_tansu").await <= last || confirmed(&pg, "bench_mock").await <= last
-    {
+    while confirmed(&pg, "bench_alo").await <= last || confirmed(&pg, "bench_eos").await <= last {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     poller.await.unwrap();
     let polls = polls.lock().unwrap();
-    let latencies = |mock: bool| {
+    let latencies = |eos: bool| {
         let mut l: Vec<f64> = commits
             .iter()
             .map(|(at, lsn)| {
                 let (confirmed_at, ..) = polls
                     .iter()
-                    .find(|(t, on_tansu, on_mock)| {
-                        (if mock { on_mock } else { on_tansu }) > lsn && t >= at
-                    })
+                    .find(|(t, on_alo, on_eos)| (if eos { on_eos } else { on_alo }) > lsn && t >= at)
                     .expect("confirmed");
                 confirmed_at.duration_since(*at).as_secs_f64() * 1000.0
             })
@@ -206,43 +211,40 @@ update = "Row.avsc"
         l
     };
     let pct = |l: &[f64], p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)];
-    let (on_mock, on_tansu) = (latencies(true), latencies(false));
-    let mock_rss = peak_rss(&mock_child);
-    terminate(&mut mock_child);
-    let tansu_rss = peak_rss(&child);
-    let exit = terminate(&mut child);
+    let (on_alo, on_eos) = (latencies(false), latencies(true));
+    let (alo_rss, eos_rss) = (peak_rss(&alo), peak_rss(&eos));
+    let exit = terminate(&mut alo);
+    let eos_exit = terminate(&mut eos);
 
     let rate = |d: Duration| rows as f64 / d.as_secs_f64();
-    println!("end-to-end, {rows} small rows in 100-row transactions (TLS prefer on both sides):");
-    println!("| broker | pg_recvlogical rows/s | walcast PostgreSQL→broker-ack rows/s | ratio | walcast peak RSS |");
-    println!("|---|---:|---:|---:|---:|");
-    println!(
-        "| librdkafka mock cluster (walcast's own pipeline) | {:.0} | {:.0} | {:.2} | {mock_rss} |",
-        rate(recvlogical),
-        rate(mock_time),
-        rate(mock_time) / rate(recvlogical)
-    );
-    println!(
-        "| tansu 0.6.0 on PostgreSQL (the stack) | {:.0} | {:.0} | {:.2} | {tansu_rss} |",
-        rate(recvlogical),
-        rate(tansu_time),
-        rate(tansu_time) / rate(recvlogical)
-    );
-    println!(
-        "tansu's ceiling for the same record shape (bare idempotent producer, 8 headers): {ceiling:.0} records/s; walcast reaches {:.0}% of it",
-        100.0 * rate(tansu_time) / ceiling
-    );
-    println!("walcast start-up before streaming (registry, topics, slot checks): {startup:?}");
-    println!("latency, commit → broker-acknowledged and confirmed to PostgreSQL, offered {offered:.0} rows/s in 50-row transactions:");
-    for (broker, l) in [("mock cluster", &on_mock), ("tansu", &on_tansu)] {
+    println!("end-to-end, {rows} small rows in 100-row transactions (TLS prefer on both sides), pg_recvlogical {:.0} rows/s:", rate(recvlogical));
+    println!("| walcast into | rows/s PostgreSQL → Kafka | ratio to pg_recvlogical | peak RSS |");
+    println!("|---|---:|---:|---:|");
+    for (what, time, rss) in [
+        ("Apache Kafka, at-least-once", alo_time, &alo_rss),
+        ("Apache Kafka, exactly-once", eos_time, &eos_rss),
+        ("librdkafka's mock cluster (extra)", mock_time, &mock_rss),
+    ] {
         println!(
-            "  {broker}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            "| {what} | {:.0} | {:.2} | {rss} |",
+            rate(time),
+            rate(time) / rate(recvlogical)
+        );
+    }
+    println!(
+        "Kafka's ceiling for the same record shape (bare idempotent producer, 8 headers): {ceiling:.0} records/s"
+    );
+    println!("walcast start-up before streaming (registry, topics, slot checks): {startup:?} at-least-once, {eos_startup:?} exactly-once");
+    println!("latency, commit → confirmed to PostgreSQL (so held by Kafka), offered {offered:.0} rows/s in 50-row transactions:");
+    for (mode, l) in [("at-least-once", &on_alo), ("exactly-once", &on_eos)] {
+        println!(
+            "  {mode}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             pct(l, 0.50),
             pct(l, 0.99),
             l.last().unwrap()
         );
     }
-    println!("walcast exit on SIGTERM: {exit}");
+    println!("walcast exit on SIGTERM: {exit} at-least-once, {eos_exit} exactly-once");
 }
 
 /// Starts `walcast run` on `config` and waits until `slot` is confirmed up to `end`: the
@@ -304,9 +306,9 @@ fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
     child.wait().unwrap()
 }
 
-/// What tansu acknowledges per second of records shaped like walcast's (small key and
+/// What the broker acknowledges per second of records shaped like walcast's (small key and
 /// value, eight headers), from an idempotent acks=all producer with the same settings.
-async fn tansu_ceiling(brokers: &str, topic: &str, n: usize) -> f64 {
+async fn broker_ceiling(brokers: &str, topic: &str, n: usize) -> f64 {
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer = rdkafka::ClientConfig::new()

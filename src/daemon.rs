@@ -13,9 +13,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
-use crate::events::{publisher, EventsError};
+use crate::pipeline::{self, PipelineError};
 use crate::registry::client::Client;
 use crate::registry::RegistryError;
+use crate::shutdown::Shutdown;
 
 /// Why the daemon stopped on its own.
 #[derive(Debug, thiserror::Error)]
@@ -23,9 +24,13 @@ pub enum DaemonError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]
-    Events(#[from] EventsError),
+    Pipeline(#[from] PipelineError),
     #[error(transparent)]
     Sink(#[from] crate::sink::SinkError),
+    #[error("a task of the daemon panicked: {0}; this is a bug in walcast, please report it with the log")]
+    Panicked(String),
+    #[error("the embedded registry stopped before serving")]
+    RegistryGone,
 }
 
 /// Runs until `shutdown` completes (then returns `Ok` once everything has stopped cleanly)
@@ -35,6 +40,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let (stop, stopped) = watch::channel(false);
+    let parts = Shutdown::from_watch(stopped.clone());
     let signal = move || {
         let mut rx = stopped.clone();
         async move {
@@ -61,15 +67,10 @@ pub async fn run(
             // The registry task ended before serving: its error is the answer.
             return match tasks.join_next().await {
                 Some(Ok(Err(e))) => Err(e),
-                _ => Ok(()),
+                Some(Err(join)) => Err(DaemonError::Panicked(join.to_string())),
+                _ => Err(DaemonError::RegistryGone),
             };
         }
-    }
-    if config.kafka.exactly_once {
-        // Refused rather than ignored: a user who asked for it must not believe they have it.
-        return Err(DaemonError::Events(EventsError::Kafka(
-            "kafka.exactly_once = true is not available in this build: Kafka transactions per source transaction are planned, but no broker walcast is tested against supports them yet (tansu 0.6.0 lacks EndTxn); set it to false for at-least-once delivery, where every change carries a deterministic event_id for deduplication".into(),
-        )));
     }
     for source in &config.sources {
         if source.snapshot == crate::config::SnapshotMode::Initial {
@@ -78,9 +79,9 @@ pub async fn run(
     }
     let registry = Arc::new(Client::new(&config.registry));
     for index in 0..config.sources.len() {
-        let (cfg, reg, done) = (config.clone(), registry.clone(), signal());
+        let (cfg, reg, done) = (config.clone(), registry.clone(), parts.clone());
         tasks.spawn(async move {
-            publisher::run(cfg, index, reg, done)
+            pipeline::run(cfg, index, reg, done)
                 .await
                 .map_err(DaemonError::from)
         });
@@ -116,6 +117,9 @@ pub async fn run(
                 }
                 Some(Err(join)) => {
                     tracing::error!(error = %join, "a task of the daemon panicked");
+                    if outcome.is_ok() {
+                        outcome = Err(DaemonError::Panicked(join.to_string()));
+                    }
                     stop.send_replace(true);
                 }
             },

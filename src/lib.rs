@@ -7,8 +7,9 @@
 //! service DB (PostgreSQL) ── logical replication (pgoutput v2, streaming) ──▶ source
 //!   source   decode pgoutput → Change { table, op, old, new, lsn, seq, xid, commit_ts }
 //!   events   table change → domain event (Avro contract from schemas/), Confluent framing
-//!   kafka    idempotent producer, acks=all, partitioned by key; delivery reports advance
-//!            the acknowledged-LSN watermark that the source confirms to PostgreSQL
+//!   kafka    idempotent producer, acks=all, partitioned by key; delivery reports (or, with
+//!            exactly_once, transaction commits) advance the acknowledged LSN that the
+//!            source confirms to PostgreSQL
 //!   sink     consumer group → decode by registry id → batch → connector → commit offsets
 //!   connectors  PostgreSQL / MySQL / Redis replicas, idempotent, guarded by (lsn, seq)
 //! ```
@@ -24,13 +25,18 @@
 //!
 //! ## Modules
 //! - [`config`]: the typed TOML configuration; parse and validate before connecting.
-//! - [`kafka`]: librdkafka client settings shared by producer, consumers and admin.
+//! - [`kafka`]: client settings, topics, each source's producer (at-least-once or
+//!   transactional), the acknowledged-LSN watermark and the exactly-once progress record.
 //! - [`check`]: `walcast check --connect`, one probe per configured server.
 //! - [`redact`]: connection strings made safe to print.
 //! - [`lsn`]: WAL positions.
 //! - [`source`]: the PostgreSQL logical replication client.
 //! - [`registry`]: the embedded Confluent-compatible schema registry, and its client.
-//! - [`events`]: contracts, the table → event mapping, and publishing with no loss.
+//! - [`events`]: contracts, the table → event mapping and the Avro codec.
+//! - [`pipeline`]: one source's wiring, source → events → producer, restarted on transient
+//!   errors; the acknowledged position flows back to the source.
+//! - [`retry`]: the one backoff policy.
+//! - [`shutdown`]: shutdown as a value every part can wait on.
 //! - [`sink`]: the sink runner: consumer group → decode → connector → commit.
 //! - [`daemon`]: `walcast run`, every part under one shutdown.
 
@@ -40,7 +46,10 @@ pub mod daemon;
 pub mod events;
 pub mod kafka;
 pub mod lsn;
+pub mod pipeline;
 pub mod redact;
 pub mod registry;
+pub mod retry;
+pub mod shutdown;
 pub mod sink;
 pub mod source;

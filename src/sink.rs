@@ -29,8 +29,12 @@
 //! latest registered version of the same subject, so every registered version of a contract
 //! decodes into one view, with defaults for fields the writer did not have.
 //!
-//! The consumer is librdkafka's `BaseConsumer` on a blocking thread: rust-rdkafka's
-//! `StreamConsumer` hangs in its destructor against tansu 0.6.0.
+//! The consumer is librdkafka's `BaseConsumer`, polled on a blocking thread of its own. Its
+//! rebalance callback runs inside `poll`, on that thread, so the runner sees assignments
+//! and revocations in order with the records around them: positions are re-read from the
+//! replica and the partitions rewound before any record of a new assignment is gathered,
+//! and a revocation drops the batch being gathered before the next poll. Connector calls
+//! are run on the async runtime from that thread.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -38,6 +42,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::retry::Backoff;
 use connectors::mysql::MysqlSink;
 use connectors::postgres::PostgresSink;
 use connectors::redis::{RedisSettings, RedisSink};
@@ -153,7 +158,7 @@ where
         message,
     };
     tokio::pin!(shutdown);
-    let mut backoff = Backoff::default();
+    let mut backoff = backoff();
     // InnoDB takes next-key locks for `INSERT … ON DUPLICATE KEY UPDATE`, so concurrent
     // upserts of one table deadlock each other: MySQL replicas apply over one connection.
     let parallelism = match sink_config.kind {
@@ -165,9 +170,10 @@ where
         match connect().await {
             Ok(sink) => lanes.push(sink),
             Err(e) if e.is_transient() => {
-                tracing::warn!(sink = %name, error = %e, "store unreachable; retrying in {:?}", backoff.current());
+                let delay = backoff.next_delay();
+                tracing::warn!(sink = %name, error = %e, "store unreachable; retrying in {delay:?}");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff.next()) => {}
+                    _ = tokio::time::sleep(delay) => {}
                     _ = &mut shutdown => return Ok(()),
                 }
             }
@@ -201,6 +207,9 @@ where
         .set("group.id", sink_config.common.group_id())
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        // Only what committed Kafka transactions hold (exactly_once sources); records of
+        // aborted ones are never applied. librdkafka's default, stated because it matters.
+        .set("isolation.level", "read_committed")
         .create_with_context(context)
         .map_err(|e| kafka_error(e.to_string()))?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -219,7 +228,6 @@ where
         assigned,
         stop: stop.clone(),
         runtime,
-        starved_since: None,
     };
     let mut task = tokio::task::spawn_blocking(move || runner.run());
     tokio::select! {
@@ -283,28 +291,9 @@ impl ConsumerContext for Assignments {
 /// How often an idle sink checks that its store still holds what was applied.
 const IDLE_CHECK: Duration = Duration::from_secs(5);
 
-/// How long a member may go without partitions before it rejoins its group.
-const STARVED: Duration = Duration::from_secs(20);
-
-/// Doubling waits between attempts, from 100 ms to 10 s.
-#[derive(Debug)]
-struct Backoff(Duration);
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff(Duration::from_millis(100))
-    }
-}
-
-impl Backoff {
-    fn current(&self) -> Duration {
-        self.0
-    }
-    fn next(&mut self) -> Duration {
-        let now = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(10));
-        now
-    }
+/// The sink's backoff: from 100 ms to 10 s, per [`crate::retry`].
+fn backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(10))
 }
 
 /// What became of a batch.
@@ -347,8 +336,6 @@ struct Runner<S> {
     assigned: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     runtime: tokio::runtime::Handle,
-    /// Since when the consumer has held no partition, if it holds none.
-    starved_since: Option<Instant>,
 }
 
 impl<S: Sink> Runner<S> {
@@ -369,7 +356,7 @@ impl<S: Sink> Runner<S> {
     /// Reads the replica's positions into the map assignments start from, retrying while
     /// the store is unreachable. `false` if stopped meanwhile.
     async fn load_positions(&mut self) -> Result<bool, SinkError> {
-        let mut backoff = Backoff::default();
+        let mut backoff = backoff();
         loop {
             match self.lanes[0].positions().await {
                 Ok(stored) => {
@@ -383,8 +370,9 @@ impl<S: Sink> Runner<S> {
                     return Ok(true);
                 }
                 Err(e) if e.is_transient() => {
-                    tracing::warn!(sink = %self.name, error = %e, "reading the replica's positions failed; retrying in {:?}", backoff.current());
-                    if !self.pause(backoff.next()) {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(sink = %self.name, error = %e, "reading the replica's positions failed; retrying in {delay:?}");
+                    if !self.pause(delay) {
                         return Ok(false);
                     }
                 }
@@ -454,7 +442,6 @@ impl<S: Sink> Runner<S> {
                     if !self.verify()? {
                         return Ok(());
                     }
-                    self.rejoin_if_starved()?;
                 }
                 continue;
             };
@@ -512,12 +499,13 @@ impl<S: Sink> Runner<S> {
                 (message.topic().to_string(), message.partition()),
                 message.offset() + 1,
             );
-            let mut backoff = Backoff::default();
+            let mut backoff = backoff();
             let decoded = loop {
                 match self.decoder.change(&message) {
                     Err(DecodeError::Unavailable(e)) => {
-                        tracing::warn!(sink = %self.name, error = %e, "schema registry unavailable; retrying in {:?}", backoff.current());
-                        if !self.pause(backoff.next()) {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(sink = %self.name, error = %e, "schema registry unavailable; retrying in {delay:?}");
+                        if !self.pause(delay) {
                             return Ok(None);
                         }
                     }
@@ -611,7 +599,7 @@ impl<S: Sink> Runner<S> {
 
     /// Applies a gathered batch until it is durable, or rewinds after a store outage.
     fn apply(&mut self, mut g: Gathering) -> Result<Applied, SinkError> {
-        let mut backoff = Backoff::default();
+        let mut backoff = backoff();
         let views = self.decoder.take_new_views();
         for fields in &views {
             for lane in 0..self.lanes.len() {
@@ -639,7 +627,7 @@ impl<S: Sink> Runner<S> {
                     return Ok(Applied::Durable);
                 }
                 Err(e) if e.is_transient() => {
-                    tracing::warn!(sink = %self.name, error = %e, "store unavailable; rewinding to the replica's positions and retrying in {:?}", backoff.current());
+                    tracing::warn!(sink = %self.name, error = %e, "store unavailable; rewinding to the replica's positions and retrying");
                     return self.back_off_and_rewind(&mut backoff);
                 }
                 Err(e) if e.is_poison() => {
@@ -653,7 +641,7 @@ impl<S: Sink> Runner<S> {
     /// Waits the backoff, then rewinds: what the store holds decides where to read again
     /// (a store restarted without its data, a cache, replays from the start).
     fn back_off_and_rewind(&mut self, backoff: &mut Backoff) -> Result<Applied, SinkError> {
-        if !self.pause(backoff.next()) {
+        if !self.pause(backoff.next_delay()) {
             return Ok(Applied::Stopped);
         }
         Ok(if self.rewind()? {
@@ -703,32 +691,6 @@ impl<S: Sink> Runner<S> {
         }
         kept.batch.positions = batch.positions;
         Ok(kept)
-    }
-
-    /// A group member that has held no partition for a while rejoins the group. tansu 0.6.0
-    /// can complete a rebalance that gives a restarted member nothing while the member it
-    /// replaced is being expired, and then never rebalances again.
-    fn rejoin_if_starved(&mut self) -> Result<(), SinkError> {
-        let assigned = self
-            .consumer
-            .assignment()
-            .map_err(|e| self.kafka_error(e.to_string()))?
-            .count();
-        if assigned > 0 {
-            self.starved_since = None;
-            return Ok(());
-        }
-        let since = *self.starved_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < STARVED {
-            return Ok(());
-        }
-        tracing::warn!(sink = %self.name, "no partition assigned for {:?}; rejoining the group", STARVED);
-        self.starved_since = None;
-        self.consumer.unsubscribe();
-        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
-        self.consumer
-            .subscribe(&topics)
-            .map_err(|e| self.kafka_error(e.to_string()))
     }
 
     /// While idle, checks that the store still holds the positions applied: a cache that

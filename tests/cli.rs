@@ -51,7 +51,7 @@ fn check_rejects_a_broken_configuration_with_exit_code_2() {
     assert_eq!(
         text(&out.stderr),
         format!(
-            "{}:3: kafka.broker: unknown key; expected one of: brokers, client_id, exactly_once, properties, properties_env, topic_defaults, topic\n",
+            "{}:3: kafka.broker: unknown key; expected one of: brokers, client_id, exactly_once, transaction_interval_ms, properties, properties_env, topic_defaults, topic\n",
             file.display()
         )
     );

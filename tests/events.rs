@@ -450,23 +450,6 @@ async fn the_daemon_serves_its_embedded_registry() {
     assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn exactly_once_is_refused_rather_than_ignored() {
-    let daemon = Daemon::prepare("ev_eos", Setup::default()).await;
-    let text = std::fs::read_to_string(&daemon.config).unwrap().replacen(
-        "[kafka]\n",
-        "[kafka]\nexactly_once = true\n",
-        1,
-    );
-    std::fs::write(&daemon.config, text).unwrap();
-    let (code, stderr) = daemon.run_to_end();
-    assert_eq!(code, Some(1));
-    assert!(
-        stderr.contains("kafka.exactly_once = true is not available in this build"),
-        "{stderr}"
-    );
-}
-
 /// A column no contract maps never leaves the service, so its type does not matter: a
 /// `tsvector` search column, which walcast cannot decode, is no obstacle.
 #[tokio::test(flavor = "multi_thread")]

@@ -3,6 +3,7 @@
 
 mod support;
 
+use support::targets::OwnPostgres;
 use support::{source_settings, unique, RunningSource, Stack};
 use walcast::source::{prepare, SourceError, SourceSettings};
 
@@ -33,10 +34,11 @@ async fn refusal(settings: &SourceSettings) -> String {
 
 #[tokio::test]
 async fn wal_level_other_than_logical_is_refused() {
-    // The machine's own PostgreSQL runs with the default wal_level = replica.
+    // A cluster of the test's own, with PostgreSQL's default wal_level = replica.
     let stack = Stack::get();
+    let plain = OwnPostgres::start(&unique("wal_replica")).await;
     let mut settings = source_settings(stack, "plain", "postgres", &["public.users"]);
-    settings.url = "postgres://postgres@127.0.0.1:5432/postgres".into();
+    settings.url = plain.url("postgres");
     assert_eq!(
         refusal(&settings).await,
         "source plain: wal_level is replica, and logical decoding needs logical\n  hint: run ALTER SYSTEM SET wal_level = logical, then restart PostgreSQL"
@@ -182,7 +184,7 @@ async fn a_slot_of_another_plugin_is_refused() {
 }
 
 #[tokio::test]
-async fn a_slot_active_in_another_process_is_refused() {
+async fn a_slot_active_in_another_process_is_waited_for_naming_the_pid() {
     let stack = Stack::get();
     let (name, db) = database(
         stack,
@@ -208,13 +210,17 @@ async fn a_slot_active_in_another_process_is_refused() {
         .get(0);
     let second = prepare(&source_settings(stack, &name, &db, &["public.a"])).await;
     first.stop().await.unwrap();
-    let Err(e @ SourceError::Setup { .. }) = second else {
+    let Err(e @ SourceError::SlotActive { .. }) = second else {
         panic!("the second source was accepted: {second:?}")
     };
+    assert!(
+        e.is_transient(),
+        "a slot in use is waited for (a standby, a dead connection), not a reason to stop"
+    );
     assert_eq!(
         e.to_string(),
         format!(
-            "source {name}: replication slot {name} is active for PID {pid}\n  hint: another walcast or replication client is using it: stop that one, or give this source its own slot"
+            "source {name}: replication slot {name} is active for PID {pid}; waiting for it to be released\n  hint: if that is not another instance of this source stopping, stop the client using it (SELECT pg_terminate_backend({pid})) or give this source its own slot"
         )
     );
 }

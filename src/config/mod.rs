@@ -71,9 +71,14 @@ pub struct KafkaConfig {
     pub brokers: String,
     #[serde(default = "default_client_id")]
     pub client_id: String,
-    /// One Kafka transaction per source transaction (see the events module for the cost).
+    /// Kafka transactions that hold whole source transactions, with the source's position
+    /// committed in them (see `kafka::producer` and `kafka::progress`).
     #[serde(default)]
     pub exactly_once: bool,
+    /// With `exactly_once`: how long one Kafka transaction may gather consecutive source
+    /// transactions before it commits. It commits sooner when the source is idle.
+    #[serde(default = "default_transaction_interval_ms")]
+    pub transaction_interval_ms: u64,
     /// librdkafka properties passed through as they are.
     #[serde(default)]
     pub properties: BTreeMap<String, PropertyValue>,
@@ -88,6 +93,10 @@ pub struct KafkaConfig {
     /// Resolved `properties_env` values.
     #[serde(skip)]
     pub resolved_properties_env: BTreeMap<String, String>,
+}
+
+fn default_transaction_interval_ms() -> u64 {
+    100
 }
 
 fn default_client_id() -> String {

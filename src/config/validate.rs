@@ -124,6 +124,15 @@ impl Validator<'_> {
                 ),
             );
         }
+        if !(1..=600_000).contains(&kafka.transaction_interval_ms) {
+            self.push(
+                "kafka.transaction_interval_ms",
+                format!(
+                    "found {}, expected between 1 and 600000 ms",
+                    kafka.transaction_interval_ms
+                ),
+            );
+        }
         for (name, value) in &kafka.properties {
             let key = format!("kafka.properties.\"{name}\"");
             match name.as_str() {

@@ -3,8 +3,8 @@
 //! - [`contract`]: the Avro records of `schemas/`, compiled into field slots;
 //! - [`mapping`]: a table's contracts compiled against its shape, and change → events;
 //! - [`avro`]: the pure encoder, and the PostgreSQL → Avro type map;
-//! - [`watermark`]: which source position the broker's acknowledgements make safe;
-//! - [`publisher`]: the I/O shell: registry, topics, the producer, and the run loop.
+//!
+//! Publishing (registry, topics, the producer, the run loop) is [`crate::pipeline`]'s.
 //!
 //! # Subjects
 //! Value subjects follow TopicRecordNameStrategy, `<topic>-<record full name>`, so all of an
@@ -22,8 +22,6 @@
 pub mod avro;
 pub mod contract;
 pub mod mapping;
-pub mod publisher;
-pub mod watermark;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -62,8 +60,6 @@ pub enum EventsError {
         lsn: crate::lsn::Lsn,
         message: String,
     },
-    #[error("kafka: {0}")]
-    Kafka(String),
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
 }

@@ -262,6 +262,18 @@ impl Catalog {
         }))
     }
 
+    /// Where the server's WAL ends now (`pg_current_wal_lsn()`).
+    pub async fn current_wal_lsn(&self) -> Result<crate::lsn::Lsn, SourceError> {
+        let row = self
+            .client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(catalog_error)?;
+        let text: String = row.get(0);
+        text.parse()
+            .map_err(|_| SourceError::Catalog(format!("pg_current_wal_lsn() returned {text}")))
+    }
+
     /// Drops `slot`, refusing while a process streams from it. Returns the position it had
     /// confirmed, or `None` when there was no such slot.
     pub async fn drop_slot(&self, slot: &str) -> Result<Option<String>, SourceError> {
@@ -312,10 +324,11 @@ impl Catalog {
             ));
         }
         if let Some(pid) = state.active_pid {
-            return Err(SourceError::setup(
-                format!("source {source}: replication slot {slot} is active for PID {pid}"),
-                "another walcast or replication client is using it: stop that one, or give this source its own slot",
-            ));
+            return Err(SourceError::SlotActive {
+                source_name: source.to_string(),
+                slot: slot.to_string(),
+                pid,
+            });
         }
         Ok(())
     }

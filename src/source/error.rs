@@ -31,6 +31,14 @@ pub enum SourceError {
     /// A catalog query on the ordinary connection failed.
     #[error("catalog query: {0}")]
     Catalog(String),
+    /// Another process streams from the slot. Transient: a dead connection's slot is freed
+    /// once PostgreSQL notices, and an active instance that stops frees it for a standby.
+    #[error("source {source_name}: replication slot {slot} is active for PID {pid}; waiting for it to be released\n  hint: if that is not another instance of this source stopping, stop the client using it (SELECT pg_terminate_backend({pid})) or give this source its own slot")]
+    SlotActive {
+        source_name: String,
+        slot: String,
+        pid: i32,
+    },
 }
 
 impl SourceError {
@@ -39,7 +47,7 @@ impl SourceError {
         match self {
             SourceError::Io { .. } => true,
             SourceError::Server(e) => e.is_transient(),
-            SourceError::Catalog(_) => true,
+            SourceError::Catalog(_) | SourceError::SlotActive { .. } => true,
             _ => false,
         }
     }

@@ -170,19 +170,25 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SourceError> {
     tokio::pin!(shutdown);
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff =
+        crate::retry::Backoff::new(Duration::from_millis(100), settings.reconnect_max_backoff);
     loop {
         let session = Session::new(&settings, events.clone(), acked.clone());
+        let started = std::time::Instant::now();
         let result = session.run(&mut shutdown).await;
         match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() => {
-                tracing::warn!(source = %settings.name, error = %e, "replication interrupted; reconnecting in {backoff:?}");
+                // A session that streamed for a while was a success: back off from the start.
+                if started.elapsed() >= Duration::from_secs(30) {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(source = %settings.name, error = %e, "replication interrupted; reconnecting in {delay:?}");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(delay) => {}
                     _ = &mut shutdown => return Ok(()),
                 }
-                backoff = (backoff * 2).min(settings.reconnect_max_backoff);
             }
             Err(e) => return Err(e),
         }

@@ -26,8 +26,9 @@ def plain(v):
     raise TypeError(type(v))
 
 
+# read_committed: only what committed Kafka transactions hold (exactly_once sources).
 consumer = Consumer({"bootstrap.servers": brokers, "group.id": f"{topic}-check",
-                     "enable.auto.commit": False})
+                     "enable.auto.commit": False, "isolation.level": "read_committed"})
 partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
 consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
 deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry_url}))

@@ -27,6 +27,8 @@ pub struct Daemon {
     pub config: PathBuf,
     /// The registry the daemon publishes through.
     pub registry_url: String,
+    /// The brokers the daemon publishes to.
+    pub brokers: String,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -41,6 +43,10 @@ pub struct Setup {
     pub compacted: bool,
     /// Serve walcast's own registry from the daemon, on a port and topic of the test's own.
     pub embedded_registry: bool,
+    /// `kafka.exactly_once = true`.
+    pub exactly_once: bool,
+    /// Another broker than the stack's (one the test starts and stops).
+    pub brokers: Option<String>,
 }
 
 impl Daemon {
@@ -93,13 +99,22 @@ impl Daemon {
                 format!("url = \"{}\"\n", stack.registry_url),
             )
         };
+        let brokers = setup
+            .brokers
+            .clone()
+            .unwrap_or_else(|| stack.kafka_brokers.clone());
+        let exactly_once = if setup.exactly_once {
+            "exactly_once = true\n"
+        } else {
+            ""
+        };
         let config = dir.path().join("walcast.toml");
         std::fs::write(
             &config,
             format!(
                 r#"[kafka]
 brokers = "{brokers}"
-[kafka.properties]
+{exactly_once}[kafka.properties]
 "linger.ms" = 5
 {compaction}
 [registry]
@@ -120,7 +135,6 @@ update = "UserUpdated.avsc"
 delete = "UserDeleted.avsc"
 {table_keys}
 "#,
-                brokers = stack.kafka_brokers,
                 url = stack.pg_url_for("walcast", &db),
             ),
         )
@@ -133,6 +147,25 @@ delete = "UserDeleted.avsc"
             dir,
             config,
             registry_url,
+            brokers,
+            child: None,
+            log,
+        }
+    }
+
+    /// A second instance on the same configuration, database, slot and topic (not started),
+    /// logging to a file of its own.
+    pub fn twin(&self) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("walcast.log");
+        Daemon {
+            name: self.name.clone(),
+            db: self.db.clone(),
+            topic: self.topic.clone(),
+            dir,
+            config: self.config.clone(),
+            registry_url: self.registry_url.clone(),
+            brokers: self.brokers.clone(),
             child: None,
             log,
         }
@@ -140,6 +173,13 @@ delete = "UserDeleted.avsc"
 
     /// Starts `walcast run` and waits until its slot streams.
     pub async fn start(&mut self) {
+        self.spawn();
+        let pg = Stack::get().pg(&self.db).await;
+        self.wait_streaming(&pg).await;
+    }
+
+    /// Starts `walcast run` without waiting for anything.
+    pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -154,7 +194,9 @@ delete = "UserDeleted.avsc"
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let pg = Stack::get().pg(&self.db).await;
+    }
+
+    async fn wait_streaming(&mut self, pg: &tokio_postgres::Client) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let streaming = pg
@@ -265,19 +307,18 @@ pub async fn decode(topic: &str, n: usize) -> Vec<Decoded> {
 
 /// [`decode`] through the registry at `registry`.
 pub async fn decode_with(registry: &str, topic: &str, n: usize) -> Vec<Decoded> {
+    decode_from(registry, &Stack::get().kafka_brokers, topic, n).await
+}
+
+/// [`decode`] from `brokers` through the registry at `registry`.
+pub async fn decode_from(registry: &str, brokers: &str, topic: &str, n: usize) -> Vec<Decoded> {
     let stack = Stack::get();
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/python/consume_events.py"
     );
     let out = tokio::process::Command::new(&stack.python)
-        .args([
-            script,
-            registry,
-            &stack.kafka_brokers,
-            topic,
-            &n.to_string(),
-        ])
+        .args([script, registry, brokers, topic, &n.to_string()])
         .output()
         .await
         .unwrap();

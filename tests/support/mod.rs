@@ -20,6 +20,8 @@ pub struct Stack {
     pub pg_url: String,
     pub pg_bin: PathBuf,
     pub kafka_brokers: String,
+    /// The classpath of the stack's Apache Kafka, for brokers a test starts itself.
+    pub kafka_libs: PathBuf,
     pub mysql_url: String,
     pub redis_url: String,
     /// Python with the official confluent-kafka client installed.
@@ -55,6 +57,7 @@ impl Stack {
                 pg_url: var("WALCAST_PG_URL"),
                 pg_bin: PathBuf::from(var("WALCAST_PG_BIN")),
                 kafka_brokers: var("WALCAST_KAFKA_BROKERS"),
+                kafka_libs: PathBuf::from(var("WALCAST_KAFKA_LIBS")),
                 mysql_url: var("WALCAST_MYSQL_URL"),
                 redis_url: var("WALCAST_REDIS_URL"),
                 python: PathBuf::from(var("WALCAST_PYTHON")),

@@ -1,6 +1,6 @@
-//! Replica stores a spec restarts: a PostgreSQL cluster and a Redis server of the test's
-//! own (the stack's PostgreSQL also stores the broker's data, so it cannot be restarted
-//! under a running test), and the machine's MariaDB, restarted in place.
+//! Servers a spec stops and restarts, so the stack's own stay up for the tests running
+//! beside it: a PostgreSQL cluster, a Redis server and an Apache Kafka broker of the test's
+//! own, and the machine's MariaDB, restarted in place.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -181,6 +181,11 @@ pub async fn restart_machine_mariadb() {
         "--background",
         "--exec",
         "/usr/sbin/mariadbd",
+        "--",
+        "--user=mysql",
+        "--bind-address=127.0.0.1",
+        "--port=3306",
+        "--log-error=/var/log/mysql/stack.log",
     ]));
     wait_until(
         "MariaDB after its restart",
@@ -193,4 +198,136 @@ pub async fn restart_machine_mariadb() {
         },
     )
     .await;
+}
+
+/// An Apache Kafka broker of the test's own (one KRaft node, the stack's classpath), on
+/// free loopback ports, storing in a temporary directory. [`OwnKafka::kill9`] and
+/// [`OwnKafka::start_again`] stop it without warning and bring it back with its data.
+pub struct OwnKafka {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl OwnKafka {
+    pub async fn start() -> OwnKafka {
+        let stack = Stack::get();
+        let dir = tempfile::tempdir().unwrap();
+        let (port, controller) = (free_port(), free_port());
+        let data = dir.path().join("data");
+        std::fs::write(
+            dir.path().join("server.properties"),
+            format!(
+                "process.roles=broker,controller\nnode.id=1\n\
+                 controller.quorum.voters=1@127.0.0.1:{controller}\n\
+                 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n\
+                 advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+                 controller.listener.names=CONTROLLER\ninter.broker.listener.name=PLAINTEXT\n\
+                 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+                 log.dirs={}\noffsets.topic.replication.factor=1\n\
+                 transaction.state.log.replication.factor=1\ntransaction.state.log.min.isr=1\n\
+                 share.coordinator.state.topic.replication.factor=1\n\
+                 share.coordinator.state.topic.min.isr=1\ngroup.initial.rebalance.delay.ms=0\n",
+                data.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("log4j2.properties"),
+            "status = warn\nappender.out.type = Console\nappender.out.name = out\n\
+             appender.out.layout.type = PatternLayout\nappender.out.layout.pattern = [%d] %p %m (%c)%n\n\
+             rootLogger.level = warn\nrootLogger.appenderRef.out.ref = out\n",
+        )
+        .unwrap();
+        let mut kafka = OwnKafka {
+            port,
+            dir,
+            child: None,
+        };
+        let uuid = kafka
+            .java()
+            .arg("kafka.tools.StorageTool")
+            .arg("random-uuid")
+            .output()
+            .unwrap();
+        let uuid = String::from_utf8_lossy(&uuid.stdout)
+            .trim()
+            .lines()
+            .last()
+            .unwrap()
+            .to_string();
+        run(kafka
+            .java()
+            .args(["kafka.tools.StorageTool", "format", "-t", &uuid, "-c"])
+            .arg(kafka.dir.path().join("server.properties")));
+        assert!(stack.kafka_libs.is_dir());
+        kafka.start_again().await;
+        kafka
+    }
+
+    fn java(&self) -> Command {
+        let mut cmd = Command::new("java");
+        cmd.args(["-Xms256m", "-Xmx256m", "-XX:+UseSerialGC", "-cp"])
+            .arg(format!("{}/*", Stack::get().kafka_libs.display()))
+            .arg(format!(
+                "-Dlog4j2.configurationFile={}",
+                self.dir.path().join("log4j2.properties").display()
+            ));
+        cmd
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the broker on its data and waits until it serves metadata.
+    pub async fn start_again(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("kafka.log"))
+            .unwrap();
+        let child = self
+            .java()
+            .arg("kafka.Kafka")
+            .arg(self.dir.path().join("server.properties"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let brokers = self.brokers();
+        wait_until("the test's Kafka broker", Duration::from_secs(90), || {
+            let brokers = brokers.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    use rdkafka::consumer::{BaseConsumer, Consumer};
+                    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                        .set("bootstrap.servers", &brokers)
+                        .create()
+                        .unwrap();
+                    consumer
+                        .fetch_metadata(None, Duration::from_secs(2))
+                        .is_ok_and(|m| !m.brokers().is_empty())
+                })
+                .await
+                .unwrap()
+            }
+        })
+        .await;
+    }
+
+    /// SIGKILL: the broker stops without warning; its data stays.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnKafka {
+    fn drop(&mut self) {
+        self.kill9();
+    }
 }

@@ -1,0 +1,167 @@
+//! Kafka: the client settings every walcast client shares, topic creation, the producer of
+//! each source ([`producer`]), its acknowledged-LSN [`watermark`], and the per-source
+//! [`progress`] record that makes exactly-once delivery survive a crash.
+//!
+//! Users pass any librdkafka property through `[kafka.properties]`; the settings walcast's
+//! guarantees rest on (bootstrap list, idempotence, acks, transactional id) are owned by
+//! walcast, and the configuration refuses properties that would weaken them.
+
+pub mod producer;
+pub mod progress;
+pub mod watermark;
+
+use rdkafka::error::{KafkaError as ClientError, RDKafkaErrorCode};
+use rdkafka::ClientConfig;
+
+use crate::config::KafkaConfig;
+
+/// What went wrong talking to Kafka. Transient errors (the broker unreachable, a leader
+/// moving, a transaction the coordinator aborted) are retried by restarting the part with
+/// backoff; permanent ones (a refused setting, a missing permission, a fenced producer) stop
+/// it with the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("creating the Kafka {what}: {source}")]
+    Client {
+        what: &'static str,
+        source: ClientError,
+    },
+    #[error("creating topic {topic}: {source}")]
+    Topic { topic: String, source: ClientError },
+    #[error("producing to topic {topic}: {source}")]
+    Produce { topic: String, source: ClientError },
+    #[error("delivery to topic {topic} failed: {source}")]
+    Delivery { topic: String, source: ClientError },
+    #[error("source {source_name}: another walcast instance took over its Kafka transactions (transactional.id {transactional_id}); this one stops publishing. hint: only one instance per source is active at a time; this is expected when a standby took over")]
+    Fenced {
+        source_name: String,
+        transactional_id: String,
+    },
+    #[error("source {source_name}: {operation} of the Kafka transaction failed: {source}")]
+    Transaction {
+        source_name: String,
+        operation: &'static str,
+        source: ClientError,
+    },
+    #[error("{what}: the task stopped abnormally: {message}")]
+    Task { what: &'static str, message: String },
+    #[error("source {source_name}: reading its position from progress topic {topic}: {message}")]
+    Progress {
+        source_name: String,
+        topic: String,
+        message: String,
+    },
+}
+
+impl KafkaError {
+    /// Whether restarting the part (after backoff) may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            KafkaError::Fenced { .. } => false,
+            KafkaError::Client { .. } | KafkaError::Task { .. } => false,
+            KafkaError::Progress { .. } => true,
+            KafkaError::Transaction { source, .. } => match source {
+                ClientError::Transaction(e) => !e.is_fatal(),
+                other => code_is_transient(other.rdkafka_error_code()),
+            },
+            KafkaError::Topic { source, .. }
+            | KafkaError::Produce { source, .. }
+            | KafkaError::Delivery { source, .. } => code_is_transient(source.rdkafka_error_code()),
+        }
+    }
+}
+
+/// Errors that say "not now" rather than "never": the cluster is unreachable or busy, a
+/// leader or coordinator moved, a request timed out. Authorization, invalid configuration
+/// and oversized records are permanent.
+fn code_is_transient(code: Option<RDKafkaErrorCode>) -> bool {
+    use RDKafkaErrorCode as C;
+    match code {
+        None => true,
+        Some(
+            C::TopicAuthorizationFailed
+            | C::GroupAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::TransactionalIdAuthorizationFailed
+            | C::SaslAuthenticationFailed
+            | C::Authentication
+            | C::InvalidConfig
+            | C::InvalidReplicationFactor
+            | C::InvalidPartitions
+            | C::PolicyViolation
+            | C::MessageSizeTooLarge
+            | C::InvalidRecord
+            | C::InvalidTopic
+            | C::ProducerFenced
+            | C::Fatal
+            | C::UnsupportedVersion
+            | C::UnsupportedFeature
+            | C::Fenced,
+        ) => false,
+        Some(_) => true,
+    }
+}
+
+/// A client configuration with the brokers, client id and pass-through properties applied.
+pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &kafka.brokers)
+        .set("client.id", &kafka.client_id);
+    for (name, value) in &kafka.properties {
+        cc.set(name, value.to_string());
+    }
+    for (name, value) in &kafka.resolved_properties_env {
+        cc.set(name, value);
+    }
+    cc
+}
+
+/// Creates `topic` with `settings` unless it exists (checked in the cluster's metadata
+/// first). walcast creates its own topics: it never relies on broker auto-creation, which
+/// would pick partitions and cleanup policy for it. An existing topic is used as it is, so
+/// clusters where topics are provisioned ahead (and walcast's principal may not create
+/// them) work.
+pub async fn ensure_topic(
+    kafka: &KafkaConfig,
+    topic: &str,
+    settings: &crate::config::TopicSettings,
+) -> Result<(), ClientError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka).create()?;
+    let inner = admin.inner();
+    let metadata = tokio::task::block_in_place(|| {
+        inner.fetch_metadata(Some(topic), std::time::Duration::from_secs(10))
+    })?;
+    if metadata
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+    {
+        return Ok(());
+    }
+    let policy = match settings.cleanup_policy {
+        crate::config::CleanupPolicy::Delete => "delete",
+        crate::config::CleanupPolicy::Compact => "compact",
+        crate::config::CleanupPolicy::CompactDelete => "compact,delete",
+    };
+    let new = NewTopic::new(
+        topic,
+        settings.partitions,
+        TopicReplication::Fixed(settings.replication_factor),
+    )
+    .set("cleanup.policy", policy);
+    let results = admin
+        .create_topics(
+            &[new],
+            &AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10))),
+        )
+        .await?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(ClientError::AdminOp(code)),
+        }
+    }
+    Ok(())
+}

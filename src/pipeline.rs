@@ -1,0 +1,499 @@
+//! One source's wiring: source → events → producer, with the acknowledged position flowing
+//! back to the source.
+//!
+//! # Start-up
+//! Everything is checked before anything streams: tables, the mapping, the contracts in the
+//! registry, the topics. A transient failure anywhere (the registry or Kafka unreachable, a
+//! reconnect of the source, a Kafka transaction the coordinator aborted) restarts the whole
+//! pipeline after a backoff from [`crate::retry`]; the slot then resends everything not yet
+//! confirmed, so a restart only ever causes redelivery. A permanent failure stops this source
+//! alone, with the reason.
+//!
+//! # No loss
+//! The source confirms to PostgreSQL only the position the producer reports as acknowledged
+//! (see [`crate::kafka::producer`]): every event of every transaction up to it is in Kafka.
+//!
+//! # Exactly once
+//! With `kafka.exactly_once`, Kafka transactions hold whole source transactions. On start the
+//! pipeline reads the source's committed progress (see [`crate::kafka::progress`]) and skips
+//! every source transaction whose commit record starts before it: those are in a committed
+//! Kafka transaction already. If the replication stream restarts in the middle of a source
+//! transaction, part of it is in the open Kafka transaction: that transaction is aborted and
+//! the pipeline restarts, so a read_committed consumer never sees part of a transaction nor
+//! any event twice.
+//!
+//! # Shutdown
+//! Stop taking events; at-least-once flushes the producer so the final acknowledged position
+//! covers everything sent, exactly-once aborts the open Kafka transaction (the slot resends
+//! it). Then the source confirms the final acknowledged position and stops.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::message::{Header, OwnedHeaders};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::{Config, SourceConfig};
+use crate::events::mapping::{Mapping, SchemaIds, TableSpec};
+use crate::events::EventsError;
+use crate::kafka::producer::{SourceProducer, Transactions};
+use crate::kafka::watermark::{TxNo, Watermark};
+use crate::kafka::KafkaError;
+use crate::lsn::Lsn;
+use crate::registry::client::Client;
+use crate::retry::Backoff;
+use crate::shutdown::Shutdown;
+use crate::source::catalog::{Catalog, TableName};
+use crate::source::change::PG_EPOCH_OFFSET_MICROS;
+use crate::source::{self, SourceError, SourceEvent, SourceSettings};
+
+/// Why a source's pipeline stopped or restarts.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Events(#[from] EventsError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("source {source_name}: the replication stream restarted inside transaction {xid}; the Kafka transaction holding its first part was aborted, and the pipeline restarts to publish it whole")]
+    Interrupted { source_name: String, xid: u32 },
+    #[error("source {source_name}: progress topic {topic} says Kafka holds its events up to {progress}, but the database's WAL ends at {current}, so the record belongs to another database. hint: point the source at the database it was written for, or delete topic {topic} if that database is gone for good (its events are then published again from the slot)")]
+    ForeignProgress {
+        source_name: String,
+        topic: String,
+        progress: Lsn,
+        current: Lsn,
+    },
+    #[error("source {source_name}: its {what} task stopped abnormally: {message}")]
+    Task {
+        source_name: String,
+        what: &'static str,
+        message: String,
+    },
+}
+
+impl PipelineError {
+    /// Whether restarting the pipeline after a backoff may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PipelineError::Events(e) => e.is_transient(),
+            PipelineError::Kafka(e) => e.is_transient(),
+            PipelineError::Source(e) => e.is_transient(),
+            PipelineError::Interrupted { .. } => true,
+            PipelineError::ForeignProgress { .. } | PipelineError::Task { .. } => false,
+        }
+    }
+}
+
+/// A run that streamed this long counts as a success: the next failure backs off from the
+/// start again.
+const HEALTHY_RUN: Duration = Duration::from_secs(30);
+
+/// Runs `sources[index]` until `shutdown` or a permanent error, restarting on transient ones.
+pub async fn run(
+    config: Arc<Config>,
+    index: usize,
+    registry: Arc<Client>,
+    mut shutdown: Shutdown,
+) -> Result<(), PipelineError> {
+    let source = &config.sources[index];
+    let mut backoff = Backoff::new(
+        Duration::from_millis(200),
+        Duration::from_millis(source.reconnect_max_backoff_ms),
+    );
+    loop {
+        let started = Instant::now();
+        let error = match run_once(&config, source, &registry, shutdown.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() && !shutdown.is_triggered() => e,
+            Err(e) => return Err(e),
+        };
+        if started.elapsed() >= HEALTHY_RUN {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        tracing::warn!(source = %source.name, error = %error, "pipeline interrupted; restarting in {delay:?}");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait() => return Ok(()),
+        }
+    }
+}
+
+/// The Kafka transactional id and progress topic of `source`.
+pub fn transactions(config: &Config, source: &SourceConfig) -> Option<Transactions> {
+    config.kafka.exactly_once.then(|| Transactions {
+        id: format!("{}.{}", config.kafka.client_id, source.name),
+        progress_topic: format!("{}.progress.{}", config.kafka.client_id, source.name),
+        interval: Duration::from_millis(config.kafka.transaction_interval_ms),
+    })
+}
+
+async fn run_once(
+    config: &Config,
+    source: &SourceConfig,
+    registry: &Client,
+    mut shutdown: Shutdown,
+) -> Result<(), PipelineError> {
+    let specs = crate::events::specs(config, source)?;
+    let mut settings = SourceSettings::from_config(source);
+    // Only mapped columns are ever decoded, so only they need a supported type.
+    settings.read_columns = Some(
+        specs
+            .iter()
+            .map(|spec| {
+                let columns = spec
+                    .contracts()
+                    .flat_map(|c| c.fields.iter())
+                    .map(|f| spec.columns.get(&f.name).unwrap_or(&f.name).clone())
+                    .collect();
+                (spec.table_name(), columns)
+            })
+            .collect(),
+    );
+
+    let mut catalog = Catalog::connect(&settings.url, &settings.name, &settings.tls).await?;
+    let ids = crate::events::register(registry, &specs, config.registry.compatibility).await?;
+    let mut mappings = HashMap::new();
+    let mut issues = Vec::new();
+    let specs: Vec<(Arc<TableSpec>, SchemaIds)> = specs.into_iter().zip(ids).collect();
+    for (spec, ids) in &specs {
+        let (table, not_null) = catalog.describe(&spec.table_name()).await?;
+        match Mapping::compile(spec.clone(), Arc::new(table), Some(&not_null), *ids) {
+            Ok(m) => {
+                mappings.insert(spec.table.clone(), m);
+            }
+            Err(mut found) => issues.append(&mut found),
+        }
+    }
+    if !issues.is_empty() {
+        return Err(EventsError::Mapping {
+            source_name: source.name.clone(),
+            issues,
+        }
+        .into());
+    }
+    let topic_error = |topic: &str| {
+        let topic = topic.to_string();
+        move |source| KafkaError::Topic { topic, source }
+    };
+    for (spec, _) in &specs {
+        let settings = config.kafka.topic_settings(&spec.topic);
+        crate::kafka::ensure_topic(&config.kafka, &spec.topic, &settings)
+            .await
+            .map_err(topic_error(&spec.topic))?;
+    }
+
+    let transactions = transactions(config, source);
+    let (acked_tx, acked_rx) = watch::channel(Lsn::ZERO);
+    let watermark = Arc::new(Mutex::new(Watermark::default()));
+    let producer = SourceProducer::create(
+        &config.kafka,
+        &source.name,
+        watermark.clone(),
+        acked_tx,
+        transactions.clone(),
+    )
+    .await?;
+    // What a committed Kafka transaction already holds is skipped, never published again.
+    let mut skip_before = Lsn::ZERO;
+    if let Some(t) = &transactions {
+        let settings = crate::config::TopicSettings {
+            partitions: 1,
+            replication_factor: config
+                .kafka
+                .topic_settings(&t.progress_topic)
+                .replication_factor,
+            cleanup_policy: crate::config::CleanupPolicy::Compact,
+        };
+        crate::kafka::ensure_topic(&config.kafka, &t.progress_topic, &settings)
+            .await
+            .map_err(topic_error(&t.progress_topic))?;
+        if let Some(progress) =
+            crate::kafka::progress::read(&config.kafka, &t.progress_topic, &source.name).await?
+        {
+            let current = catalog.current_wal_lsn().await?;
+            if progress > current {
+                return Err(PipelineError::ForeignProgress {
+                    source_name: source.name.clone(),
+                    topic: t.progress_topic.clone(),
+                    progress,
+                    current,
+                });
+            }
+            tracing::info!(source = %source.name, %progress, "Kafka holds this source's events up to its progress record; transactions before it are skipped");
+            skip_before = progress;
+            // Kafka holds it: the slot may be confirmed up to here at once.
+            producer.acknowledge(progress);
+        }
+    }
+
+    let mut pipeline = Pipeline {
+        name: source.name.clone(),
+        specs,
+        mappings,
+        current: None,
+        watermark,
+        producer,
+        skip_before,
+        last_end: None,
+    };
+    let (events_tx, mut events) = mpsc::channel(16);
+    let (stop_source, source_stopped) = oneshot::channel::<()>();
+    let mut source_task = tokio::spawn(source::run(settings, events_tx, acked_rx, async {
+        let _ = source_stopped.await;
+    }));
+    let outcome = loop {
+        tokio::select! {
+            batch = events.recv() => match batch {
+                Some(batch) => {
+                    if let Err(e) = pipeline.publish(batch, &mut catalog).await {
+                        break Err(e);
+                    }
+                    if let Err(e) = pipeline.commit_if_due(events.is_empty()).await {
+                        break Err(e);
+                    }
+                }
+                None => break Ok(()),
+            },
+            _ = shutdown.wait() => break Ok(()),
+        }
+        if let Some(failure) = pipeline.producer.failure() {
+            break Err(failure.into());
+        }
+    };
+    pipeline.stop().await;
+    let _ = stop_source.send(());
+    drop(events);
+    let source_result = (&mut source_task).await.map_err(|e| PipelineError::Task {
+        source_name: source.name.clone(),
+        what: "source",
+        message: e.to_string(),
+    })?;
+    tracing::info!(source = %source.name, acked = %pipeline.watermark.lock().expect("watermark lock").acked(), "publisher stopped");
+    outcome?;
+    source_result.map_err(PipelineError::from)
+}
+
+/// A source transaction being published: its number, commit LSN, xid and commit time, and
+/// whether a committed Kafka transaction already holds it.
+#[derive(Debug, Clone, Copy)]
+struct Current {
+    tx: TxNo,
+    lsn: Lsn,
+    xid: u32,
+    commit_ts: i64,
+    skipped: bool,
+    sent: bool,
+}
+
+struct Pipeline {
+    name: String,
+    specs: Vec<(Arc<TableSpec>, SchemaIds)>,
+    mappings: HashMap<String, Mapping>,
+    current: Option<Current>,
+    watermark: Arc<Mutex<Watermark>>,
+    producer: SourceProducer,
+    /// Source transactions whose commit starts before this are in Kafka already.
+    skip_before: Lsn,
+    /// The `end_lsn` of the last whole source transaction in the open Kafka transaction.
+    last_end: Option<Lsn>,
+}
+
+impl Pipeline {
+    async fn publish(
+        &mut self,
+        batch: Vec<SourceEvent>,
+        catalog: &mut Catalog,
+    ) -> Result<(), PipelineError> {
+        for event in batch {
+            match event {
+                SourceEvent::Begin {
+                    xid,
+                    commit_lsn,
+                    commit_ts,
+                } => {
+                    if let Some(open) = self.current {
+                        // The source reconnected inside a transaction, which comes again.
+                        if self.producer.is_transactional() && open.sent {
+                            return Err(PipelineError::Interrupted {
+                                source_name: self.name.clone(),
+                                xid: open.xid,
+                            });
+                        }
+                    }
+                    let tx = self.watermark.lock().expect("watermark lock").begin();
+                    self.current = Some(Current {
+                        tx,
+                        lsn: commit_lsn,
+                        xid,
+                        commit_ts,
+                        skipped: commit_lsn < self.skip_before,
+                        sent: false,
+                    });
+                }
+                SourceEvent::Schema { new, .. } => self.reshape(new, catalog).await?,
+                SourceEvent::Change(change) => self.change(&change).await?,
+                SourceEvent::Commit { end_lsn, .. } => {
+                    if let Some(current) = self.current.take() {
+                        let moved = self
+                            .watermark
+                            .lock()
+                            .expect("watermark lock")
+                            .commit(current.tx, end_lsn);
+                        if current.skipped {
+                            // Already in Kafka: safe to confirm, in stream order.
+                            self.producer.acknowledge(end_lsn);
+                        } else if self.producer.is_transactional() {
+                            // Whole in the open Kafka transaction: if the stream restarts,
+                            // it is not published twice; if that transaction aborts, the
+                            // pipeline restarts from the progress record.
+                            self.last_end = Some(end_lsn);
+                            self.skip_before = self.skip_before.max(end_lsn);
+                        } else if let Some(lsn) = moved {
+                            self.producer.acknowledge(lsn);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Exactly-once: commits the open Kafka transaction when it ends on a source
+    /// transaction's boundary and is due.
+    async fn commit_if_due(&mut self, source_idle: bool) -> Result<(), PipelineError> {
+        let Some(end) = self.last_end else {
+            return Ok(());
+        };
+        if self.current.is_some_and(|c| c.sent) || !self.producer.commit_due(source_idle) {
+            return Ok(());
+        }
+        self.producer.commit(end).await?;
+        self.last_end = None;
+        Ok(())
+    }
+
+    /// Stops publishing: flushes (at-least-once) or aborts the open Kafka transaction.
+    async fn stop(&mut self) {
+        let outcome = if self.producer.is_transactional() {
+            self.producer.abort().await
+        } else {
+            self.producer.flush(Duration::from_secs(30)).await
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(source = %self.name, error = %e, "not everything sent was acknowledged before stopping; it is sent again on restart");
+        }
+    }
+
+    /// A table's shape changed: compile its mapping again. An added column no contract
+    /// names changes nothing; a change that breaks a contract stops the source.
+    async fn reshape(
+        &mut self,
+        table: Arc<crate::source::Table>,
+        catalog: &mut Catalog,
+    ) -> Result<(), PipelineError> {
+        let key = table.to_string();
+        let Some((spec, ids)) = self.specs.iter().find(|(s, _)| s.table == key).cloned() else {
+            return Ok(());
+        };
+        if self.mappings.get(&key).is_some_and(|m| *m.table == *table) {
+            return Ok(());
+        }
+        let (_, not_null) = catalog
+            .describe(&TableName {
+                schema: table.schema.clone(),
+                name: table.name.clone(),
+            })
+            .await?;
+        let mapping = Mapping::compile(spec, table, Some(&not_null), ids).map_err(|issues| {
+            EventsError::Mapping {
+                source_name: self.name.clone(),
+                issues: issues
+                    .into_iter()
+                    .map(|i| format!("after a change of table {key}: {i}"))
+                    .collect(),
+            }
+        })?;
+        self.mappings.insert(key, mapping);
+        Ok(())
+    }
+
+    async fn change(&mut self, change: &source::Change) -> Result<(), PipelineError> {
+        let Some(current) = self.current else {
+            // The assembler only hands over changes between a Begin and its Commit.
+            return Err(SourceError::Protocol(format!(
+                "a change of {} arrived outside a transaction",
+                change.table
+            ))
+            .into());
+        };
+        if current.skipped {
+            return Ok(());
+        }
+        let key = change.table.to_string();
+        let Some(mapping) = self.mappings.get(&key) else {
+            return Ok(());
+        };
+        let lsn = current.lsn;
+        if change.op == source::Op::Truncate {
+            tracing::warn!(source = %self.name, table = %key, %lsn, "TRUNCATE cannot be expressed as per-key events and was not published; replicas keep the rows until they are deleted");
+            return Ok(());
+        }
+        let events = mapping
+            .events(change)
+            .map_err(|message| EventsError::Encode {
+                source_name: self.name.clone(),
+                xid: current.xid,
+                lsn,
+                message,
+            })?;
+        let topic = &mapping.spec.topic;
+        let (lsn_text, seq_text, xid_text) = (
+            lsn.to_string(),
+            change.seq.to_string(),
+            current.xid.to_string(),
+        );
+        let ts_text = (current.commit_ts + PG_EPOCH_OFFSET_MICROS).to_string();
+        for event in events {
+            let event_id = format!("{}/{lsn_text}/{seq_text}/{}", self.name, event.part);
+            let headers = OwnedHeaders::new_with_capacity(8);
+            let headers = [
+                ("event_type", event.event_type.as_bytes()),
+                ("op", event.op.as_bytes()),
+                ("source", self.name.as_bytes()),
+                ("lsn", lsn_text.as_bytes()),
+                ("seq", seq_text.as_bytes()),
+                ("xid", xid_text.as_bytes()),
+                ("commit_ts", ts_text.as_bytes()),
+                ("event_id", event_id.as_bytes()),
+            ]
+            .into_iter()
+            .fold(headers, |h, (key, value)| {
+                h.insert(Header {
+                    key,
+                    value: Some(value),
+                })
+            });
+            self.watermark
+                .lock()
+                .expect("watermark lock")
+                .sent(current.tx);
+            self.producer
+                .send(
+                    topic,
+                    &event.key,
+                    event.value.as_deref(),
+                    headers,
+                    current.tx,
+                )
+                .await?;
+        }
+        if let Some(c) = self.current.as_mut() {
+            c.sent = true;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,387 @@
+//! Spec: on Apache Kafka, `kafka.exactly_once = true` gives a read_committed consumer every
+//! change exactly once and whole source transactions only, through kill -9s, a second
+//! instance that fences the first, and a broker that dies mid-stream; and a broker outage
+//! never lets a position be confirmed to PostgreSQL before Kafka holds it.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::daemon::{decode_from, Daemon, Setup};
+use support::targets::OwnKafka;
+use support::wait_until;
+
+/// Source transactions written, by xid: how many rows each changed (one event per row).
+type Written = Arc<Mutex<BTreeMap<u32, usize>>>;
+
+/// Writes multi-row transactions (inserts, and now and then an update of several rows)
+/// until `stop`, recording each transaction's xid and row count.
+fn writer(
+    pg: tokio_postgres::Client,
+    stop: Arc<AtomicBool>,
+) -> (Written, tokio::task::JoinHandle<()>) {
+    let written: Written = Arc::default();
+    let record = written.clone();
+    let task = tokio::spawn(async move {
+        let mut pg = pg;
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let tx = pg.transaction().await.unwrap();
+            let mut rows = 0;
+            for i in 0..5 {
+                rows += tx
+                    .execute(
+                        "INSERT INTO users (full_name, email, password_hash) VALUES ($1, $2, 'x')",
+                        &[&format!("user {n}-{i}"), &format!("u{n}.{i}@example.com")],
+                    )
+                    .await
+                    .unwrap() as usize;
+            }
+            if n % 4 == 0 {
+                rows += tx
+                    .execute(
+                        "UPDATE users SET full_name = full_name || '!' WHERE id > (SELECT max(id) - 12 FROM users)",
+                        &[],
+                    )
+                    .await
+                    .unwrap() as usize;
+            }
+            let xid: i64 = tx
+                .query_one("SELECT txid_current() % 4294967296", &[])
+                .await
+                .unwrap()
+                .get(0);
+            tx.commit().await.unwrap();
+            record.lock().unwrap().insert(xid as u32, rows);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    (written, task)
+}
+
+/// Reads the topic with Confluent's client (read_committed) and checks that every written
+/// transaction arrived whole and exactly once, and nothing else did.
+async fn assert_exactly_once(daemon: &Daemon, written: &Written) {
+    let written = written.lock().unwrap().clone();
+    let total: usize = written.values().sum();
+    let events = decode_from(&daemon.registry_url, &daemon.brokers, &daemon.topic, total).await;
+    let mut by_event_id: HashMap<&str, usize> = HashMap::new();
+    let mut by_xid: BTreeMap<u32, usize> = BTreeMap::new();
+    for e in &events {
+        *by_event_id.entry(&e.headers["event_id"]).or_default() += 1;
+        *by_xid.entry(e.headers["xid"].parse().unwrap()).or_default() += 1;
+    }
+    let twice: Vec<_> = by_event_id.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "events delivered more than once: {twice:?}"
+    );
+    let wrong: Vec<_> = written
+        .iter()
+        .filter(|(xid, rows)| by_xid.get(xid) != Some(rows))
+        .map(|(xid, rows)| (xid, rows, by_xid.get(xid)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "transactions not delivered whole (xid, rows, events seen): {wrong:?}"
+    );
+    assert_eq!(
+        events.len(),
+        total,
+        "events of unknown transactions arrived"
+    );
+    eprintln!(
+        "{} transactions, {total} events, each exactly once",
+        written.len()
+    );
+}
+
+/// At least 10 kill -9s at random points of a stream of multi-row transactions: a
+/// read_committed consumer sees every change exactly once, and never part of a transaction.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_at_random_points_delivers_every_change_exactly_once_and_whole() {
+    let mut daemon = Daemon::prepare(
+        "eos_kill",
+        Setup {
+            exactly_once: true,
+            ..Setup::default()
+        },
+    )
+    .await;
+    daemon.start().await;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("kill schedule seed {seed}");
+    let mut rng = seed | 1;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (written, task) = writer(daemon.pg().await, stop.clone());
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(150 + next(800))).await;
+        daemon.kill9();
+        daemon.start().await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    task.await.unwrap();
+    assert!(
+        written.lock().unwrap().len() > 50,
+        "too few transactions written to prove anything"
+    );
+    assert_exactly_once(&daemon, &written).await;
+    assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
+}
+
+/// A second instance of the same source takes over its transactional id: the first stops
+/// with an error that says so, the second publishes on, and nothing is lost or doubled.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_instance_fences_the_first() {
+    let mut first = Daemon::prepare(
+        "eos_fence",
+        Setup {
+            exactly_once: true,
+            ..Setup::default()
+        },
+    )
+    .await;
+    first.start().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (written, task) = writer(first.pg().await, stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut second = first.twin();
+    second.spawn();
+    wait_until(
+        "the first instance to stop",
+        Duration::from_secs(60),
+        || {
+            let exited = first.exited().is_some();
+            async move { exited }
+        },
+    )
+    .await;
+    let log = first.log_text();
+    assert!(
+        log.contains("another walcast instance took over its Kafka transactions"),
+        "{log}"
+    );
+    assert_ne!(first.exited().unwrap().code(), Some(0), "{log}");
+    // The second instance streams from the slot once the first released it.
+    let pg = first.pg().await;
+    let slot = first.name.clone();
+    wait_until(
+        "the second instance to stream",
+        Duration::from_secs(60),
+        || {
+            let (pg, slot) = (&pg, &slot);
+            async move {
+                pg.query_opt(
+                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                    &[slot],
+                )
+                .await
+                .unwrap()
+                .is_some()
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    task.await.unwrap();
+    assert_exactly_once(&second, &written).await;
+    assert_eq!(second.terminate().await, Some(0), "{}", second.log_text());
+}
+
+/// The slot's confirmed position while the broker is down never passes the WAL position at
+/// which it died: nothing written after it can be in Kafka.
+async fn broker_dies_mid_stream(exactly_once: bool) {
+    let mut kafka = OwnKafka::start().await;
+    let mut daemon = Daemon::prepare(
+        if exactly_once {
+            "eos_broker"
+        } else {
+            "alo_broker"
+        },
+        Setup {
+            exactly_once,
+            embedded_registry: true,
+            brokers: Some(kafka.brokers()),
+            ..Setup::default()
+        },
+    )
+    .await;
+    daemon.start().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (written, task) = writer(daemon.pg().await, stop.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    kafka.kill9();
+    let pg = daemon.pg().await;
+    let died_at: String = pg
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let confirmed = || async {
+        let row = pg
+            .query_one(
+                "SELECT confirmed_flush_lsn <= $1::text::pg_lsn, confirmed_flush_lsn::text \
+                 FROM pg_replication_slots WHERE slot_name = $2",
+                &[&died_at, &daemon.name],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, bool>(0), row.get::<_, String>(1))
+    };
+    let during = (written.lock().unwrap().len(), tokio::time::Instant::now());
+    while during.1.elapsed() < Duration::from_secs(4) {
+        let (within, at) = confirmed().await;
+        assert!(
+            within,
+            "the slot was confirmed to {at}, past {died_at} where the broker died"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        written.lock().unwrap().len() > during.0,
+        "no transaction was written while the broker was down"
+    );
+    assert!(daemon.exited().is_none(), "{}", daemon.log_text());
+    kafka.start_again().await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    task.await.unwrap();
+    if exactly_once {
+        assert_exactly_once(&daemon, &written).await;
+    } else {
+        let total: usize = written.lock().unwrap().values().sum();
+        let events = decode_from(&daemon.registry_url, &daemon.brokers, &daemon.topic, total).await;
+        let mut by_xid: BTreeMap<u32, std::collections::HashSet<String>> = BTreeMap::new();
+        for e in &events {
+            by_xid
+                .entry(e.headers["xid"].parse().unwrap())
+                .or_default()
+                .insert(e.headers["event_id"].clone());
+        }
+        for (xid, rows) in written.lock().unwrap().iter() {
+            let seen = by_xid.get(xid).map_or(0, |ids| ids.len());
+            assert_eq!(
+                seen, *rows,
+                "transaction {xid}: {seen} of {rows} changes arrived"
+            );
+        }
+    }
+    assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_that_dies_mid_stream_loses_nothing_and_is_confirmed_nothing_early() {
+    broker_dies_mid_stream(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exactly_once_through_a_broker_that_dies_mid_stream() {
+    broker_dies_mid_stream(true).await;
+}
+
+/// The crash window exactly-once exists for: Kafka committed a transaction, and the process
+/// died before PostgreSQL was told. The slot is put back to an earlier position (a copy made
+/// then), so PostgreSQL resends what Kafka holds; the progress record makes the restarted
+/// daemon skip all of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_behind_what_kafka_holds_publishes_nothing_twice() {
+    let mut daemon = Daemon::prepare(
+        "eos_behind",
+        Setup {
+            exactly_once: true,
+            ..Setup::default()
+        },
+    )
+    .await;
+    daemon.start().await;
+    let pg = daemon.pg().await;
+    let earlier = format!("{}_earlier", daemon.name);
+    pg.execute(
+        "SELECT pg_copy_logical_replication_slot($1, $2)",
+        &[&daemon.name, &earlier],
+    )
+    .await
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (written, task) = writer(daemon.pg().await, stop.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    task.await.unwrap();
+    let end: String = pg
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // Everything written is in Kafka and confirmed.
+    wait_until("the slot to confirm every write", Duration::from_secs(30), || {
+        let (pg, end, slot) = (&pg, &end, &daemon.name);
+        async move {
+            pg.query_one(
+                "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
+                &[end, slot],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+        }
+    })
+    .await;
+    daemon.kill9();
+    // The slot forgets it confirmed anything since the copy.
+    wait_until("the slot to be released", Duration::from_secs(30), || {
+        let (pg, slot) = (&pg, &daemon.name);
+        async move {
+            pg.query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                &[slot],
+            )
+            .await
+            .unwrap()
+            .is_some()
+        }
+    })
+    .await;
+    pg.execute("SELECT pg_drop_replication_slot($1)", &[&daemon.name])
+        .await
+        .unwrap();
+    pg.execute(
+        "SELECT pg_copy_logical_replication_slot($1, $2)",
+        &[&earlier, &daemon.name],
+    )
+    .await
+    .unwrap();
+    pg.execute("SELECT pg_drop_replication_slot($1)", &[&earlier])
+        .await
+        .unwrap();
+    daemon.start().await;
+    // A few more after the restart, so the stream is known to have gone on.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (more, task) = writer(daemon.pg().await, stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    task.await.unwrap();
+    written.lock().unwrap().extend(more.lock().unwrap().clone());
+    assert_exactly_once(&daemon, &written).await;
+    assert!(
+        daemon
+            .log_text()
+            .contains("transactions before it are skipped"),
+        "{}",
+        daemon.log_text()
+    );
+    assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
+}
