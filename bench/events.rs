@@ -202,7 +202,9 @@ update = "Row.avsc"
             .map(|(at, lsn)| {
                 let (confirmed_at, ..) = polls
                     .iter()
-                    .find(|(t, on_alo, on_eos)| (if eos { on_eos } else { on_alo }) > lsn && t >= at)
+                    .find(|(t, on_alo, on_eos)| {
+                        (if eos { on_eos } else { on_alo }) > lsn && t >= at
+                    })
                     .expect("confirmed");
                 confirmed_at.duration_since(*at).as_secs_f64() * 1000.0
             })

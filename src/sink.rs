@@ -403,9 +403,12 @@ impl<S: Sink> Runner<S> {
                 if self.stop.load(Ordering::Relaxed) {
                     return Ok(false);
                 }
+                // Every topic's metadata, never one topic's: asking for a missing topic by
+                // name lets a broker with auto.create.topics.enable create it, with the
+                // broker's partition count instead of the one its source configures.
                 let metadata = self
                     .consumer
-                    .fetch_metadata(Some(topic), Duration::from_secs(10))
+                    .fetch_metadata(None, Duration::from_secs(10))
                     .map_err(|e| self.kafka_error(e.to_string()))?;
                 if metadata
                     .topics()

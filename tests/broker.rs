@@ -1,6 +1,7 @@
-//! Spec: the stack's Kafka-protocol broker (tansu 0.6.0 on PostgreSQL storage) does what
-//! walcast relies on: explicit topic creation, an idempotent acks=all producer, keyed
-//! partitioning with order per key, and consumer-group offsets that outlive the consumer.
+//! Spec: the stack's Apache Kafka does what walcast relies on: explicit topic creation, an
+//! idempotent acks=all producer, keyed partitioning with order per key, and consumer-group
+//! offsets that outlive the consumer; and walcast never lets a broker create a topic for it
+//! on first use, which would ignore the partition count and cleanup policy it configures.
 
 mod support;
 
@@ -11,7 +12,8 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use support::{consume, unique, Stack};
+use support::targets::OwnKafka;
+use support::{consume, unique, wait_until, Stack};
 
 fn client(stack: &Stack) -> ClientConfig {
     let mut cc = ClientConfig::new();
@@ -109,4 +111,81 @@ async fn topics_records_and_group_offsets_round_trip() {
         })
         .sum();
     assert_eq!(total, 30);
+}
+
+fn partitions(brokers: &str, topic: &str) -> Option<usize> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .unwrap();
+    metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions().len())
+}
+
+/// On a broker that creates topics on first use, walcast still creates each of its topics
+/// itself, with its settings, and a sink waiting for its topic never creates it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_that_auto_creates_topics_never_creates_walcasts() {
+    let kafka = OwnKafka::start_with(true).await;
+    let brokers = kafka.brokers();
+    let config: walcast::config::KafkaConfig =
+        toml::from_str(&format!("brokers = \"{brokers}\"")).unwrap();
+    let topic = unique("broker_own_settings");
+    let settings = walcast::config::TopicSettings {
+        partitions: 3,
+        replication_factor: 1,
+        cleanup_policy: walcast::config::CleanupPolicy::Compact,
+    };
+    walcast::kafka::ensure_topic(&config, &topic, &settings)
+        .await
+        .unwrap();
+    assert_eq!(partitions(&brokers, &topic), Some(3));
+
+    // A sink whose topic has no source yet waits for it, and leaves it alone.
+    let waiting = unique("broker_waiting");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sink.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[kafka]\nbrokers = \"{brokers}\"\n[registry]\nurl = \"{}\"\n\
+             [[sink]]\nname = \"waits\"\ntype = \"redis\"\ntopics = [\"{waiting}\"]\n\
+             url = \"{}\"\nkey_template = \"w:{{id}}\"\n",
+            Stack::get().registry_url,
+            Stack::get().redis_url
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("walcast.log");
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_until(
+        "the sink to wait for its topic",
+        Duration::from_secs(30),
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            async move { text.contains("waiting for the topic to be created by its source") }
+        },
+    )
+    .await;
+    // It keeps looking (every 200 ms) while the broker would have created it at once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        partitions(&brokers, &waiting),
+        None,
+        "the sink created its topic"
+    );
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
 }

@@ -130,8 +130,11 @@ pub async fn ensure_topic(
     use rdkafka::client::DefaultClientContext;
     let admin: AdminClient<DefaultClientContext> = client_config(kafka).create()?;
     let inner = admin.inner();
+    // Every topic's metadata, never the one topic's: a metadata request naming a missing
+    // topic lets a broker with auto.create.topics.enable create it, with the broker's
+    // partition count and cleanup policy instead of these settings.
     let metadata = tokio::task::block_in_place(|| {
-        inner.fetch_metadata(Some(topic), std::time::Duration::from_secs(10))
+        inner.fetch_metadata(None, std::time::Duration::from_secs(10))
     })?;
     if metadata
         .topics()

@@ -210,7 +210,14 @@ pub struct OwnKafka {
 }
 
 impl OwnKafka {
+    /// A broker that creates no topic on its own, like the stack's.
     pub async fn start() -> OwnKafka {
+        Self::start_with(false).await
+    }
+
+    /// With `auto_create`, the broker creates a topic the first time a client names it (with
+    /// one partition), as Kafka does by default.
+    pub async fn start_with(auto_create: bool) -> OwnKafka {
         let stack = Stack::get();
         let dir = tempfile::tempdir().unwrap();
         let (port, controller) = (free_port(), free_port());
@@ -227,7 +234,8 @@ impl OwnKafka {
                  log.dirs={}\noffsets.topic.replication.factor=1\n\
                  transaction.state.log.replication.factor=1\ntransaction.state.log.min.isr=1\n\
                  share.coordinator.state.topic.replication.factor=1\n\
-                 share.coordinator.state.topic.min.isr=1\ngroup.initial.rebalance.delay.ms=0\n",
+                 share.coordinator.state.topic.min.isr=1\ngroup.initial.rebalance.delay.ms=0\n\
+                 auto.create.topics.enable={auto_create}\n",
                 data.display()
             ),
         )
