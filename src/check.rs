@@ -12,7 +12,7 @@ use hyper::body::Bytes;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::task::JoinSet;
 
-use crate::config::{Config, RegistryConfig, SinkKind};
+use crate::config::{Config, RegistryConfig, StoreVisitor};
 use crate::redact;
 use crate::source::catalog::Catalog;
 use crate::source::{SourceError, SourceSettings};
@@ -87,20 +87,11 @@ pub async fn probe_all(config: &Config, timeout: Duration) -> Vec<Probe> {
         Box::pin(probe_registry(registry_view(&config.registry))),
     ));
     for sink in &config.sinks {
-        let url = sink.kind.resolved_url().to_string();
         let target = format!("sink {} ({})", sink.name(), sink.type_name());
-        let address = redact::url(&url);
-        let job: Job = match &sink.kind {
-            SinkKind::Postgres(_) => {
-                Box::pin(async move { store(connectors::postgres::probe(&url).await) })
-            }
-            SinkKind::Mysql(_) => {
-                Box::pin(async move { store(connectors::mysql::probe(&url).await) })
-            }
-            SinkKind::Redis(_) => {
-                Box::pin(async move { store(connectors::redis::probe(&url).await) })
-            }
-        };
+        let address = redact::url(&sink.resolved_url);
+        let job = sink.kind.visit(ProbeStore {
+            url: sink.resolved_url.clone(),
+        });
         jobs.push((target, address, job));
     }
 
@@ -128,10 +119,21 @@ pub async fn probe_all(config: &Config, timeout: Duration) -> Vec<Probe> {
     probes
 }
 
-fn store(result: Result<String, connectors::Error>) -> Outcome {
-    match result {
-        Ok(version) => Outcome::Ok(version),
-        Err(e) => Outcome::Failed(e.to_string()),
+/// A sink store's probe, whichever connector it is.
+struct ProbeStore {
+    url: String,
+}
+
+impl StoreVisitor for ProbeStore {
+    type Output = std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>;
+
+    fn visit<C: connectors::Connector>(self, _: &C::Config) -> Self::Output {
+        Box::pin(async move {
+            match C::probe(&self.url).await {
+                Ok(version) => Outcome::Ok(version),
+                Err(e) => Outcome::Failed(e.to_string()),
+            }
+        })
     }
 }
 
@@ -170,7 +172,7 @@ async fn probe_source(settings: SourceSettings) -> Outcome {
             "PostgreSQL {}, wal_level=logical",
             row.get::<_, String>(0)
         )),
-        Err(e) => Outcome::Failed(connectors::describe(&e)),
+        Err(e) => Outcome::Failed(walcast_text::describe(&e)),
     }
 }
 
@@ -227,7 +229,7 @@ async fn probe_registry(r: RegistryView) -> Outcome {
                 "not running; registry.embedded = true, so `walcast run` serves it".into(),
             )
         }
-        Err(e) => return Outcome::Failed(connectors::describe(&e)),
+        Err(e) => return Outcome::Failed(walcast_text::describe(&e)),
     };
     let status = response.status();
     let body = match response.into_body().collect().await {

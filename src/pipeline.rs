@@ -27,7 +27,6 @@
 //! covers everything sent, exactly-once aborts the open Kafka transaction (the slot resends
 //! it). Then the source confirms the final acknowledged position and stops.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,7 +43,7 @@ use crate::lsn::Lsn;
 use crate::registry::client::Client;
 use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
-use crate::source::catalog::{Catalog, TableName};
+use crate::source::catalog::Catalog;
 use crate::source::change::PG_EPOCH_OFFSET_MICROS;
 use crate::source::{self, SourceError, SourceEvent, SourceSettings};
 
@@ -149,21 +148,21 @@ async fn run_once(
                     .flat_map(|c| c.fields.iter())
                     .map(|f| spec.columns.get(&f.name).unwrap_or(&f.name).clone())
                     .collect();
-                (spec.table_name(), columns)
+                (spec.table.clone(), columns)
             })
             .collect(),
     );
 
     let mut catalog = Catalog::connect(&settings.url, &settings.name, &settings.tls).await?;
     let ids = crate::events::register(registry, &specs, config.registry.compatibility).await?;
-    let mut mappings = HashMap::new();
+    let mut mappings = Mappings::default();
     let mut issues = Vec::new();
     let specs: Vec<(Arc<TableSpec>, SchemaIds)> = specs.into_iter().zip(ids).collect();
     for (spec, ids) in &specs {
-        let (table, not_null) = catalog.describe(&spec.table_name()).await?;
+        let (table, not_null) = catalog.describe(&spec.table).await?;
         match Mapping::compile(spec.clone(), Arc::new(table), Some(&not_null), *ids) {
             Ok(m) => {
-                mappings.insert(spec.table.clone(), m);
+                mappings.insert(m);
             }
             Err(mut found) => issues.append(&mut found),
         }
@@ -277,6 +276,25 @@ async fn run_once(
     source_result.map_err(PipelineError::from)
 }
 
+/// Each published table's compiled mapping. Looked up per change by the table's schema and
+/// name without allocating; a source publishes a handful of tables, so a scan beats hashing.
+#[derive(Default)]
+struct Mappings(Vec<Mapping>);
+
+impl Mappings {
+    fn get(&self, table: &crate::source::Table) -> Option<&Mapping> {
+        self.0
+            .iter()
+            .find(|m| m.spec.table.schema == table.schema && m.spec.table.name == table.name)
+    }
+
+    /// Adds `mapping`, replacing the one of the same table.
+    fn insert(&mut self, mapping: Mapping) {
+        self.0.retain(|m| m.spec.table != mapping.spec.table);
+        self.0.push(mapping);
+    }
+}
+
 /// A source transaction being published: its number, commit LSN, xid and commit time, and
 /// whether a committed Kafka transaction already holds it.
 #[derive(Debug, Clone, Copy)]
@@ -292,7 +310,7 @@ struct Current {
 struct Pipeline {
     name: String,
     specs: Vec<(Arc<TableSpec>, SchemaIds)>,
-    mappings: HashMap<String, Mapping>,
+    mappings: Mappings,
     current: Option<Current>,
     watermark: Arc<Mutex<Watermark>>,
     producer: SourceProducer,
@@ -395,19 +413,19 @@ impl Pipeline {
         table: Arc<crate::source::Table>,
         catalog: &mut Catalog,
     ) -> Result<(), PipelineError> {
-        let key = table.to_string();
-        let Some((spec, ids)) = self.specs.iter().find(|(s, _)| s.table == key).cloned() else {
+        let Some((spec, ids)) = self
+            .specs
+            .iter()
+            .find(|(s, _)| s.table.schema == table.schema && s.table.name == table.name)
+            .cloned()
+        else {
             return Ok(());
         };
-        if self.mappings.get(&key).is_some_and(|m| *m.table == *table) {
+        if self.mappings.get(&table).is_some_and(|m| *m.table == *table) {
             return Ok(());
         }
-        let (_, not_null) = catalog
-            .describe(&TableName {
-                schema: table.schema.clone(),
-                name: table.name.clone(),
-            })
-            .await?;
+        let key = spec.table.clone();
+        let (_, not_null) = catalog.describe(&key).await?;
         let mapping = Mapping::compile(spec, table, Some(&not_null), ids).map_err(|issues| {
             EventsError::Mapping {
                 source_name: self.name.clone(),
@@ -417,7 +435,7 @@ impl Pipeline {
                     .collect(),
             }
         })?;
-        self.mappings.insert(key, mapping);
+        self.mappings.insert(mapping);
         Ok(())
     }
 
@@ -433,13 +451,12 @@ impl Pipeline {
         if current.skipped {
             return Ok(());
         }
-        let key = change.table.to_string();
-        let Some(mapping) = self.mappings.get(&key) else {
+        let Some(mapping) = self.mappings.get(&change.table) else {
             return Ok(());
         };
         let lsn = current.lsn;
         if change.op == source::Op::Truncate {
-            tracing::warn!(source = %self.name, table = %key, %lsn, "TRUNCATE cannot be expressed as per-key events and was not published; replicas keep the rows until they are deleted");
+            tracing::warn!(source = %self.name, table = %change.table, %lsn, "TRUNCATE cannot be expressed as per-key events and was not published; replicas keep the rows until they are deleted");
             return Ok(());
         }
         let events = mapping

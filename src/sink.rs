@@ -42,18 +42,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::retry::Backoff;
-use connectors::mysql::MysqlSink;
-use connectors::postgres::PostgresSink;
-use connectors::redis::{RedisSettings, RedisSink};
-use connectors::{Batch, Position, Sink, TableSettings};
+use connectors::{Batch, Connector, Position, Sink};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 
-use crate::config::{Config, OnError, SinkConfig, SinkKind, TableSinkOptions};
+use crate::config::{Config, OnError, SinkConfig, StoreVisitor};
 use crate::registry::client::Client;
+use crate::retry::Backoff;
 
 mod dead_letter;
 mod decode;
@@ -88,52 +85,48 @@ pub async fn run(
     config: Arc<Config>,
     index: usize,
     registry: Arc<Client>,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SinkError> {
-    let sink_config = &config.sinks[index];
-    let consumer = sink_config.common.group_id();
-    match &sink_config.kind {
-        SinkKind::Postgres(pg) => {
-            let settings = table_settings(&pg.table, consumer);
-            drive(&config, index, registry, shutdown, move || {
-                PostgresSink::connect(settings.clone())
-            })
-            .await
-        }
-        SinkKind::Mysql(my) => {
-            let settings = table_settings(&my.table, consumer);
-            drive(&config, index, registry, shutdown, move || {
-                MysqlSink::connect(settings.clone())
-            })
-            .await
-        }
-        SinkKind::Redis(r) => {
-            let settings = RedisSettings {
-                url: r.resolved_url.clone(),
-                key_template: r.key_template.clone(),
-                fields: r.fields.clone(),
-                ttl_secs: r.ttl_secs,
-                tombstone_ttl_secs: r.tombstone_ttl_secs,
-                consumer,
-            };
-            drive(&config, index, registry, shutdown, move || {
-                RedisSink::connect(settings.clone())
-            })
-            .await
-        }
-    }
+    let kind = &config.sinks[index].kind;
+    kind.visit(RunStore {
+        config: config.clone(),
+        index,
+        registry,
+        shutdown: Box::pin(shutdown),
+    })
+    .await
 }
 
-fn table_settings(t: &TableSinkOptions, consumer: String) -> TableSettings {
-    TableSettings {
-        url: t.resolved_url.clone(),
-        table: t.table.clone(),
-        key: t.key.clone(),
-        columns: t.columns.clone(),
-        fields: t.fields.clone(),
-        consumer,
-        auto_create: t.auto_create,
-        auto_add_columns: t.auto_add_columns,
+/// Runs a sink with its connector type.
+struct RunStore {
+    config: Arc<Config>,
+    index: usize,
+    registry: Arc<Client>,
+    shutdown: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl StoreVisitor for RunStore {
+    type Output = std::pin::Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>;
+
+    fn visit<C: Connector>(self, store: &C::Config) -> Self::Output {
+        let store = store.clone();
+        Box::pin(async move {
+            let sink = &self.config.sinks[self.index];
+            let (url, consumer) = (sink.resolved_url.clone(), sink.common.group_id());
+            let lanes = C::lanes(sink.common.parallelism);
+            drive(
+                &self.config,
+                self.index,
+                self.registry,
+                self.shutdown,
+                lanes,
+                move || {
+                    let (store, url, consumer) = (store.clone(), url.clone(), consumer.clone());
+                    async move { C::connect(&store, &url, &consumer).await }
+                },
+            )
+            .await
+        })
     }
 }
 
@@ -144,6 +137,7 @@ async fn drive<S, F, Fut>(
     index: usize,
     registry: Arc<Client>,
     shutdown: impl Future<Output = ()> + Send,
+    parallelism: usize,
     connect: F,
 ) -> Result<(), SinkError>
 where
@@ -159,12 +153,6 @@ where
     };
     tokio::pin!(shutdown);
     let mut backoff = backoff();
-    // InnoDB takes next-key locks for `INSERT … ON DUPLICATE KEY UPDATE`, so concurrent
-    // upserts of one table deadlock each other: MySQL replicas apply over one connection.
-    let parallelism = match sink_config.kind {
-        SinkKind::Mysql(_) => 1,
-        _ => sink_config.common.parallelism,
-    };
     let mut lanes = Vec::with_capacity(parallelism);
     while lanes.len() < parallelism {
         match connect().await {
@@ -680,7 +668,7 @@ impl<S: Sink> Runner<S> {
             match self.runtime.block_on(self.lanes[0].apply(&alone)) {
                 Err(e) if e.is_poison() => {
                     let raw = raw.unwrap_or_default();
-                    self.reject(&origin, &raw, "apply", connectors::describe(&e))?;
+                    self.reject(&origin, &raw, "apply", walcast_text::describe(&e))?;
                 }
                 // Transient or setup errors surface again when the rest is applied.
                 _ => {

@@ -7,6 +7,7 @@
 //! This crate owns all I/O with the sink stores, including the connectivity probes that
 //! `walcast check --connect` runs before any data moves.
 
+pub mod connector;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;
@@ -15,9 +16,10 @@ pub mod table;
 pub mod text;
 
 pub use sink::{Batch, Change, Field, FieldType, Op, Position, Sink, Value, Version};
-pub use table::TableSettings;
+pub use connector::{Connector, Endpoint, Issue};
+pub use table::{TableOptions, TableSettings};
 
-use std::error::Error as StdError;
+use walcast_text::describe;
 
 /// Why a store could not be reached or written.
 #[derive(Debug, thiserror::Error)]
@@ -84,19 +86,4 @@ impl Error {
             Error::Setup(_) => false,
         }
     }
-}
-
-/// An error and its causes on one line, without repeating a cause the error already printed.
-pub fn describe(err: &(dyn StdError + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

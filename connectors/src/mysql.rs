@@ -26,7 +26,8 @@ use mysql_async::{Conn, Opts, TxOpts, Value as My};
 
 use crate::sink::{Batch, Change, Position, Sink, Value, Version};
 use crate::sink::{Field, FieldType};
-use crate::table::{field, missing_columns, TableSettings};
+use crate::connector::{Connector, Endpoint, Issue};
+use crate::table::{field, missing_columns, TableOptions, TableSettings};
 use crate::Error;
 
 /// Connects to `url` and returns the server's version string.
@@ -36,6 +37,34 @@ pub async fn probe(url: &str) -> Result<String, Error> {
     let version: Option<String> = conn.query_first("SELECT VERSION()").await?;
     conn.disconnect().await?;
     Ok(format!("MySQL/MariaDB {}", version.unwrap_or_default()))
+}
+
+impl Connector for MysqlSink {
+    type Config = TableOptions;
+    const TYPE: &'static str = "mysql";
+    const SCHEMES: &'static [&'static str] = &["mysql", "mariadb"];
+
+    fn endpoint(config: &TableOptions) -> Endpoint<'_> {
+        config.endpoint()
+    }
+
+    fn check(config: &TableOptions) -> Vec<Issue> {
+        config.check()
+    }
+
+    /// One lane: InnoDB takes next-key locks for `INSERT … ON DUPLICATE KEY UPDATE`, so
+    /// concurrent upserts of one table deadlock each other, even at READ COMMITTED.
+    fn lanes(_requested: usize) -> usize {
+        1
+    }
+
+    async fn connect(config: &TableOptions, url: &str, consumer: &str) -> Result<Self, Error> {
+        MysqlSink::connect(config.settings(url, consumer)).await
+    }
+
+    async fn probe(url: &str) -> Result<String, Error> {
+        probe(url).await
+    }
 }
 
 /// A replica table, connected and checked.

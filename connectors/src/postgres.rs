@@ -24,7 +24,8 @@ use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::sink::{Batch, Position, Sink, Value};
 use crate::sink::{Field, FieldType};
-use crate::table::{field, missing_columns, TableSettings};
+use crate::connector::{Connector, Endpoint, Issue};
+use crate::table::{field, missing_columns, TableOptions, TableSettings};
 use crate::Error;
 
 /// Connects to `url` and returns the server's version string.
@@ -38,6 +39,28 @@ pub async fn probe(url: &str) -> Result<String, Error> {
     drop(client);
     let _ = task.await;
     Ok(format!("PostgreSQL {version}"))
+}
+
+impl Connector for PostgresSink {
+    type Config = TableOptions;
+    const TYPE: &'static str = "postgres";
+    const SCHEMES: &'static [&'static str] = &["postgres", "postgresql"];
+
+    fn endpoint(config: &TableOptions) -> Endpoint<'_> {
+        config.endpoint()
+    }
+
+    fn check(config: &TableOptions) -> Vec<Issue> {
+        config.check()
+    }
+
+    async fn connect(config: &TableOptions, url: &str, consumer: &str) -> Result<Self, Error> {
+        PostgresSink::connect(config.settings(url, consumer)).await
+    }
+
+    async fn probe(url: &str) -> Result<String, Error> {
+        probe(url).await
+    }
 }
 
 /// A replica table, connected and checked.

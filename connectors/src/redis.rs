@@ -23,9 +23,93 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::Script;
 
+use serde::Deserialize;
+
+use crate::connector::{Connector, Endpoint, Issue};
 use crate::sink::{Batch, Change, Op, Position, Sink, Value, Version};
 use crate::table::latest_per_key;
 use crate::Error;
+
+/// The `[[sink]]` keys of `type = "redis"`: one hash per key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: Option<String>,
+    pub url_env: Option<String>,
+    pub password_env: Option<String>,
+    /// Key template with `{field}` placeholders, e.g. `user:{user_id}`.
+    pub key_template: String,
+    /// Event fields stored in the hash; default all.
+    pub fields: Option<Vec<String>>,
+    /// Expiry of each key; 0 keeps keys forever.
+    #[serde(default)]
+    pub ttl_secs: u64,
+    /// How long a deleted key's tombstone version is kept.
+    #[serde(default = "default_tombstone_ttl_secs")]
+    pub tombstone_ttl_secs: u64,
+}
+
+fn default_tombstone_ttl_secs() -> u64 {
+    86_400
+}
+
+impl Connector for RedisSink {
+    type Config = RedisConfig;
+    const TYPE: &'static str = "redis";
+    const SCHEMES: &'static [&'static str] = &["redis", "rediss"];
+
+    fn endpoint(config: &RedisConfig) -> Endpoint<'_> {
+        Endpoint {
+            url: config.url.as_deref(),
+            url_env: config.url_env.as_deref(),
+            password_env: config.password_env.as_deref(),
+        }
+    }
+
+    fn check(config: &RedisConfig) -> Vec<Issue> {
+        check_key_template(&config.key_template)
+            .err()
+            .map(|why| Issue::new("key_template", why))
+            .into_iter()
+            .collect()
+    }
+
+    async fn connect(config: &RedisConfig, url: &str, consumer: &str) -> Result<Self, Error> {
+        RedisSink::connect(RedisSettings {
+            url: url.to_string(),
+            key_template: config.key_template.clone(),
+            fields: config.fields.clone(),
+            ttl_secs: config.ttl_secs,
+            tombstone_ttl_secs: config.tombstone_ttl_secs,
+            consumer: consumer.to_string(),
+        })
+        .await
+    }
+
+    async fn probe(url: &str) -> Result<String, Error> {
+        probe(url).await
+    }
+}
+
+/// A key template has at least one `{field}` placeholder, none empty or unclosed.
+fn check_key_template(template: &str) -> Result<(), String> {
+    let mut placeholders = 0;
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            return Err(format!("found \"{template}\" with an unclosed '{{', expected placeholders such as {{user_id}}"));
+        };
+        if close == 1 {
+            return Err(format!("found \"{template}\" with an empty '{{}}', expected placeholders such as {{user_id}}"));
+        }
+        placeholders += 1;
+        rest = &rest[open + close + 1..];
+    }
+    if placeholders == 0 {
+        return Err(format!("found \"{template}\" without a placeholder, so every event would write the same key; expected e.g. \"user:{{user_id}}\""));
+    }
+    Ok(())
+}
 
 /// Connects to `url`, sends PING and returns the server's version.
 pub async fn probe(url: &str) -> Result<String, Error> {
@@ -284,5 +368,18 @@ impl Sink for RedisSink {
             .collect();
         out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_key_template;
+
+    #[test]
+    fn key_templates_need_a_placeholder() {
+        assert!(check_key_template("user:{user_id}").is_ok());
+        assert!(check_key_template("user").is_err());
+        assert!(check_key_template("user:{").is_err());
+        assert!(check_key_template("user:{}").is_err());
     }
 }

@@ -3,8 +3,89 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use serde::Deserialize;
+
+use crate::connector::{Endpoint, Issue};
 use crate::sink::{Change, Field, Op};
 use crate::Error;
+
+/// The `[[sink]]` keys of a table-shaped store (PostgreSQL, MySQL/MariaDB).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableOptions {
+    pub url: Option<String>,
+    pub url_env: Option<String>,
+    pub password_env: Option<String>,
+    /// Target table, optionally schema-qualified.
+    pub table: String,
+    /// Event fields forming the replica's primary key.
+    pub key: Vec<String>,
+    /// Replica column = event field, where the names differ.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+    /// Event fields to keep; default all.
+    pub fields: Option<Vec<String>>,
+    /// Create the table when it is missing.
+    #[serde(default)]
+    pub auto_create: bool,
+    /// Add new nullable columns when a contract gains a field.
+    #[serde(default)]
+    pub auto_add_columns: bool,
+}
+
+impl TableOptions {
+    /// The URL and password keys.
+    pub fn endpoint(&self) -> Endpoint<'_> {
+        Endpoint {
+            url: self.url.as_deref(),
+            url_env: self.url_env.as_deref(),
+            password_env: self.password_env.as_deref(),
+        }
+    }
+
+    /// The table name and the key, checked without connecting.
+    pub fn check(&self) -> Vec<Issue> {
+        let mut issues = Vec::new();
+        if let Err(why) = check_table_name(&self.table) {
+            issues.push(Issue::new("table", why));
+        }
+        if self.key.is_empty() {
+            issues.push(Issue::new(
+                "key",
+                "found an empty array, expected the event fields that form the replica's primary key",
+            ));
+        }
+        issues
+    }
+
+    /// The settings a lane connects with.
+    pub fn settings(&self, url: &str, consumer: &str) -> TableSettings {
+        TableSettings {
+            url: url.to_string(),
+            table: self.table.clone(),
+            key: self.key.clone(),
+            columns: self.columns.clone(),
+            fields: self.fields.clone(),
+            consumer: consumer.to_string(),
+            auto_create: self.auto_create,
+            auto_add_columns: self.auto_add_columns,
+        }
+    }
+}
+
+/// `table` or `schema.table`, each part an identifier of 1 to 63 characters without `"`.
+pub fn check_table_name(name: &str) -> Result<(), String> {
+    let identifier =
+        |p: &str| !p.is_empty() && p.len() <= 63 && !p.contains('"') && !p.contains('\0');
+    let parts: Vec<&str> = name.split('.').collect();
+    if parts.len() <= 2 && parts.iter().all(|p| identifier(p)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "found \"{name}\", expected a table name such as \"public.users\""
+        ))
+    }
+}
 
 /// What a replica table is.
 #[derive(Debug, Clone)]

@@ -1,6 +1,7 @@
 //! Conformance: the scenarios every connector must pass, against the real store.
-//! Each store implements [`Harness`]; each scenario runs once per store (the `conformance!`
-//! macro at the end), against the stack's PostgreSQL, MariaDB and Redis.
+//! Each store implements [`Harness`]; each scenario runs once per store, one
+//! `conformance!(module => Harness)` line each, against the stack's PostgreSQL, MariaDB and
+//! Redis.
 
 use std::collections::BTreeMap;
 
@@ -730,29 +731,29 @@ async fn redis_keys_and_tombstones_expire() {
 
 // ------------------------------------------------------------------ every scenario × every store
 
+/// `conformance!(module => Harness)`: every scenario against one store. One line per store.
 macro_rules! conformance {
-    ($($scenario:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test] async fn $scenario() { super::$scenario::<super::Pg>(stringify!($scenario)).await; })*
-        }
-        mod mysql {
-            $(#[tokio::test] async fn $scenario() { super::$scenario::<super::My>(stringify!($scenario)).await; })*
-        }
-        mod redis {
-            $(#[tokio::test] async fn $scenario() { super::$scenario::<super::Redis>(stringify!($scenario)).await; })*
+    ($store:ident => $harness:ident) => {
+        conformance!(@each $store, $harness, [
+            inserts_updates_and_deletes_converge,
+            redelivery_changes_nothing,
+            reordered_delivery_converges,
+            a_stale_update_never_overwrites_a_newer_one,
+            a_late_update_cannot_resurrect_a_deleted_row,
+            schema_evolution_keeps_both_versions_applicable,
+            a_crash_between_write_and_offset_commit_is_absorbed,
+        ]);
+    };
+    (@each $store:ident, $harness:ident, [$($scenario:ident),+ $(,)?]) => {
+        mod $store {
+            $(#[tokio::test] async fn $scenario() { super::$scenario::<super::$harness>(stringify!($scenario)).await; })+
         }
     };
 }
 
-conformance!(
-    inserts_updates_and_deletes_converge,
-    redelivery_changes_nothing,
-    reordered_delivery_converges,
-    a_stale_update_never_overwrites_a_newer_one,
-    a_late_update_cannot_resurrect_a_deleted_row,
-    schema_evolution_keeps_both_versions_applicable,
-    a_crash_between_write_and_offset_commit_is_absorbed,
-);
+conformance!(postgres => Pg);
+conformance!(mysql => My);
+conformance!(redis => Redis);
 
 /// A key that holds another kind of value is poison (the runner's policy decides), while an
 /// unreachable server is transient: the runner retries it.

@@ -19,9 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use error::{ConfigError, ConfigIssue};
-pub use sink::{
-    MysqlSink, OnError, PostgresSink, RedisSink, SinkCommon, SinkConfig, SinkKind, TableSinkOptions,
-};
+pub use sink::{OnError, SinkCommon, SinkConfig, SinkKind, StoreVisitor, SINK_TYPES};
 
 /// The whole deployment: admin endpoint, Kafka, registry, sources and sinks.
 #[derive(Debug, Deserialize)]
@@ -61,6 +59,21 @@ impl Default for AdminConfig {
 
 fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9187))
+}
+
+/// How a connection to PostgreSQL uses TLS (`tls_mode`), as libpq's `sslmode` does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS when the server offers it, without verifying the certificate.
+    #[default]
+    Prefer,
+    /// TLS, without verifying the certificate.
+    Require,
+    /// TLS, verifying the certificate chain and that it names the host.
+    VerifyFull,
 }
 
 /// `[kafka]`: brokers, delivery semantics and topic settings.
@@ -297,7 +310,7 @@ pub struct SourceConfig {
     #[serde(default = "default_reconnect_max_backoff_ms")]
     pub reconnect_max_backoff_ms: u64,
     /// disable | prefer | require | verify-full; default the URL's sslmode, else prefer.
-    pub tls_mode: Option<crate::source::tls::TlsMode>,
+    pub tls_mode: Option<TlsMode>,
     /// Certificate authority (PEM) for verify-full; default the system roots.
     pub tls_ca_file: Option<PathBuf>,
     #[serde(default, rename = "table")]

@@ -5,10 +5,10 @@
 //! keys into [`SinkCommon`], then the remaining keys into the variant's struct. Each pass runs
 //! under `serde_path_to_error`, prefixed with `sink[i]`.
 
-use std::collections::BTreeMap;
-
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+
+use connectors::Connector;
 
 use super::error::{from_serde, ConfigIssue};
 
@@ -17,6 +17,8 @@ use super::error::{from_serde, ConfigIssue};
 pub struct SinkConfig {
     pub common: SinkCommon,
     pub kind: SinkKind,
+    /// The store's connection URL with secrets resolved (by validation).
+    pub resolved_url: String,
 }
 
 impl SinkConfig {
@@ -24,11 +26,7 @@ impl SinkConfig {
         &self.common.name
     }
     pub fn type_name(&self) -> &'static str {
-        match self.kind {
-            SinkKind::Postgres(_) => "postgres",
-            SinkKind::Mysql(_) => "mysql",
-            SinkKind::Redis(_) => "redis",
-        }
+        self.kind.visit(TypeName)
     }
 }
 
@@ -99,88 +97,66 @@ pub enum OnError {
     DeadLetter,
 }
 
-/// The store a sink writes to.
-#[derive(Debug)]
-pub enum SinkKind {
-    Postgres(PostgresSink),
-    Mysql(MysqlSink),
-    Redis(RedisSink),
-}
-
-impl SinkKind {
-    /// The store's connection URL with secrets resolved.
-    pub fn resolved_url(&self) -> &str {
-        match self {
-            SinkKind::Postgres(s) => &s.table.resolved_url,
-            SinkKind::Mysql(s) => &s.table.resolved_url,
-            SinkKind::Redis(s) => &s.resolved_url,
+/// Declares the stores: the [`SinkKind`] enum (one variant per connector, holding the
+/// connector's own configuration), the `type` names, and the dispatch from a sink's
+/// configuration to its connector type. Adding a store is one line here.
+macro_rules! stores {
+    ($($variant:ident => $connector:ty),+ $(,)?) => {
+        /// The store a sink writes to, with the store's own keys.
+        #[derive(Debug)]
+        pub enum SinkKind {
+            $(
+                #[doc = concat!("`type = \"", stringify!($variant), "\"`, see [`", stringify!($connector), "`].")]
+                $variant(<$connector as Connector>::Config)
+            ),+
         }
+
+        /// Every sink `type`, in the order they are listed to users.
+        pub const SINK_TYPES: &[&str] = &[$(<$connector as Connector>::TYPE),+];
+
+        impl SinkKind {
+            /// The store's keys of a `[[sink]]` table of type `type_name`, or `None` when
+            /// no store has that type.
+            fn parse(prefix: &str, type_name: &str, own: toml::Table) -> Option<Result<Self, ConfigIssue>> {
+                $(
+                    if type_name == <$connector as Connector>::TYPE {
+                        return Some(typed(prefix, own).map(SinkKind::$variant));
+                    }
+                )+
+                None
+            }
+
+            /// Calls `visitor` with this sink's connector type and its configuration.
+            pub fn visit<V: StoreVisitor>(&self, visitor: V) -> V::Output {
+                match self {
+                    $(SinkKind::$variant(config) => visitor.visit::<$connector>(config)),+
+                }
+            }
+        }
+    };
+}
+
+stores! {
+    Postgres => connectors::postgres::PostgresSink,
+    Mysql => connectors::mysql::MysqlSink,
+    Redis => connectors::redis::RedisSink,
+}
+
+/// Something done with a sink's connector, whichever store it is (see [`SinkKind::visit`]).
+pub trait StoreVisitor {
+    type Output;
+    /// Does it for connector `C`, configured by `config`.
+    fn visit<C: Connector>(self, config: &C::Config) -> Self::Output;
+}
+
+/// The `type` of a sink.
+struct TypeName;
+
+impl StoreVisitor for TypeName {
+    type Output = &'static str;
+    fn visit<C: Connector>(self, _: &C::Config) -> &'static str {
+        C::TYPE
     }
-}
-
-/// Keys of the table-shaped sinks (PostgreSQL and MySQL/MariaDB).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TableSinkOptions {
-    pub url: Option<String>,
-    pub url_env: Option<String>,
-    pub password_env: Option<String>,
-    /// Target table, optionally schema-qualified.
-    pub table: String,
-    /// Event fields forming the replica's primary key.
-    pub key: Vec<String>,
-    /// Replica column = event field, where the names differ.
-    #[serde(default)]
-    pub columns: BTreeMap<String, String>,
-    /// Event fields to keep; default all.
-    pub fields: Option<Vec<String>>,
-    /// Create the table when it is missing.
-    #[serde(default)]
-    pub auto_create: bool,
-    /// Add new nullable columns when a contract gains a field.
-    #[serde(default)]
-    pub auto_add_columns: bool,
-    #[serde(skip)]
-    pub resolved_url: String,
-}
-
-/// `type = "postgres"`.
-#[derive(Debug, Deserialize)]
-#[serde(transparent)]
-pub struct PostgresSink {
-    pub table: TableSinkOptions,
-}
-
-/// `type = "mysql"` (MySQL and MariaDB).
-#[derive(Debug, Deserialize)]
-#[serde(transparent)]
-pub struct MysqlSink {
-    pub table: TableSinkOptions,
-}
-
-/// `type = "redis"`: one hash per key.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisSink {
-    pub url: Option<String>,
-    pub url_env: Option<String>,
-    pub password_env: Option<String>,
-    /// Key template with `{field}` placeholders, e.g. `user:{user_id}`.
-    pub key_template: String,
-    /// Event fields stored in the hash; default all.
-    pub fields: Option<Vec<String>>,
-    /// Expiry of each key; 0 keeps keys forever.
-    #[serde(default)]
-    pub ttl_secs: u64,
-    /// How long a deleted key's tombstone version is kept.
-    #[serde(default = "default_tombstone_ttl_secs")]
-    pub tombstone_ttl_secs: u64,
-    #[serde(skip)]
-    pub resolved_url: String,
-}
-
-fn default_tombstone_ttl_secs() -> u64 {
-    86_400
 }
 
 /// Parses every `[[sink]]` table, collecting one issue per bad sink.
@@ -207,40 +183,37 @@ fn parse_one(prefix: &str, value: toml::Value) -> Result<SinkConfig, ConfigIssue
             format!("found {}, expected a table", value.type_str()),
         ));
     };
+    let types = SINK_TYPES.join(", ");
     let kind = match table.remove("type") {
         None => {
             return Err(ConfigIssue::new(
                 format!("{prefix}.type"),
-                "required key is missing; expected one of: postgres, mysql, redis",
+                format!("required key is missing; expected one of: {types}"),
             ))
         }
         Some(toml::Value::String(s)) => s,
         Some(other) => {
             return Err(ConfigIssue::new(
                 format!("{prefix}.type"),
-                format!(
-                    "found {}, expected one of: postgres, mysql, redis",
-                    other.type_str()
-                ),
+                format!("found {}, expected one of: {types}", other.type_str()),
             ))
         }
     };
     let (common_keys, own): (toml::Table, toml::Table) = table
         .into_iter()
         .partition(|(k, _)| COMMON_KEYS.contains(&k.as_str()));
-    let kind = match kind.as_str() {
-        "postgres" => SinkKind::Postgres(typed(prefix, own)?),
-        "mysql" => SinkKind::Mysql(typed(prefix, own)?),
-        "redis" => SinkKind::Redis(typed(prefix, own)?),
-        other => {
-            return Err(ConfigIssue::new(
-                format!("{prefix}.type"),
-                format!("found \"{other}\", expected one of: postgres, mysql, redis"),
-            ))
-        }
-    };
+    let kind = SinkKind::parse(prefix, &kind, own).unwrap_or_else(|| {
+        Err(ConfigIssue::new(
+            format!("{prefix}.type"),
+            format!("found \"{kind}\", expected one of: {types}"),
+        ))
+    })?;
     let common: SinkCommon = typed(prefix, common_keys)?;
-    Ok(SinkConfig { common, kind })
+    Ok(SinkConfig {
+        common,
+        kind,
+        resolved_url: String::new(),
+    })
 }
 
 fn typed<T: DeserializeOwned>(prefix: &str, table: toml::Table) -> Result<T, ConfigIssue> {

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::str::FromStr;
 
 use super::error::ConfigIssue;
-use super::sink::SinkKind;
+use super::sink::StoreVisitor;
+use connectors::table::check_table_name;
 use super::Config;
 
 type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -288,7 +289,7 @@ impl Validator<'_> {
                             resolved.display()
                         ),
                     );
-                } else if source.tls_mode != Some(crate::source::tls::TlsMode::VerifyFull) {
+                } else if source.tls_mode != Some(super::TlsMode::VerifyFull) {
                     self.push(format!("{prefix}.tls_ca_file"), "is only used with tls_mode = \"verify-full\"; set that too, or remove tls_ca_file");
                 } else {
                     source.tls_ca_file = Some(resolved);
@@ -402,51 +403,10 @@ impl Validator<'_> {
                     ),
                 );
             }
-            match &mut sink.kind {
-                SinkKind::Postgres(s) => {
-                    let t = &mut s.table;
-                    t.resolved_url = self.connection_url(
-                        &prefix,
-                        &t.url,
-                        &t.url_env,
-                        &t.password_env,
-                        &["postgres", "postgresql"],
-                    );
-                    self.table_sink(&prefix, &t.table, &t.key);
-                }
-                SinkKind::Mysql(s) => {
-                    let t = &mut s.table;
-                    t.resolved_url = self.connection_url(
-                        &prefix,
-                        &t.url,
-                        &t.url_env,
-                        &t.password_env,
-                        &["mysql", "mariadb"],
-                    );
-                    self.table_sink(&prefix, &t.table, &t.key);
-                }
-                SinkKind::Redis(r) => {
-                    r.resolved_url = self.connection_url(
-                        &prefix,
-                        &r.url,
-                        &r.url_env,
-                        &r.password_env,
-                        &["redis", "rediss"],
-                    );
-                    if let Err(why) = check_key_template(&r.key_template) {
-                        self.push(format!("{prefix}.key_template"), why);
-                    }
-                }
-            }
-        }
-    }
-
-    fn table_sink(&mut self, prefix: &str, table: &str, key: &[String]) {
-        if let Err(why) = check_table_name(table) {
-            self.push(format!("{prefix}.table"), why);
-        }
-        if key.is_empty() {
-            self.push(format!("{prefix}.key"), "found an empty array, expected the event fields that form the replica's primary key");
+            sink.resolved_url = sink.kind.visit(CheckStore {
+                validator: self,
+                prefix: &prefix,
+            });
         }
     }
 
@@ -514,37 +474,6 @@ fn check_pg_identifier(name: &str) -> Result<(), String> {
     }
 }
 
-/// `table` or `schema.table`, each part a valid identifier.
-fn check_table_name(name: &str) -> Result<(), String> {
-    let parts: Vec<&str> = name.split('.').collect();
-    if parts.len() <= 2 && parts.iter().all(|p| check_pg_identifier(p).is_ok()) {
-        Ok(())
-    } else {
-        Err(format!(
-            "found \"{name}\", expected a table name such as \"public.users\""
-        ))
-    }
-}
-
-fn check_key_template(template: &str) -> Result<(), String> {
-    let mut placeholders = 0;
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        let Some(close) = rest[open..].find('}') else {
-            return Err(format!("found \"{template}\" with an unclosed '{{', expected placeholders such as {{user_id}}"));
-        };
-        if close == 1 {
-            return Err(format!("found \"{template}\" with an empty '{{}}', expected placeholders such as {{user_id}}"));
-        }
-        placeholders += 1;
-        rest = &rest[open + close + 1..];
-    }
-    if placeholders == 0 {
-        return Err(format!("found \"{template}\" without a placeholder, so every event would write the same key; expected e.g. \"user:{{user_id}}\""));
-    }
-    Ok(())
-}
-
 /// `scheme://user:password@host…` with `password` set, percent-encoding what URLs reserve.
 fn with_password(url: &str, password: &str) -> String {
     let encoded: String = password
@@ -568,6 +497,33 @@ fn with_password(url: &str, password: &str) -> String {
     format!("{scheme}://{user}:{encoded}@{host}{tail}")
 }
 
+/// Resolves a sink's URL and collects what its connector refuses in its settings.
+struct CheckStore<'v, 'e, 'p> {
+    validator: &'v mut Validator<'e>,
+    prefix: &'p str,
+}
+
+impl StoreVisitor for CheckStore<'_, '_, '_> {
+    type Output = String;
+
+    fn visit<C: connectors::Connector>(self, config: &C::Config) -> String {
+        let endpoint = C::endpoint(config);
+        let owned = |v: Option<&str>| v.map(str::to_string);
+        let url = self.validator.connection_url(
+            self.prefix,
+            &owned(endpoint.url),
+            &owned(endpoint.url_env),
+            &owned(endpoint.password_env),
+            C::SCHEMES,
+        );
+        for issue in C::check(config) {
+            self.validator
+                .push(format!("{}.{}", self.prefix, issue.key), issue.message);
+        }
+        url
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -582,14 +538,6 @@ mod tests {
             with_password("postgres://u:old@h/db?x=1", "new"),
             "postgres://u:new@h/db?x=1"
         );
-    }
-
-    #[test]
-    fn key_templates_need_a_placeholder() {
-        assert!(check_key_template("user:{user_id}").is_ok());
-        assert!(check_key_template("user").is_err());
-        assert!(check_key_template("user:{").is_err());
-        assert!(check_key_template("user:{}").is_err());
     }
 
     #[test]

@@ -350,23 +350,23 @@ pub fn render(value: &Value) -> String {
             }
         }
         Value::Date(d) => infinite(&mut s, d, |s, d| {
-            connectors::text::date(s, i64::from(*d) + i64::from(PG_EPOCH_DAYS))
+            walcast_text::date(s, i64::from(*d) + i64::from(PG_EPOCH_DAYS))
         }),
-        Value::Time(us) => connectors::text::time(&mut s, *us),
+        Value::Time(us) => walcast_text::time(&mut s, *us),
         Value::TimeTz {
             micros,
             offset_secs,
         } => {
-            connectors::text::time(&mut s, *micros);
+            walcast_text::time(&mut s, *micros);
             let sign = if *offset_secs < 0 { '-' } else { '+' };
             let o = offset_secs.unsigned_abs();
             let _ = write!(s, "{sign}{:02}:{:02}", o / 3600, o % 3600 / 60);
         }
         Value::Timestamp(t) => infinite(&mut s, t, |s, us| {
-            connectors::text::timestamp(s, us + PG_EPOCH_MICROS)
+            walcast_text::timestamp(s, us + PG_EPOCH_MICROS)
         }),
         Value::TimestampTz(t) => infinite(&mut s, t, |s, us| {
-            connectors::text::timestamp(s, us + PG_EPOCH_MICROS);
+            walcast_text::timestamp(s, us + PG_EPOCH_MICROS);
             s.push('Z');
         }),
         Value::Interval {

@@ -25,8 +25,7 @@ use crate::source::{Change, Op, ReplicaIdentity, Row, Table};
 /// What the configuration says about one table.
 #[derive(Debug, Clone)]
 pub struct TableSpec {
-    /// `schema.table`.
-    pub table: String,
+    pub table: crate::source::catalog::TableName,
     pub topic: String,
     pub key: Arc<Contract>,
     pub insert: Option<Arc<Contract>>,
@@ -39,18 +38,6 @@ pub struct TableSpec {
 }
 
 impl TableSpec {
-    /// The table as the catalog names it.
-    pub fn table_name(&self) -> crate::source::catalog::TableName {
-        let (schema, name) = self
-            .table
-            .split_once('.')
-            .unwrap_or(("public", &self.table));
-        crate::source::catalog::TableName {
-            schema: schema.into(),
-            name: name.into(),
-        }
-    }
-
     /// The contracts of this table: key first, then insert, update, delete.
     pub fn contracts(&self) -> impl Iterator<Item = &Arc<Contract>> {
         std::iter::once(&self.key)

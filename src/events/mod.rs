@@ -112,7 +112,10 @@ pub fn specs(config: &Config, source: &SourceConfig) -> Result<Vec<Arc<TableSpec
         let delete = t.delete.as_deref().and_then(&mut load);
         if let Some(key) = key {
             specs.push(Arc::new(TableSpec {
-                table: format!("{schema}.{name}"),
+                table: crate::source::catalog::TableName {
+                    schema: schema.to_string(),
+                    name: name.to_string(),
+                },
                 topic: t.topic.clone(),
                 key,
                 insert,

@@ -326,7 +326,7 @@ impl Client {
                 .http
                 .request(request)
                 .await
-                .map_err(|e| unreachable(connectors::describe(&e)))?;
+                .map_err(|e| unreachable(walcast_text::describe(&e)))?;
             let status = response.status().as_u16();
             let bytes = response
                 .into_body()

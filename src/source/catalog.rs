@@ -63,10 +63,10 @@ fn catalog_error(e: tokio_postgres::Error) -> SourceError {
         }
                 Some(db) => SourceError::Catalog(format!("{}: {}", db.code().code(), db.message())),
         None if e.to_string().contains("TLS") => SourceError::setup(
-            connectors::describe(&e),
+            walcast_text::describe(&e),
             "check tls_ca_file and that the server certificate names this host, or use tls_mode = \"require\" to skip verification",
         ),
-        None => SourceError::Catalog(connectors::describe(&e)),
+        None => SourceError::Catalog(walcast_text::describe(&e)),
     }
 }
 

@@ -494,6 +494,6 @@ async fn emit_heartbeat(catalog: &Catalog, s: &SourceSettings) {
             .await,
     };
     if let Err(e) = result {
-        tracing::warn!(source = %s.name, error = %connectors::describe(&e), "heartbeat failed");
+        tracing::warn!(source = %s.name, error = %walcast_text::describe(&e), "heartbeat failed");
     }
 }

@@ -7,20 +7,10 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
 
 use super::error::SourceError;
 
-/// How a source's connections use TLS.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TlsMode {
-    Disable,
-    #[default]
-    Prefer,
-    Require,
-    VerifyFull,
-}
+pub use crate::config::TlsMode;
 
 /// A source's TLS settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
