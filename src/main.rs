@@ -121,7 +121,8 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(Failure::Runtime(e)) => {
-            eprintln!("walcast: {e:#}");
+            // Each cause once: walcast's errors already name their cause in their own text.
+            eprintln!("walcast: {}", walcast_text::describe(e.as_ref()));
             ExitCode::from(1)
         }
     }

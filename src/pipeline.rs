@@ -421,7 +421,11 @@ impl Pipeline {
         else {
             return Ok(());
         };
-        if self.mappings.get(&table).is_some_and(|m| *m.table == *table) {
+        if self
+            .mappings
+            .get(&table)
+            .is_some_and(|m| *m.table == *table)
+        {
             return Ok(());
         }
         let key = spec.table.clone();

@@ -15,8 +15,8 @@ pub mod sink;
 pub mod table;
 pub mod text;
 
-pub use sink::{Batch, Change, Field, FieldType, Op, Position, Sink, Value, Version};
 pub use connector::{Connector, Endpoint, Issue};
+pub use sink::{Batch, Change, Field, FieldType, Op, Position, Sink, Value, Version};
 pub use table::{TableOptions, TableSettings};
 
 use walcast_text::describe;

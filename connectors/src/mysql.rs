@@ -24,9 +24,9 @@ use std::collections::HashMap;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, TxOpts, Value as My};
 
+use crate::connector::{Connector, Endpoint, Issue};
 use crate::sink::{Batch, Change, Position, Sink, Value, Version};
 use crate::sink::{Field, FieldType};
-use crate::connector::{Connector, Endpoint, Issue};
 use crate::table::{field, missing_columns, TableOptions, TableSettings};
 use crate::Error;
 

@@ -22,9 +22,9 @@ use std::collections::HashMap;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
+use crate::connector::{Connector, Endpoint, Issue};
 use crate::sink::{Batch, Position, Sink, Value};
 use crate::sink::{Field, FieldType};
-use crate::connector::{Connector, Endpoint, Issue};
 use crate::table::{field, missing_columns, TableOptions, TableSettings};
 use crate::Error;
 

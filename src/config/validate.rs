@@ -9,8 +9,8 @@ use std::str::FromStr;
 
 use super::error::ConfigIssue;
 use super::sink::StoreVisitor;
-use connectors::table::check_table_name;
 use super::Config;
+use connectors::table::check_table_name;
 
 type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 

@@ -61,12 +61,15 @@ fn catalog_error(e: tokio_postgres::Error) -> SourceError {
         Some(db) if matches!(db.code().code(), "28P01" | "28000") => {
             SourceError::Auth(db.message().to_string())
         }
-                Some(db) => SourceError::Catalog(format!("{}: {}", db.code().code(), db.message())),
+        Some(db) => SourceError::Catalog {
+            code: Some(db.code().code().to_string()),
+            message: format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        },
         None if e.to_string().contains("TLS") => SourceError::setup(
             walcast_text::describe(&e),
             "check tls_ca_file and that the server certificate names this host, or use tls_mode = \"require\" to skip verification",
         ),
-        None => SourceError::Catalog(walcast_text::describe(&e)),
+        None => SourceError::catalog(walcast_text::describe(&e)),
     }
 }
 
@@ -271,7 +274,7 @@ impl Catalog {
             .map_err(catalog_error)?;
         let text: String = row.get(0);
         text.parse()
-            .map_err(|_| SourceError::Catalog(format!("pg_current_wal_lsn() returned {text}")))
+            .map_err(|_| SourceError::protocol(format!("pg_current_wal_lsn() returned {text}")))
     }
 
     /// Drops `slot`, refusing while a process streams from it. Returns the position it had

@@ -28,9 +28,13 @@ pub enum SourceError {
     /// must be fixed (space, permissions).
     #[error("spilling a streamed transaction to disk: {0}")]
     Spill(std::io::Error),
-    /// A catalog query on the ordinary connection failed.
-    #[error("catalog query: {0}")]
-    Catalog(String),
+    /// A catalog query on the ordinary connection failed. `code` is the server's SQLSTATE;
+    /// `None` when the connection itself failed (transient).
+    #[error("catalog query: {message}")]
+    Catalog {
+        code: Option<String>,
+        message: String,
+    },
     /// Another process streams from the slot. Transient: a dead connection's slot is freed
     /// once PostgreSQL notices, and an active instance that stops frees it for a standby.
     #[error("source {source_name}: replication slot {slot} is active for PID {pid}; waiting for it to be released\n  hint: if that is not another instance of this source stopping, stop the client using it (SELECT pg_terminate_backend({pid})) or give this source its own slot")]
@@ -47,7 +51,8 @@ impl SourceError {
         match self {
             SourceError::Io { .. } => true,
             SourceError::Server(e) => e.is_transient(),
-            SourceError::Catalog(_) | SourceError::SlotActive { .. } => true,
+            SourceError::Catalog { code, .. } => code.as_deref().is_none_or(sqlstate_is_transient),
+            SourceError::SlotActive { .. } => true,
             _ => false,
         }
     }
@@ -60,6 +65,14 @@ impl SourceError {
         SourceError::Setup {
             problem: problem.into(),
             hint: hint.into(),
+        }
+    }
+
+    /// A catalog query that failed for a reason the code does not say.
+    pub fn catalog(message: impl Into<String>) -> Self {
+        SourceError::Catalog {
+            code: None,
+            message: message.into(),
         }
     }
 
@@ -81,12 +94,22 @@ pub struct ServerError {
 impl ServerError {
     /// Connection-class, shutdown and resource errors pass; the rest are definite.
     pub fn is_transient(&self) -> bool {
-        self.code.starts_with("08") // connection exception
-            || self.code.starts_with("53") // insufficient resources
-            || self.code.starts_with("57P") // operator intervention: shutdown, crash
-            || self.code == "40001" // serialization failure
-            || self.code == "55006" // object in use: slot active in another process, may free up
+        sqlstate_is_transient(&self.code)
     }
+}
+
+/// Whether an error with this SQLSTATE may go away by itself: connection exceptions,
+/// insufficient resources, an operator's shutdown or crash, serialization failures and
+/// deadlocks, a query cancelled (statement timeout), and an object in use (a slot another
+/// process streams from). Everything else (a missing table, a permission, a syntax error)
+/// stays until someone fixes it.
+pub fn sqlstate_is_transient(code: &str) -> bool {
+    code.starts_with("08") // connection exception
+        || code.starts_with("53") // insufficient resources
+        || code.starts_with("57P") // operator intervention: shutdown, crash
+        || code == "57014" // query cancelled
+        || code.starts_with("40") // transaction rollback: serialization failure, deadlock
+        || code == "55006" // object in use
 }
 
 impl fmt::Display for ServerError {
@@ -103,5 +126,30 @@ impl fmt::Display for ServerError {
             write!(f, "\n  hint: {h}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog(code: &str) -> SourceError {
+        SourceError::Catalog {
+            code: Some(code.into()),
+            message: "m".into(),
+        }
+    }
+
+    #[test]
+    fn a_catalog_error_is_transient_only_for_the_classes_that_pass() {
+        for code in [
+            "08006", "53300", "57P01", "57014", "40001", "40P01", "55006",
+        ] {
+            assert!(catalog(code).is_transient(), "{code} passes");
+        }
+        for code in ["42P01", "42501", "42601", "22P02", "XX000"] {
+            assert!(!catalog(code).is_transient(), "{code} stays until fixed");
+        }
+        assert!(SourceError::catalog("connection reset").is_transient());
     }
 }

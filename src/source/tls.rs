@@ -7,7 +7,6 @@
 
 use std::path::PathBuf;
 
-
 use super::error::SourceError;
 
 pub use crate::config::TlsMode;
