@@ -9,8 +9,8 @@
 //! zero-copy slices of the read buffer. Reading is cancel-safe: a partial frame stays in the
 //! buffer, so the read can sit in a `select!`.
 //!
-//! The byte-level parsing is pure and separate from the I/O: [`split_frame`] cuts one
-//! backend frame off the read buffer, [`stream_frame`] says what a frame means inside the
+//! The byte-level parsing is pure and separate from the I/O: `split_frame` cuts one
+//! backend frame off the read buffer, `stream_frame` says what a frame means inside the
 //! CopyBoth stream, and [`parse_copy_data`] reads a CopyData payload (XLogData or a primary
 //! keepalive). Their errors are [`FrameError`]s, which name what was wrong. A frame whose
 //! framing itself is broken (a length field below 4, a message postgres-protocol cannot
@@ -103,7 +103,7 @@ enum Frame {
     CopyData(Bytes),
 }
 
-/// What [`split_frame`] found at the front of the read buffer.
+/// What `split_frame` found at the front of the read buffer.
 enum Split {
     Frame(Frame),
     /// The frame is not complete yet. `frame_len` is its whole length (tag included) once its
