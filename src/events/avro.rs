@@ -189,6 +189,15 @@ fn encode_value(enc: &Enc, value: &Value, out: &mut Vec<u8>) -> Result<(), Encod
             enc_name(enc)
         ))
     };
+    // PostgreSQL's timestamps run to 294276 AD; Unix-epoch microseconds in a long, to
+    // 294247 AD.
+    let out_of_range = || {
+        EncodeError(format!(
+            "{} is beyond the range of {} (Unix-epoch microseconds in a long end in 294247 AD); map the column to a string field to carry it",
+            render(value),
+            enc_name(enc)
+        ))
+    };
     match (enc, value) {
         (Enc::Boolean, Value::Bool(b)) => out.push(u8::from(*b)),
         (Enc::Int | Enc::Long, Value::Int2(n)) => write_long(out, i64::from(*n)),
@@ -219,11 +228,14 @@ fn encode_value(enc: &Enc, value: &Value, out: &mut Vec<u8>) -> Result<(), Encod
         (
             Enc::TimestampMicros | Enc::LocalTimestampMicros,
             Value::TimestampTz(Infinite::Finite(us)) | Value::Timestamp(Infinite::Finite(us)),
-        ) => write_long(out, us + PG_EPOCH_MICROS),
+        ) => write_long(out, unix_micros(*us).ok_or_else(out_of_range)?),
         (
             Enc::TimestampMillis | Enc::LocalTimestampMillis,
             Value::TimestampTz(Infinite::Finite(us)) | Value::Timestamp(Infinite::Finite(us)),
-        ) => write_long(out, (us + PG_EPOCH_MICROS).div_euclid(1000)),
+        ) => write_long(
+            out,
+            unix_micros(*us).ok_or_else(out_of_range)?.div_euclid(1000),
+        ),
         (Enc::Date, Value::Date(_)) | (_, Value::Timestamp(_) | Value::TimestampTz(_)) => {
             return Err(infinite())
         }
@@ -254,6 +266,23 @@ fn encode_value(enc: &Enc, value: &Value, out: &mut Vec<u8>) -> Result<(), Encod
         }
     }
     Ok(())
+}
+
+/// Microseconds since 2000-01-01 as microseconds since 1970-01-01, when a long holds them.
+fn unix_micros(pg_micros: i64) -> Option<i64> {
+    pg_micros.checked_add(PG_EPOCH_MICROS)
+}
+
+/// Microseconds since 2000-01-01 in ISO 8601, for every PostgreSQL timestamp (whole days
+/// are counted apart, so nothing overflows where Unix-epoch microseconds would).
+fn timestamp_text(s: &mut String, pg_micros: i64) {
+    const DAY_MICROS: i64 = 86_400_000_000;
+    walcast_text::date(
+        s,
+        pg_micros.div_euclid(DAY_MICROS) + i64::from(PG_EPOCH_DAYS),
+    );
+    s.push('T');
+    walcast_text::time(s, pg_micros.rem_euclid(DAY_MICROS));
 }
 
 /// The unscaled integer of a numeric at `scale`; refuses to drop digits.
@@ -362,11 +391,9 @@ pub fn render(value: &Value) -> String {
             let o = offset_secs.unsigned_abs();
             let _ = write!(s, "{sign}{:02}:{:02}", o / 3600, o % 3600 / 60);
         }
-        Value::Timestamp(t) => infinite(&mut s, t, |s, us| {
-            walcast_text::timestamp(s, us + PG_EPOCH_MICROS)
-        }),
+        Value::Timestamp(t) => infinite(&mut s, t, |s, us| timestamp_text(s, *us)),
         Value::TimestampTz(t) => infinite(&mut s, t, |s, us| {
-            walcast_text::timestamp(s, us + PG_EPOCH_MICROS);
+            timestamp_text(s, *us);
             s.push('Z');
         }),
         Value::Interval {
@@ -537,6 +564,49 @@ mod tests {
             &mut vec![]
         )
         .is_err());
+    }
+
+    #[test]
+    fn timestamps_past_the_last_unix_epoch_long_are_refused_naming_the_value() {
+        // PostgreSQL's last timestamp, 294276-12-31 23:59:59.999999, in microseconds since
+        // 2000-01-01; a Unix-epoch long ends in 294247.
+        let last = 9_223_371_331_200_000_000 - 1;
+        let first_beyond = i64::MAX - PG_EPOCH_MICROS + 1;
+        for (enc, value) in [
+            (
+                Enc::TimestampMicros,
+                Value::TimestampTz(Infinite::Finite(last)),
+            ),
+            (
+                Enc::TimestampMillis,
+                Value::TimestampTz(Infinite::Finite(first_beyond)),
+            ),
+            (
+                Enc::LocalTimestampMicros,
+                Value::Timestamp(Infinite::Finite(last)),
+            ),
+            (
+                Enc::LocalTimestampMillis,
+                Value::Timestamp(Infinite::Finite(last)),
+            ),
+        ] {
+            let e = encode(&plain(enc.clone()), &value, &mut vec![]).unwrap_err();
+            assert!(
+                e.0.contains(&format!(" is beyond the range of {}", enc_name(&enc))),
+                "{e}"
+            );
+            assert!(e.0.starts_with(&render(&value)), "{e}");
+        }
+        assert!(encode(
+            &plain(Enc::TimestampMicros),
+            &Value::TimestampTz(Infinite::Finite(first_beyond - 1)),
+            &mut vec![]
+        )
+        .is_ok());
+        assert_eq!(
+            render(&Value::TimestampTz(Infinite::Finite(last))),
+            "294276-12-31T23:59:59.999999Z"
+        );
     }
 
     #[test]

@@ -357,6 +357,9 @@ fn convert(v: Avro, scale: Option<usize>) -> Result<Value, String> {
 }
 
 #[cfg(test)]
+mod roundtrip;
+
+#[cfg(test)]
 mod tests {
     use super::decimal_text;
 
