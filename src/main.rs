@@ -73,7 +73,7 @@ enum SchemasAction {
 #[derive(Debug, Subcommand)]
 enum SlotAction {
     /// Drop a source's replication slot. WAL retained for it is released; changes not yet
-    /// published are lost to walcast, so the next run starts with a new snapshot.
+    /// published are lost to walcast, and the next run starts from a new slot.
     Drop {
         #[command(flatten)]
         config: ConfigArg,
@@ -154,7 +154,7 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                 .map_err(|e| Failure::Runtime(e.into()))
         }
         Command::Schemas { action } => schemas(action).await,
-        Command::Status(c) => not_yet(c, "status", "the source and sink runners (issues #3, #6)"),
+        Command::Status(c) => not_yet(c, "status"),
         Command::Registry(c) => {
             let config = load(&c)?;
             walcast::registry::run(
@@ -278,10 +278,10 @@ fn load(arg: &ConfigArg) -> Result<Config, Failure> {
 }
 
 /// A subcommand whose capability belongs to a later issue: validate, then say so.
-fn not_yet(arg: ConfigArg, command: &str, what: &str) -> Result<(), Failure> {
+fn not_yet(arg: ConfigArg, command: &str) -> Result<(), Failure> {
     load(&arg)?;
     Err(Failure::Runtime(anyhow::anyhow!(
-        "{command}: not implemented yet; it lands with {what}. The configuration {} is valid.",
+        "{command}: not available in this version. The configuration {} is valid.",
         arg.config.display()
     )))
 }

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{unique, Stack};
 
@@ -30,7 +30,7 @@ pub struct Daemon {
     /// The brokers the daemon publishes to.
     pub brokers: String,
     child: Option<Child>,
-    log: PathBuf,
+    pub log: PathBuf,
 }
 
 /// How the test's configuration differs from the default.
@@ -197,34 +197,37 @@ delete = "UserDeleted.avsc"
     }
 
     async fn wait_streaming(&mut self, pg: &tokio_postgres::Client) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let streaming = pg
-                .query_opt(
-                    "SELECT 1 FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid \
-                     WHERE s.slot_name = $1 AND r.state = 'streaming'",
-                    &[&self.name],
+        let (name, log) = (self.name.clone(), self.log.clone());
+        let child = self.child.as_mut().unwrap();
+        super::wait_for(
+            Duration::from_secs(60),
+            || {
+                format!(
+                    "slot {name} to stream:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
                 )
-                .await
-                .unwrap()
-                .is_some();
-            if streaming {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "walcast run exited with {status} before streaming:\n{}",
-                    self.log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "slot {} not streaming within 60s:\n{}",
-                self.name,
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            },
+            || {
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!(
+                        "walcast run exited with {status} before streaming:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+                let name = &name;
+                async move {
+                    pg.query_opt(
+                        "SELECT 1 FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid \
+                         WHERE s.slot_name = $1 AND r.state = 'streaming'",
+                        &[name],
+                    )
+                    .await
+                    .unwrap()
+                    .map(|_| ())
+                }
+            },
+        )
+        .await;
     }
 
     /// Runs `walcast run` to its end (for configurations it must refuse): exit code, log.
@@ -256,17 +259,15 @@ delete = "UserDeleted.avsc"
             .args(["-TERM", &child.id().to_string()])
             .status()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "walcast did not stop within 60s of SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        super::wait_for(
+            Duration::from_secs(60),
+            || "walcast to stop after SIGTERM".to_string(),
+            || {
+                let status = child.try_wait().unwrap();
+                async move { status.map(|s| s.code()) }
+            },
+        )
+        .await
     }
 
     /// Whether the daemon is still running; its exit status otherwise.

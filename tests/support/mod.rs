@@ -181,20 +181,47 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", std::process::id())
 }
 
-/// Polls `condition` until it holds, failing with `what` after `timeout`. Never sleep and hope.
+/// The one way tests wait: polls `probe` every 50 ms until it yields a value, and returns
+/// it. After `timeout` the test fails with "timed out after … waiting for {what}", where
+/// `what` is asked only then, so it can carry logs or the last state seen. A probe panics
+/// itself when waiting longer is pointless (the process under test exited). Never sleep
+/// and hope.
+pub async fn wait_for<T, F, Fut>(
+    timeout: Duration,
+    what: impl FnOnce() -> String,
+    mut probe: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {}", what());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// [`wait_for`] a condition that holds.
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + timeout;
-    while !condition().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        timeout,
+        || what.to_string(),
+        || {
+            let holds = condition();
+            async move { holds.await.then_some(()) }
+        },
+    )
+    .await
 }
 
 /// One consumed Kafka record.
@@ -327,33 +354,29 @@ impl RunningSource {
         let application = format!("walcast:{}", settings.name);
         let mut source = Self::start(settings);
         let pg = stack.pg(db).await;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let active = pg
-                .query_opt(
-                    "SELECT 1 FROM pg_stat_replication r \
-                     JOIN pg_replication_slots s ON s.active_pid = r.pid \
-                     WHERE s.slot_name = $1 AND r.application_name = $2 AND r.state = 'streaming'",
-                    &[&slot, &application],
-                )
-                .await
-                .unwrap()
-                .is_some();
-            if active {
-                return source;
-            }
-            if source.task.is_finished() {
-                panic!(
-                    "the source stopped before streaming: {:?}",
-                    (&mut source.task).await.unwrap()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "slot {slot} not streaming within 30s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let finished = |source: &mut Self| source.task.is_finished();
+        wait_for(
+            Duration::from_secs(30),
+            || format!("slot {slot} to stream"),
+            || {
+                let stopped = finished(&mut source);
+                let (pg, slot, application) = (&pg, &slot, &application);
+                async move {
+                    assert!(!stopped, "the source stopped before streaming");
+                    pg.query_opt(
+                        "SELECT 1 FROM pg_stat_replication r \
+                         JOIN pg_replication_slots s ON s.active_pid = r.pid \
+                         WHERE s.slot_name = $1 AND r.application_name = $2 AND r.state = 'streaming'",
+                        &[slot, application],
+                    )
+                    .await
+                    .unwrap()
+                    .map(|_| ())
+                }
+            },
+        )
+        .await;
+        source
     }
 
     /// The next event, from the source's batches.

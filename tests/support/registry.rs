@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -75,35 +75,36 @@ impl Registry {
     }
 
     async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let mut err = String::new();
-                use std::io::Read;
-                self.child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut err)
-                    .unwrap();
-                panic!("walcast registry exited with {status} before serving:\n{err}");
-            }
-            let up = tokio::time::timeout(
-                Duration::from_secs(2),
-                raw(&self.url, "GET", "/", None, None, None),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok_and(|(status, _)| status != 401 || self.auth.is_some()));
-            if up {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "walcast registry at {} not serving within 60s",
-                self.url
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let (url, auth) = (self.url.clone(), self.auth.is_some());
+        let child = &mut self.child;
+        super::wait_for(
+            Duration::from_secs(60),
+            || format!("walcast registry at {url} to serve"),
+            || {
+                if let Some(status) = child.try_wait().unwrap() {
+                    let mut err = String::new();
+                    use std::io::Read;
+                    child
+                        .stderr
+                        .take()
+                        .unwrap()
+                        .read_to_string(&mut err)
+                        .unwrap();
+                    panic!("walcast registry exited with {status} before serving:\n{err}");
+                }
+                let url = &url;
+                async move {
+                    tokio::time::timeout(
+                        Duration::from_secs(2),
+                        raw(url, "GET", "/", None, None, None),
+                    )
+                    .await
+                    .is_ok_and(|r| r.is_ok_and(|(status, _)| status != 401 || auth))
+                    .then_some(())
+                }
+            },
+        )
+        .await;
     }
 
     /// SIGKILLs the registry and starts it again on the same port and topic.

@@ -1,12 +1,10 @@
 //! Spec: every supported PostgreSQL 15 type round-trips from a real server to the exact value,
 //! including NaN, ±Infinity, ±infinity, enums, domains, arrays, NULL and unchanged TOAST.
 
-mod support;
-
 use std::net::IpAddr;
 use std::time::Duration;
 
-use support::{source_settings, unique, RunningSource, Stack};
+use crate::support::{source_settings, unique, RunningSource, Stack};
 use walcast::source::value::{Infinite, Numeric, Value};
 use walcast::source::Change;
 

@@ -4,11 +4,9 @@
 //!
 //! Its own test binary, so the peak RSS measured is this test's alone.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::{source_settings, unique, RunningSource, Stack};
+use crate::support::{source_settings, unique, RunningSource, Stack};
 use walcast::source::SourceEvent;
 
 /// The bound this test states: the whole test process, source included, stays under it.
@@ -71,7 +69,7 @@ async fn a_million_row_transaction_streams_through_in_bounded_memory() {
         }
     }
     assert_eq!(seen, ROWS);
-    let streamed = support::streamed_transactions(&pg, &name).await;
+    let streamed = crate::support::streamed_transactions(&pg, &name).await;
     assert!(
         streamed >= 1,
         "the server streamed the transaction while in progress"

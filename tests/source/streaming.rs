@@ -2,11 +2,11 @@
 //! ones (and aborted savepoints) emit nothing; a restart resumes exactly after what was
 //! acknowledged, and nothing unacknowledged is ever confirmed.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{confirmed_flush, source_settings, unique, RunningSource, Stack};
+use crate::support::{
+    confirmed_flush, source_settings, unique, wait_for, wait_until, RunningSource, Stack,
+};
 use walcast::source::value::Value;
 
 /// A database, table and replication role whose walsender streams any transaction over
@@ -93,7 +93,7 @@ async fn streamed_transactions_emit_on_commit_and_aborts_emit_nothing() {
     assert_eq!(txns[1].changes.iter().map(id).collect::<Vec<_>>(), [9999]);
     assert!(txns[0].commit_lsn < txns[1].commit_lsn);
 
-    let streamed = support::streamed_transactions(&pg, &name).await;
+    let streamed = crate::support::streamed_transactions(&pg, &name).await;
     assert!(
         streamed >= 2,
         "the server streamed the large transactions ({streamed})"
@@ -117,14 +117,12 @@ async fn a_restart_resumes_after_the_acknowledged_position_without_gap() {
 
     // Only the first four are acknowledged downstream; the source must not confirm more.
     source.ack(txns[3].end_lsn);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while confirmed_flush(&pg, &name).await < txns[3].end_lsn {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the acknowledged position was not confirmed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        "the acknowledged position to be confirmed",
+        Duration::from_secs(10),
+        || async { confirmed_flush(&pg, &name).await >= txns[3].end_lsn },
+    )
+    .await;
     // Several status intervals later it still has not gone past it.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(confirmed_flush(&pg, &name).await, txns[3].end_lsn);
@@ -188,17 +186,20 @@ async fn a_lost_connection_reconnects_and_resumes_without_gap() {
             .unwrap();
     }
     // Everything after the confirmed position comes again (at least once), then the new rows.
-    let mut ids = std::collections::BTreeSet::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !ids.contains(&8) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "did not resume; saw {ids:?}"
-        );
-        for t in source.transactions(1, Duration::from_secs(30)).await {
-            ids.extend(t.changes.iter().map(id));
-        }
-    }
+    let seen = tokio::sync::Mutex::new((source, std::collections::BTreeSet::new()));
+    wait_for(
+        Duration::from_secs(30),
+        || "the source to resume".to_string(),
+        || async {
+            let (source, ids) = &mut *seen.lock().await;
+            for t in source.transactions(1, Duration::from_secs(30)).await {
+                ids.extend(t.changes.iter().map(id));
+            }
+            ids.contains(&8).then_some(())
+        },
+    )
+    .await;
+    let (source, ids) = seen.into_inner();
     assert!(
         (4..=8).all(|i| ids.contains(&i)),
         "a gap after reconnecting: {ids:?}"
@@ -226,24 +227,21 @@ async fn the_heartbeat_keeps_an_idle_slot_advancing() {
 
     // No change to the published table at all, yet the slot's position moves on, and the
     // heartbeat table says the source is alive.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let beat: Option<bool> = pg
-            .query_opt(
-                "SELECT ts > now() - interval '5 seconds' FROM walcast_heartbeat WHERE source = $1",
-                &[&name],
-            )
-            .await
-            .unwrap()
-            .map(|r| r.get(0));
-        if beat == Some(true) && confirmed_flush(&pg, &name).await > start {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "idle slot did not advance (heartbeat {beat:?})"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        "the idle slot to advance with a fresh heartbeat",
+        Duration::from_secs(20),
+        || async {
+            let beat: Option<bool> = pg
+                .query_opt(
+                    "SELECT ts > now() - interval '5 seconds' FROM walcast_heartbeat WHERE source = $1",
+                    &[&name],
+                )
+                .await
+                .unwrap()
+                .map(|r| r.get(0));
+            beat == Some(true) && confirmed_flush(&pg, &name).await > start
+        },
+    )
+    .await;
     source.stop().await.unwrap();
 }

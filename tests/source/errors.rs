@@ -1,10 +1,8 @@
 //! Spec: a database that is not set up for walcast is refused before anything streams, with
 //! a message naming the object and the exact SQL that fixes it.
 
-mod support;
-
-use support::targets::OwnPostgres;
-use support::{source_settings, unique, RunningSource, Stack};
+use crate::support::targets::OwnPostgres;
+use crate::support::{source_settings, unique, RunningSource, Stack};
 use walcast::source::{prepare, SourceError, SourceSettings};
 
 /// A fresh database owned by the test, with `ddl` run in it and walcast allowed to publish.

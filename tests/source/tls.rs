@@ -2,12 +2,10 @@
 //! `verify-full`, and refuse clearly when verification or the server's rules fail.
 //! The stack's `walcast_tls` role may only connect over TLS (pg_hba: hostnossl … reject).
 
-mod support;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use support::{source_settings, unique, RunningSource, Stack};
+use crate::support::{source_settings, unique, RunningSource, Stack};
 use walcast::source::protocol::ReplicationConn;
 use walcast::source::tls::{TlsMode, TlsSettings};
 use walcast::source::{prepare, SourceError};

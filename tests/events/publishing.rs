@@ -3,12 +3,10 @@
 //! and it refuses, with a message naming the file, field, table and column, every mapping
 //! or contract that would publish wrong data.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use support::daemon::{decode, decode_with, Daemon, Setup};
+use crate::support::daemon::{decode, decode_with, Daemon, Setup};
 
 async fn insert_users(pg: &tokio_postgres::Client, names: &[&str]) {
     let mut sql = String::from("INSERT INTO users (full_name, email, password_hash) VALUES ");
@@ -281,18 +279,21 @@ async fn an_unmapped_column_added_is_ignored_and_a_breaking_change_stops_the_sou
         .await
         .unwrap();
     pg.batch_execute("INSERT INTO users (display_name, email, password_hash) VALUES ('Grace', 'g@example.com', 'x')").await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = daemon.exited() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "walcast kept running after a breaking change:\n{}",
-            daemon.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let log = daemon.log.clone();
+    let status = crate::support::wait_for(
+        Duration::from_secs(30),
+        || {
+            format!(
+                "walcast to stop after a breaking change:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        },
+        || {
+            let exited = daemon.exited();
+            async move { exited }
+        },
+    )
+    .await;
     assert_eq!(status.code(), Some(1));
     let log = daemon.log_text();
     assert!(

@@ -4,14 +4,12 @@
 //! and after a restart of its store mid-stream. The MariaDB replica's table is created by
 //! the sink from the contract (`auto_create`).
 
-mod support;
+use std::time::Duration;
 
-use std::time::{Duration, Instant};
-
+use crate::support::daemon::{Daemon, Setup};
+use crate::support::targets::{restart_machine_mariadb, OwnPostgres, OwnRedis};
+use crate::support::{unique, wait_for, wait_until, Stack};
 use mysql_async::prelude::Queryable;
-use support::daemon::{Daemon, Setup};
-use support::targets::{restart_machine_mariadb, OwnPostgres, OwnRedis};
-use support::{unique, Stack};
 
 type Rows = Vec<(i64, String, String)>;
 
@@ -98,31 +96,34 @@ impl Replicas {
 
 /// Waits until every replica holds exactly the source's rows.
 async fn converged(daemon: &Daemon, source: &tokio_postgres::Client, replicas: &Replicas) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let want = source_rows(source).await;
-        let got = [
-            ("postgres", replicas.postgres().await),
-            ("mariadb", replicas.mysql().await),
-            ("redis", replicas.redis().await),
-        ];
-        let behind: Vec<String> = got
-            .iter()
-            .filter(|(_, rows)| *rows != want)
-            .map(|(store, rows)| format!("{store} ({} rows)", rows.len()))
-            .collect();
-        if behind.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replicas did not converge within 120s: {} source rows; behind: {}\n{}",
-            want.len(),
-            behind.join(", "),
-            daemon.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let last = std::sync::Mutex::new(String::new());
+    wait_for(
+        Duration::from_secs(120),
+        || {
+            format!(
+                "the replicas to converge; {}\n{}",
+                last.lock().unwrap(),
+                daemon.log_text()
+            )
+        },
+        || async {
+            let want = source_rows(source).await;
+            let got = [
+                ("postgres", replicas.postgres().await),
+                ("mariadb", replicas.mysql().await),
+                ("redis", replicas.redis().await),
+            ];
+            let behind: Vec<String> = got
+                .iter()
+                .filter(|(_, rows)| *rows != want)
+                .map(|(store, rows)| format!("{store} ({} rows)", rows.len()))
+                .collect();
+            *last.lock().unwrap() =
+                format!("{} source rows; behind: {}", want.len(), behind.join(", "));
+            behind.is_empty().then_some(())
+        },
+    )
+    .await;
 }
 
 /// A few transactions of random inserts, updates (also of the same key twice) and deletes.
@@ -306,8 +307,8 @@ async fn poison_records_go_to_the_dead_letter_topic_and_the_sink_goes_on() {
         .await
         .unwrap();
 
-    let records = support::consume_from_start(&stack.kafka_brokers, &dlq, 2).await;
-    let header = |r: &support::Record, name: &str| {
+    let records = crate::support::consume_from_start(&stack.kafka_brokers, &dlq, 2).await;
+    let header = |r: &crate::support::Record, name: &str| {
         r.headers
             .iter()
             .find(|(k, _)| k == name)
@@ -352,7 +353,7 @@ async fn poison_records_go_to_the_dead_letter_topic_and_the_sink_goes_on() {
         .unwrap();
     assert_eq!(header(apply, "op"), "insert");
 
-    support::wait_until("the good rows", Duration::from_secs(60), || async {
+    crate::support::wait_until("the good rows", Duration::from_secs(60), || async {
         let names: Vec<String> = replica
             .query("SELECT name FROM user_replica ORDER BY user_id", &[])
             .await
@@ -392,7 +393,7 @@ async fn a_poison_record_stops_the_sink_naming_topic_partition_and_offset() {
         .batch_execute("INSERT INTO users (full_name, email, password_hash) VALUES ('Bad', 'poison@example.com', 'x')")
         .await
         .unwrap();
-    support::wait_until("the daemon to stop", Duration::from_secs(60), || {
+    crate::support::wait_until("the daemon to stop", Duration::from_secs(60), || {
         let exited = daemon.exited().is_some();
         async move { exited }
     })
@@ -452,20 +453,24 @@ async fn a_sink_group_member_takes_over_when_the_other_dies() {
     let source = daemon.pg().await;
     let mut seed = 0x2545_F491_4F6C_DD1Du64 ^ u64::from(std::process::id());
     random_writes(&source, 5, &mut seed).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let log = std::fs::read_to_string(&member_log).unwrap_or_default();
-        if log.contains("partitions assigned") && log.contains(&format!("(\"{}\", ", daemon.topic))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the second member was given no partition within 60s:\n{log}\nfirst member:\n{}",
-            daemon.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let member_text = || std::fs::read_to_string(&member_log).unwrap_or_default();
+    wait_for(
+        Duration::from_secs(60),
+        || {
+            format!(
+                "the second member to be given a partition:\n{}\nfirst member:\n{}",
+                member_text(),
+                daemon.log_text()
+            )
+        },
+        || {
+            let log = member_text();
+            let assigned = log.contains("partitions assigned")
+                && log.contains(&format!("(\"{}\", ", daemon.topic));
+            async move { assigned.then_some(()) }
+        },
+    )
+    .await;
     let replica_rows = || async {
         replica
             .query(
@@ -478,23 +483,21 @@ async fn a_sink_group_member_takes_over_when_the_other_dies() {
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect::<Rows>()
     };
-    let converged = || async {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let (want, got) = (source_rows(&source).await, replica_rows().await);
-            if want == got {
-                return want.len();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the replica did not converge: {} source rows, {} replica rows\n{}\nmember:\n{}",
-                want.len(),
-                got.len(),
-                daemon.log_text(),
-                std::fs::read_to_string(&member_log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    let converged = || {
+        wait_for(
+            Duration::from_secs(90),
+            || {
+                format!(
+                    "the replica to converge\n{}\nmember:\n{}",
+                    daemon.log_text(),
+                    member_text()
+                )
+            },
+            || async {
+                let (want, got) = (source_rows(&source).await, replica_rows().await);
+                (want == got).then_some(want.len())
+            },
+        )
     };
     random_writes(&source, 10, &mut seed).await;
     converged().await;
@@ -577,27 +580,23 @@ async fn older_events_are_read_in_the_latest_contract_version() {
         ("Grace".to_string(), "standard".to_string()),
         ("Edsger".to_string(), "gold".to_string()),
     ];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got: Vec<(String, String)> = replica
-            .query(
-                "SELECT name, coalesce(tier, 'NULL') FROM user_replica ORDER BY user_id",
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        if got == want {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replica holds {got:?}, expected {want:?}\n{}",
-            daemon.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        &format!("the replica to hold {want:?}"),
+        Duration::from_secs(60),
+        || async {
+            let got: Vec<(String, String)> = replica
+                .query(
+                    "SELECT name, coalesce(tier, 'NULL') FROM user_replica ORDER BY user_id",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            got == want
+        },
+    )
+    .await;
     assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
 }

@@ -2,11 +2,9 @@
 //! a Kafka topic in Confluent's record format, and keeps every id across restarts.
 //! Each test runs its own `walcast registry` process on its own schema topic.
 
-mod support;
-
+use crate::support::registry::{raw, Options, Registry};
+use crate::support::Stack;
 use serde_json::json;
-use support::registry::{raw, Options, Registry};
-use support::Stack;
 
 const USER_V1: &str = r#"{"type":"record","name":"UserCreated","namespace":"users","fields":[{"name":"user_id","type":"long"},{"name":"name","type":"string"}]}"#;
 const USER_V2: &str = r#"{"type":"record","name":"UserCreated","namespace":"users","fields":[{"name":"user_id","type":"long"},{"name":"name","type":"string"},{"name":"email","type":["null","string"],"default":null}]}"#;
@@ -202,7 +200,8 @@ async fn the_schema_topic_holds_confluents_record_format() {
     let stack = Stack::get();
     let registry = Registry::start(stack).await;
     let id = registry.register("fmt-value", USER_V1).await;
-    let records = support::consume_from_start(&stack.kafka_brokers, &registry.topic, 2).await;
+    let records =
+        crate::support::consume_from_start(&stack.kafka_brokers, &registry.topic, 2).await;
     let schema = records
         .iter()
         .find(|r| {

@@ -1,11 +1,9 @@
 //! Spec: the replication connection authenticates with every method PostgreSQL offers for
 //! passwords (cleartext, MD5, SCRAM-SHA-256), and a wrong password is a permanent error.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{source_settings, unique, RunningSource, Stack};
+use crate::support::{source_settings, unique, RunningSource, Stack};
 use walcast::source::protocol::ReplicationConn;
 use walcast::source::SourceError;
 

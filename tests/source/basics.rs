@@ -1,11 +1,9 @@
 //! Spec: the source streams every row change of the published tables from a real
 //! PostgreSQL 15, in commit order, with (lsn, seq), and confirms only what was acknowledged.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{source_settings, unique, RunningSource, Stack};
+use crate::support::{source_settings, unique, RunningSource, Stack};
 use walcast::source::value::Value;
 use walcast::source::Op;
 

@@ -1,11 +1,9 @@
 //! Spec: `walcast check --connect` reaches every configured server on the real stack and
 //! prints one line per server with OK or the reason.
 
-mod support;
-
 use std::process::Output;
 
-use support::{unique, Stack};
+use crate::support::{unique, Stack};
 
 fn config(
     source_url: &str,

@@ -2,10 +2,8 @@
 //! registry as it would Confluent's: SchemaRegistryClient for the REST API, and
 //! AvroSerializer / AvroDeserializer producing and consuming real records through the broker.
 
-mod support;
-
-use support::registry::Registry;
-use support::{unique, Stack};
+use crate::support::registry::Registry;
+use crate::support::{unique, Stack};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn confluents_python_client_registers_produces_and_consumes() {

@@ -3,16 +3,14 @@
 //! instance that fences the first, and a broker that dies mid-stream; and a broker outage
 //! never lets a position be confirmed to PostgreSQL before Kafka holds it.
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::daemon::{decode_from, Daemon, Setup};
-use support::targets::OwnKafka;
-use support::wait_until;
+use crate::support::daemon::{decode_from, Daemon, Setup};
+use crate::support::targets::OwnKafka;
+use crate::support::wait_until;
 
 /// Source transactions written, by xid: how many rows each changed (one event per row).
 type Written = Arc<Mutex<BTreeMap<u32, usize>>>;

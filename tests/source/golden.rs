@@ -5,8 +5,6 @@
 //! A capture file is a sequence of frames, each a 4-byte big-endian length and one
 //! XLogData payload. Its `.expected` file is the decoder's rendering, reviewed when made.
 
-mod support;
-
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -114,7 +112,7 @@ fn decoded_captures_match_their_expected_rendering() {
 #[ignore]
 async fn capture() {
     use walcast::source::protocol::{ReplicationConn, ReplicationMessage};
-    let stack = support::Stack::get();
+    let stack = crate::support::Stack::get();
     let name = "golden_capture";
     let db = stack.fresh_pg_database(name).await;
     let pg = stack.pg(&db).await;

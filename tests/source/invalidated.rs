@@ -3,12 +3,10 @@
 //! Invalidating a slot needs a small `max_slot_wal_keep_size`, which would endanger every
 //! other slot on the shared stack cluster, so this test runs a throwaway cluster of its own.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{source_settings, Stack};
+use crate::support::{source_settings, Stack};
 use walcast::source::prepare;
 
 /// A PostgreSQL cluster in a temporary directory, stopped and removed on drop.

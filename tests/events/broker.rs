@@ -3,17 +3,15 @@
 //! offsets that outlive the consumer; and walcast never lets a broker create a topic for it
 //! on first use, which would ignore the partition count and cleanup policy it configures.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::targets::OwnKafka;
+use crate::support::{consume, unique, wait_until, Stack};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use support::targets::OwnKafka;
-use support::{consume, unique, wait_until, Stack};
 
 fn client(stack: &Stack) -> ClientConfig {
     let mut cc = ClientConfig::new();

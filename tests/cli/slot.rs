@@ -1,10 +1,8 @@
 //! Spec: `walcast slot drop` is the one way walcast drops a slot, and it refuses an active one.
 
-mod support;
-
 use std::process::Output;
 
-use support::{source_settings, unique, RunningSource, Stack};
+use crate::support::{source_settings, unique, RunningSource, Stack};
 
 fn slot_drop(config: &std::path::Path) -> (Option<i32>, String, String) {
     let out: Output = std::process::Command::new(env!("CARGO_BIN_EXE_walcast"))

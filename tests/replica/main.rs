@@ -1,0 +1,8 @@
+//! The full loop into every replica store: convergence through kill -9 and store restarts, poison policies, consumer-group takeover, and contract versions.
+//!
+//! One test binary per area: each links librdkafka and the whole crate once.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod convergence;

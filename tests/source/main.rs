@@ -1,0 +1,16 @@
+//! The PostgreSQL source against real clusters: streaming, authentication, refusals with their fixes, invalidated slots, large and streamed transactions, TLS, every type, and captured pgoutput (golden files).
+//!
+//! One test binary per area: each links librdkafka and the whole crate once.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod auth;
+mod basics;
+mod errors;
+mod golden;
+mod invalidated;
+mod large;
+mod streaming;
+mod tls;
+mod types;
