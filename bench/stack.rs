@@ -1,6 +1,6 @@
 //! The local stack the benchmarks run against, as `scripts/stack up` left it.
 // Each benchmark uses its own subset.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
 use std::process::Command;

@@ -213,7 +213,7 @@ impl Record {
 
 /// `serde_json::to_vec` over the few types above, without generic plumbing at call sites.
 mod erased {
-    pub trait Json {
+    pub(super) trait Json {
         fn to_vec(&self) -> Vec<u8>;
     }
     impl<T: serde::Serialize> Json for T {
