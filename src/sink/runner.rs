@@ -44,6 +44,11 @@ use super::SinkError;
 use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
 
+#[cfg(test)]
+mod memory;
+#[cfg(test)]
+mod tests;
+
 /// The positions applied (as the replica last reported them, then as batches were
 /// applied): where each partition is read from, `(topic, partition) → next offset`. Shared
 /// with the consumer, whose assignments start there.
