@@ -87,7 +87,7 @@ pub async fn run(
         });
     }
     for index in 0..config.sinks.len() {
-        let (cfg, reg, done) = (config.clone(), registry.clone(), signal());
+        let (cfg, reg, done) = (config.clone(), registry.clone(), parts.clone());
         tasks.spawn(async move {
             crate::sink::run(cfg, index, reg, done)
                 .await

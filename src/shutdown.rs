@@ -57,6 +57,13 @@ impl Shutdown {
     pub fn is_triggered(&self) -> bool {
         *self.0.borrow()
     }
+
+    /// Waits until shutdown is asked for (or its trigger dropped), or `timeout` passes;
+    /// whether it was asked for. A blocking thread waits on it through its runtime's
+    /// `Handle::block_on`, so a stop wakes it at once instead of at its next poll.
+    pub async fn wait_timeout(&mut self, timeout: std::time::Duration) -> bool {
+        tokio::time::timeout(timeout, self.wait()).await.is_ok()
+    }
 }
 
 #[cfg(test)]
@@ -73,6 +80,17 @@ mod tests {
         b.wait().await;
         b.wait().await;
         assert!(b.is_triggered());
+    }
+
+    #[tokio::test]
+    async fn a_wait_with_a_timeout_ends_at_the_timeout_or_at_once_on_the_trigger() {
+        use std::time::Duration;
+        let (trigger, mut a) = channel();
+        assert!(!a.wait_timeout(Duration::from_millis(10)).await);
+        let waiting = tokio::spawn(async move { a.wait_timeout(Duration::from_secs(3600)).await });
+        trigger.fire();
+        let woken = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        assert!(woken.expect("woken by the trigger, not the hour").unwrap());
     }
 
     #[tokio::test]

@@ -4,9 +4,13 @@
 
 use std::time::Duration;
 
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use std::future::Future;
+use std::pin::Pin;
+
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use super::runner::{DeadLetters, Origin};
 use crate::config::{Config, SinkConfig};
 
 /// A record as it was read, kept for its dead-letter copy.
@@ -18,7 +22,7 @@ pub(super) struct Raw {
 }
 
 impl Raw {
-    pub(super) fn of(m: &BorrowedMessage<'_>) -> Raw {
+    pub(super) fn of<M: Message>(m: &M) -> Raw {
         Raw {
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().map(<[u8]>::to_vec),
@@ -56,13 +60,9 @@ impl DeadLetter {
         Ok(DeadLetter { producer, topic })
     }
 
-    pub(super) fn topic(&self) -> &str {
-        &self.topic
-    }
-
     /// Writes `raw` with the error headers and waits for the acknowledgement.
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn send(
+    async fn write(
         &self,
         sink: &str,
         topic: &str,
@@ -106,5 +106,34 @@ impl DeadLetter {
             .await
             .map(|_| ())
             .map_err(|(e, _)| e)
+    }
+}
+
+impl DeadLetters for DeadLetter {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn send<'a>(
+        &'a self,
+        sink: &'a str,
+        origin: &'a Origin,
+        stage: &'a str,
+        reason: &'a str,
+        raw: &'a Raw,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + 'a>> {
+        Box::pin(async move {
+            self.write(
+                sink,
+                &origin.topic,
+                origin.partition,
+                origin.offset,
+                stage,
+                reason,
+                raw,
+            )
+            .await
+            .map_err(|e| e.to_string())
+        })
     }
 }

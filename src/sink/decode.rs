@@ -7,7 +7,7 @@ use std::sync::Arc;
 use apache_avro::types::Value as Avro;
 use apache_avro::Schema;
 use connectors::{Change, Field, FieldType, Op, Value, Version};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{Headers, Message};
 
 use crate::lsn::Lsn;
 use crate::registry::client::{Client, ClientError};
@@ -60,10 +60,7 @@ impl Decoder {
 
     /// The change a record carries; `None` for a compaction tombstone, whose delete event
     /// came before it.
-    pub(super) fn change(
-        &mut self,
-        m: &BorrowedMessage<'_>,
-    ) -> Result<Option<Change>, DecodeError> {
+    pub(super) fn change<M: Message>(&mut self, m: &M) -> Result<Option<Change>, DecodeError> {
         let poison = |reason: String| DecodeError::Poison(reason);
         let header = |name: &str| -> Option<String> {
             m.headers()?
@@ -206,6 +203,20 @@ impl Decoder {
             scales,
             fields,
         })
+    }
+}
+
+impl super::runner::Decode for Decoder {
+    fn change<M: Message>(&mut self, record: &M) -> Result<Option<Change>, DecodeError> {
+        Decoder::change(self, record)
+    }
+
+    fn take_new_views(&mut self) -> Vec<Vec<Field>> {
+        Decoder::take_new_views(self)
+    }
+
+    fn forget_views(&mut self) {
+        Decoder::forget_views(self)
     }
 }
 

@@ -1,0 +1,80 @@
+//! Lanes: one batch written over `parallelism` connections to the store.
+//!
+//! # Guarantees
+//! - **Order per key.** Each key's changes go to the lane its hash picks, so they stay in
+//!   order on one connection; different keys are written concurrently.
+//! - **Positions last.** The batch's positions are written through the first lane only
+//!   once every lane's write is durable; with one lane, rows and positions share one write
+//!   (one transaction, or one script). A crash in between leaves older positions beside
+//!   newer rows: the redelivery that follows is absorbed by the versions.
+//!
+//! The lanes are polled concurrently on the calling task ([`join_all`]): no task is spawned
+//! per batch, and the connections stay owned by the runner.
+
+use std::future::Future;
+
+use connectors::{Batch, Sink};
+
+/// Applies `batch` over the lanes: each key's changes go to the lane its hash picks, so they
+/// stay in order on one connection; lanes write concurrently; the positions are written
+/// last, through the first lane, once every lane's write is durable. A crash in between
+/// leaves older positions beside newer rows: the redelivery that follows is absorbed by the
+/// versions. With one lane, rows and positions share one transaction.
+pub async fn apply_over<S: Sink>(lanes: &mut [S], batch: &Batch) -> Result<(), connectors::Error> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    if lanes.len() == 1 {
+        return lanes[0].apply(batch).await;
+    }
+    let mut parts: Vec<Batch> = lanes.iter().map(|_| Batch::default()).collect();
+    for change in &batch.changes {
+        let mut hasher = DefaultHasher::new();
+        format!("{:?}", change.key).hash(&mut hasher);
+        let lane = (hasher.finish() % lanes.len() as u64) as usize;
+        parts[lane].changes.push(change.clone());
+    }
+    let writes = lanes
+        .iter_mut()
+        .zip(&parts)
+        .filter(|(_, part)| !part.changes.is_empty())
+        .map(|(lane, part)| lane.apply(part))
+        .collect();
+    for result in join_all(writes).await {
+        result?;
+    }
+    if batch.positions.is_empty() {
+        return Ok(());
+    }
+    let positions = Batch {
+        changes: Vec::new(),
+        positions: batch.positions.clone(),
+    };
+    lanes[0].apply(&positions).await
+}
+
+/// Runs `futures` concurrently on the current task; their outputs in order.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    use std::task::Poll;
+    let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(v) => *output = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
+}
