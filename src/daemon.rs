@@ -1,13 +1,29 @@
-//! `walcast run`: every configured part of the pipeline, under one shutdown.
+//! `walcast run`: the daemon's parts under one shutdown.
 //!
-//! Start order: the embedded registry (when `registry.embedded`), then one publisher per
-//! source, each of which checks its tables, mapping, contracts and topics before its
-//! source streams. Shutdown flows from the signal to every task; each publisher flushes and
-//! confirms its final position. The first task to fail stops the others, and its error is
-//! the daemon's.
+//! # Parts
+//! Each source (its pipeline) and each sink is a *part*; so is the embedded registry when
+//! `registry.embedded` is set. Parts run side by side, and their states are kept in
+//! [`Parts`] for whoever reports them (logs now; `/readyz`, `/metrics` and `walcast status`
+//! read the same states).
+//! - A part that fails for good stops **alone**: its error is logged, naming the part, and
+//!   its state becomes [`PartState::Failed`]. The other parts go on. A sink that stops on a
+//!   poison record does not stop the source, nor the other sinks.
+//! - A panic is a failure of its part, never a clean exit.
+//! - Transient errors never reach here: each part retries them itself with the one backoff
+//!   policy ([`crate::retry`]).
+//! - The embedded registry is infrastructure every other part talks to: if it cannot start
+//!   serving, the daemon stops before starting anything else.
+//!
+//! # Exit
+//! On shutdown (SIGTERM, Ctrl-C) every part stops: pipelines flush (or abort their Kafka
+//! transaction) and confirm their final position, sinks finish their batch. The daemon then
+//! returns `Ok`, even if a part had failed earlier (its error was logged when it happened).
+//! Without a shutdown, the daemon returns only when no part is left running: `Ok` if they all
+//! stopped cleanly, otherwise an error listing every failed part, so the process exits
+//! non-zero and a supervisor restarts or alerts.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -18,112 +34,206 @@ use crate::registry::client::Client;
 use crate::registry::RegistryError;
 use crate::shutdown::Shutdown;
 
-/// Why the daemon stopped on its own.
+/// Why a part, or the daemon, stopped on its own.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// The embedded registry failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// A source's pipeline failed for good.
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    /// A sink failed for good.
     #[error(transparent)]
     Sink(#[from] crate::sink::SinkError),
-    #[error("a task of the daemon panicked: {0}; this is a bug in walcast, please report it with the log")]
-    Panicked(String),
+    /// A part's task panicked.
+    #[error("{part} panicked: {message}; this is a bug in walcast, please report it with the log")]
+    Panicked {
+        /// The part, e.g. `sink orders-cache`.
+        part: String,
+        /// The panic's message.
+        message: String,
+    },
+    /// The embedded registry stopped before it served.
     #[error("the embedded registry stopped before serving")]
     RegistryGone,
+    /// Every part stopped, and these failed.
+    #[error("every part of the daemon has stopped; failed:\n  - {}", .0.join("\n  - "))]
+    PartsFailed(Vec<String>),
 }
 
-/// Runs until `shutdown` completes (then returns `Ok` once everything has stopped cleanly)
-/// or a part fails for good.
+/// What a part is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartState {
+    /// Started, and not failed or stopped since.
+    Running,
+    /// Stopped cleanly (on shutdown).
+    Stopped,
+    /// Stopped by a permanent error, or a panic: the message says which.
+    Failed(String),
+}
+
+/// Every part's state, by name (`source users`, `sink orders-cache`, `registry`), in the
+/// order the configuration lists them. Cheap to clone; shared with whoever reports them.
+#[derive(Debug, Clone, Default)]
+pub struct Parts(Arc<Mutex<Vec<(String, PartState)>>>);
+
+impl Parts {
+    /// Every part and its state, in configuration order.
+    pub fn snapshot(&self) -> Vec<(String, PartState)> {
+        self.0.lock().expect("parts lock").clone()
+    }
+
+    fn set(&self, part: &str, state: PartState) {
+        let mut parts = self.0.lock().expect("parts lock");
+        match parts.iter_mut().find(|(name, _)| name == part) {
+            Some((_, s)) => *s = state,
+            None => parts.push((part.to_string(), state)),
+        }
+    }
+
+    /// Whether any part is still running.
+    pub fn any_running(&self) -> bool {
+        self.snapshot()
+            .iter()
+            .any(|(_, state)| *state == PartState::Running)
+    }
+}
+
+/// Runs every part until `shutdown` completes (then returns `Ok` once they all stopped), or
+/// until no part is left running; see the module docs.
 pub async fn run(
     config: Arc<Config>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    run_with(config, shutdown, Parts::default()).await
+}
+
+/// [`run`], keeping the parts' states in `parts`.
+pub async fn run_with(
+    config: Arc<Config>,
+    shutdown: impl Future<Output = ()>,
+    parts: Parts,
+) -> Result<(), DaemonError> {
     let (stop, stopped) = watch::channel(false);
-    let parts = Shutdown::from_watch(stopped.clone());
-    let signal = move || {
-        let mut rx = stopped.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let mut tasks: JoinSet<Result<(), DaemonError>> = JoinSet::new();
+    let signal = Shutdown::from_watch(stopped);
+    let mut tasks: JoinSet<(String, Result<(), DaemonError>)> = JoinSet::new();
+    let mut names = std::collections::HashMap::new();
+    let mut spawn =
+        |tasks: &mut JoinSet<_>,
+         name: String,
+         part: std::pin::Pin<Box<dyn Future<Output = Result<(), DaemonError>> + Send>>| {
+            parts.set(&name, PartState::Running);
+            let id = tasks
+                .spawn({
+                    let name = name.clone();
+                    async move { (name, part.await) }
+                })
+                .id();
+            names.insert(id, name);
+        };
 
     if config.registry.embedded {
         let (ready_tx, ready) = tokio::sync::oneshot::channel();
-        let (cfg, done) = (config.clone(), signal());
-        tasks.spawn(async move {
-            crate::registry::run(
-                &cfg,
-                |addr| {
-                    let _ = ready_tx.send(addr);
-                },
-                done,
-            )
-            .await
-            .map_err(DaemonError::from)
-        });
+        let (cfg, done) = (config.clone(), signal.clone());
+        spawn(
+            &mut tasks,
+            "registry".into(),
+            Box::pin(async move {
+                let mut done = done;
+                crate::registry::run(
+                    &cfg,
+                    |addr| {
+                        let _ = ready_tx.send(addr);
+                    },
+                    async move { done.wait().await },
+                )
+                .await
+                .map_err(DaemonError::from)
+            }),
+        );
         if ready.await.is_err() {
-            // The registry task ended before serving: its error is the answer.
-            return match tasks.join_next().await {
-                Some(Ok(Err(e))) => Err(e),
-                Some(Err(join)) => Err(DaemonError::Panicked(join.to_string())),
+            // The registry ended before serving: its error is the answer.
+            return match tasks.join_next_with_id().await {
+                Some(Ok((_, (_, Err(e))))) => Err(e),
+                Some(Err(join)) => Err(DaemonError::Panicked {
+                    part: "registry".into(),
+                    message: join.to_string(),
+                }),
                 _ => Err(DaemonError::RegistryGone),
             };
         }
     }
     for source in &config.sources {
         if source.snapshot == crate::config::SnapshotMode::Initial {
-            tracing::warn!(source = %source.name, "snapshot = \"initial\" is not implemented yet: rows that exist before the slot is created are not published, only changes after it");
+            tracing::warn!(source = %source.name, "snapshot = \"initial\" is not available in this version: rows that exist before the slot is created are not published, only changes after it");
         }
     }
     let registry = Arc::new(Client::new(&config.registry));
-    for index in 0..config.sources.len() {
-        let (cfg, reg, done) = (config.clone(), registry.clone(), parts.clone());
-        tasks.spawn(async move {
-            pipeline::run(cfg, index, reg, done)
-                .await
-                .map_err(DaemonError::from)
-        });
+    for (index, source) in config.sources.iter().enumerate() {
+        let (cfg, reg, done) = (config.clone(), registry.clone(), signal.clone());
+        spawn(
+            &mut tasks,
+            format!("source {}", source.name),
+            Box::pin(async move {
+                pipeline::run(cfg, index, reg, done)
+                    .await
+                    .map_err(DaemonError::from)
+            }),
+        );
     }
-    for index in 0..config.sinks.len() {
-        let (cfg, reg, done) = (config.clone(), registry.clone(), parts.clone());
-        tasks.spawn(async move {
-            crate::sink::run(cfg, index, reg, done)
-                .await
-                .map_err(DaemonError::from)
-        });
+    for (index, sink) in config.sinks.iter().enumerate() {
+        let (cfg, reg, done) = (config.clone(), registry.clone(), signal.clone());
+        spawn(
+            &mut tasks,
+            format!("sink {}", sink.name()),
+            Box::pin(async move {
+                crate::sink::run(cfg, index, reg, done)
+                    .await
+                    .map_err(DaemonError::from)
+            }),
+        );
     }
 
     tokio::pin!(shutdown);
-    let mut outcome = Ok(());
+    let mut failed = Vec::new();
     loop {
         tokio::select! {
             _ = &mut shutdown, if !*stop.borrow() => {
+                tracing::info!("stopping every part");
                 stop.send_replace(true);
             }
-            joined = tasks.join_next() => match joined {
-                None => break,
-                Some(Ok(Ok(()))) => {
-                    if !*stop.borrow() {
-                        stop.send_replace(true);
+            joined = tasks.join_next_with_id() => {
+                let (name, outcome) = match joined {
+                    None => break,
+                    Some(Ok((_, (name, outcome)))) => (name, outcome),
+                    Some(Err(join)) => {
+                        let name = names.get(&join.id()).cloned().unwrap_or_else(|| "a part".into());
+                        let message = join.to_string();
+                        (name.clone(), Err(DaemonError::Panicked { part: name, message }))
+                    }
+                };
+                match outcome {
+                    Ok(()) => {
+                        parts.set(&name, PartState::Stopped);
+                        tracing::info!(part = %name, "stopped");
+                    }
+                    Err(e) => {
+                        let text = walcast_text::describe(&e);
+                        tracing::error!(part = %name, error = %text, "failed; the other parts go on");
+                        parts.set(&name, PartState::Failed(text.clone()));
+                        failed.push(format!("{name}: {text}"));
                     }
                 }
-                Some(Ok(Err(e))) => {
-                    if outcome.is_ok() {
-                        outcome = Err(e);
-                    }
-                    stop.send_replace(true);
+                if !*stop.borrow() && !parts.any_running() {
+                    break;
                 }
-                Some(Err(join)) => {
-                    tracing::error!(error = %join, "a task of the daemon panicked");
-                    if outcome.is_ok() {
-                        outcome = Err(DaemonError::Panicked(join.to_string()));
-                    }
-                    stop.send_replace(true);
-                }
-            },
+            }
         }
     }
-    outcome
+    if *stop.borrow() || failed.is_empty() {
+        Ok(())
+    } else {
+        Err(DaemonError::PartsFailed(failed))
+    }
 }

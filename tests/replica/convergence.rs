@@ -367,40 +367,49 @@ async fn poison_records_go_to_the_dead_letter_topic_and_the_sink_goes_on() {
     assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
 }
 
-/// With the default policy, the same rejected record stops the sink, naming where it is.
+/// A sink that meets a poison record under `on_error = "stop"` stops alone, naming the
+/// record: the source and the other sink go on converging, and the daemon stays up.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_poison_record_stops_the_sink_naming_topic_partition_and_offset() {
+async fn a_poison_record_stops_its_sink_alone_naming_topic_partition_and_offset() {
     let stack = Stack::get();
     let mut daemon = Daemon::prepare("rep_stop", Setup::default()).await;
-    let replica_db = stack.fresh_pg_database(&unique("rep_stop_orders")).await;
+    let checked_db = stack.fresh_pg_database(&unique("rep_stop_orders")).await;
     stack
-        .pg(&replica_db)
+        .pg(&checked_db)
         .await
         .batch_execute(POISON_CHECKED_REPLICA)
         .await
         .unwrap();
+    let other_db = stack.fresh_pg_database(&unique("rep_stop_other")).await;
+    let other = stack.pg(&other_db).await;
+    other.batch_execute(REPLICA).await.unwrap();
     let mut config = std::fs::read_to_string(&daemon.config).unwrap();
-    config.push_str(&format!(
-        "\n[[sink]]\nname = \"stop\"\ntype = \"postgres\"\ntopics = [\"{topic}\"]\nurl = \"{url}\"\ntable = \"user_replica\"\nkey = [\"user_id\"]\nfields = [\"user_id\", \"name\", \"email\"]\n",
-        topic = daemon.topic,
-        url = stack.pg_url_for("postgres", &replica_db),
-    ));
+    for (name, db) in [("stop", &checked_db), ("other", &other_db)] {
+        config.push_str(&format!(
+            "\n[[sink]]\nname = \"{name}\"\ntype = \"postgres\"\ntopics = [\"{topic}\"]\nurl = \"{url}\"\ntable = \"user_replica\"\nkey = [\"user_id\"]\nfields = [\"user_id\", \"name\", \"email\"]\nbatch_max_wait_ms = 50\n",
+            topic = daemon.topic,
+            url = stack.pg_url_for("postgres", db),
+        ));
+    }
     std::fs::write(&daemon.config, config).unwrap();
     daemon.start().await;
-    daemon
-        .pg()
-        .await
+    let source = daemon.pg().await;
+    source
         .batch_execute("INSERT INTO users (full_name, email, password_hash) VALUES ('Bad', 'poison@example.com', 'x')")
         .await
         .unwrap();
-    crate::support::wait_until("the daemon to stop", Duration::from_secs(60), || {
-        let exited = daemon.exited().is_some();
-        async move { exited }
-    })
+    let expected = format!("sink stop: {} partition ", daemon.topic);
+    wait_until(
+        "the sink to stop naming the record",
+        Duration::from_secs(60),
+        || {
+            let log = daemon.log_text();
+            let seen = log.contains(&expected);
+            async move { seen }
+        },
+    )
     .await;
     let log = daemon.log_text();
-    let expected = format!("sink stop: {} partition ", daemon.topic);
-    assert!(log.contains(&expected), "{log}");
     assert!(
         log.contains("violates check constraint \"user_replica_email_check\""),
         "{log}"
@@ -409,6 +418,33 @@ async fn a_poison_record_stops_the_sink_naming_topic_partition_and_offset() {
         log.contains("; the record was not applied and its offset not committed (on_error = \"dead_letter\" sends such records to a dead-letter topic instead)"),
         "{log}"
     );
+    assert!(log.contains("failed; the other parts go on"), "{log}");
+    // The source and the other sink go on: later rows reach the other replica.
+    source
+        .batch_execute("INSERT INTO users (full_name, email, password_hash) VALUES ('After', 'after@example.com', 'x')")
+        .await
+        .unwrap();
+    wait_for(
+        Duration::from_secs(60),
+        || format!("the other replica to converge\n{}", daemon.log_text()),
+        || async {
+            let want = source_rows(&source).await;
+            let got: Rows = other
+                .query(
+                    "SELECT user_id, name, email FROM user_replica ORDER BY user_id",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect();
+            (want == got).then_some(())
+        },
+    )
+    .await;
+    assert!(daemon.exited().is_none(), "{}", daemon.log_text());
+    assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
 }
 
 /// Two members of one sink's consumer group share its partitions. When one dies (kill -9),
