@@ -187,8 +187,16 @@ async fn probe_kafka(kafka: crate::config::KafkaConfig, timeout: Duration) -> Ou
             "{} broker(s), {} topic(s)",
             cluster.brokers, cluster.topics
         )),
-        Err(e) => Outcome::Failed(one_line(e)),
+        // The brokers are the line's address already.
+        Err(e) => Outcome::Failed(without_address(one_line(e))),
     }
+}
+
+/// `kafka host:port: problem` → `problem`.
+fn without_address(text: String) -> String {
+    text.split_once(": ")
+        .map(|(_, rest)| rest.to_string())
+        .unwrap_or(text)
 }
 
 async fn probe_registry(client: crate::registry::client::Client, embedded: bool) -> Outcome {
@@ -198,18 +206,22 @@ async fn probe_registry(client: crate::registry::client::Client, embedded: bool)
         Err(ClientError::Unreachable { .. }) if embedded => Outcome::Skipped(
             "not running; registry.embedded = true, so `walcast run` serves it".into(),
         ),
-        Err(ClientError::Unreachable { reason, .. }) => Outcome::Failed(reason),
+        Err(ClientError::Unreachable { url, reason }) => {
+            // What a TLS server does to a plain-HTTP request: drop the connection.
+            let dropped = reason.contains("reset by peer")
+                || reason.contains("closed before message completed");
+            if url.starts_with("http://") && dropped {
+                Outcome::Failed(format!("{reason}; hint: if the registry serves HTTPS on this port, use an https:// registry.url"))
+            } else {
+                Outcome::Failed(reason)
+            }
+        }
         Err(ClientError::Api {
             status, message, ..
         }) => Outcome::Failed(format!("GET /subjects answered {status}: {message}")),
         Err(e @ (ClientError::Tls { .. } | ClientError::Unauthorized { .. })) => {
             // The URL is the line's address already.
-            let text = one_line(e);
-            Outcome::Failed(
-                text.split_once(": ")
-                    .map(|(_, rest)| rest.to_string())
-                    .unwrap_or(text),
-            )
+            Outcome::Failed(without_address(one_line(e)))
         }
         Err(e) => Outcome::Failed(e.to_string()),
     }

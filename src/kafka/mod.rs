@@ -35,11 +35,8 @@ pub enum KafkaError {
         detail: String,
         hint: String,
     },
-    #[error("kafka {brokers}: not reached: {source}")]
-    Connect {
-        brokers: String,
-        source: ClientError,
-    },
+    #[error("kafka {brokers}: not reached: {reason}")]
+    Connect { brokers: String, reason: String },
     #[error("creating topic {topic}: {source}")]
     Topic { topic: String, source: ClientError },
     #[error("producing to topic {topic}: {source}")]

@@ -30,11 +30,13 @@ pub struct Cluster {
     pub topics: usize,
 }
 
-/// Records the first security error librdkafka reports, and logs the others at debug level
+/// Records the first security error librdkafka reports, and the last failed connection
+/// (which says why the cluster was not reached), and logs the rest at debug level
 /// (librdkafka repeats them on every reconnect).
 #[derive(Debug, Default, Clone)]
 struct Recorder {
     first: Arc<Mutex<Option<(RDKafkaErrorCode, String)>>>,
+    last_failure: Arc<Mutex<Option<String>>>,
 }
 
 impl ClientContext for Recorder {
@@ -51,6 +53,9 @@ impl ClientContext for Recorder {
     /// callback runs and sometimes with a shorter text: either is enough to know.
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         tracing::trace!(target: "librdkafka", ?level, %fac, %message);
+        if fac == "FAIL" {
+            *self.last_failure.lock().expect("recorder lock") = Some(librdkafka_reason(message));
+        }
         if fac == "FAIL" && is_security_code(RDKafkaErrorCode::BrokerTransportFailure, message) {
             let code = if message.contains("SASL") {
                 RDKafkaErrorCode::Authentication
@@ -69,15 +74,21 @@ impl rdkafka::producer::ProducerContext for Recorder {
     fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
 }
 
+/// Whether librdkafka's error is one only a configuration change answers: a refused SASL
+/// login, a certificate that does not verify, a TLS alert refusing the client's certificate,
+/// TLS spoken to a plaintext port. A handshake cut short (a broker restarting) is not.
 fn is_security_code(code: RDKafkaErrorCode, reason: &str) -> bool {
     matches!(
         code,
-        RDKafkaErrorCode::SSL
-            | RDKafkaErrorCode::Authentication
-            | RDKafkaErrorCode::SaslAuthenticationFailed
-    ) || reason.contains("SSL handshake failed")
-        || reason.contains("certificate verify failed")
+        RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed
+    ) || reason.contains("certificate verify failed")
         || reason.contains("SASL authentication error")
+        || reason.contains("Unsupported SASL mechanism")
+        || crate::registry::tls::definite_alert(reason).is_some()
+        || (code == RDKafkaErrorCode::SSL
+            && (reason.contains("wrong version number")
+                || reason.contains("packet length too long")
+                || reason.contains("PLAINTEXT")))
 }
 
 /// Reaches the cluster with `kafka`'s settings: its size, or why not. Blocking; callers in
@@ -115,9 +126,12 @@ pub fn connect(kafka: &KafkaConfig, timeout: Duration) -> Result<Cluster, KafkaE
                     return Err(security_error(kafka, code, &e.to_string()));
                 }
                 if Instant::now() >= deadline {
+                    // librdkafka's own words on the last failed connection say more than
+                    // the timed-out request ("connecting to a PLAINTEXT broker listener?").
+                    let last = recorder.last_failure.lock().expect("recorder lock").take();
                     return Err(KafkaError::Connect {
                         brokers: kafka.brokers.clone(),
-                        source: e,
+                        reason: last.unwrap_or_else(|| e.to_string()),
                     });
                 }
             }
@@ -140,7 +154,14 @@ pub async fn connect_async(kafka: &KafkaConfig, timeout: Duration) -> Result<Clu
 fn security_error(kafka: &KafkaConfig, code: RDKafkaErrorCode, reason: &str) -> KafkaError {
     let mut detail = librdkafka_reason(reason);
     let property = |name: &str| kafka.properties.get(name).map(|v| v.to_string());
-    let (problem, hint) = if code == RDKafkaErrorCode::SSL || reason.contains("SSL handshake") {
+    let (problem, hint) = if let Some(alert) = crate::registry::tls::definite_alert(reason) {
+        detail = format!("TLS {alert}");
+        let hint = match property("ssl.certificate.location") {
+            Some(cert) => format!("the brokers do not accept [kafka.properties] \"ssl.certificate.location\" = \"{cert}\"; use a certificate signed by a CA their truststore holds"),
+            None => "the brokers require a client certificate: set [kafka.properties] \"ssl.certificate.location\" and \"ssl.key.location\" (a key password through [kafka.properties_env] \"ssl.key.password\")".to_string(),
+        };
+        ("the brokers refused the TLS handshake", hint)
+    } else if code == RDKafkaErrorCode::SSL || reason.contains("SSL handshake") {
         if detail.contains("certificate verify failed") {
             // librdkafka words this differently from one attempt to the next.
             detail = "certificate verify failed".to_string();
@@ -153,11 +174,6 @@ fn security_error(kafka: &KafkaConfig, code: RDKafkaErrorCode, reason: &str) -> 
             (
                 "the brokers do not speak TLS on this port",
                 "set [kafka.properties] \"security.protocol\" to \"plaintext\" or \"sasl_plaintext\", or point kafka.brokers at the brokers' TLS listener".to_string(),
-            )
-        } else if detail.contains("certificate required") || detail.contains("handshake failure") {
-            (
-                "the brokers refused the TLS handshake",
-                "if the brokers require client certificates, set [kafka.properties] \"ssl.certificate.location\" and \"ssl.key.location\" (a key password through [kafka.properties_env] \"ssl.key.password\")".to_string(),
             )
         } else {
             (
@@ -195,7 +211,9 @@ fn librdkafka_reason(reason: &str) -> String {
     let mut text = reason.trim();
     // Log lines carry the thread too: `[thrd:sasl_ssl://h:p/bootstrap]: sasl_ssl://h:p/…: `.
     while let Some((prefix, rest)) = text.split_once(": ") {
-        if prefix.contains("://") && !prefix.contains(' ') {
+        let address =
+            prefix.contains("://") || prefix.starts_with("[thrd:") || prefix.contains('/');
+        if address && !prefix.contains(' ') {
             text = rest;
         } else {
             break;
@@ -225,5 +243,17 @@ mod tests {
             "SSL handshake failed: x"
         );
         assert_eq!(librdkafka_reason("plain words"), "plain words");
+        assert_eq!(
+            librdkafka_reason("[thrd:127.0.0.1:1/bootstrap]: 127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection refused (after 0ms in state CONNECT)"),
+            "Connect to ipv4#127.0.0.1:1 failed: Connection refused"
+        );
+        assert_eq!(
+            crate::registry::tls::definite_alert("ssl://h:1/bootstrap: Receive failed: error:0A000412:SSL routines::sslv3 alert bad certificate: SSL alert number 42 (after 0ms in state APIVERSION_QUERY)"),
+            Some("alert bad certificate")
+        );
+        assert_eq!(
+            crate::registry::tls::definite_alert("SSL routines::unexpected eof while reading"),
+            None
+        );
     }
 }

@@ -209,6 +209,25 @@ impl hyper::rt::Write for Stream {
     }
 }
 
+/// The TLS alert with which a server refused the handshake (`alert bad certificate`), if it
+/// is one that only a configuration change answers. With TLS 1.3 a server checks the
+/// client's certificate after the client has finished its part of the handshake, so a
+/// missing or unknown client certificate shows up on the first read, as an I/O error
+/// carrying the alert, not as a failed handshake. librdkafka's messages carry the same text.
+pub fn definite_alert(reason: &str) -> Option<&str> {
+    const DEFINITE: [&str; 6] = [
+        "alert bad certificate",
+        "alert certificate required",
+        "alert unknown ca",
+        "alert certificate unknown",
+        "alert handshake failure",
+        "alert access denied",
+    ];
+    let at = DEFINITE.iter().find_map(|a| reason.find(a))?;
+    let rest = &reason[at..];
+    Some(&rest[..rest.find(':').unwrap_or(rest.len())])
+}
+
 /// What a failed TLS handshake means for the operator: the problem and the key to fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
@@ -216,8 +235,9 @@ pub struct Failure {
     pub hint: &'static str,
 }
 
-/// The TLS failure in `error`'s chain, if any, explained for a client configured with
-/// (`has_ca_file`, `has_client_cert`).
+/// The definite TLS failure in `error`'s chain, if any, explained for a client configured
+/// with (`has_ca_file`, `has_client_cert`). A handshake cut short (the server restarting, a
+/// reset) is not definite: it is left to the caller as an ordinary, transient I/O failure.
 pub fn classify(
     error: &(dyn std::error::Error + 'static),
     host: &str,
@@ -227,21 +247,33 @@ pub fn classify(
     let mut next = Some(error);
     while let Some(e) = next {
         if let Some(h) = e.downcast_ref::<HandshakeError>() {
-            return Some(explain(&h.0, host, has_ca_file, has_client_cert));
+            return explain(&h.0, host, has_ca_file, has_client_cert);
+        }
+        if definite_alert(&e.to_string()).is_some() {
+            return explain(&e.to_string(), host, has_ca_file, has_client_cert);
         }
         next = e.source();
     }
     None
 }
 
-fn explain(reason: &str, host: &str, has_ca_file: bool, has_client_cert: bool) -> Failure {
+fn explain(reason: &str, host: &str, has_ca_file: bool, has_client_cert: bool) -> Option<Failure> {
     // OpenSSL's verify result is the parenthesised tail: "(self-signed certificate …)".
     let verify = reason
         .rsplit_once(" (")
         .and_then(|(_, tail)| tail.strip_suffix(')'))
         .unwrap_or("");
-    let failure = |problem: String, hint: &'static str| Failure { problem, hint };
-    if verify.contains("hostname mismatch") || verify.contains("IP address mismatch") {
+    let failure = |problem: String, hint: &'static str| Some(Failure { problem, hint });
+    if let Some(alert) = definite_alert(reason) {
+        failure(
+            format!("the registry refused the TLS handshake (TLS {alert})"),
+            if has_client_cert {
+                "the registry does not accept registry.tls_client_cert_file; use a certificate signed by a CA it trusts"
+            } else {
+                "the registry requires a client certificate: set registry.tls_client_cert_file and registry.tls_client_key_file"
+            },
+        )
+    } else if verify.contains("hostname mismatch") || verify.contains("IP address mismatch") {
         failure(
             format!("the registry's certificate does not name {host}"),
             "use in registry.url a host name the certificate lists (its subjectAltName)",
@@ -260,20 +292,8 @@ fn explain(reason: &str, host: &str, has_ca_file: bool, has_client_cert: bool) -
             "the registry does not speak TLS on this port".into(),
             "use an http:// registry.url, or the registry's HTTPS port",
         )
-    } else if reason.contains("certificate required") || reason.contains("handshake failure") {
-        failure(
-            "the registry refused the TLS handshake".into(),
-            if has_client_cert {
-                "the registry did not accept registry.tls_client_cert_file; use a certificate its CA signed"
-            } else {
-                "if the registry requires client certificates, set registry.tls_client_cert_file and registry.tls_client_key_file"
-            },
-        )
     } else {
-        failure(
-            format!("TLS handshake failed ({reason})"),
-            "check registry.tls_ca_file, registry.tls_client_cert_file and registry.tls_client_key_file",
-        )
+        None
     }
 }
 
@@ -283,13 +303,15 @@ mod tests {
 
     #[test]
     fn verify_failures_name_the_ca_key() {
-        let f = explain("error:0A000086:SSL routines:tls_post_process_server_certificate:certificate verify failed:../ssl/statem/statem_clnt.c:2092: (self-signed certificate in certificate chain)", "h", false, false);
+        let f = explain("error:0A000086:SSL routines:tls_post_process_server_certificate:certificate verify failed:../ssl/statem/statem_clnt.c:2092: (self-signed certificate in certificate chain)", "h", false, false).unwrap();
         assert_eq!(
             f.problem,
             "certificate not trusted (self-signed certificate in certificate chain)"
         );
         assert!(f.hint.starts_with("set registry.tls_ca_file"));
-        let f = explain("error:0A000086:SSL routines:tls_post_process_server_certificate:certificate verify failed:../ssl/statem/statem_clnt.c:2092: (hostname mismatch)", "h", true, false);
+        let f = explain("error:0A000086:SSL routines:tls_post_process_server_certificate:certificate verify failed:../ssl/statem/statem_clnt.c:2092: (hostname mismatch)", "h", true, false).unwrap();
         assert_eq!(f.problem, "the registry's certificate does not name h");
+        // Cut short: transient, left to the caller.
+        assert_eq!(explain("unexpected EOF", "h", true, false), None);
     }
 }
