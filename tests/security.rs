@@ -611,7 +611,7 @@ async fn check_connect_names_tls_and_authentication_failures() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert_eq!(
         line(&stdout, "kafka"),
-        format!("FAIL kafka {}: the brokers refused the SASL login (SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512); hint: check [kafka.properties] \"sasl.username\" (\"{}\"), \"sasl.mechanism\" (SCRAM-SHA-512) and the password in the variable [kafka.properties_env] \"sasl.password\" names", sasl.brokers, sasl.username)
+        format!("FAIL the brokers refused the SASL login (SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512); hint: check [kafka.properties] \"sasl.username\" (\"{}\"), \"sasl.mechanism\" (SCRAM-SHA-512) and the password in the variable [kafka.properties_env] \"sasl.password\" names", sasl.username)
     );
     assert_eq!(
         line(&stdout, "registry"),
@@ -636,7 +636,23 @@ async fn check_connect_names_tls_and_authentication_failures() {
         .replace(&registry.url, &registry.url.replace("https://", "http://"));
     std::fs::write(&plain, text).unwrap();
     let (_, stdout) = check_connect(Path::new(&plain), &good_env);
-    assert!(line(&stdout, "registry").starts_with("FAIL "), "{stdout}");
+    assert_eq!(
+        line(&stdout, "registry"),
+        "FAIL client error (SendRequest): connection error: Connection reset by peer (os error 104); hint: if the registry serves HTTPS on this port, use an https:// registry.url"
+    );
+    let tls_to_plain = write("tls_to_plain.toml", &sasl.ca, "")
+        .to_string_lossy()
+        .into_owned();
+    let text = std::fs::read_to_string(&tls_to_plain).unwrap().replace(
+        &registry.url,
+        &stack.registry_url.replace("http://", "https://"),
+    );
+    std::fs::write(&tls_to_plain, text).unwrap();
+    let (_, stdout) = check_connect(Path::new(&tls_to_plain), &good_env);
+    assert_eq!(
+        line(&stdout, "registry"),
+        "FAIL the registry does not speak TLS on this port; hint: use an http:// registry.url, or the registry's HTTPS port"
+    );
 }
 
 /// `walcast check` refuses what walcast cannot use before connecting to anything.
@@ -679,4 +695,131 @@ tls_ca_file = "missing-registry-ca.pem"
         )
     );
     assert!(!stderr.contains("hunter2"));
+}
+
+/// A client certificate and key for mutual TLS are loaded at validation: a PKCS#8 key works,
+/// any other form is refused with the command that converts it.
+#[test]
+fn registry_client_certificates_are_checked_before_connecting() {
+    let sasl = &Stack::get().kafka_sasl;
+    let dir = tempfile::tempdir().unwrap();
+    let rsa_key = dir.path().join("client-rsa.key");
+    let status = Command::new("openssl")
+        .args(["genrsa", "-traditional", "-out"])
+        .arg(&rsa_key)
+        .arg("2048")
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let check = |key: &Path| {
+        let file = dir.path().join("walcast.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[kafka]\nbrokers = \"127.0.0.1:9092\"\n[registry]\nurl = \"https://127.0.0.1:8081\"\ntls_client_cert_file = \"{}\"\ntls_client_key_file = \"{}\"\n",
+                sasl.server_cert.display(),
+                key.display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_walcast"))
+            .args(["check", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = check(&sasl.server_key);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = check(&rsa_key);
+    assert_eq!(code, Some(2), "{text}");
+    let key = rsa_key.display();
+    assert_eq!(
+        text.trim_end(),
+        format!("{}/walcast.toml: registry.tls_client_key_file: {key} is not an unencrypted PKCS#8 PEM key (-----BEGIN PRIVATE KEY-----); convert it with: openssl pkcs8 -topk8 -nocrypt -in {key} -out KEY.pem", dir.path().display())
+    );
+}
+
+/// Client certificates (mutual TLS): the stack's SSL listener requires one, and so does an
+/// `openssl s_server -Verify 1` standing in for a registry. With the certificate both are
+/// reached; without it each failure is named with the keys to set.
+#[tokio::test(flavor = "multi_thread")]
+async fn client_certificates_reach_servers_that_require_them() {
+    let tls = &Stack::get().kafka_sasl;
+    let port = free_port();
+    let mut s_server = Command::new("openssl")
+        .args(["s_server", "-quiet", "-Verify", "1", "-www", "-cert"])
+        .arg(&tls.server_cert)
+        .arg("-key")
+        .arg(&tls.server_key)
+        .arg("-CAfile")
+        .arg(&tls.ca)
+        .args(["-accept", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "openssl s_server did not listen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, with_cert: bool| {
+        let (kafka_cert, registry_cert) = if with_cert {
+            (
+                format!(
+                    "\"ssl.certificate.location\" = \"{}\"\n\"ssl.key.location\" = \"{}\"\n",
+                    tls.client_cert.display(),
+                    tls.client_key.display()
+                ),
+                format!(
+                    "tls_client_cert_file = \"{}\"\ntls_client_key_file = \"{}\"\n",
+                    tls.client_cert.display(),
+                    tls.client_key.display()
+                ),
+            )
+        } else {
+            (String::new(), String::new())
+        };
+        let file = dir.path().join(name);
+        std::fs::write(
+            &file,
+            format!(
+                "[kafka]\nbrokers = \"{}\"\n[kafka.properties]\n\"security.protocol\" = \"ssl\"\n\"ssl.ca.location\" = \"{}\"\n{kafka_cert}[registry]\nurl = \"https://127.0.0.1:{port}\"\ntls_ca_file = \"{}\"\n{registry_cert}",
+                tls.ssl_brokers,
+                tls.ca.display(),
+                tls.ca.display()
+            ),
+        )
+        .unwrap();
+        file
+    };
+    let (_, stdout) = check_connect(&write("with.toml", true), &[]);
+    assert!(
+        line(&stdout, "kafka").starts_with("OK   1 broker(s)"),
+        "{stdout}"
+    );
+    // The handshake passed: s_server answers any GET with its status page, not a registry's.
+    assert!(
+        line(&stdout, "registry").starts_with("FAIL GET /subjects answered 200: <HTML>"),
+        "{stdout}"
+    );
+    let (out, stdout) = check_connect(&write("without.toml", false), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        line(&stdout, "kafka"),
+        "FAIL the brokers refused the TLS handshake (TLS alert bad certificate); hint: the brokers require a client certificate: set [kafka.properties] \"ssl.certificate.location\" and \"ssl.key.location\" (a key password through [kafka.properties_env] \"ssl.key.password\")"
+    );
+    assert_eq!(
+        line(&stdout, "registry"),
+        "FAIL the registry refused the TLS handshake (TLS alert certificate required); hint: the registry requires a client certificate: set registry.tls_client_cert_file and registry.tls_client_key_file"
+    );
+    s_server.kill().unwrap();
+    s_server.wait().unwrap();
 }

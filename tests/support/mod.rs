@@ -47,6 +47,11 @@ pub struct KafkaSasl {
     /// servers a test starts itself.
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
+    /// The same broker's SSL listener, which requires a client certificate signed by `ca`,
+    /// and such a certificate with its key.
+    pub ssl_brokers: String,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
 }
 
 impl Stack {
@@ -89,6 +94,9 @@ impl Stack {
                     ca: PathBuf::from(var("WALCAST_KAFKA_CA")),
                     server_cert: PathBuf::from(var("WALCAST_TLS_SERVER_CERT")),
                     server_key: PathBuf::from(var("WALCAST_TLS_SERVER_KEY")),
+                    ssl_brokers: var("WALCAST_KAFKA_SSL_BROKERS"),
+                    client_cert: PathBuf::from(var("WALCAST_TLS_CLIENT_CERT")),
+                    client_key: PathBuf::from(var("WALCAST_TLS_CLIENT_KEY")),
                 },
                 pg_ca: PathBuf::from(var("WALCAST_PG_CA")),
             };
