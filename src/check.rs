@@ -7,12 +7,9 @@
 
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::task::JoinSet;
 
-use crate::config::{Config, RegistryConfig, StoreVisitor};
+use crate::config::{Config, StoreVisitor};
 use crate::redact;
 use crate::source::catalog::Catalog;
 use crate::source::{SourceError, SourceSettings};
@@ -75,16 +72,18 @@ pub async fn probe_all(config: &Config, timeout: Duration) -> Vec<Probe> {
             Box::pin(probe_source(SourceSettings::from_config(source))),
         ));
     }
-    let cc = crate::kafka::client_config(&config.kafka);
     jobs.push((
         "kafka".into(),
         config.kafka.brokers.clone(),
-        Box::pin(probe_kafka(cc, timeout)),
+        Box::pin(probe_kafka(config.kafka.clone(), timeout)),
     ));
     jobs.push((
         "registry".into(),
         config.registry.url.clone(),
-        Box::pin(probe_registry(registry_view(&config.registry))),
+        Box::pin(probe_registry(
+            crate::registry::client::Client::new(&config.registry),
+            config.registry.embedded,
+        )),
     ));
     for sink in &config.sinks {
         let target = format!("sink {} ({})", sink.name(), sink.type_name());
@@ -176,72 +175,56 @@ async fn probe_source(settings: SourceSettings) -> Outcome {
     }
 }
 
-async fn probe_kafka(cc: rdkafka::ClientConfig, timeout: Duration) -> Outcome {
-    let result = tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = cc.create()?;
-        // Answer before the caller's deadline, so librdkafka's own reason is what is shown.
-        consumer.fetch_metadata(None, timeout.mul_f32(0.8))
-    })
-    .await;
-    match result {
-        Ok(Ok(md)) => Outcome::Ok(format!(
+/// An error's text on one line: hints follow a `; `.
+fn one_line(e: impl std::fmt::Display) -> String {
+    e.to_string().replace("\n  hint: ", "; hint: ")
+}
+
+/// The same start-up check every part makes: TLS and SASL failures come back named, with
+/// the key that fixes them.
+async fn probe_kafka(kafka: crate::config::KafkaConfig, timeout: Duration) -> Outcome {
+    // Answer before the caller's deadline, so librdkafka's own reason is what is shown.
+    match crate::kafka::security::connect_async(&kafka, timeout.mul_f32(0.8)).await {
+        Ok(cluster) => Outcome::Ok(format!(
             "{} broker(s), {} topic(s)",
-            md.brokers().len(),
-            md.topics().len()
+            cluster.brokers, cluster.topics
         )),
-        Ok(Err(e)) => Outcome::Failed(e.to_string()),
-        Err(e) => Outcome::Failed(format!("probe panicked: {e}")),
+        // The brokers are the line's address already.
+        Err(e) => Outcome::Failed(without_address(one_line(e))),
     }
 }
 
-struct RegistryView {
-    url: String,
-    embedded: bool,
-    credentials: Option<(String, String)>,
+/// `kafka host:port: problem` → `problem`.
+fn without_address(text: String) -> String {
+    text.split_once(": ")
+        .map(|(_, rest)| rest.to_string())
+        .unwrap_or(text)
 }
 
-fn registry_view(r: &RegistryConfig) -> RegistryView {
-    RegistryView {
-        url: r.url.trim_end_matches('/').to_string(),
-        embedded: r.embedded,
-        credentials: r.credentials.clone(),
-    }
-}
-
-async fn probe_registry(r: RegistryView) -> Outcome {
-    use base64::Engine as _;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<Bytes>>();
-    let mut request = hyper::Request::get(format!("{}/subjects", r.url))
-        .header("accept", "application/vnd.schemaregistry.v1+json");
-    if let Some((user, password)) = &r.credentials {
-        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        request = request.header("authorization", format!("Basic {token}"));
-    }
-    let request = match request.body(Empty::new()) {
-        Ok(req) => req,
-        Err(e) => return Outcome::Failed(e.to_string()),
-    };
-    let response = match client.request(request).await {
-        Ok(response) => response,
-        Err(_) if r.embedded => {
-            return Outcome::Skipped(
-                "not running; registry.embedded = true, so `walcast run` serves it".into(),
-            )
+async fn probe_registry(client: crate::registry::client::Client, embedded: bool) -> Outcome {
+    use crate::registry::client::ClientError;
+    match client.probe().await {
+        Ok(_) => Outcome::Ok("Confluent-compatible registry".into()),
+        Err(ClientError::Unreachable { .. }) if embedded => Outcome::Skipped(
+            "not running; registry.embedded = true, so `walcast run` serves it".into(),
+        ),
+        Err(ClientError::Unreachable { url, reason }) => {
+            // What a TLS server does to a plain-HTTP request: drop the connection.
+            let dropped = reason.contains("reset by peer")
+                || reason.contains("closed before message completed");
+            if url.starts_with("http://") && dropped {
+                Outcome::Failed(format!("{reason}; hint: if the registry serves HTTPS on this port, use an https:// registry.url"))
+            } else {
+                Outcome::Failed(reason)
+            }
         }
-        Err(e) => return Outcome::Failed(walcast_text::describe(&e)),
-    };
-    let status = response.status();
-    let body = match response.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return Outcome::Failed(e.to_string()),
-    };
-    if status.is_success() && body.first() == Some(&b'[') {
-        Outcome::Ok("Confluent-compatible registry".into())
-    } else {
-        Outcome::Failed(format!(
-            "GET /subjects answered {status}: {}",
-            String::from_utf8_lossy(&body[..body.len().min(200)])
-        ))
+        Err(ClientError::Api {
+            status, message, ..
+        }) => Outcome::Failed(format!("GET /subjects answered {status}: {message}")),
+        Err(e @ (ClientError::Tls { .. } | ClientError::Unauthorized { .. })) => {
+            // The URL is the line's address already.
+            Outcome::Failed(without_address(one_line(e)))
+        }
+        Err(e) => Outcome::Failed(e.to_string()),
     }
 }

@@ -157,9 +157,14 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         Command::Status(c) => not_yet(c, "status"),
         Command::Registry(c) => {
             let config = load(&c)?;
+            let scheme = if config.registry.url.starts_with("https://") {
+                "https"
+            } else {
+                "http"
+            };
             walcast::registry::run(
                 &config,
-                |address| tracing::info!("registry ready on http://{address}"),
+                |address| tracing::info!("registry ready on {scheme}://{address}"),
                 terminated(),
             )
             .await

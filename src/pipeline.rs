@@ -137,6 +137,9 @@ async fn run_once(
     mut shutdown: Shutdown,
 ) -> Result<(), PipelineError> {
     let specs = crate::events::specs(config, source)?;
+    // A wrong CA or password stops the source here, before anything is read or published.
+    crate::kafka::security::connect_async(&config.kafka, crate::kafka::security::CONNECT_TIMEOUT)
+        .await?;
     let mut settings = SourceSettings::from_config(source);
     // Only mapped columns are ever decoded, so only they need a supported type.
     settings.read_columns = Some(

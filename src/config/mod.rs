@@ -9,6 +9,7 @@
 //! Every key is documented in `config.example.toml`, which a test loads.
 
 mod error;
+pub mod pem;
 mod sink;
 mod validate;
 
@@ -77,7 +78,7 @@ pub enum TlsMode {
 }
 
 /// `[kafka]`: brokers, delivery semantics and topic settings.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Comma-separated `host:port` bootstrap list.
@@ -105,7 +106,7 @@ pub struct KafkaConfig {
     pub topic: BTreeMap<String, TopicOverride>,
     /// Resolved `properties_env` values.
     #[serde(skip)]
-    pub resolved_properties_env: BTreeMap<String, String>,
+    pub resolved_properties_env: BTreeMap<String, Secret>,
 }
 
 fn default_transaction_interval_ms() -> u64 {
@@ -218,9 +219,39 @@ pub struct RegistryConfig {
     /// Kafka topic the embedded registry stores schemas in (Confluent's `kafkastore.topic`).
     #[serde(default = "default_registry_topic")]
     pub topic: String,
+    /// CA (PEM) that signed an `https://` registry's certificate; replaces the system roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM chain) for registries that require one (mutual TLS).
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (unencrypted PKCS#8 PEM).
+    pub tls_client_key_file: Option<PathBuf>,
+    /// The certificate (PEM chain) walcast's own registry serves HTTPS with.
+    pub server_tls_cert_file: Option<PathBuf>,
+    /// That certificate's private key (unencrypted PKCS#8 PEM).
+    pub server_tls_key_file: Option<PathBuf>,
     /// Resolved basic-auth credentials.
     #[serde(skip)]
-    pub credentials: Option<(String, String)>,
+    pub credentials: Option<(String, Secret)>,
+}
+
+/// A secret resolved from the environment. Its `Debug` never shows it, so no log line, error
+/// or `{:?}` of a configuration can leak it; [`Secret::expose`] is the one way to read it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 fn default_registry_topic() -> String {

@@ -19,8 +19,8 @@ pub(super) fn validate(config: &mut Config, base: &Path, env: Env<'_>) -> Vec<Co
         issues: Vec::new(),
         env,
     };
-    v.kafka(config);
-    v.registry(config);
+    v.kafka(config, base);
+    v.registry(config, base);
     v.sources(config, base);
     v.sinks(config);
     v.issues
@@ -114,8 +114,9 @@ impl Validator<'_> {
         url
     }
 
-    fn kafka(&mut self, config: &mut Config) {
+    fn kafka(&mut self, config: &mut Config, base: &Path) {
         let kafka = &mut config.kafka;
+        self.kafka_security(kafka, base);
         if kafka.brokers.split(',').any(|b| !is_host_port(b.trim())) {
             self.push(
                 "kafka.brokers",
@@ -157,7 +158,7 @@ impl Validator<'_> {
                 var,
                 &format!("the value of librdkafka property {name}"),
             ) {
-                resolved.insert(name.clone(), value);
+                resolved.insert(name.clone(), super::Secret::new(value));
             }
         }
         kafka.resolved_properties_env = resolved;
@@ -192,19 +193,225 @@ impl Validator<'_> {
         }
     }
 
-    fn registry(&mut self, config: &mut Config) {
-        let registry = &mut config.registry;
-        if hyper::Uri::from_str(&registry.url)
-            .ok()
-            .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
-            .is_none()
+    /// TLS and SASL through librdkafka's own properties: values walcast's librdkafka can
+    /// use, files that exist (relative paths resolved against the file's directory), and
+    /// no secret written in the file.
+    fn kafka_security(&mut self, kafka: &mut super::KafkaConfig, base: &Path) {
+        let value = |kafka: &super::KafkaConfig, name: &str| {
+            kafka
+                .properties
+                .get(name)
+                .map(|v| v.to_string().to_ascii_lowercase())
+        };
+        for name in kafka.properties.keys() {
+            if SECRET_PROPERTIES.contains(&name.as_str()) {
+                self.push(
+                    format!("kafka.properties.\"{name}\""),
+                    format!("is a secret, and secrets never sit in the file; name the environment variable holding it in [kafka.properties_env] instead (\"{name}\" = \"KAFKA_{}\")", name.replace('.', "_").to_ascii_uppercase()),
+                );
+            }
+        }
+        let protocol = value(kafka, "security.protocol");
+        if let Some(p) = &protocol {
+            if !matches!(
+                p.as_str(),
+                "plaintext" | "ssl" | "sasl_plaintext" | "sasl_ssl"
+            ) {
+                self.push(
+                    "kafka.properties.\"security.protocol\"",
+                    format!(
+                        "found \"{p}\", expected one of: plaintext, ssl, sasl_plaintext, sasl_ssl"
+                    ),
+                );
+            }
+        }
+        let sasl = protocol.as_deref().is_some_and(|p| p.starts_with("sasl_"));
+        let known = protocol
+            .as_deref()
+            .is_none_or(|p| matches!(p, "plaintext" | "ssl" | "sasl_plaintext" | "sasl_ssl"));
+        for name in ["sasl.mechanism", "sasl.mechanisms"] {
+            let Some(m) = kafka.properties.get(name).map(|v| v.to_string()) else {
+                continue;
+            };
+            let key = format!("kafka.properties.\"{name}\"");
+            match m.to_ascii_uppercase().as_str() {
+                "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512" | "OAUTHBEARER" => {}
+                "GSSAPI" => self.push(key.clone(), "found \"GSSAPI\", but walcast is built without Kerberos; expected one of: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER"),
+                _ => self.push(key.clone(), format!("found \"{m}\", expected one of: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER")),
+            }
+            if !sasl && known {
+                self.push(key, "has no effect unless \"security.protocol\" is \"sasl_ssl\" (or \"sasl_plaintext\"); set that too");
+            }
+        }
+        if sasl
+            && kafka.properties.contains_key("sasl.username")
+            && !kafka.properties_env.contains_key("sasl.password")
         {
             self.push(
+                "kafka.properties_env.\"sasl.password\"",
+                "required key is missing; \"sasl.username\" needs its password from an environment variable (\"sasl.password\" = \"KAFKA_SASL_PASSWORD\")",
+            );
+        }
+        for name in [
+            "ssl.ca.location",
+            "ssl.certificate.location",
+            "ssl.key.location",
+        ] {
+            let Some(path) = kafka.properties.get(name).map(|v| v.to_string()) else {
+                continue;
+            };
+            if name == "ssl.ca.location" && path == "probe" {
+                continue;
+            }
+            let resolved = base.join(&path);
+            if !resolved.exists() {
+                self.push(
+                    format!("kafka.properties.\"{name}\""),
+                    format!(
+                        "file {path} does not exist (looked for {}); expected a PEM file",
+                        resolved.display()
+                    ),
+                );
+            } else {
+                kafka.properties.insert(
+                    name.to_string(),
+                    super::PropertyValue::String(resolved.display().to_string()),
+                );
+            }
+        }
+    }
+
+    /// A PEM file named at `key`, resolved against the file's directory and read: an issue
+    /// if it is missing or unreadable.
+    fn pem_file(&mut self, key: &str, file: &mut Option<std::path::PathBuf>, base: &Path) {
+        let Some(path) = file.as_ref() else { return };
+        let resolved = base.join(path);
+        if !resolved.is_file() {
+            self.push(
+                key,
+                format!(
+                    "file {} does not exist (looked for {}); expected a PEM file",
+                    path.display(),
+                    resolved.display()
+                ),
+            );
+            *file = None;
+        } else {
+            *file = Some(resolved);
+        }
+    }
+
+    fn registry(&mut self, config: &mut Config, base: &Path) {
+        let registry = &mut config.registry;
+        let uri = hyper::Uri::from_str(&registry.url).ok();
+        match uri.as_ref().and_then(|u| u.scheme_str().zip(u.host())) {
+            Some(("http" | "https", _)) => {}
+            Some((scheme, _)) => self.push(
+                "registry.url",
+                format!(
+                    "found \"{}\" with scheme {scheme}, which walcast cannot use; expected an http:// or https:// URL",
+                    registry.url
+                ),
+            ),
+            None => self.push(
                 "registry.url",
                 format!(
                     "found \"{}\", expected an http:// or https:// URL",
                     registry.url
                 ),
+            ),
+        }
+        if uri
+            .as_ref()
+            .and_then(|u| u.authority())
+            .is_some_and(|a| a.as_str().contains('@'))
+        {
+            self.push(
+                "registry.url",
+                "holds credentials, and secrets never sit in the file; remove them from the URL and set registry.username_env and registry.password_env",
+            );
+        }
+        let https = registry.url.starts_with("https://");
+        self.pem_file("registry.tls_ca_file", &mut registry.tls_ca_file, base);
+        self.pem_file(
+            "registry.tls_client_cert_file",
+            &mut registry.tls_client_cert_file,
+            base,
+        );
+        self.pem_file(
+            "registry.tls_client_key_file",
+            &mut registry.tls_client_key_file,
+            base,
+        );
+        self.pem_file(
+            "registry.server_tls_cert_file",
+            &mut registry.server_tls_cert_file,
+            base,
+        );
+        self.pem_file(
+            "registry.server_tls_key_file",
+            &mut registry.server_tls_key_file,
+            base,
+        );
+        for (cert_key, key_key, cert, key) in [
+            (
+                "registry.tls_client_cert_file",
+                "registry.tls_client_key_file",
+                &registry.tls_client_cert_file,
+                &registry.tls_client_key_file,
+            ),
+            (
+                "registry.server_tls_cert_file",
+                "registry.server_tls_key_file",
+                &registry.server_tls_cert_file,
+                &registry.server_tls_key_file,
+            ),
+        ] {
+            match (cert, key) {
+                (Some(c), Some(k)) => {
+                    if let Err(why) = super::pem::read_identity(c, k) {
+                        self.push(key_key, why);
+                    }
+                }
+                (Some(_), None) => self.push(
+                    key_key,
+                    format!("required key is missing; {cert_key} needs its private key"),
+                ),
+                (None, Some(_)) => self.push(
+                    cert_key,
+                    format!("required key is missing; {key_key} needs its certificate"),
+                ),
+                (None, None) => {}
+            }
+        }
+        if let Some(ca) = &registry.tls_ca_file {
+            if let Err(why) = super::pem::read_certificates(ca) {
+                self.push("registry.tls_ca_file", why);
+            }
+        }
+        if !https {
+            for (key, set) in [
+                ("registry.tls_ca_file", registry.tls_ca_file.is_some()),
+                (
+                    "registry.tls_client_cert_file",
+                    registry.tls_client_cert_file.is_some(),
+                ),
+                (
+                    "registry.server_tls_cert_file",
+                    registry.server_tls_cert_file.is_some(),
+                ),
+            ] {
+                if set {
+                    self.push(
+                        key,
+                        "is only used with an https:// registry.url; use https, or remove this key",
+                    );
+                }
+            }
+        } else if registry.embedded && registry.server_tls_cert_file.is_none() {
+            self.push(
+                "registry.server_tls_cert_file",
+                "required key is missing; the embedded registry serves the https:// registry.url, so it needs a certificate (and registry.server_tls_key_file)",
             );
         }
         if let Err(why) = check_topic_name(&registry.topic) {
@@ -221,7 +428,7 @@ impl Validator<'_> {
             (Some(u), Some(p)) => {
                 let user = self.secret("registry.username_env", u, "the registry user name");
                 let password = self.secret("registry.password_env", p, "the registry password");
-                user.zip(password)
+                user.zip(password.map(super::Secret::new))
             }
             (Some(_), None) => {
                 self.push(
@@ -449,6 +656,17 @@ pub(crate) fn check_topic_name(name: &str) -> Result<(), String> {
         Err(format!("found \"{name}\", expected a Kafka topic name: 1 to 249 of letters, digits, '.', '_' and '-'"))
     }
 }
+
+/// librdkafka properties holding secrets: only ever through `[kafka.properties_env]`.
+const SECRET_PROPERTIES: &[&str] = &[
+    "sasl.password",
+    "ssl.key.password",
+    "ssl.keystore.password",
+    "ssl.key.pem",
+    "ssl_key.pem",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.config",
+];
 
 /// PostgreSQL's slot rule: 1 to 63 of lower-case letters, digits and underscores.
 fn check_pg_slot_name(name: &str) -> Result<(), String> {

@@ -47,11 +47,13 @@ pub enum EventsError {
         path: String,
         messages: Vec<String>,
     },
-    #[error("{path} (subject {subject}): {source}")]
+    /// `error` is shown in the message, so it is not also the error's `source` (which would
+    /// print it twice in a chain).
+    #[error("{path} (subject {subject}): {error}")]
     Registry {
         subject: String,
         path: String,
-        source: ClientError,
+        error: ClientError,
     },
     #[error("source {source_name}, transaction {xid} at {lsn}: {message}; nothing after it is published or confirmed")]
     Encode {
@@ -67,7 +69,7 @@ pub enum EventsError {
 impl EventsError {
     pub fn is_transient(&self) -> bool {
         match self {
-            EventsError::Registry { source, .. } => source.is_transient(),
+            EventsError::Registry { error, .. } => error.is_transient(),
             EventsError::Source(e) => e.is_transient(),
             _ => false,
         }
@@ -163,10 +165,10 @@ pub async fn register(
 ) -> Result<Vec<SchemaIds>, EventsError> {
     let mut ids_by_subject = BTreeMap::new();
     for (subject, contract) in subjects(specs) {
-        let located = |source: ClientError| EventsError::Registry {
+        let located = |error: ClientError| EventsError::Registry {
             subject: subject.clone(),
             path: contract.path.display().to_string(),
-            source,
+            error,
         };
         if !client.exists(&subject).await.map_err(located)? {
             client

@@ -8,6 +8,7 @@
 
 pub mod producer;
 pub mod progress;
+pub mod security;
 pub mod watermark;
 
 use rdkafka::error::{KafkaError as ClientError, RDKafkaErrorCode};
@@ -26,6 +27,16 @@ pub enum KafkaError {
         what: &'static str,
         source: ClientError,
     },
+    #[error("kafka {brokers}: {problem} ({detail})\n  hint: {hint}")]
+    Security {
+        brokers: String,
+        problem: String,
+        /// librdkafka's reason, without the parts that change between attempts.
+        detail: String,
+        hint: String,
+    },
+    #[error("kafka {brokers}: not reached: {reason}")]
+    Connect { brokers: String, reason: String },
     #[error("creating topic {topic}: {source}")]
     Topic { topic: String, source: ClientError },
     #[error("producing to topic {topic}: {source}")]
@@ -57,7 +68,8 @@ impl KafkaError {
     /// Whether restarting the part (after backoff) may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            KafkaError::Fenced { .. } => false,
+            KafkaError::Fenced { .. } | KafkaError::Security { .. } => false,
+            KafkaError::Connect { .. } => true,
             KafkaError::Client { .. } | KafkaError::Task { .. } => false,
             KafkaError::Progress { .. } => true,
             KafkaError::Transaction { source, .. } => match source {
@@ -111,7 +123,7 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
         cc.set(name, value.to_string());
     }
     for (name, value) in &kafka.resolved_properties_env {
-        cc.set(name, value);
+        cc.set(name, value.expose());
     }
     cc
 }

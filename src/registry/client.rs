@@ -5,6 +5,10 @@
 //! backoff; anything else is the registry's definite answer and is returned as it is, with
 //! Confluent's error code. Registered ids are cached per `(subject, schema)`, and schemas
 //! per id, so the hot path never waits on HTTP.
+//!
+//! `https://` registries are reached through [`super::tls`]. A failed TLS handshake and a
+//! refused login (401, 403) are definite: they come back at once, never retried, with the
+//! key to fix, so a wrong CA or password stops a part instead of hammering the registry.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,10 +16,11 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper_util::client::legacy::{connect::HttpConnector, Client as HttpClient};
+use hyper_util::client::legacy::Client as HttpClient;
 use serde_json::{json, Value};
 
-use crate::config::{Compatibility, RegistryConfig};
+use super::tls;
+use crate::config::{Compatibility, RegistryConfig, Secret};
 
 const ATTEMPTS: u32 = 6;
 
@@ -33,6 +38,19 @@ pub enum ClientError {
     },
     #[error("schema registry {url}: unexpected answer: {detail}")]
     Protocol { url: String, detail: String },
+    #[error("schema registry {url}: {problem}\n  hint: {hint}")]
+    Tls {
+        url: String,
+        problem: String,
+        hint: &'static str,
+    },
+    #[error("schema registry {url}: {message} (HTTP {status})\n  hint: {hint}")]
+    Unauthorized {
+        url: String,
+        status: u16,
+        message: String,
+        hint: &'static str,
+    },
 }
 
 impl ClientError {
@@ -41,7 +59,9 @@ impl ClientError {
         match self {
             ClientError::Unreachable { .. } => true,
             ClientError::Api { status, .. } => *status >= 500 || *status == 429 || *status == 408,
-            ClientError::Protocol { .. } => false,
+            ClientError::Protocol { .. }
+            | ClientError::Tls { .. }
+            | ClientError::Unauthorized { .. } => false,
         }
     }
 
@@ -49,6 +69,7 @@ impl ClientError {
     pub fn code(&self) -> Option<i64> {
         match self {
             ClientError::Api { code, .. } => Some(*code),
+            ClientError::Unauthorized { status, .. } => Some(i64::from(*status)),
             _ => None,
         }
     }
@@ -66,26 +87,64 @@ pub struct Verdict {
 #[derive(Debug)]
 pub struct Client {
     base: String,
-    auth: Option<String>,
+    host: String,
+    /// The `Authorization` header: the password, base64-encoded, so a [`Secret`].
+    auth: Option<Secret>,
     timeout: Duration,
-    http: HttpClient<HttpConnector, Full<Bytes>>,
+    http: HttpClient<tls::Connector, Full<Bytes>>,
+    /// Why the TLS settings could not be loaded (validation read them once already): every
+    /// call fails with it.
+    tls_setup: Option<String>,
+    has_ca_file: bool,
+    has_client_cert: bool,
     ids: Mutex<HashMap<(String, String), u32>>,
     schemas: Mutex<HashMap<u32, String>>,
 }
 
 impl Client {
     pub fn new(config: &RegistryConfig) -> Client {
+        let identity = config
+            .tls_client_cert_file
+            .as_deref()
+            .zip(config.tls_client_key_file.as_deref());
+        let (connector, tls_setup) =
+            match tls::client_connector(config.tls_ca_file.as_deref(), identity) {
+                Ok(c) => (c, None),
+                Err(e) => (
+                    native_tls::TlsConnector::new().expect("default TLS settings"),
+                    Some(e),
+                ),
+            };
+        let base = config.url.trim_end_matches('/').to_string();
+        let host = base
+            .parse::<hyper::Uri>()
+            .ok()
+            .and_then(|u| u.host().map(str::to_string))
+            .unwrap_or_default();
         Client {
-            base: config.url.trim_end_matches('/').to_string(),
+            base,
+            host,
             auth: config
                 .credentials
                 .as_ref()
-                .map(|(u, p)| super::server::basic_auth_header(u, p)),
+                .map(|(u, p)| Secret::new(super::server::basic_auth_header(u, p.expose()))),
             timeout: Duration::from_millis(config.timeout_ms),
-            http: HttpClient::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
+            http: HttpClient::builder(hyper_util::rt::TokioExecutor::new())
+                .build(tls::Connector::new(connector)),
+            tls_setup,
+            has_ca_file: config.tls_ca_file.is_some(),
+            has_client_cert: identity.is_some(),
             ids: Mutex::default(),
             schemas: Mutex::default(),
         }
+    }
+
+    /// One `GET /subjects`, not retried: what `check --connect` asks.
+    pub async fn probe(&self) -> Result<usize, ClientError> {
+        let body = self.once("GET", "/subjects", None).await?;
+        body.as_array()
+            .map(Vec::len)
+            .ok_or_else(|| self.protocol(format!("GET /subjects answered {body}, not a list")))
     }
 
     pub fn url(&self) -> &str {
@@ -305,6 +364,13 @@ impl Client {
             url: self.base.clone(),
             reason,
         };
+        if let Some(problem) = &self.tls_setup {
+            return Err(ClientError::Tls {
+                url: self.base.clone(),
+                problem: format!("loading the TLS settings: {problem}"),
+                hint: "check registry.tls_ca_file, registry.tls_client_cert_file and registry.tls_client_key_file",
+            });
+        }
         let mut request = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
@@ -314,7 +380,7 @@ impl Client {
             )
             .header("content-type", "application/vnd.schemaregistry.v1+json");
         if let Some(auth) = &self.auth {
-            request = request.header("authorization", auth);
+            request = request.header("authorization", auth.expose());
         }
         let request = request
             .body(Full::new(Bytes::from(
@@ -322,11 +388,16 @@ impl Client {
             )))
             .map_err(|e| self.protocol(e.to_string()))?;
         let response = tokio::time::timeout(self.timeout, async {
-            let response = self
-                .http
-                .request(request)
-                .await
-                .map_err(|e| unreachable(walcast_text::describe(&e)))?;
+            let response = self.http.request(request).await.map_err(|e| {
+                match tls::classify(&e, &self.host, self.has_ca_file, self.has_client_cert) {
+                    Some(failure) => ClientError::Tls {
+                        url: self.base.clone(),
+                        problem: failure.problem,
+                        hint: failure.hint,
+                    },
+                    None => unreachable(walcast_text::describe(&e)),
+                }
+            })?;
             let status = response.status().as_u16();
             let bytes = response
                 .into_body()
@@ -339,6 +410,29 @@ impl Client {
         .await
         .map_err(|_| unreachable(format!("no answer within {:?}", self.timeout)))??;
         let (status, bytes) = response;
+        if status == 401 || status == 403 {
+            let hint = match (&self.auth, status) {
+                (None, _) => "the registry requires credentials: set registry.username_env and registry.password_env to the names of the variables holding them",
+                (Some(_), 401) => "the registry refused the user name and password: check the values of the variables registry.username_env and registry.password_env name",
+                (Some(_), _) => "the registry knows the user but does not let it do this: grant it access to the subjects walcast registers",
+            };
+            let message = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_string))
+                .unwrap_or_else(|| {
+                    if status == 401 {
+                        "Unauthorized".into()
+                    } else {
+                        "Forbidden".into()
+                    }
+                });
+            return Err(ClientError::Unauthorized {
+                url: self.base.clone(),
+                status,
+                message,
+                hint,
+            });
+        }
         let value: Value = serde_json::from_slice(&bytes).map_err(|_| ClientError::Api {
             url: self.base.clone(),
             status,

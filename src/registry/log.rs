@@ -60,6 +60,9 @@ impl SchemaLog {
             let what = format!("{what} (topic {topic}, brokers {})", kafka.brokers);
             move |source: KafkaError| RegistryError::Kafka { what, source }
         };
+        crate::kafka::security::connect_async(kafka, crate::kafka::security::CONNECT_TIMEOUT)
+            .await
+            .map_err(RegistryError::Cluster)?;
         let settings = crate::config::TopicSettings {
             partitions: 1,
             replication_factor: kafka.topic_settings(topic).replication_factor,

@@ -27,6 +27,7 @@ pub mod log;
 pub mod record;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -51,8 +52,12 @@ pub enum RegistryError {
     },
     #[error("registry: {what}: {source}")]
     Kafka { what: String, source: KafkaError },
+    #[error("registry: {0}")]
+    Cluster(crate::kafka::KafkaError),
     #[error("registry: replaying the schema log: {0}")]
     Replay(String),
+    #[error("registry: {problem}\n  hint: {hint}")]
+    Tls { problem: String, hint: String },
 }
 
 /// The `host:port` the registry listens on, from `registry.url`.
@@ -82,6 +87,22 @@ pub async fn run(
 ) -> Result<(), RegistryError> {
     let registry = &config.registry;
     let (host, port) = listen_address(&registry.url)?;
+    let https = registry.url.starts_with("https://");
+    let tls = match (&registry.server_tls_cert_file, &registry.server_tls_key_file) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key).map_err(|problem| {
+            RegistryError::Tls {
+                problem: format!("loading the server certificate: {problem}"),
+                hint: "set registry.server_tls_cert_file to a PEM certificate chain and registry.server_tls_key_file to its unencrypted PKCS#8 key".into(),
+            }
+        })?),
+        _ if https => {
+            return Err(RegistryError::Tls {
+                problem: format!("registry.url {} is https, but this registry has no certificate to serve it with", registry.url),
+                hint: "set registry.server_tls_cert_file and registry.server_tls_key_file, or serve http://".into(),
+            })
+        }
+        _ => None,
+    };
     let (log, records) = log::SchemaLog::open(&config.kafka, &registry.topic).await?;
     let mut state = store::Store::default();
     for (i, record) in records.iter().enumerate() {
@@ -104,13 +125,14 @@ pub async fn run(
     let auth = registry
         .credentials
         .as_ref()
-        .map(|(user, password)| server::basic_auth_header(user, password));
-    tracing::info!(%address, topic = %registry.topic, subjects = state.subjects(store::Deleted::Include).len(), auth = auth.is_some(), "schema registry serving");
+        .map(|(user, password)| server::basic_auth_header(user, password.expose()));
+    tracing::info!(%address, topic = %registry.topic, subjects = state.subjects(store::Deleted::Include).len(), auth = auth.is_some(), https = tls.is_some(), "schema registry serving");
     ready(address);
     server::serve(
         listener,
         Arc::new(api::Api::new(state, log)),
         auth,
+        tls,
         shutdown,
     )
     .await

@@ -22,15 +22,17 @@ const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 /// Request bodies larger than this are refused.
 const MAX_BODY_BYTES: usize = 16 << 20;
 
-/// Serves `api` on `listener` until `shutdown` completes.
+/// Serves `api` on `listener` until `shutdown` completes; HTTPS when `tls` is given.
 pub async fn serve(
     listener: TcpListener,
     api: Arc<Api>,
     auth: Option<String>,
+    tls: Option<tokio_native_tls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RegistryError> {
     tokio::pin!(shutdown);
     let auth = Arc::new(auth);
+    let tls = tls.map(Arc::new);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -42,16 +44,25 @@ pub async fn serve(
             },
             _ = &mut shutdown => return Ok(()),
         };
-        let (api, auth) = (api.clone(), auth.clone());
+        let (api, auth, tls) = (api.clone(), auth.clone(), tls.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let (api, auth) = (api.clone(), auth.clone());
                 async move { Ok::<_, Infallible>(respond(&api, auth.as_deref(), req, peer).await) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let http = hyper::server::conn::http1::Builder::new();
+            let served = match tls {
+                None => http.serve_connection(TokioIo::new(stream), service).await,
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => http.serve_connection(TokioIo::new(stream), service).await,
+                    Err(e) => {
+                        // A client that does not trust the certificate, or speaks plain HTTP.
+                        tracing::info!(%peer, error = %e, "registry: TLS handshake failed");
+                        return;
+                    }
+                },
+            };
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "registry: connection ended with an error");
             }
         });
@@ -72,7 +83,7 @@ async fn respond(
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
-            if given != Some(expected) {
+            if !given.is_some_and(|given| same_secret(given.as_bytes(), expected.as_bytes())) {
                 return Err(ApiError::unauthorized());
             }
         }
@@ -183,6 +194,17 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Compares in time that depends only on the lengths, so response timing does not tell how
+/// much of a guessed password was right.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// The `Authorization` header value that basic auth with these credentials sends.

@@ -168,6 +168,23 @@ where
         message,
     };
     let mut backoff = backoff();
+    // A wrong CA or password stops the sink here, with the key to fix, instead of librdkafka
+    // reconnecting forever; a cluster that is only unreachable is waited for.
+    loop {
+        use crate::kafka::security::{connect_async, CONNECT_TIMEOUT};
+        match connect_async(&config.kafka, CONNECT_TIMEOUT).await {
+            Ok(_) => break,
+            Err(e) if e.is_transient() => {
+                let delay = backoff.next_delay();
+                tracing::warn!(sink = %name, error = %e, "Kafka unreachable; retrying in {delay:?}");
+                if shutdown.wait_timeout(delay).await {
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(kafka_error(e.to_string())),
+        }
+    }
+    backoff.reset();
     let mut lanes = Vec::with_capacity(parallelism);
     while lanes.len() < parallelism {
         match connect().await {

@@ -180,6 +180,18 @@ delete = "UserDeleted.avsc"
 
     /// Starts `walcast run` without waiting for anything.
     pub fn spawn(&mut self) {
+        self.spawn_with(&[]);
+    }
+
+    /// [`Daemon::start`] with extra environment variables (secrets the configuration names).
+    pub async fn start_with(&mut self, env: &[(&str, &str)]) {
+        self.spawn_with(env);
+        let pg = Stack::get().pg(&self.db).await;
+        self.wait_streaming(&pg).await;
+    }
+
+    /// [`Daemon::spawn`] with extra environment variables.
+    pub fn spawn_with(&mut self, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -189,6 +201,7 @@ delete = "UserDeleted.avsc"
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -30,6 +30,30 @@ pub struct Stack {
     pub python: PathBuf,
     /// The stack's schema registry (`walcast registry`, topic `_schemas`).
     pub registry_url: String,
+    /// The SASL_SSL listener and its SCRAM user.
+    pub kafka_sasl: KafkaSasl,
+    /// The CA that signed the stack's PostgreSQL certificate.
+    pub pg_ca: PathBuf,
+}
+
+/// The stack's SASL_SSL listener: TLS with a CA of its own, a SCRAM user.
+#[derive(Debug, Clone)]
+pub struct KafkaSasl {
+    pub brokers: String,
+    pub mechanism: String,
+    pub username: String,
+    pub password: String,
+    /// The CA (PEM) that signed the listener's certificate.
+    pub ca: PathBuf,
+    /// A certificate for 127.0.0.1 / localhost signed by `ca`, and its key, for the TLS
+    /// servers a test starts itself.
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// The same broker's SSL listener, which requires a client certificate signed by `ca`,
+    /// and such a certificate with its key.
+    pub ssl_brokers: String,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
 }
 
 impl Stack {
@@ -64,6 +88,19 @@ impl Stack {
                 redis_url: var("WALCAST_REDIS_URL"),
                 python: PathBuf::from(var("WALCAST_PYTHON")),
                 registry_url: var("WALCAST_REGISTRY_URL"),
+                kafka_sasl: KafkaSasl {
+                    brokers: var("WALCAST_KAFKA_SASL_BROKERS"),
+                    mechanism: var("WALCAST_KAFKA_SASL_MECHANISM"),
+                    username: var("WALCAST_KAFKA_SASL_USERNAME"),
+                    password: var("WALCAST_KAFKA_SASL_PASSWORD"),
+                    ca: PathBuf::from(var("WALCAST_KAFKA_CA")),
+                    server_cert: PathBuf::from(var("WALCAST_TLS_SERVER_CERT")),
+                    server_key: PathBuf::from(var("WALCAST_TLS_SERVER_KEY")),
+                    ssl_brokers: var("WALCAST_KAFKA_SSL_BROKERS"),
+                    client_cert: PathBuf::from(var("WALCAST_TLS_CLIENT_CERT")),
+                    client_key: PathBuf::from(var("WALCAST_TLS_CLIENT_KEY")),
+                },
+                pg_ca: PathBuf::from(var("WALCAST_PG_CA")),
             };
             stack.remove_leftovers();
             stack
