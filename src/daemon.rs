@@ -57,9 +57,20 @@ pub enum DaemonError {
     /// The embedded registry stopped before it served.
     #[error("the embedded registry stopped before serving")]
     RegistryGone,
-    /// Every part stopped, and these failed.
-    #[error("every part of the daemon has stopped; failed:\n  - {}", .0.join("\n  - "))]
+    /// Every part stopped, and these failed (each `part: error`).
+    #[error("{}", failed_parts(.0))]
     PartsFailed(Vec<String>),
+}
+
+/// One failed part as it is, several as a list.
+fn failed_parts(failed: &[String]) -> String {
+    match failed {
+        [one] => one.clone(),
+        many => format!(
+            "every part of the daemon has stopped; failed:\n  - {}",
+            many.join("\n  - ")
+        ),
+    }
 }
 
 /// What a part is doing.

@@ -8,6 +8,7 @@ use std::str::FromStr;
 pub struct Lsn(pub u64);
 
 impl Lsn {
+    /// `0/0`, before any WAL: a slot that has confirmed nothing, or nothing acknowledged yet.
     pub const ZERO: Lsn = Lsn(0);
 }
 

@@ -50,25 +50,45 @@ use crate::source::{self, SourceError, SourceEvent, SourceSettings};
 /// Why a source's pipeline stopped or restarts.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
+    /// Mapping, encoding or registering events failed.
     #[error(transparent)]
     Events(#[from] EventsError),
+    /// The producer failed: a broker error, a failed delivery or an aborted transaction.
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    /// The replication source failed.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// Exactly-once only: the replication stream reconnected in the middle of a transaction
+    /// whose first part was already in an (aborted) Kafka transaction.
     #[error("source {source_name}: the replication stream restarted inside transaction {xid}; the Kafka transaction holding its first part was aborted, and the pipeline restarts to publish it whole")]
-    Interrupted { source_name: String, xid: u32 },
+    Interrupted {
+        /// Name of the source.
+        source_name: String,
+        /// Transaction id of the interrupted transaction.
+        xid: u32,
+    },
+    /// Exactly-once only: the progress record is ahead of the database's WAL, so it was
+    /// written for another database.
     #[error("source {source_name}: progress topic {topic} says Kafka holds its events up to {progress}, but the database's WAL ends at {current}, so the record belongs to another database. hint: point the source at the database it was written for, or delete topic {topic} if that database is gone for good (its events are then published again from the slot)")]
     ForeignProgress {
+        /// Name of the source.
         source_name: String,
+        /// The progress topic holding the record.
         topic: String,
+        /// Position the progress record says Kafka holds events up to.
         progress: Lsn,
+        /// The database's current end of WAL, behind `progress`.
         current: Lsn,
     },
+    /// A task of the pipeline panicked or was cancelled.
     #[error("source {source_name}: its {what} task stopped abnormally: {message}")]
     Task {
+        /// Name of the source.
         source_name: String,
+        /// Which task: `source`, for instance.
         what: &'static str,
+        /// The panic or cancellation message.
         message: String,
     },
 }

@@ -415,7 +415,16 @@ async fn kafka_failure(prefix: &str, ca: &Path, password: &str) -> (String, usiz
         "the password leaked:\n{stderr}"
     );
     assert!(!stderr.contains(password), "the password leaked:\n{stderr}");
-    (final_error(&stderr), proxy.connections(), proxy.address())
+    let part = format!("walcast: source {}: ", daemon.name);
+    assert!(
+        final_error(&stderr).starts_with(&part),
+        "the error names its part:\n{stderr}"
+    );
+    (
+        final_error(&stderr).replacen(&part, "walcast: ", 1),
+        proxy.connections(),
+        proxy.address(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -490,7 +499,10 @@ async fn registry_failure(
     );
     // The first contract registered names where the error came from.
     let error = final_error(&stderr).replacen(
-        &format!("walcast: UserKey.avsc (subject {}.user-key): ", daemon.name),
+        &format!(
+            "walcast: source {}: UserKey.avsc (subject {}.user-key): ",
+            daemon.name, daemon.name
+        ),
         "walcast: ",
         1,
     );

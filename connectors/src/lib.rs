@@ -24,10 +24,13 @@ use walcast_text::describe;
 /// Why a store could not be reached or written.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A PostgreSQL replica could not be reached, read or written.
     #[error("{}", describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
+    /// A MySQL or MariaDB replica could not be reached, read or written.
     #[error("{}", describe(.0))]
     Mysql(#[from] mysql_async::Error),
+    /// A Redis cache could not be reached, read or written.
     #[error("{}", describe(.0))]
     Redis(#[from] ::redis::RedisError),
     /// The store is not set up as the replica needs; the message says how to fix it.

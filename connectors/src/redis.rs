@@ -34,8 +34,11 @@ use crate::Error;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
+    /// Connection URL (`redis://` or `rediss://`); exactly one of `url` and `url_env`.
     pub url: Option<String>,
+    /// Environment variable holding the connection URL, instead of `url`.
     pub url_env: Option<String>,
+    /// Environment variable holding the password, which overrides the one in the URL.
     pub password_env: Option<String>,
     /// Key template with `{field}` placeholders, e.g. `user:{user_id}`.
     pub key_template: String,
@@ -132,6 +135,7 @@ pub async fn probe(url: &str) -> Result<String, Error> {
 /// What a Redis cache is.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
+    /// Connection URL, with its password resolved.
     pub url: String,
     /// Key of each hash, with `{field}` placeholders filled from the event's key.
     pub key_template: String,

@@ -7,7 +7,9 @@ use std::future::Future;
 /// applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Version {
+    /// Commit LSN of the change's transaction in the source database.
     pub lsn: u64,
+    /// Position of the change within its transaction, from 0.
     pub seq: u32,
 }
 
@@ -15,11 +17,17 @@ pub struct Version {
 /// only writes these.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// A null field.
     Null,
+    /// An Avro `boolean`.
     Bool(bool),
+    /// An Avro `int` or `long`.
     Long(i64),
+    /// An Avro `float` or `double`.
     Double(f64),
+    /// An Avro `string`, enum symbol, or `uuid` in its text form.
     Text(String),
+    /// Avro `bytes` or `fixed`.
     Bytes(Vec<u8>),
     /// An exact decimal, in its text form (`-12.50`).
     Decimal(String),
@@ -37,30 +45,47 @@ pub enum Value {
 /// is created as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FieldType {
+    /// Avro `boolean`.
     Bool,
+    /// Avro `int`: a 32-bit column.
     Int,
+    /// Avro `long`: a 64-bit column.
     Long,
+    /// Avro `float`: a single-precision column.
     Float,
+    /// Avro `double`: a double-precision column.
     Double,
+    /// Avro `string` or enum: a text column.
     Text,
+    /// Avro `bytes` or `fixed`: a binary column.
     Bytes,
     /// An exact decimal with this many digits after the point.
     Decimal {
+        /// Total number of significant digits.
         precision: usize,
+        /// Digits after the decimal point.
         scale: usize,
     },
+    /// Avro `date`: a date column.
     Date,
+    /// Avro `timestamp-millis`/`-micros`: an instant, stored in UTC.
     Timestamp,
+    /// Avro `local-timestamp-millis`/`-micros`: a timestamp without time zone.
     LocalTimestamp,
+    /// Avro `time-millis`/`-micros`: a time of day.
     Time,
+    /// Avro `uuid`: a UUID column where the store has one, else text.
     Uuid,
 }
 
 /// One field of a contract version: its name, type, and whether it may be null.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Field {
+    /// Field name, which is the replica column (or hash field) name.
     pub name: String,
+    /// Type of the field's non-null values.
     pub ty: FieldType,
+    /// Whether the field is a union with null.
     pub nullable: bool,
 }
 
@@ -69,6 +94,7 @@ pub struct Field {
 pub enum Op {
     /// The key's current state: `(field, value)` pairs.
     Upsert(Vec<(String, Value)>),
+    /// The key was deleted; the replica keeps its version as a tombstone.
     Delete,
 }
 
@@ -77,22 +103,29 @@ pub enum Op {
 pub struct Change {
     /// The key's fields, `(field, value)`, in the key contract's order.
     pub key: Vec<(String, Value)>,
+    /// Whether the key is upserted or deleted.
     pub op: Op,
+    /// The change's place in its source's order; a replica applies it only above what it holds.
     pub version: Version,
 }
 
 /// How far a consumer has read one partition: the next offset to read.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Position {
+    /// Kafka topic.
     pub topic: String,
+    /// Partition of the topic.
     pub partition: i32,
+    /// Offset of the next record to read: one past the last one applied.
     pub next_offset: i64,
 }
 
 /// Changes to apply together, and the consumer positions they bring the replica to.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Batch {
+    /// Changes in the order their records were consumed.
     pub changes: Vec<Change>,
+    /// Where each partition of the batch ends, to commit once the batch is durable.
     pub positions: Vec<Position>,
 }
 

@@ -13,8 +13,11 @@ use crate::Error;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableOptions {
+    /// Connection URL; exactly one of `url` and `url_env`.
     pub url: Option<String>,
+    /// Environment variable holding the connection URL, instead of `url`.
     pub url_env: Option<String>,
+    /// Environment variable holding the password, which overrides the one in the URL.
     pub password_env: Option<String>,
     /// Target table, optionally schema-qualified.
     pub table: String,
@@ -90,6 +93,7 @@ pub fn check_table_name(name: &str) -> Result<(), String> {
 /// What a replica table is.
 #[derive(Debug, Clone)]
 pub struct TableSettings {
+    /// Connection URL, with its password resolved.
     pub url: String,
     /// Target table, optionally qualified (`schema.table`, or `database.table` in MySQL).
     pub table: String,

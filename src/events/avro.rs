@@ -40,34 +40,51 @@ const PG_EPOCH_DAYS: i32 = 10_957;
 /// How one value is written.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Enc {
+    /// Avro `boolean`.
     Boolean,
+    /// Avro `int`, zigzag varint of 32 bits.
     Int,
+    /// Avro `long`, zigzag varint of 64 bits.
     Long,
+    /// Avro `float`, 4 bytes little-endian.
     Float,
+    /// Avro `double`, 8 bytes little-endian.
     Double,
     /// PostgreSQL's text form of the value.
     String,
+    /// Avro `bytes`.
     Bytes,
     /// Unscaled two's-complement integer at `scale`; in `fixed` bytes when set.
     Decimal {
+        /// Digits after the decimal point, from the schema.
         scale: u32,
+        /// Byte size of a `fixed`-based decimal; `None` for a `bytes`-based one.
         fixed: Option<usize>,
     },
+    /// Avro `date`: days since 1970-01-01.
     Date,
+    /// Avro `time-millis`: milliseconds since midnight.
     TimeMillis,
+    /// Avro `time-micros`: microseconds since midnight.
     TimeMicros,
+    /// Avro `timestamp-millis`: milliseconds since the Unix epoch, UTC.
     TimestampMillis,
+    /// Avro `timestamp-micros`: microseconds since the Unix epoch, UTC.
     TimestampMicros,
+    /// Avro `local-timestamp-millis`: milliseconds since 1970-01-01 00:00:00, no time zone.
     LocalTimestampMillis,
+    /// Avro `local-timestamp-micros`: microseconds since 1970-01-01 00:00:00, no time zone.
     LocalTimestampMicros,
     /// An Avro enum: the index of the value's symbol.
     Enum(Vec<String>),
+    /// An Avro array of items encoded as the slot says.
     Array(Box<Slot>),
 }
 
 /// A compiled field: its encoding, and where `null` and the value sit in its union.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Slot {
+    /// How a non-null value is written.
     pub enc: Enc,
     /// `(null branch, value branch)` when the field is a union with null.
     pub nullable: Option<(u32, u32)>,
@@ -149,6 +166,7 @@ pub fn enc_name(enc: &Enc) -> String {
     }
 }
 
+/// Writes `n` as an Avro `long`: zigzag, then a little-endian base-128 varint.
 pub fn write_long(out: &mut Vec<u8>, n: i64) {
     let mut z = ((n << 1) ^ (n >> 63)) as u64;
     while z >= 0x80 {

@@ -13,18 +13,22 @@ use super::avro::{Enc, Slot};
 pub struct Contract {
     /// As written in the configuration, for messages.
     pub path: PathBuf,
+    /// The parsed Avro schema.
     pub schema: Schema,
     /// The schema text registered: the file's own JSON, normalised by the registry.
     pub text: String,
     /// `namespace.name`: with the topic, the value subject (TopicRecordNameStrategy).
     pub full_name: String,
+    /// The compiled fields, in the record's order (the order they are encoded in).
     pub fields: Vec<Field>,
 }
 
 /// One field of a contract, compiled.
 #[derive(Debug, Clone)]
 pub struct Field {
+    /// Field name, as in the contract.
     pub name: String,
+    /// How the field's values are encoded, and where null sits in its union.
     pub slot: Slot,
     /// The default's Avro bytes, written when no column feeds the field.
     pub default: Option<Vec<u8>>,
@@ -68,6 +72,7 @@ impl Contract {
         })
     }
 
+    /// The field named `name`, if the contract has one.
     pub fn field(&self, name: &str) -> Option<&Field> {
         self.fields.iter().find(|f| f.name == name)
     }

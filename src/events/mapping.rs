@@ -25,11 +25,19 @@ use crate::source::{Change, Op, ReplicaIdentity, Row, Table};
 /// What the configuration says about one table.
 #[derive(Debug, Clone)]
 pub struct TableSpec {
+    /// The source table, `schema.name`.
     pub table: crate::source::catalog::TableName,
+    /// Kafka topic of the table's events.
     pub topic: String,
+    /// Key record contract; every event of the table carries a key of it.
     pub key: Arc<Contract>,
+    /// Contract of the event an insert publishes; `None` publishes no insert events.
     pub insert: Option<Arc<Contract>>,
+    /// Contract of the event an update publishes; `None` publishes no update events (a key
+    /// change still yields the old key's delete).
     pub update: Option<Arc<Contract>>,
+    /// Contract of the event a delete publishes; `None` publishes none (a compacted topic
+    /// still gets the tombstone).
     pub delete: Option<Arc<Contract>>,
     /// Event field → column, where the names differ.
     pub columns: BTreeMap<String, String>,
@@ -54,9 +62,13 @@ impl TableSpec {
 /// Registry ids of a table's contracts, in the order of [`TableSpec::contracts`]' kinds.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SchemaIds {
+    /// Schema id of the key subject.
     pub key: u32,
+    /// Schema id of the insert contract's subject; 0 when the table has none.
     pub insert: u32,
+    /// Schema id of the update contract's subject; 0 when the table has none.
     pub update: u32,
+    /// Schema id of the delete contract's subject; 0 when the table has none.
     pub delete: u32,
 }
 
@@ -78,7 +90,9 @@ struct Plan {
 /// A table's contracts compiled against its current shape.
 #[derive(Debug, Clone)]
 pub struct Mapping {
+    /// The configuration this mapping was compiled from.
     pub spec: Arc<TableSpec>,
+    /// The table shape it was compiled against.
     pub table: Arc<Table>,
     key: Plan,
     insert: Option<Plan>,
@@ -95,6 +109,7 @@ pub struct Event {
     pub value: Option<Vec<u8>>,
     /// The event's record full name, or `tombstone`.
     pub event_type: String,
+    /// `insert`, `update` or `delete`: the change's operation, for the `op` header.
     pub op: &'static str,
     /// Distinguishes the events one change yields (a key change yields a delete first).
     pub part: u8,

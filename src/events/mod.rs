@@ -36,37 +36,56 @@ use crate::registry::client::{Client, ClientError};
 /// anything more; the operator fixes the contract, the mapping or the table.
 #[derive(Debug, thiserror::Error)]
 pub enum EventsError {
+    /// The configured mapping does not fit the tables or contracts (missing column, type that does
+    /// not convert, …).
     #[error("source {source_name}: the event mapping does not fit:\n  - {}", .issues.join("\n  - "))]
     Mapping {
+        /// Name of the source.
         source_name: String,
+        /// Every problem found, each naming the table, column and contract.
         issues: Vec<String>,
     },
+    /// The registry refused a contract as incompatible with the subject's previous versions.
     #[error("{path}: the registry refused the contract for subject {subject}:\n  - {}\n  hint: make the change compatible (add fields with defaults, keep types), or publish it as a new event type", .messages.join("\n  - "))]
     Refused {
+        /// The subject registered under.
         subject: String,
+        /// Contract file, as the configuration names it.
         path: String,
+        /// The registry's reasons.
         messages: Vec<String>,
     },
+    /// Registering or looking up a contract failed; transient when the registry call is.
     /// `error` is shown in the message, so it is not also the error's `source` (which would
     /// print it twice in a chain).
     #[error("{path} (subject {subject}): {error}")]
     Registry {
+        /// The subject registered under.
         subject: String,
+        /// Contract file, as the configuration names it.
         path: String,
+        /// What the registry client reported.
         error: ClientError,
     },
+    /// A change's values do not fit its contract (e.g. a NULL for a non-nullable field).
     #[error("source {source_name}, transaction {xid} at {lsn}: {message}; nothing after it is published or confirmed")]
     Encode {
+        /// Name of the source.
         source_name: String,
+        /// Transaction id of the change.
         xid: u32,
+        /// Commit LSN of the transaction.
         lsn: crate::lsn::Lsn,
+        /// What does not fit, naming the table, column and contract.
         message: String,
     },
+    /// The source failed while events were being mapped.
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
 }
 
 impl EventsError {
+    /// Whether retrying may help: registry calls that may pass, and transient source errors.
     pub fn is_transient(&self) -> bool {
         match self {
             EventsError::Registry { error, .. } => error.is_transient(),
@@ -81,6 +100,7 @@ pub fn value_subject(topic: &str, contract: &Contract) -> String {
     format!("{topic}-{}", contract.full_name)
 }
 
+/// The key subject of `topic`: `<topic>-key`.
 pub fn key_subject(topic: &str) -> String {
     format!("{topic}-key")
 }

@@ -95,6 +95,8 @@ impl Watermark {
         (self.acked > before).then_some(self.acked)
     }
 
+    /// The highest `end_lsn` up to which every event has been acknowledged; [`Lsn::ZERO`]
+    /// until the first transaction completes.
     pub fn acked(&self) -> Lsn {
         self.acked
     }

@@ -22,10 +22,13 @@ use crate::config::Compatibility;
 /// A parsed request.
 #[derive(Debug)]
 pub struct Request<'a> {
+    /// HTTP method, e.g. `GET`.
     pub method: &'a str,
     /// Percent-decoded path segments, without empty ones.
     pub path: Vec<String>,
+    /// Query parameters, percent-decoded; a repeated one keeps its last value.
     pub query: HashMap<String, String>,
+    /// The request body, JSON when present.
     pub body: &'a [u8],
 }
 
@@ -100,6 +103,7 @@ pub struct Api {
 }
 
 impl Api {
+    /// The API over `store` (already replayed from `log`), writing every change to `log` first.
     pub fn new(store: Store, log: SchemaLog) -> Self {
         Self {
             store: Mutex::new(store),

@@ -29,24 +29,36 @@ use apache_avro::schema::{Name, RecordSchema, Schema};
 /// into the reader schema (`/fields/1/type`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Incompatibility {
+    /// Which rule is broken.
     pub kind: IncompatibilityKind,
+    /// Where in the reader schema, e.g. `/fields/1/type`; `/` for the root.
     pub location: String,
+    /// What differs, in words.
     pub message: String,
 }
 
 /// Avro's incompatibility types, named as Avro and Confluent name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IncompatibilityKind {
+    /// A named type (record, enum, fixed) has another name in the reader, and no alias matches.
     NameMismatch,
+    /// A `fixed` type has another size in the reader.
     FixedSizeMismatch,
+    /// The writer's enum has symbols the reader's lacks, and the reader has no default symbol.
     MissingEnumSymbols,
+    /// A reader field is not in the writer and has no default.
     ReaderFieldMissingDefaultValue,
+    /// The reader's type cannot be promoted from the writer's.
     TypeMismatch,
+    /// A branch of the writer's union matches no branch of the reader's.
     MissingUnionBranch,
+    /// A decimal's scale differs, so the same bytes would mean another number.
     DecimalScaleMismatch,
 }
 
 impl IncompatibilityKind {
+    /// The name Confluent uses in its compatibility messages, e.g.
+    /// `READER_FIELD_MISSING_DEFAULT_VALUE`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::NameMismatch => "NAME_MISMATCH",

@@ -9,12 +9,16 @@ use crate::config::Compatibility;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message} (HTTP {status}, error code {code})")]
 pub struct ApiError {
+    /// HTTP status of the response.
     pub status: u16,
+    /// Confluent error code (`error_code`), e.g. 40401; the HTTP status for generic errors.
     pub code: u32,
+    /// Human-readable message (`message`), worded as Confluent words it.
     pub message: String,
 }
 
 impl ApiError {
+    /// An error with `status`, Confluent `code` and `message`.
     pub fn new(status: u16, code: u32, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -23,9 +27,11 @@ impl ApiError {
         }
     }
 
+    /// 404/40401: the subject does not exist or has no visible version.
     pub fn subject_not_found(subject: &str) -> Self {
         Self::new(404, 40401, format!("Subject '{subject}' not found."))
     }
+    /// 404/40402: the subject has no such version.
     pub fn version_not_found(subject: &str, version: u32) -> Self {
         Self::new(
             404,
@@ -33,9 +39,11 @@ impl ApiError {
             format!("Version {version} not found for subject '{subject}'."),
         )
     }
+    /// 404/40403: no schema has this id, or the subject has no version with this schema.
     pub fn schema_not_found() -> Self {
         Self::new(404, 40403, "Schema not found")
     }
+    /// 404/40404: the subject is already soft-deleted; only a permanent delete may follow.
     pub fn subject_soft_deleted(subject: &str) -> Self {
         Self::new(
             404,
@@ -45,6 +53,7 @@ impl ApiError {
             ),
         )
     }
+    /// 404/40405: a permanent delete of a subject that was not soft-deleted first.
     pub fn subject_not_soft_deleted(subject: &str) -> Self {
         Self::new(
             404,
@@ -52,6 +61,7 @@ impl ApiError {
             format!("Subject '{subject}' was not deleted first before being permanently deleted"),
         )
     }
+    /// 404/40406: the version is already soft-deleted; only a permanent delete may follow.
     pub fn version_soft_deleted(subject: &str, version: u32) -> Self {
         Self::new(
             404,
@@ -59,6 +69,7 @@ impl ApiError {
             format!("Subject '{subject}' Version {version} was soft deleted. Set permanent=true to delete permanently"),
         )
     }
+    /// 404/40407: a permanent delete of a version that was not soft-deleted first.
     pub fn version_not_soft_deleted(subject: &str, version: u32) -> Self {
         Self::new(
             404,
@@ -66,6 +77,7 @@ impl ApiError {
             format!("Subject '{subject}' Version {version} was not deleted first before being permanently deleted"),
         )
     }
+    /// 404/40408: the subject has no compatibility level of its own.
     pub fn subject_level_not_configured(subject: &str) -> Self {
         Self::new(
             404,
@@ -73,9 +85,11 @@ impl ApiError {
             format!("Subject '{subject}' does not have subject-level compatibility configured"),
         )
     }
+    /// 422/42201: the schema does not parse, is empty, or is not Avro.
     pub fn invalid_schema(message: impl Into<String>) -> Self {
         Self::new(422, 42201, message)
     }
+    /// 422/42202: a version that is neither a number in [1, 2^31-1] nor `latest`.
     pub fn invalid_version(version: &str) -> Self {
         Self::new(
             422,
@@ -83,6 +97,7 @@ impl ApiError {
             format!("The specified version '{version}' is not a valid version id. Allowed values are between [1, 2^31-1] and the string \"latest\""),
         )
     }
+    /// 422/42203: a compatibility level Confluent does not define.
     pub fn invalid_compatibility(found: &str) -> Self {
         Self::new(
             422,
@@ -90,9 +105,11 @@ impl ApiError {
             format!("Invalid compatibility level {found}. Valid values are NONE, BACKWARD, FORWARD, FULL, BACKWARD_TRANSITIVE, FORWARD_TRANSITIVE and FULL_TRANSITIVE"),
         )
     }
+    /// 400: the request is malformed, e.g. its body is not the JSON expected.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, 400, message)
     }
+    /// 401: the registry requires HTTP basic authentication and the request had none valid.
     pub fn unauthorized() -> Self {
         Self::new(
             401,
@@ -100,12 +117,15 @@ impl ApiError {
             "Unauthorized: this registry requires HTTP basic authentication",
         )
     }
+    /// 404: no route matches the path.
     pub fn not_found() -> Self {
         Self::new(404, 404, "HTTP 404 Not Found")
     }
+    /// 405: the route exists but not for this method.
     pub fn method_not_allowed() -> Self {
         Self::new(405, 405, "HTTP 405 Method Not Allowed")
     }
+    /// 500/50001: the schema topic could not be written, or stored data is unreadable.
     pub fn store(message: impl Into<String>) -> Self {
         Self::new(
             500,

@@ -43,17 +43,35 @@ use crate::config::Config;
 /// to fix the address, the broker or the topic.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// `registry.url` has no host and port to listen on.
     #[error("registry: registry.url {url} names no address to listen on: {reason}")]
-    Address { url: String, reason: String },
+    Address {
+        /// The configured `registry.url`.
+        url: String,
+        /// What is missing or wrong in it.
+        reason: String,
+    },
+    /// The listening socket could not be bound, e.g. the port is in use.
     #[error("registry: cannot listen on {address} (from registry.url): {source}; is another registry already running there?")]
     Bind {
+        /// `host:port` bound.
         address: String,
+        /// The bind error.
         source: std::io::Error,
     },
+    /// Creating, reading or writing the schema topic failed.
     #[error("registry: {what}: {source}")]
-    Kafka { what: String, source: KafkaError },
+    Kafka {
+        /// What was being done, naming the topic and brokers.
+        what: String,
+        /// The Kafka error.
+        source: KafkaError,
+    },
+    /// Reaching the Kafka cluster failed (unreachable, or refused TLS or authentication).
     #[error("registry: {0}")]
     Cluster(crate::kafka::KafkaError),
+    /// The schema topic could not be read to its end in time, or holds a record that is not
+    /// a schema registry record or does not apply to the state before it.
     #[error("registry: replaying the schema log: {0}")]
     Replay(String),
     #[error("registry: {problem}\n  hint: {hint}")]

@@ -22,28 +22,46 @@ use crate::config::Compatibility;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "keytype", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Key {
+    /// `SCHEMA`: one version of a subject.
     Schema {
+        /// The subject.
         subject: String,
+        /// The version number, from 1.
         version: u32,
+        /// Always 1 for this key type.
         magic: u8,
     },
+    /// `CONFIG`: the compatibility level of a subject, or the global one.
     Config {
+        /// The subject, or `None` for the global level.
         subject: Option<String>,
+        /// Always 0.
         magic: u8,
     },
+    /// `DELETE_SUBJECT`: a subject's versions were soft-deleted.
     DeleteSubject {
+        /// The subject.
         subject: String,
+        /// Always 0.
         magic: u8,
     },
+    /// `CLEAR_SUBJECT`: a subject's soft-deleted versions were removed for good.
     ClearSubject {
+        /// The subject.
         subject: String,
+        /// Always 0.
         magic: u8,
     },
+    /// `MODE`: a subject's or the global mode (READWRITE, IMPORT, …); walcast ignores it.
     Mode {
+        /// The subject, or `None` for the global mode.
         subject: Option<String>,
+        /// Always 0.
         magic: u8,
     },
+    /// `NOOP`: a marker written to know how far the topic has been read.
     Noop {
+        /// Always 0.
         magic: u8,
     },
 }
@@ -52,50 +70,74 @@ pub enum Key {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SchemaValue {
+    /// The subject the version belongs to.
     pub subject: String,
+    /// The version number within the subject, from 1.
     pub version: u32,
+    /// The schema id, global across subjects; the same schema (canonical form) always has the
+    /// same id.
     pub id: u32,
+    /// The schema text.
     pub schema: String,
+    /// `AVRO` when absent; the only type walcast registers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_type: Option<String>,
+    /// Soft-deleted: hidden from lookups by default, its id still resolves.
     #[serde(default)]
     pub deleted: bool,
 }
 
+/// The value of a `CONFIG` record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigValue {
+    /// The subject's (or the global) compatibility level.
     pub compatibility_level: Compatibility,
 }
 
+/// The value of a `DELETE_SUBJECT` record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteSubjectValue {
+    /// The subject.
     pub subject: String,
+    /// Every version up to and including this one is soft-deleted.
     pub version: u32,
 }
 
+/// The value of a `CLEAR_SUBJECT` record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClearSubjectValue {
+    /// The subject whose soft-deleted versions are removed.
     pub subject: String,
 }
 
 /// One record of the topic: a key, and a value unless it is a tombstone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
+    /// A schema version registered or updated (e.g. soft-deleted).
     Schema(SchemaValue),
     /// Permanent deletion of one version.
     SchemaTombstone {
+        /// The subject.
         subject: String,
+        /// The version removed.
         version: u32,
     },
+    /// A compatibility level set.
     Config {
+        /// The subject, or `None` for the global level.
         subject: Option<String>,
+        /// The new level.
         level: Compatibility,
     },
+    /// A compatibility level removed; the subject falls back to the global one.
     ConfigTombstone {
+        /// The subject, or `None` for the global level.
         subject: Option<String>,
     },
+    /// A subject's versions soft-deleted.
     DeleteSubject(DeleteSubjectValue),
+    /// A subject's soft-deleted versions removed for good.
     ClearSubject(ClearSubjectValue),
     /// Records walcast does not act on (MODE, NOOP): read and passed over.
     Ignored,
@@ -107,6 +149,7 @@ pub enum Record {
 pub struct BadRecord(String);
 
 impl Record {
+    /// The `SCHEMA` key of `subject`'s `version`.
     pub fn schema_key(subject: &str, version: u32) -> Key {
         Key::Schema {
             subject: subject.into(),

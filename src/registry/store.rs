@@ -19,7 +19,9 @@ use crate::config::Compatibility;
 /// A schema parsed and in the form it is stored and compared in.
 #[derive(Debug, Clone)]
 pub struct Parsed {
+    /// Canonical JSON form: two schemas are the same schema exactly when these are equal.
     pub canonical: String,
+    /// The parsed schema, for compatibility checks.
     pub schema: Schema,
 }
 
@@ -37,23 +39,31 @@ pub fn parse(text: &str) -> Result<Parsed, ApiError> {
 /// One version of a subject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Version {
+    /// The schema id this version registers.
     pub id: u32,
+    /// Soft-deleted: hidden unless deleted versions are asked for.
     pub deleted: bool,
 }
 
 /// A registered version, as the API returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registered {
+    /// The subject.
     pub subject: String,
+    /// The version number within the subject, from 1.
     pub version: u32,
+    /// The global schema id.
     pub id: u32,
+    /// The schema, in canonical form.
     pub schema: String,
 }
 
 /// Which versions a request may see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deleted {
+    /// Soft-deleted versions are left out.
     Hide,
+    /// Soft-deleted versions are shown too (`?deleted=true`).
     Include,
 }
 
@@ -130,6 +140,7 @@ impl Store {
 
     // ------------------------------------------------------------------ reads
 
+    /// The subjects that have a visible version, or every subject known with `Deleted::Include`.
     pub fn subjects(&self, deleted: Deleted) -> Vec<String> {
         self.subjects
             .iter()
@@ -185,6 +196,7 @@ impl Store {
         }
     }
 
+    /// The schema registered under `id`; 40403 when there is none.
     pub fn schema_by_id(&self, id: u32) -> Result<&Parsed, ApiError> {
         self.schemas.get(&id).ok_or(ApiError::schema_not_found())
     }
@@ -230,10 +242,12 @@ impl Store {
             .ok_or(ApiError::schema_not_found())
     }
 
+    /// The global compatibility level; BACKWARD, the registry default, until one is set.
     pub fn global_level(&self) -> Compatibility {
         self.global.unwrap_or(Compatibility::Backward)
     }
 
+    /// The level set on `subject` itself, `None` when it follows the global one.
     pub fn subject_level(&self, subject: &str) -> Option<Compatibility> {
         self.subject_config.get(subject).copied()
     }

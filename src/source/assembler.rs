@@ -24,6 +24,7 @@ use crate::lsn::Lsn;
 /// What the shell must do after handing the assembler a message.
 #[derive(Debug)]
 pub enum Action {
+    /// Nothing to do; read the next message.
     None,
     /// Resolve this relation's types, then call [`Assembler::set_relation`].
     Resolve(RelationBody),
@@ -55,6 +56,8 @@ pub struct Assembler {
 }
 
 impl Assembler {
+    /// An assembler with no open transaction; streamed transactions larger than
+    /// `spill_threshold_bytes` spill to files in `spill_dir`.
     pub fn new(spill_threshold_bytes: u64, spill_dir: PathBuf) -> Self {
         Self {
             relations: HashMap::new(),

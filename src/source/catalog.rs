@@ -15,7 +15,9 @@ use super::value::{PgType, ScalarType};
 /// A table the source publishes, by name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TableName {
+    /// Schema (namespace) of the table.
     pub schema: String,
+    /// Name of the table, unqualified.
     pub name: String,
 }
 
@@ -34,10 +36,16 @@ impl TableName {
 /// The state of a replication slot, from `pg_replication_slots`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotState {
+    /// Output plugin of the slot; walcast needs `pgoutput`. `None` when not reported.
     pub plugin: Option<String>,
+    /// Database the slot belongs to.
     pub database: Option<String>,
+    /// Process id of the backend streaming from the slot, `None` when the slot is free.
     pub active_pid: Option<i32>,
+    /// `wal_status`: `reserved`, `extended`, `unreserved` or `lost` (WAL the slot needed was
+    /// removed).
     pub wal_status: Option<String>,
+    /// `confirmed_flush_lsn` as text (`X/Y`): the position the slot resumes from.
     pub confirmed_flush: Option<String>,
 }
 
@@ -74,6 +82,8 @@ fn catalog_error(e: tokio_postgres::Error) -> SourceError {
 }
 
 impl Catalog {
+    /// Connects the catalog connection with `url` (a libpq URL) over `tls`; `source` names the
+    /// source in messages.
     pub async fn connect(url: &str, source: &str, tls: &TlsSettings) -> Result<Self, SourceError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             SourceError::setup(
@@ -102,6 +112,7 @@ impl Catalog {
         })
     }
 
+    /// The ordinary (non-replication) connection, for queries outside this type.
     pub fn client(&self) -> &Client {
         &self.client
     }
@@ -246,6 +257,7 @@ impl Catalog {
         Ok(())
     }
 
+    /// The slot named `slot`, or `None` when it does not exist.
     pub async fn slot_state(&self, slot: &str) -> Result<Option<SlotState>, SourceError> {
         let row = self
             .client

@@ -9,7 +9,9 @@ pub enum SourceError {
     /// The connection broke or timed out. Transient: reconnect and resume from the slot.
     #[error("connection to {target} lost: {source}")]
     Io {
+        /// The server connected to: `host:port`, or the Unix socket's path.
         target: String,
+        /// The I/O error.
         source: std::io::Error,
     },
     /// The server reported an error.
@@ -23,7 +25,12 @@ pub enum SourceError {
     Auth(String),
     /// The database or its tables are not set up for walcast. Permanent, with the fix.
     #[error("{problem}\n  hint: {hint}")]
-    Setup { problem: String, hint: String },
+    Setup {
+        /// What is wrong, naming the table, slot or setting.
+        problem: String,
+        /// What the operator should run or change to fix it.
+        hint: String,
+    },
     /// Buffering a streamed transaction on local disk failed. Permanent: the spill directory
     /// must be fixed (space, permissions).
     #[error("spilling a streamed transaction to disk: {0}")]
@@ -32,15 +39,20 @@ pub enum SourceError {
     /// `None` when the connection itself failed (transient).
     #[error("catalog query: {message}")]
     Catalog {
+        /// SQLSTATE of the error, or `None` when the connection itself failed.
         code: Option<String>,
+        /// The server's or client's message.
         message: String,
     },
     /// Another process streams from the slot. Transient: a dead connection's slot is freed
     /// once PostgreSQL notices, and an active instance that stops frees it for a standby.
     #[error("source {source_name}: replication slot {slot} is active for PID {pid}; waiting for it to be released\n  hint: if that is not another instance of this source stopping, stop the client using it (SELECT pg_terminate_backend({pid})) or give this source its own slot")]
     SlotActive {
+        /// Name of the source in the configuration.
         source_name: String,
+        /// Name of the replication slot.
         slot: String,
+        /// Process id of the backend holding the slot (`pg_replication_slots.active_pid`).
         pid: i32,
     },
 }
@@ -57,10 +69,12 @@ impl SourceError {
         }
     }
 
+    /// A [`SourceError::Protocol`]: the server sent something the protocol does not allow.
     pub fn protocol(msg: impl Into<String>) -> Self {
         SourceError::Protocol(msg.into())
     }
 
+    /// A [`SourceError::Setup`]: what is wrong (`problem`) and the command that fixes it (`hint`).
     pub fn setup(problem: impl Into<String>, hint: impl Into<String>) -> Self {
         SourceError::Setup {
             problem: problem.into(),
@@ -84,10 +98,15 @@ impl SourceError {
 /// An ErrorResponse from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerError {
+    /// Severity (`S` field), e.g. `ERROR` or `FATAL`.
     pub severity: String,
+    /// SQLSTATE (`C` field), five characters; its class says whether the error is transient.
     pub code: String,
+    /// Primary message (`M` field).
     pub message: String,
+    /// Detail (`D` field), when the server gave one.
     pub detail: Option<String>,
+    /// Hint (`H` field), when the server gave one.
     pub hint: Option<String>,
 }
 

@@ -61,17 +61,31 @@ const REPLAY_BATCH: usize = 4096;
 /// Everything a source needs, resolved from its configuration.
 #[derive(Debug, Clone)]
 pub struct SourceSettings {
+    /// Name of the source (`[[source]] name`), used in messages, metrics and defaults.
     pub name: String,
+    /// Connection URL with its password resolved; secret, never print it unredacted.
     pub url: String,
+    /// Replication slot the source streams from (created when missing).
     pub slot: String,
+    /// Publication the slot decodes (created when missing).
     pub publication: String,
+    /// Tables the publication must contain.
     pub tables: Vec<TableName>,
+    /// How often the confirmed (acknowledged) LSN is reported to PostgreSQL in a standby status
+    /// update.
     pub status_interval: Duration,
+    /// Streamed transactions are buffered in memory up to this many bytes, then spilled to
+    /// `spill_dir`.
     pub spill_threshold_bytes: u64,
+    /// Directory streamed transactions spill to.
     pub spill_dir: PathBuf,
+    /// Cap of the reconnect backoff.
     pub reconnect_max_backoff: Duration,
+    /// Interval of the heartbeat that keeps an idle database's slot advancing; `None` when off.
     pub heartbeat_interval: Option<Duration>,
+    /// Table the heartbeat upserts into; `None` emits a logical decoding message instead.
     pub heartbeat_table: Option<String>,
+    /// TLS mode and certificate authority of both connections.
     pub tls: tls::TlsSettings,
     /// The columns anything downstream reads, per table; `None` means all of them. Only
     /// these must have a type walcast decodes: an unmapped column is never decoded.
@@ -79,6 +93,7 @@ pub struct SourceSettings {
 }
 
 impl SourceSettings {
+    /// The settings of a configured source; `read_columns` is left `None` (every column).
     pub fn from_config(c: &SourceConfig) -> Self {
         Self {
             name: c.name.clone(),

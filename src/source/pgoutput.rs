@@ -15,70 +15,125 @@ use crate::lsn::Lsn;
 /// One decoded pgoutput message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PgOutput {
+    /// `B` Begin: a transaction's changes follow, up to its Commit.
     Begin {
+        /// LSN of the transaction's commit record (the commit LSN every change of it carries).
         final_lsn: Lsn,
+        /// Commit time, in microseconds since 2000-01-01 00:00:00 UTC.
         commit_ts: i64,
+        /// Top-level transaction id.
         xid: u32,
     },
+    /// `C` Commit: the transaction begun by the last Begin is complete.
     Commit {
+        /// LSN of the commit record.
         commit_lsn: Lsn,
+        /// End of the commit record: the position to confirm once the transaction is durable
+        /// downstream.
         end_lsn: Lsn,
+        /// Commit time, in microseconds since 2000-01-01 00:00:00 UTC.
         commit_ts: i64,
     },
+    /// `O` Origin: the transaction was replayed from another node (replication origin).
     Origin {
+        /// Commit LSN of the transaction on the origin server.
         lsn: Lsn,
+        /// Name of the replication origin.
         name: String,
     },
+    /// `R` Relation: a table's shape, sent before the first change to it in a session and again
+    /// after its definition changes.
     Relation(RelationBody),
+    /// `Y` Type: a non-built-in type's name, sent before a Relation that uses it.
     Type {
+        /// Subtransaction id, inside a stream block only.
         xid: Option<u32>,
+        /// OID of the type.
         oid: u32,
+        /// Schema of the type.
         namespace: String,
+        /// Name of the type.
         name: String,
     },
+    /// `I` Insert: one new row.
     Insert {
+        /// Subtransaction id, inside a stream block only.
         xid: Option<u32>,
+        /// OID of the table, as announced by a Relation message.
         relation: u32,
+        /// The inserted row.
         new: TupleData,
     },
+    /// `U` Update: one changed row.
     Update {
+        /// Subtransaction id, inside a stream block only.
         xid: Option<u32>,
+        /// OID of the table, as announced by a Relation message.
         relation: u32,
         /// The old key (`K`, replica identity key) or old row (`O`, REPLICA IDENTITY FULL).
         old: Option<OldTuple>,
+        /// The row after the update; unchanged TOAST columns are [`Datum::UnchangedToast`].
         new: TupleData,
     },
+    /// `D` Delete: one removed row.
     Delete {
+        /// Subtransaction id, inside a stream block only.
         xid: Option<u32>,
+        /// OID of the table, as announced by a Relation message.
         relation: u32,
+        /// The deleted row's key (`K`) or whole row (`O`, REPLICA IDENTITY FULL).
         old: OldTuple,
     },
+    /// `T` Truncate: one or more tables emptied in one statement.
     Truncate {
+        /// Subtransaction id, inside a stream block only.
         xid: Option<u32>,
+        /// `TRUNCATE … CASCADE`.
         cascade: bool,
+        /// `TRUNCATE … RESTART IDENTITY`.
         restart_identity: bool,
+        /// OIDs of the truncated tables.
         relations: Vec<u32>,
     },
+    /// `M` Message: a logical decoding message written with `pg_logical_emit_message`.
     Message {
+        /// Subtransaction id, inside a stream block only.
         xid: Option<u32>,
+        /// True when the message was emitted inside a transaction (decoded at its commit).
         transactional: bool,
+        /// LSN of the message.
         lsn: Lsn,
+        /// Prefix given by the writer, which says whose message it is.
         prefix: String,
+        /// Payload, as written.
         content: Bytes,
     },
+    /// `S` Stream Start: a block of an in-progress transaction's changes follows.
     StreamStart {
+        /// Top-level transaction id of the streamed transaction.
         xid: u32,
+        /// True for the first block of this transaction.
         first_segment: bool,
     },
+    /// `E` Stream Stop: the current stream block ends.
     StreamStop,
+    /// `c` Stream Commit: a streamed transaction committed; its buffered changes may be published.
     StreamCommit {
+        /// Top-level transaction id.
         xid: u32,
+        /// LSN of the commit record.
         commit_lsn: Lsn,
+        /// End of the commit record: the position to confirm once the transaction is durable
+        /// downstream.
         end_lsn: Lsn,
+        /// Commit time, in microseconds since 2000-01-01 00:00:00 UTC.
         commit_ts: i64,
     },
+    /// `A` Stream Abort: a streamed (sub)transaction rolled back; its changes are discarded.
     StreamAbort {
+        /// Top-level transaction id.
         xid: u32,
+        /// Aborted subtransaction id; equal to `xid` when the whole transaction aborted.
         subxid: u32,
     },
 }
@@ -86,12 +141,17 @@ pub enum PgOutput {
 /// A Relation message: a table's shape as of this point in the WAL.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RelationBody {
+    /// Subtransaction id, inside a stream block only.
     pub xid: Option<u32>,
+    /// OID of the table; later data messages name the table by it.
     pub oid: u32,
+    /// Schema of the table.
     pub namespace: String,
+    /// Name of the table.
     pub name: String,
     /// `d` default, `n` nothing, `f` full, `i` index.
     pub replica_identity: u8,
+    /// Columns in table order, as the publication sends them.
     pub columns: Vec<RelationColumn>,
 }
 
@@ -100,8 +160,11 @@ pub struct RelationBody {
 pub struct RelationColumn {
     /// Part of the replica identity key.
     pub key: bool,
+    /// Column name.
     pub name: String,
+    /// OID of the column's type (`pg_type.oid`).
     pub type_oid: u32,
+    /// Type modifier (`atttypmod`), e.g. a varchar's length; -1 when none.
     pub type_modifier: i32,
 }
 
@@ -115,6 +178,7 @@ pub enum OldTuple {
 }
 
 impl OldTuple {
+    /// The tuple, whichever image it is.
     pub fn tuple(&self) -> &TupleData {
         match self {
             OldTuple::Key(t) | OldTuple::Full(t) => t,
@@ -129,24 +193,42 @@ pub struct TupleData(pub Vec<Datum>);
 /// One column value as sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Datum {
+    /// SQL NULL (`n`).
     Null,
     /// A TOASTed value the change did not touch: the server did not send it.
     UnchangedToast,
+    /// A value in text format (`t`).
     Text(Bytes),
+    /// A value in binary format (`b`), the type's send format.
     Binary(Bytes),
 }
 
 /// Why bytes were not a pgoutput message. Always permanent: the stream is not what we asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// The message ended before a field was complete.
     #[error("pgoutput message ended early: needed {needed} more byte(s) for {what}")]
-    Truncated { what: &'static str, needed: usize },
+    Truncated {
+        /// The field being read.
+        what: &'static str,
+        /// Bytes missing.
+        needed: usize,
+    },
+    /// The first byte is not a known message type.
     #[error("unknown pgoutput message type {0:?}")]
     UnknownMessage(char),
+    /// A tuple column kind other than `n`, `u`, `t` or `b`.
     #[error("unknown tuple column kind {0:?}")]
     UnknownDatum(char),
+    /// A byte that must be one of a few kinds (tuple markers, update/delete kinds) was another.
     #[error("unexpected {found:?} where {expected} was expected")]
-    Unexpected { found: char, expected: &'static str },
+    Unexpected {
+        /// The byte found, as a character.
+        found: char,
+        /// What the protocol allows here.
+        expected: &'static str,
+    },
+    /// A string is missing its NUL terminator or is not UTF-8.
     #[error("a string in a pgoutput message is not NUL-terminated UTF-8")]
     BadString,
 }
@@ -158,6 +240,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// A decoder outside any stream block.
     pub fn new() -> Self {
         Self::default()
     }

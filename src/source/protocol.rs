@@ -51,13 +51,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// A message of the CopyBoth stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReplicationMessage {
+    /// `w` XLogData: a chunk of WAL, here one pgoutput message.
     XLogData {
+        /// Starting point of the WAL data in this message.
         wal_start: Lsn,
+        /// The server's current end of WAL.
         wal_end: Lsn,
+        /// The pgoutput message bytes.
         data: Bytes,
     },
+    /// `k` Primary keepalive.
     Keepalive {
+        /// The server's current end of WAL.
         wal_end: Lsn,
+        /// Whether the server asks for a standby status update now, to avoid a timeout disconnect.
         reply_requested: bool,
     },
 }
@@ -65,9 +72,13 @@ pub enum ReplicationMessage {
 /// The result of IDENTIFY_SYSTEM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SystemId {
+    /// Unique identifier of the database cluster.
     pub system_id: String,
+    /// Current timeline id.
     pub timeline: u32,
+    /// Current WAL flush position.
     pub xlog_pos: Lsn,
+    /// Database the connection is attached to.
     pub database: String,
 }
 
@@ -132,18 +143,33 @@ pub enum FrameError {
     #[error(
         "a {tag:?} frame declares a length of {len}, less than the 4 bytes of its length field"
     )]
-    BadLength { tag: char, len: usize },
+    BadLength {
+        /// Message type byte of the frame.
+        tag: char,
+        /// The declared length.
+        len: usize,
+    },
     /// postgres-protocol could not parse a complete frame.
     #[error("malformed {tag:?} message: {reason}")]
-    Malformed { tag: char, reason: String },
+    Malformed {
+        /// Message type byte of the frame.
+        tag: char,
+        /// What postgres-protocol reported.
+        reason: String,
+    },
+    /// A CopyData message with no payload, so no message type byte.
     #[error("empty CopyData")]
     EmptyCopyData,
     /// A CopyData payload shorter than its message's fixed header.
     #[error("{message} ({tag:?}) ends after {len} byte(s) of its {needed}-byte header")]
     Truncated {
+        /// Name of the replication message, e.g. `XLogData`.
         message: &'static str,
+        /// Its type byte, `w` or `k`.
         tag: char,
+        /// Bytes the payload has after the type byte.
         len: usize,
+        /// Bytes the fixed header takes.
         needed: usize,
     },
     /// A CopyData payload whose first byte is neither `w` nor `k`.
@@ -395,6 +421,7 @@ impl ReplicationConn {
         &self.server_version
     }
 
+    /// What this connection reached: `host:port` or the Unix socket's path, for messages.
     pub fn target(&self) -> &str {
         &self.target
     }
@@ -528,6 +555,7 @@ impl ReplicationConn {
         }
     }
 
+    /// Runs IDENTIFY_SYSTEM.
     pub async fn identify_system(&mut self) -> Result<SystemId, SourceError> {
         let rows = self.simple_query("IDENTIFY_SYSTEM").await?;
         let row = rows

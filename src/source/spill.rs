@@ -47,6 +47,8 @@ struct SpillFile {
 }
 
 impl StreamBuffer {
+    /// An empty buffer for transaction `xid`, kept in memory up to `threshold_bytes` and
+    /// spilled to a file in `spill_dir` beyond.
     pub fn new(xid: u32, threshold_bytes: u64, spill_dir: &Path) -> Self {
         Self {
             xid,

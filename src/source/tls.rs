@@ -14,6 +14,7 @@ pub use crate::config::TlsMode;
 /// A source's TLS settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsSettings {
+    /// libpq-style `sslmode`: whether TLS is used and whether the certificate is verified.
     pub mode: TlsMode,
     /// PEM file of the certificate authority for `verify-full`; default the system roots.
     pub ca_file: Option<PathBuf>,

@@ -18,6 +18,7 @@ use bytes::{Buf, Bytes};
 /// How a column's values are decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PgType {
+    /// A built-in scalar type, or an enum or domain resolved to one.
     Scalar(ScalarType),
     /// One-dimensional array of a scalar; multi-dimensional values are refused when read.
     Array(ScalarType),
@@ -28,35 +29,61 @@ pub enum PgType {
 /// The scalar types walcast decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ScalarType {
+    /// `bool`.
     Bool,
+    /// `int2` (smallint).
     Int2,
+    /// `int4` (integer).
     Int4,
+    /// `int8` (bigint).
     Int8,
+    /// `oid`, an unsigned 32-bit object identifier.
     Oid,
+    /// `float4` (real).
     Float4,
+    /// `float8` (double precision).
     Float8,
+    /// `numeric`, of any precision and scale, including NaN and ±infinity.
     Numeric,
     /// text, varchar, bpchar, name
     Text,
     /// The one-byte `"char"`.
     Char,
+    /// A user-defined enum; values are its labels.
     Enum,
+    /// `bytea`, raw bytes.
     Bytea,
+    /// `date`.
     Date,
+    /// `time` without time zone.
     Time,
+    /// `timetz`, time of day with a UTC offset.
     TimeTz,
+    /// `timestamp` without time zone.
     Timestamp,
+    /// `timestamptz`, an instant in UTC.
     TimestampTz,
+    /// `interval`: months, days and microseconds, kept apart as PostgreSQL does.
     Interval,
+    /// `uuid`.
     Uuid,
+    /// `json`, kept as the text the client wrote.
     Json,
+    /// `jsonb`, as PostgreSQL's normalized text.
     Jsonb,
+    /// `inet`, a host address with an optional netmask.
     Inet,
+    /// `cidr`, a network address.
     Cidr,
+    /// `macaddr`, 6 bytes.
     MacAddr,
+    /// `macaddr8`, 8 bytes (EUI-64).
     MacAddr8,
+    /// `money`, a 64-bit count of the currency's smallest unit.
     Money,
+    /// `bit(n)`, fixed length.
     Bit,
+    /// `varbit(n)`, variable length.
     VarBit,
 }
 
@@ -130,20 +157,33 @@ impl PgType {
 /// A decoded column value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// SQL NULL.
     Null,
     /// A TOASTed value the change did not modify; the server did not send it.
     UnchangedToast,
+    /// `bool`.
     Bool(bool),
+    /// `int2`.
     Int2(i16),
+    /// `int4`.
     Int4(i32),
+    /// `int8`.
     Int8(i64),
+    /// `oid`.
     Oid(u32),
+    /// `float4`.
     Float4(f32),
+    /// `float8`.
     Float8(f64),
+    /// `numeric`, exactly.
     Numeric(Numeric),
+    /// `text`, `varchar`, `bpchar` or `name`, as UTF-8.
     Text(String),
+    /// The one-byte `"char"`, as its raw byte.
     Char(u8),
+    /// An enum value's label.
     Enum(String),
+    /// `bytea`, the raw bytes.
     Bytea(Bytes),
     /// Days since 2000-01-01.
     Date(Infinite<i32>),
@@ -151,56 +191,86 @@ pub enum Value {
     Time(i64),
     /// Microseconds since midnight and the zone's offset in seconds east of UTC.
     TimeTz {
+        /// Microseconds since midnight, local to the zone.
         micros: i64,
+        /// Offset of the zone in seconds east of UTC (PostgreSQL sends seconds west; the sign is
+        /// flipped).
         offset_secs: i32,
     },
     /// Microseconds since 2000-01-01 00:00:00.
     Timestamp(Infinite<i64>),
     /// Microseconds since 2000-01-01 00:00:00 UTC.
     TimestampTz(Infinite<i64>),
+    /// `interval`, in PostgreSQL's three independent parts.
     Interval {
+        /// Whole months.
         months: i32,
+        /// Whole days.
         days: i32,
+        /// Microseconds.
         micros: i64,
     },
+    /// `uuid`, its 16 bytes in network order.
     Uuid([u8; 16]),
+    /// `json`, the text as stored.
     Json(String),
+    /// `jsonb`, its text form (the binary version byte stripped).
     Jsonb(String),
+    /// `inet`: a host address with the netmask length.
     Inet {
+        /// The address, IPv4 or IPv6.
         addr: IpAddr,
+        /// Netmask length in bits (32 or 128 for a single host).
         prefix: u8,
     },
+    /// `cidr`: a network address with its netmask length.
     Cidr {
+        /// The network address, IPv4 or IPv6.
         addr: IpAddr,
+        /// Netmask length in bits.
         prefix: u8,
     },
+    /// `macaddr`, 6 bytes.
     MacAddr([u8; 6]),
+    /// `macaddr8`, 8 bytes.
     MacAddr8([u8; 8]),
     /// In the smallest unit of the database's currency (cents).
     Money(i64),
+    /// `bit(n)`.
     Bit(BitString),
+    /// `varbit(n)`.
     VarBit(BitString),
+    /// A one-dimensional array, its elements decoded as the element type (each may be `Null`).
     Array(Vec<Value>),
 }
 
 /// A date or timestamp, which PostgreSQL lets be ±infinity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Infinite<T> {
+    /// `-infinity`.
     NegInfinity,
+    /// A finite value.
     Finite(T),
+    /// `infinity`.
     Infinity,
 }
 
 /// A NUMERIC value, exactly.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Numeric {
+    /// `NaN`.
     NaN,
+    /// `Infinity`.
     Infinity,
+    /// `-Infinity`.
     NegInfinity,
     /// `digits` × 10^-`scale`, with `digits` the decimal digits without sign or point.
     Finite {
+        /// True for a negative value (a negative zero displays as `0`).
         negative: bool,
+        /// Decimal digits, no sign or point, no leading zeros (`"0"` for zero).
         digits: String,
+        /// Number of digits after the decimal point (the column's display scale).
         scale: u16,
     },
 }
@@ -241,7 +311,9 @@ impl fmt::Display for Numeric {
 /// A bit string: `len` bits, most significant first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BitString {
+    /// Number of bits.
     pub len: u32,
+    /// The bits, most significant first, in `len.div_ceil(8)` bytes.
     pub bytes: Vec<u8>,
 }
 
@@ -258,12 +330,19 @@ impl fmt::Display for BitString {
 /// Why a column value could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValueError {
+    /// The bytes do not form a valid binary value of the type (wrong length, bad UTF-8, bad sign).
     #[error("{0}")]
     Malformed(String),
+    /// A value of a type walcast cannot convert was read; holds the type's name.
     #[error("type {0} is not supported")]
     Unsupported(String),
+    /// An array value with more than one dimension.
     #[error("a {dims}-dimensional array; walcast supports one-dimensional arrays")]
-    MultiDimensional { dims: i32 },
+    MultiDimensional {
+        /// Number of dimensions of the value.
+        dims: i32,
+    },
+    /// A non-text type arrived in text format although binary was requested.
     #[error("a value of type {0:?} arrived as text; walcast requests binary values")]
     TextForBinaryType(ScalarType),
 }
