@@ -32,6 +32,7 @@ pub struct Probe {
     pub target: String,
     /// Where it is, with any password redacted.
     pub address: String,
+    /// What the probe found.
     pub outcome: Outcome,
 }
 

@@ -19,6 +19,7 @@ pub struct ConfigIssue {
 }
 
 impl ConfigIssue {
+    /// An issue with `key` (a path such as `sink[0].table`).
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             key: key.into(),
@@ -32,13 +33,19 @@ impl ConfigIssue {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{}: cannot read the configuration file: {source}", path.display())]
+    /// The file could not be read.
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why it could not be read.
         source: std::io::Error,
     },
     #[error("{}", Issues { path, issues })]
+    /// The file parsed, but some settings are wrong; every issue found is listed.
     Invalid {
+        /// The file.
         path: PathBuf,
+        /// Every issue, in file order.
         issues: Vec<ConfigIssue>,
     },
 }

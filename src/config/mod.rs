@@ -27,15 +27,20 @@ pub use sink::{OnError, SinkCommon, SinkConfig, SinkKind, StoreVisitor, SINK_TYP
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
+    /// `[admin]`: the admin endpoint.
     pub admin: AdminConfig,
+    /// `[kafka]`: brokers, delivery and topics.
     pub kafka: KafkaConfig,
+    /// `[registry]`: the schema registry.
     pub registry: RegistryConfig,
     #[serde(default, rename = "source")]
+    /// `[[source]]`: the databases whose changes are published.
     pub sources: Vec<SourceConfig>,
     /// Parsed in a second pass: a sink's keys depend on its `type`.
     #[serde(default, rename = "sink")]
     raw_sinks: Vec<toml::Value>,
     #[serde(skip)]
+    /// `[[sink]]`: the replicas kept from topics.
     pub sinks: Vec<SinkConfig>,
     /// The file this configuration came from.
     #[serde(skip)]
@@ -47,6 +52,7 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
+    /// Address of `/healthz`, `/readyz` and `/metrics`; default `127.0.0.1:9187`.
     pub listen: SocketAddr,
 }
 
@@ -84,6 +90,7 @@ pub struct KafkaConfig {
     /// Comma-separated `host:port` bootstrap list.
     pub brokers: String,
     #[serde(default = "default_client_id")]
+    /// `client.id` of every Kafka client; also the prefix of transactional ids and progress topics.
     pub client_id: String,
     /// Kafka transactions that hold whole source transactions, with the source's position
     /// committed in them (see `kafka::producer` and `kafka::progress`).
@@ -100,6 +107,7 @@ pub struct KafkaConfig {
     #[serde(default)]
     pub properties_env: BTreeMap<String, String>,
     #[serde(default)]
+    /// How walcast creates topics that do not exist yet.
     pub topic_defaults: TopicSettings,
     /// Per-topic overrides of `topic_defaults`, keyed by topic name.
     #[serde(default)]
@@ -121,9 +129,13 @@ fn default_client_id() -> String {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(untagged)]
 pub enum PropertyValue {
+    /// A string.
     String(String),
+    /// An integer.
     Integer(i64),
+    /// A float.
     Float(f64),
+    /// A boolean, written `true` or `false`.
     Bool(bool),
 }
 
@@ -143,10 +155,13 @@ impl std::fmt::Display for PropertyValue {
 #[serde(deny_unknown_fields)]
 pub struct TopicSettings {
     #[serde(default = "default_partitions")]
+    /// Partitions of a new topic; default 3.
     pub partitions: i32,
     #[serde(default = "default_replication_factor")]
+    /// Replication factor of a new topic; default 1 (use 3 in production).
     pub replication_factor: i32,
     #[serde(default)]
+    /// `cleanup.policy` of a new topic; default delete.
     pub cleanup_policy: CleanupPolicy,
 }
 
@@ -171,8 +186,11 @@ fn default_replication_factor() -> i32 {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicOverride {
+    /// Overrides `partitions`.
     pub partitions: Option<i32>,
+    /// Overrides `replication_factor`.
     pub replication_factor: Option<i32>,
+    /// Overrides `cleanup_policy`.
     pub cleanup_policy: Option<CleanupPolicy>,
 }
 
@@ -181,9 +199,12 @@ pub struct TopicOverride {
 #[serde(rename_all = "snake_case")]
 pub enum CleanupPolicy {
     #[default]
+    /// Records expire with retention (`delete`).
     Delete,
+    /// Only each key's latest record is kept (`compact`); deletes are followed by a tombstone.
     Compact,
     #[serde(rename = "compact,delete")]
+    /// Both (`compact,delete`).
     CompactDelete,
 }
 
@@ -205,16 +226,20 @@ impl KafkaConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
+    /// The registry's base URL, `http://` or `https://`.
     pub url: String,
     /// Compatibility level set on subjects walcast creates.
     #[serde(default)]
     pub compatibility: Compatibility,
+    /// Environment variable holding the basic-auth user name.
     pub username_env: Option<String>,
+    /// Environment variable holding the basic-auth password.
     pub password_env: Option<String>,
     /// Serve walcast's own registry at `url`'s address from the daemon.
     #[serde(default)]
     pub embedded: bool,
     #[serde(default = "default_registry_timeout_ms")]
+    /// Timeout of one registry request.
     pub timeout_ms: u64,
     /// Kafka topic the embedded registry stores schemas in (Confluent's `kafkastore.topic`).
     #[serde(default = "default_registry_topic")]
@@ -240,9 +265,11 @@ pub struct RegistryConfig {
 pub struct Secret(String);
 
 impl Secret {
+    /// A secret holding `value`.
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
+    /// The secret itself, for the one place that sends it.
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -267,16 +294,24 @@ fn default_registry_timeout_ms() -> u64 {
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Compatibility {
     #[default]
+    /// A new schema can read data written with the last one (Confluent's default).
     Backward,
+    /// …with every earlier one.
     BackwardTransitive,
+    /// The last schema can read data written with the new one.
     Forward,
+    /// …every earlier one can.
     ForwardTransitive,
+    /// Both backward and forward with the last one.
     Full,
+    /// Both, with every earlier one.
     FullTransitive,
+    /// No check.
     None,
 }
 
 impl Compatibility {
+    /// Every level, in the order the registry lists them.
     pub const ALL: [Compatibility; 7] = [
         Self::Backward,
         Self::BackwardTransitive,
@@ -312,9 +347,11 @@ impl Compatibility {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
+    /// The source's name: in logs, metrics, slot and publication names, and event headers.
     pub name: String,
     /// Connection URL; exactly one of `url` and `url_env`.
     pub url: Option<String>,
+    /// Environment variable holding the connection URL, instead of `url`.
     pub url_env: Option<String>,
     /// Overrides the password in the URL.
     pub password_env: Option<String>,
@@ -323,6 +360,7 @@ pub struct SourceConfig {
     /// Publication; default the slot's name.
     pub publication: Option<String>,
     #[serde(default)]
+    /// Whether a new slot starts with a snapshot of the tables.
     pub snapshot: SnapshotMode,
     /// Interval of the heartbeat that keeps an idle database's slot advancing; 0 turns it off.
     #[serde(default)]
@@ -345,6 +383,7 @@ pub struct SourceConfig {
     /// Certificate authority (PEM) for verify-full; default the system roots.
     pub tls_ca_file: Option<PathBuf>,
     #[serde(default, rename = "table")]
+    /// `[[source.table]]`: the tables published and their contracts.
     pub tables: Vec<TableConfig>,
     /// The connection URL with its secret resolved.
     #[serde(skip)]
@@ -362,11 +401,13 @@ fn default_reconnect_max_backoff_ms() -> u64 {
 }
 
 impl SourceConfig {
+    /// The replication slot: `slot`, or `walcast_<name>`.
     pub fn slot_name(&self) -> String {
         self.slot
             .clone()
             .unwrap_or_else(|| format!("walcast_{}", self.name.replace('-', "_")))
     }
+    /// The publication: `publication`, or `walcast_<name>`.
     pub fn publication_name(&self) -> String {
         self.publication.clone().unwrap_or_else(|| self.slot_name())
     }
@@ -377,7 +418,9 @@ impl SourceConfig {
 #[serde(rename_all = "snake_case")]
 pub enum SnapshotMode {
     #[default]
+    /// A new slot starts with a consistent snapshot of the configured tables.
     Initial,
+    /// Changes after the slot's creation only.
     Never,
 }
 
@@ -387,11 +430,15 @@ pub enum SnapshotMode {
 pub struct TableConfig {
     /// `schema.table`; `public` when no schema is given.
     pub table: String,
+    /// The topic the table's events are published on.
     pub topic: String,
     /// Key record contract (`.avsc`), relative to the configuration file's directory.
     pub key: PathBuf,
+    /// Contract of inserts.
     pub insert: Option<PathBuf>,
+    /// Contract of updates.
     pub update: Option<PathBuf>,
+    /// Contract of deletes.
     pub delete: Option<PathBuf>,
     /// Contract of snapshot reads; default the insert contract.
     pub snapshot: Option<PathBuf>,

@@ -15,16 +15,20 @@ use super::error::{from_serde, ConfigIssue};
 /// One sink: what it consumes, how it treats poison messages, and where it writes.
 #[derive(Debug)]
 pub struct SinkConfig {
+    /// The keys every sink takes.
     pub common: SinkCommon,
+    /// The store and its own keys.
     pub kind: SinkKind,
     /// The store's connection URL with secrets resolved (by validation).
     pub resolved_url: String,
 }
 
 impl SinkConfig {
+    /// The sink's name.
     pub fn name(&self) -> &str {
         &self.common.name
     }
+    /// The sink's `type`.
     pub fn type_name(&self) -> &'static str {
         self.kind.visit(TypeName)
     }
@@ -34,18 +38,22 @@ impl SinkConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkCommon {
+    /// The sink's name: in logs, metrics and the default group.
     pub name: String,
     /// Topics consumed.
     pub topics: Vec<String>,
     /// Consumer group; default `walcast.<name>`.
     pub group: Option<String>,
     #[serde(default)]
+    /// What a record that cannot be applied does: stop the sink, or go to the dead-letter topic.
     pub on_error: OnError,
     /// Dead-letter topic for `on_error = "dead_letter"`; default `<name>.dlq`.
     pub dead_letter_topic: Option<String>,
     #[serde(default = "default_batch_max_records")]
+    /// Most changes applied per batch; default 1000.
     pub batch_max_records: usize,
     #[serde(default = "default_batch_max_wait_ms")]
+    /// Longest wait for a batch to fill; default 100 ms.
     pub batch_max_wait_ms: u64,
     /// Connections a batch is applied over, its keys split among them by hash.
     #[serde(default = "default_parallelism")]
@@ -74,11 +82,13 @@ fn default_batch_max_wait_ms() -> u64 {
 }
 
 impl SinkCommon {
+    /// The consumer group: `group`, or `walcast.<name>`.
     pub fn group_id(&self) -> String {
         self.group
             .clone()
             .unwrap_or_else(|| format!("walcast.{}", self.name))
     }
+    /// The dead-letter topic: `dead_letter_topic`, or `<name>.dlq`.
     pub fn dead_letter_topic_name(&self) -> String {
         self.dead_letter_topic
             .clone()
@@ -144,6 +154,7 @@ stores! {
 
 /// Something done with a sink's connector, whichever store it is (see [`SinkKind::visit`]).
 pub trait StoreVisitor {
+    /// What the visit returns.
     type Output;
     /// Does it for connector `C`, configured by `config`.
     fn visit<C: Connector>(self, config: &C::Config) -> Self::Output;

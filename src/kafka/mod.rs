@@ -22,44 +22,93 @@ use crate::config::KafkaConfig;
 /// it with the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
+    /// librdkafka refused to create a client: a property it does not accept.
     #[error("creating the Kafka {what}: {source}")]
     Client {
+        /// Which client: producer, consumer, admin client…
         what: &'static str,
+        /// librdkafka's reason.
         source: ClientError,
     },
+    /// The brokers refused TLS or authentication: permanent, with the key to fix.
     #[error("kafka {brokers}: {problem} ({detail})\n  hint: {hint}")]
     Security {
+        /// The bootstrap list.
         brokers: String,
+        /// What failed, in walcast's words.
         problem: String,
         /// librdkafka's reason, without the parts that change between attempts.
         detail: String,
+        /// The setting to fix.
         hint: String,
     },
+    /// No broker answered in time: transient.
     #[error("kafka {brokers}: not reached: {reason}")]
-    Connect { brokers: String, reason: String },
-    #[error("creating topic {topic}: {source}")]
-    Topic { topic: String, source: ClientError },
-    #[error("producing to topic {topic}: {source}")]
-    Produce { topic: String, source: ClientError },
-    #[error("delivery to topic {topic} failed: {source}")]
-    Delivery { topic: String, source: ClientError },
-    #[error("source {source_name}: another walcast instance took over its Kafka transactions (transactional.id {transactional_id}); this one stops publishing. hint: only one instance per source is active at a time; this is expected when a standby took over")]
-    Fenced {
-        source_name: String,
-        transactional_id: String,
+    Connect {
+        /// The bootstrap list.
+        brokers: String,
+        /// librdkafka's last reason.
+        reason: String,
     },
-    #[error("source {source_name}: {operation} of the Kafka transaction failed: {source}")]
-    Transaction {
-        source_name: String,
-        operation: &'static str,
+    /// Creating (or looking up) a topic failed.
+    #[error("creating topic {topic}: {source}")]
+    Topic {
+        /// The topic.
+        topic: String,
+        /// librdkafka's reason.
         source: ClientError,
     },
+    /// librdkafka refused a record before sending it.
+    #[error("producing to topic {topic}: {source}")]
+    Produce {
+        /// The topic.
+        topic: String,
+        /// librdkafka's reason.
+        source: ClientError,
+    },
+    /// The broker did not acknowledge a record, after librdkafka's own retries.
+    #[error("delivery to topic {topic} failed: {source}")]
+    Delivery {
+        /// The topic.
+        topic: String,
+        /// librdkafka's reason.
+        source: ClientError,
+    },
+    /// A newer producer with the same transactional id took over: permanent.
+    #[error("source {source_name}: another walcast instance took over its Kafka transactions (transactional.id {transactional_id}); this one stops publishing. hint: only one instance per source is active at a time; this is expected when a standby took over")]
+    Fenced {
+        /// The source.
+        source_name: String,
+        /// Its transactional id, `<client_id>.<source>`.
+        transactional_id: String,
+    },
+    /// Initialising, beginning, committing or aborting a Kafka transaction failed; transient
+    /// unless librdkafka calls it fatal.
+    #[error("source {source_name}: {operation} of the Kafka transaction failed: {source}")]
+    Transaction {
+        /// The source.
+        source_name: String,
+        /// What was being done: initialising, committing…
+        operation: &'static str,
+        /// librdkafka's reason.
+        source: ClientError,
+    },
+    /// A blocking Kafka call's task panicked or was cancelled.
     #[error("{what}: the task stopped abnormally: {message}")]
-    Task { what: &'static str, message: String },
+    Task {
+        /// What the task was doing.
+        what: &'static str,
+        /// The join error.
+        message: String,
+    },
+    /// The source's progress topic could not be read to its end: transient.
     #[error("source {source_name}: reading its position from progress topic {topic}: {message}")]
     Progress {
+        /// The source.
         source_name: String,
+        /// Its progress topic.
         topic: String,
+        /// What went wrong.
         message: String,
     },
 }

@@ -26,7 +26,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the brokers said about the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cluster {
+    /// Brokers in the metadata.
     pub brokers: usize,
+    /// Topics in the metadata.
     pub topics: usize,
 }
 

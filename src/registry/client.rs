@@ -27,28 +27,54 @@ const ATTEMPTS: u32 = 6;
 /// Why a registry request failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
+    /// The registry did not answer (connection refused, timed out): transient.
     #[error("schema registry {url}: {reason}")]
-    Unreachable { url: String, reason: String },
+    Unreachable {
+        /// The registry's URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The registry answered with a Confluent error.
     #[error("schema registry {url}: {message} (HTTP {status}, error code {code})")]
     Api {
+        /// The registry's URL.
         url: String,
+        /// The HTTP status.
         status: u16,
+        /// Confluent's error code, e.g. 40401 (subject not found), 409 (incompatible).
         code: i64,
+        /// The registry's message.
         message: String,
     },
+    /// The answer is not what the Confluent API promises.
     #[error("schema registry {url}: unexpected answer: {detail}")]
-    Protocol { url: String, detail: String },
+    Protocol {
+        /// The registry's URL.
+        url: String,
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// TLS failed (certificate not trusted, client certificate refused): permanent.
     #[error("schema registry {url}: {problem}\n  hint: {hint}")]
     Tls {
+        /// The registry's URL.
         url: String,
+        /// What failed.
         problem: String,
+        /// The key to fix.
         hint: &'static str,
     },
+    /// The registry refused the credentials (HTTP 401 or 403): permanent.
     #[error("schema registry {url}: {message} (HTTP {status})\n  hint: {hint}")]
     Unauthorized {
+        /// The registry's URL.
         url: String,
+        /// 401 or 403.
         status: u16,
+        /// The registry's message.
         message: String,
+        /// The keys to check.
         hint: &'static str,
     },
 }
@@ -78,6 +104,7 @@ impl ClientError {
 /// The result of a compatibility check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
+    /// Whether the registry accepts the schema under the subject's compatibility level.
     pub compatible: bool,
     /// What breaks, as the registry words it (verbose mode).
     pub messages: Vec<String>,
@@ -102,6 +129,7 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client of the registry `config` names, with its TLS and credentials.
     pub fn new(config: &RegistryConfig) -> Client {
         let identity = config
             .tls_client_cert_file
@@ -147,6 +175,7 @@ impl Client {
             .ok_or_else(|| self.protocol(format!("GET /subjects answered {body}, not a list")))
     }
 
+    /// The registry's base URL.
     pub fn url(&self) -> &str {
         &self.base
     }
@@ -284,6 +313,7 @@ impl Client {
             .ok_or_else(|| self.protocol(format!("unknown compatibility level in {body}")))
     }
 
+    /// Sets `subject`'s compatibility level (`PUT /config/{subject}`).
     pub async fn set_config(
         &self,
         subject: Option<&str>,

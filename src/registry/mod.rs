@@ -74,8 +74,14 @@ pub enum RegistryError {
     /// a schema registry record or does not apply to the state before it.
     #[error("registry: replaying the schema log: {0}")]
     Replay(String),
+    /// The server's certificate or key cannot be used.
     #[error("registry: {problem}\n  hint: {hint}")]
-    Tls { problem: String, hint: String },
+    Tls {
+        /// What is wrong.
+        problem: String,
+        /// The key to fix.
+        hint: String,
+    },
 }
 
 /// The `host:port` the registry listens on, from `registry.url`.

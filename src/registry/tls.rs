@@ -69,6 +69,7 @@ impl std::fmt::Debug for Connector {
 }
 
 impl Connector {
+    /// A connector using `tls` for `https://` URLs.
     pub fn new(tls: native_tls::TlsConnector) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -83,7 +84,9 @@ impl Connector {
 /// A connection to the registry, TLS or not.
 #[derive(Debug)]
 pub enum Stream {
+    /// `http://`.
     Plain(TokioIo<TcpStream>),
+    /// `https://`.
     Tls(Box<TokioIo<TlsStream<TcpStream>>>),
 }
 
@@ -192,7 +195,9 @@ pub fn definite_alert(reason: &str) -> Option<&str> {
 /// What a failed TLS handshake means for the operator: the problem and the key to fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
+    /// What failed.
     pub problem: String,
+    /// The key to fix.
     pub hint: &'static str,
 }
 

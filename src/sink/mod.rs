@@ -77,23 +77,44 @@ use runner::{DeadLetters, Positions, Runner, Settings, Stop};
 /// Why a sink stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
+    /// A record that cannot be decoded or that the store rejects, under `on_error = "stop"`.
     #[error("sink {sink}: {topic} partition {partition} offset {offset}: {reason}; the record was not applied and its offset not committed (on_error = \"dead_letter\" sends such records to a dead-letter topic instead)")]
     Poison {
+        /// The sink.
         sink: String,
+        /// The record's topic.
         topic: String,
+        /// Its partition.
         partition: i32,
+        /// Its offset.
         offset: i64,
+        /// Why it was refused.
         reason: String,
     },
+    /// The store failed for good (a missing table, a refused login).
     #[error("sink {sink}: {source}")]
     Store {
+        /// The sink.
         sink: String,
+        /// The connector's error.
         source: connectors::Error,
     },
+    /// The sink's settings do not fit its topics or store.
     #[error("sink {sink}: {message}")]
-    Setup { sink: String, message: String },
+    Setup {
+        /// The sink.
+        sink: String,
+        /// What does not fit, and how to fix it.
+        message: String,
+    },
+    /// Consuming, committing or dead-lettering failed for good.
     #[error("sink {sink}: kafka: {message}")]
-    Kafka { sink: String, message: String },
+    Kafka {
+        /// The sink.
+        sink: String,
+        /// What failed.
+        message: String,
+    },
 }
 
 /// Runs the config's `sinks[index]` until `shutdown` or a permanent error.
