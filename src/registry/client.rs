@@ -369,14 +369,15 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, ClientError> {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff =
+            crate::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut attempt = 1;
         loop {
             match self.once(method, path, body.as_ref()).await {
                 Err(e) if e.is_transient() && attempt < ATTEMPTS => {
-                    tracing::warn!(error = %e, "registry request failed; retrying in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, "registry request failed; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
                 result => return result,

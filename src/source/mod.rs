@@ -28,6 +28,7 @@ pub mod assembler;
 pub mod catalog;
 pub mod change;
 pub mod error;
+pub mod frame;
 pub mod pgoutput;
 pub mod protocol;
 pub mod spill;

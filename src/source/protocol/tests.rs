@@ -4,6 +4,7 @@ use std::task::{Context, Poll};
 use tokio::io::ReadBuf;
 
 use super::*;
+use crate::source::error::ServerError;
 
 /// A backend frame: tag, length (itself included), body.
 fn frame(tag: u8, body: &[u8]) -> BytesMut {
