@@ -258,16 +258,18 @@ impl PostgresSink {
                 })
                 .collect();
             params.extend(versions(&upserts));
-            let key_at = |k: &String| {
-                names
-                    .iter()
-                    .position(|c| c == k)
-                    .expect("key columns are upserted")
-            };
-            let tomb_match: Vec<String> = key_columns
-                .iter()
-                .map(|k| format!("d.{} = v.c{}::{}", quote(k), key_at(k), self.cast(k)))
-                .collect();
+            let mut tomb_match = Vec::with_capacity(key_columns.len());
+            for k in &key_columns {
+                // A key column no change carries: the sink's `key` names a field the events'
+                // key does not have. Refused, never guessed.
+                let Some(at) = names.iter().position(|c| c == k) else {
+                    return Err(Error::Setup(format!(
+                        "replica table {}: key column {k} is written by no field of the events (the sink's key is {:?}); set key to the key contract's fields",
+                        self.settings.table, self.settings.key
+                    )));
+                };
+                tomb_match.push(format!("d.{} = v.c{at}::{}", quote(k), self.cast(k)));
+            }
             let target: Vec<String> = names.iter().map(|c| quote(c)).collect();
             let updates: Vec<String> = target
                 .iter()
