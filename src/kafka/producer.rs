@@ -47,6 +47,10 @@ pub struct Acks {
     /// the acknowledged position.
     transactional: bool,
     failure: Mutex<Option<KafkaError>>,
+    /// Records handed to librdkafka whose delivery report has not been served yet.
+    outstanding: std::sync::atomic::AtomicU64,
+    /// Woken when `outstanding` reaches zero.
+    drained: tokio::sync::Notify,
 }
 
 impl ClientContext for Acks {}
@@ -55,6 +59,10 @@ impl ProducerContext for Acks {
     type DeliveryOpaque = Box<TxNo>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, tx: Box<TxNo>) {
+        use std::sync::atomic::Ordering;
+        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.drained.notify_waiters();
+        }
         let error = result.as_ref().err().map(|(e, m)| {
             use rdkafka::Message;
             KafkaError::Delivery {
@@ -158,6 +166,8 @@ impl SourceProducer {
                 acked,
                 transactional: transactions.is_some(),
                 failure: Mutex::new(None),
+                outstanding: std::sync::atomic::AtomicU64::new(0),
+                drained: tokio::sync::Notify::new(),
             })
             .map_err(|source| KafkaError::Client {
                 what: "producer",
@@ -216,8 +226,14 @@ impl SourceProducer {
         if let Some(v) = value {
             record = record.payload(v);
         }
+        let outstanding = &self.inner.context().outstanding;
         loop {
-            match self.inner.send(record) {
+            outstanding.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            let sent = self.inner.send(record);
+            if sent.is_err() {
+                outstanding.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            }
+            match sent {
                 Ok(()) => return Ok(()),
                 Err((ClientError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     // librdkafka's queue is full: wait for deliveries to drain it.
@@ -264,14 +280,31 @@ impl SourceProducer {
         let record = BaseRecord::with_opaque_to(&t.progress_topic, Box::new(TxNo::MAX))
             .key(&key[..])
             .payload(&value[..]);
+        let acks = self.inner.context();
+        acks.outstanding
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if let Err((e, _)) = self.inner.send(record) {
+            acks.outstanding
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
             return Err(self.transaction_error("writing the progress record", e));
         }
+        // Wait for every delivery report here, woken by the last one. rust-rdkafka's commit
+        // flushes first, and its flush polls in 100 ms steps while the polling thread serves
+        // the reports, so every commit with a record in flight would take 100 ms more.
+        self.drained(TRANSACTION_CALL).await;
+        let started = Instant::now();
         let committed = self
             .blocking("committing", |p| p.commit_transaction(TRANSACTION_CALL))
             .await;
-        self.open = None;
+        let open = self.open.take();
         committed?;
+        tracing::debug!(
+            source = %self.source_name,
+            %end,
+            open_ms = open.map_or(0, |o| o.since.elapsed().as_millis()),
+            commit_ms = started.elapsed().as_millis(),
+            "committed the Kafka transaction"
+        );
         self.acknowledge(end);
         Ok(())
     }
@@ -299,6 +332,21 @@ impl SourceProducer {
                 topic: "(flush)".into(),
                 source,
             })
+    }
+
+    /// Waits until every record handed to librdkafka has its delivery report, or `timeout`.
+    async fn drained(&self, timeout: Duration) {
+        let acks = self.inner.context();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let woken = acks.drained.notified();
+            if acks.outstanding.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// A position Kafka holds for sure: with transactions, only a commit gets here.
