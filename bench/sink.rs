@@ -119,6 +119,8 @@ async fn main() {
         consumer: "bench".into(),
         auto_create: false,
         auto_add_columns: false,
+        tls_mode: None,
+        tls_ca_file: None,
     };
     let copy_client = connect(&format!("{}/{db}", stack.pg_url)).await;
     let copied = copy(&copy_client, rows).await;
