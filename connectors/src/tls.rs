@@ -98,8 +98,10 @@ const CA_KEY: &str = "tls_ca_file";
 /// configuration change fixes it: the problem and the key to set, as a permanent error.
 /// `None` for anything else (a handshake cut short), which the caller keeps transient.
 pub fn explain(store: &str, reason: &str, has_ca_file: bool, mode_key: bool) -> Option<Error> {
-    // OpenSSL's verify result is the parenthesised tail: "(self-signed certificate …)".
+    // OpenSSL's verify result is the parenthesised tail: "(self-signed certificate …)",
+    // which a driver may quote further (mysql_async: "TLS error: `…'").
     let verify = reason
+        .trim_end_matches(['\'', '`'])
         .rsplit_once(" (")
         .and_then(|(_, tail)| tail.strip_suffix(')'))
         .unwrap_or("certificate verify failed");
