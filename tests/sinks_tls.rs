@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::daemon::{Daemon, Setup};
-use support::targets::{OwnMariadb, OwnTlsRedis};
+use support::targets::{OwnMariadb, OwnRedis, OwnTlsRedis};
 use support::{unique, wait_until, Stack};
 
 /// The stack's `walcast_tls` role: scram-sha-256, and only over TLS (`hostssl`).
@@ -56,10 +56,11 @@ fn pg_sink(name: &str, topic: &str, db: &str, ca: &Path) -> String {
     )
 }
 
-/// A MariaDB user that must use TLS, and a database of its own.
+/// A MariaDB user that must use TLS (if the server has it), and a database of its own.
 fn mariadb_user(db: &OwnMariadb) {
+    let require = if db.tls { " REQUIRE SSL" } else { "" };
     db.sql(&format!(
-        "CREATE DATABASE shipping; CREATE USER 'walcast'@'%' IDENTIFIED BY '{MARIADB_PASSWORD}' REQUIRE SSL; \
+        "CREATE DATABASE shipping; CREATE USER 'walcast'@'%' IDENTIFIED BY '{MARIADB_PASSWORD}'{require}; \
          GRANT ALL ON shipping.* TO 'walcast'@'%';"
     ));
 }
@@ -414,4 +415,57 @@ async fn a_redis_sink_with_a_wrong_password_or_an_untrusted_certificate_stops_at
     .await;
 
     assert!(redis.keys(REDIS_USER, REDIS_PASSWORD, "*").is_empty());
+}
+
+/// TLS asked of a server that does not speak it on that port: MySQL's refusal is named and
+/// final; a plain Redis says nothing to a TLS handshake, so that one is a timeout (retried,
+/// as the server may only be busy) naming the likelier cause.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_asked_of_a_plain_server_is_named() {
+    let mariadb = OwnMariadb::start(false).await;
+    mariadb_user(&mariadb);
+    let redis = OwnRedis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let maria = sink_only(
+        dir.path(),
+        &format!(
+            "[[sink]]\nname = \"maria\"\ntype = \"mysql\"\ntopics = [\"t\"]\n\
+             url = \"mysql://walcast@127.0.0.1:{}/shipping\"\npassword_env = \"MARIADB_SINK_PASSWORD\"\n\
+             table = \"user_replica\"\nkey = [\"user_id\"]\ntls_mode = \"require\"\n",
+            mariadb.port
+        ),
+    );
+    fails_with(
+        &maria,
+        "maria",
+        &[("MARIADB_SINK_PASSWORD", MARIADB_PASSWORD)],
+        "sink maria: the MySQL/MariaDB server does not accept TLS on this port\n  hint: turn TLS on in the server, or set tls_mode = \"disable\" (or \"prefer\")",
+    )
+    .await;
+    // prefer falls back to plain TCP.
+    let prefer = std::fs::read_to_string(&maria)
+        .unwrap()
+        .replace("tls_mode = \"require\"", "tls_mode = \"prefer\"");
+    std::fs::write(&maria, prefer).unwrap();
+    let (_, line) = check_connect(
+        &maria,
+        "maria",
+        &[("MARIADB_SINK_PASSWORD", MARIADB_PASSWORD)],
+    );
+    assert!(line.starts_with("OK   MySQL/MariaDB "), "{line}");
+
+    let cache = sink_only(
+        dir.path(),
+        &format!(
+            "[[sink]]\nname = \"cache\"\ntype = \"redis\"\ntopics = [\"t\"]\n\
+             url = \"rediss://127.0.0.1:{}\"\nkey_template = \"user:{{user_id}}\"\n",
+            redis.port
+        ),
+    );
+    let (code, line) = check_connect(&cache, "cache", &[]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        line,
+        format!("FAIL no TLS handshake from 127.0.0.1:{} within 3 s; if the server does not speak TLS on this port, use a redis:// url or its TLS port", redis.port)
+    );
 }

@@ -155,6 +155,9 @@ pub async fn probe(target: &Target) -> Result<String, Error> {
     Ok(format!("Redis {version} ({pong})"))
 }
 
+/// How long a TLS handshake may take: well within `check --connect`'s default deadline.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Where a connection goes and how it authenticates: host and port, TLS for `rediss://`,
 /// and the database, user name and password of the url.
 #[derive(Clone)]
@@ -229,11 +232,18 @@ impl Target {
                         conn
                     }),
                 Some(tls) => {
-                    let stream = tls.connect(&self.host, tcp).await.map_err(|e| {
-                        let reason = e.to_string();
-                        explain("Redis", &reason, self.has_ca_file, false)
-                            .unwrap_or_else(|| Error::Redis(std::io::Error::other(reason).into()))
-                    })?;
+                    // A server without TLS on this port reads the handshake as an
+                    // unfinished command and says nothing: give up sooner, saying so.
+                    let handshake = tls.connect(&self.host, tcp);
+                    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+                        .await
+                        .map_err(|_| self.no_handshake())?
+                        .map_err(|e| {
+                            let reason = e.to_string();
+                            explain("Redis", &reason, self.has_ca_file, false).unwrap_or_else(
+                                || Error::Redis(std::io::Error::other(reason).into()),
+                            )
+                        })?;
                     MultiplexedConnection::new_with_config(&self.redis, stream, config)
                         .await
                         .map(|(conn, driver)| {
@@ -259,6 +269,23 @@ impl Target {
                 .into(),
             )),
         }
+    }
+
+    /// A handshake that got no answer: transient (the server may be busy), naming the
+    /// likelier cause.
+    fn no_handshake(&self) -> Error {
+        Error::Redis(
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no TLS handshake from {}:{} within {} s; if the server does not speak TLS on this port, use a redis:// url or its TLS port",
+                    self.host,
+                    self.port,
+                    HANDSHAKE_TIMEOUT.as_secs()
+                ),
+            )
+            .into(),
+        )
     }
 
     fn classify(&self, e: ::redis::RedisError) -> Error {

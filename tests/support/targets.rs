@@ -446,16 +446,21 @@ impl Drop for OwnTlsRedis {
     }
 }
 
-/// A MariaDB server of the test's own (its own data directory, port and socket) with TLS
-/// turned on (the stack's server certificate), so the machine's MariaDB is left alone.
+/// A MariaDB server of the test's own (its own data directory, port and socket), with TLS
+/// turned on (the stack's server certificate) or not, so the machine's MariaDB is left alone.
 pub struct OwnMariadb {
     pub port: u16,
+    pub tls: bool,
     dir: tempfile::TempDir,
     child: Child,
 }
 
 impl OwnMariadb {
     pub async fn start_tls() -> OwnMariadb {
+        Self::start(true).await
+    }
+
+    pub async fn start(tls: bool) -> OwnMariadb {
         let dir = tempfile::Builder::new()
             .prefix("walcast-mariadb")
             .tempdir_in("/var/tmp")
@@ -483,14 +488,27 @@ impl OwnMariadb {
                 "--log-error={}",
                 dir.path().join("error.log").display()
             ))
-            .arg(format!("--ssl-cert={}", cert.display()))
-            .arg(format!("--ssl-key={}", key.display()))
-            .arg(format!("--ssl-ca={}", ca.display()))
+            .args(
+                tls.then(|| {
+                    [
+                        format!("--ssl-cert={}", cert.display()),
+                        format!("--ssl-key={}", key.display()),
+                        format!("--ssl-ca={}", ca.display()),
+                    ]
+                })
+                .into_iter()
+                .flatten(),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let db = OwnMariadb { port, dir, child };
+        let db = OwnMariadb {
+            port,
+            tls,
+            dir,
+            child,
+        };
         wait_until("the test's MariaDB", Duration::from_secs(60), || async {
             db.client()
                 .arg("-e")
