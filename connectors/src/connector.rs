@@ -23,6 +23,23 @@ pub struct Endpoint<'a> {
     pub password_env: Option<&'a str>,
 }
 
+/// `url` with its password replaced by `***`, for `Debug` output: settings and sinks hold
+/// the resolved url, and never print its secret.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
 /// A setting the store refuses: the key under the sink's table, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issue {

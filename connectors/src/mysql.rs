@@ -40,13 +40,24 @@ pub async fn probe(target: &Target) -> Result<String, Error> {
     Ok(format!("MySQL/MariaDB {}", version.unwrap_or_default()))
 }
 
-/// Where a lane connects, and how: the url's options with the TLS settings applied.
-#[derive(Debug, Clone)]
+/// Where a lane connects, and how: the url's options with the TLS settings applied. Its
+/// `Debug` shows neither (the options hold the password).
+#[derive(Clone)]
 pub struct Target {
     opts: Opts,
     /// With `tls_mode = "prefer"`: the options without TLS, for a server that offers none.
     plain: Option<Opts>,
     has_ca_file: bool,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("host", &self.opts.ip_or_hostname())
+            .field("port", &self.opts.tcp_port())
+            .field("tls", &self.opts.ssl_opts().is_some())
+            .finish()
+    }
 }
 
 impl Target {

@@ -302,8 +302,8 @@ impl Target {
     }
 }
 
-/// What a Redis cache is.
-#[derive(Debug, Clone)]
+/// What a Redis cache is. Its `Debug` hides the url's password.
+#[derive(Clone)]
 pub struct RedisSettings {
     pub url: String,
     /// Key of each hash, with `{field}` placeholders filled from the event's key.
@@ -318,6 +318,16 @@ pub struct RedisSettings {
     pub consumer: String,
     /// With `rediss://`: the CA(s) trusted instead of the system's roots.
     pub tls_ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &crate::connector::redacted(&self.url))
+            .field("key_template", &self.key_template)
+            .field("consumer", &self.consumer)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A Redis cache, connected.

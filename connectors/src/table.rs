@@ -130,8 +130,8 @@ pub fn check_table_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// What a replica table is.
-#[derive(Debug, Clone)]
+/// What a replica table is. Its `Debug` hides the url's password.
+#[derive(Clone)]
 pub struct TableSettings {
     pub url: String,
     /// Target table, optionally qualified (`schema.table`, or `database.table` in MySQL).
@@ -152,6 +152,18 @@ pub struct TableSettings {
     pub tls_mode: Option<TlsMode>,
     /// `tls_ca_file`, resolved.
     pub tls_ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for TableSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableSettings")
+            .field("url", &crate::connector::redacted(&self.url))
+            .field("table", &self.table)
+            .field("key", &self.key)
+            .field("consumer", &self.consumer)
+            .field("tls_mode", &self.tls_mode)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TableSettings {

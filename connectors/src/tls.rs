@@ -184,4 +184,31 @@ mod tests {
         )
         .is_none());
     }
+
+    #[test]
+    fn settings_never_print_the_password() {
+        let settings = crate::TableSettings {
+            url: "postgres://walcast:s3cret-pw@db:5432/orders".into(),
+            table: "t".into(),
+            key: vec!["id".into()],
+            columns: Default::default(),
+            fields: None,
+            consumer: "c".into(),
+            auto_create: false,
+            auto_add_columns: false,
+            tls_mode: None,
+            tls_ca_file: None,
+        };
+        let debug = format!("{settings:?}");
+        assert!(!debug.contains("s3cret-pw"), "{debug}");
+        assert!(
+            debug.contains("postgres://walcast:***@db:5432/orders"),
+            "{debug}"
+        );
+        let target =
+            crate::mysql::Target::new("mysql://walcast:s3cret-pw@db/shipping", None, None).unwrap();
+        assert!(!format!("{target:?}").contains("s3cret-pw"));
+        let target = crate::redis::Target::new("rediss://walcast:s3cret-pw@db:6380", None).unwrap();
+        assert!(!format!("{target:?}").contains("s3cret-pw"));
+    }
 }
