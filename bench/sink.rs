@@ -119,6 +119,10 @@ async fn main() {
         consumer: "bench".into(),
         auto_create: false,
         auto_add_columns: false,
+        // The COPY baseline's transport: plain TCP (the connector's default, prefer, would
+        // take TLS from the stack's PostgreSQL).
+        tls_mode: Some(connectors::tls::TlsMode::Disable),
+        tls_ca_file: None,
     };
     let copy_client = connect(&format!("{}/{db}", stack.pg_url)).await;
     let copied = copy(&copy_client, rows).await;

@@ -127,11 +127,12 @@ struct ProbeStore {
 impl StoreVisitor for ProbeStore {
     type Output = std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>;
 
-    fn visit<C: connectors::Connector>(self, _: &C::Config) -> Self::Output {
+    fn visit<C: connectors::Connector>(self, config: &C::Config) -> Self::Output {
+        let config = config.clone();
         Box::pin(async move {
-            match C::probe(&self.url).await {
+            match C::probe(&config, &self.url).await {
                 Ok(version) => Outcome::Ok(version),
-                Err(e) => Outcome::Failed(e.to_string()),
+                Err(e) => Outcome::Failed(one_line(e)),
             }
         })
     }

@@ -233,7 +233,14 @@ pub async fn run_with(
                         let text = walcast_text::describe(&e);
                         tracing::error!(part = %name, error = %text, "failed; the other parts go on");
                         parts.set(&name, PartState::Failed(text.clone()));
-                        failed.push(format!("{name}: {text}"));
+                        // Errors that name their part already are not named twice; a
+                        // hint on the next line stays under its item.
+                        let item = if text.starts_with(&format!("{name}: ")) {
+                            text.clone()
+                        } else {
+                            format!("{name}: {text}")
+                        };
+                        failed.push(item.replace('\n', "\n  "));
                     }
                 }
                 if !*stop.borrow() && !parts.any_running() {

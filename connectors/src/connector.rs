@@ -6,6 +6,7 @@
 //! suite (`tests/conformance.rs`).
 
 use std::future::Future;
+use std::path::Path;
 
 use serde::de::DeserializeOwned;
 
@@ -20,6 +21,23 @@ pub struct Endpoint<'a> {
     pub url_env: Option<&'a str>,
     /// `password_env`: the environment variable holding the password, set into the URL.
     pub password_env: Option<&'a str>,
+}
+
+/// `url` with its password replaced by `***`, for `Debug` output: settings and sinks hold
+/// the resolved url, and never print its secret.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
 }
 
 /// A setting the store refuses: the key under the sink's table, and why.
@@ -56,8 +74,9 @@ pub trait Connector: Sink + Send + Sized + 'static {
     /// The configuration's URL and password keys.
     fn endpoint(config: &Self::Config) -> Endpoint<'_>;
 
-    /// Everything wrong with `config` that is knowable without connecting.
-    fn check(config: &Self::Config) -> Vec<Issue>;
+    /// Everything wrong with `config` that is knowable without connecting. Files it names
+    /// are resolved against `base`, the configuration file's directory.
+    fn check(config: &mut Self::Config, base: &Path) -> Vec<Issue>;
 
     /// How many lanes (connections applying a batch's keys concurrently) the store takes,
     /// when `requested` were asked for.
@@ -73,7 +92,11 @@ pub trait Connector: Sink + Send + Sized + 'static {
         consumer: &str,
     ) -> impl Future<Output = Result<Self, Error>> + Send;
 
-    /// Reaches the store at `url` for `walcast check --connect`: one line naming the server
-    /// and its version.
-    fn probe(url: &str) -> impl Future<Output = Result<String, Error>> + Send;
+    /// Reaches the store at `url` for `walcast check --connect`, as [`Connector::connect`]
+    /// would (the same TLS settings and credentials): one line naming the server and its
+    /// version.
+    fn probe(
+        config: &Self::Config,
+        url: &str,
+    ) -> impl Future<Output = Result<String, Error>> + Send;
 }

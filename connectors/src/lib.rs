@@ -14,6 +14,7 @@ pub mod redis;
 pub mod sink;
 pub mod table;
 pub mod text;
+pub mod tls;
 
 pub use connector::{Connector, Endpoint, Issue};
 pub use sink::{Batch, Change, Field, FieldType, Op, Position, Sink, Value, Version};
@@ -36,6 +37,10 @@ pub enum Error {
     /// The store is not set up as the replica needs; the message says how to fix it.
     #[error("{0}")]
     Setup(String),
+    /// TLS or authentication failed in a way only a configuration change fixes (an untrusted
+    /// certificate, a refused password); the message names the key to fix. Never retried.
+    #[error("{0}")]
+    Security(String),
 }
 
 impl Error {
@@ -65,7 +70,7 @@ impl Error {
                         BusyLoadingError | TryAgain | ClusterDown | MasterDown | ReadOnly
                     )
             }
-            Error::Setup(_) => false,
+            Error::Setup(_) | Error::Security(_) => false,
         }
     }
 }
@@ -86,7 +91,7 @@ impl Error {
             Error::Mysql(_) => false,
             // The key holds another kind of value than a hash.
             Error::Redis(e) => e.code() == Some("WRONGTYPE"),
-            Error::Setup(_) => false,
+            Error::Setup(_) | Error::Security(_) => false,
         }
     }
 }

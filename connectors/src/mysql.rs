@@ -20,23 +20,133 @@
 //! runs in UTC, so UTC timestamps are written as they are.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts, TxOpts, Value as My};
+use mysql_async::{Conn, DriverError, Opts, OptsBuilder, SslOpts, TxOpts, Value as My};
 
 use crate::connector::{Connector, Endpoint, Issue};
 use crate::sink::{Batch, Change, Position, Sink, Value, Version};
 use crate::sink::{Field, FieldType};
 use crate::table::{field, missing_columns, TableOptions, TableSettings};
+use crate::tls::{explain, refused_login, TlsMode};
 use crate::Error;
 
-/// Connects to `url` and returns the server's version string.
-pub async fn probe(url: &str) -> Result<String, Error> {
-    let opts = Opts::from_url(url).map_err(mysql_async::Error::from)?;
-    let mut conn = Conn::new(opts).await?;
+/// Connects to `url` as a lane would (`target`), and returns the server's version string.
+pub async fn probe(target: &Target) -> Result<String, Error> {
+    let mut conn = target.open().await?;
     let version: Option<String> = conn.query_first("SELECT VERSION()").await?;
     conn.disconnect().await?;
     Ok(format!("MySQL/MariaDB {}", version.unwrap_or_default()))
+}
+
+/// Where a lane connects, and how: the url's options with the TLS settings applied. Its
+/// `Debug` shows neither (the options hold the password).
+#[derive(Clone)]
+pub struct Target {
+    opts: Opts,
+    /// With `tls_mode = "prefer"`: the options without TLS, for a server that offers none.
+    plain: Option<Opts>,
+    has_ca_file: bool,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("host", &self.opts.ip_or_hostname())
+            .field("port", &self.opts.tcp_port())
+            .field("tls", &self.opts.ssl_opts().is_some())
+            .finish()
+    }
+}
+
+impl Target {
+    /// `url` with `tls_mode` (default prefer, as the MySQL client's `--ssl-mode`, unless the
+    /// url's own parameters ask for TLS) and `tls_ca_file`.
+    pub fn new(
+        url: &str,
+        mode: Option<TlsMode>,
+        ca_file: Option<PathBuf>,
+    ) -> Result<Target, Error> {
+        let opts = Opts::from_url(url).map_err(mysql_async::Error::from)?;
+        let mode = match mode {
+            Some(mode) => mode,
+            // The url's `require_ssl` and its companions decide.
+            None if opts.ssl_opts().is_some() => {
+                return Ok(Target {
+                    opts,
+                    plain: None,
+                    has_ca_file: false,
+                })
+            }
+            None => TlsMode::Prefer,
+        };
+        let has_ca_file = ca_file.is_some();
+        let ssl = match mode {
+            TlsMode::Disable => None,
+            TlsMode::Prefer | TlsMode::Require => Some(
+                SslOpts::default()
+                    .with_danger_accept_invalid_certs(true)
+                    .with_danger_skip_domain_validation(true),
+            ),
+            TlsMode::VerifyFull => Some(match ca_file {
+                Some(ca) => SslOpts::default()
+                    .with_root_certs(vec![ca.into()])
+                    .with_disable_built_in_roots(true),
+                None => SslOpts::default(),
+            }),
+        };
+        let plain = (mode == TlsMode::Prefer).then(|| opts.clone());
+        // A loopback server's unix socket would bypass TLS: stay on TCP when TLS is on.
+        let opts = match ssl {
+            Some(ssl) => OptsBuilder::from_opts(opts)
+                .ssl_opts(ssl)
+                .prefer_socket(false)
+                .into(),
+            None => opts,
+        };
+        Ok(Target {
+            opts,
+            plain,
+            has_ca_file,
+        })
+    }
+
+    /// A connection in UTC; TLS and authentication failures are [`Error::Security`].
+    async fn open(&self) -> Result<Conn, Error> {
+        let conn = match Conn::new(self.opts.clone()).await {
+            Err(mysql_async::Error::Driver(DriverError::NoClientSslFlagFromServer))
+                if self.plain.is_some() =>
+            {
+                Conn::new(self.plain.clone().expect("prefer")).await
+            }
+            other => other,
+        };
+        let mut conn = conn.map_err(|e| self.classify(e))?;
+        conn.query_drop("SET time_zone = '+00:00'").await?;
+        Ok(conn)
+    }
+
+    fn classify(&self, e: mysql_async::Error) -> Error {
+        const STORE: &str = "MySQL/MariaDB";
+        match &e {
+            // Access denied (for the user, with or without a password, through a plugin).
+            mysql_async::Error::Server(s)
+                if s.state == "28000" || matches!(s.code, 1044 | 1045 | 1698) =>
+            {
+                refused_login(STORE, &s.message)
+            }
+            mysql_async::Error::Driver(DriverError::NoClientSslFlagFromServer) => {
+                explain(STORE, "NoClientSslFlagFromServer", self.has_ca_file, true)
+                    .expect("explained")
+            }
+            mysql_async::Error::Io(mysql_async::IoError::Tls(_)) => {
+                explain(STORE, &walcast_text::describe(&e), self.has_ca_file, true)
+                    .unwrap_or(Error::Mysql(e))
+            }
+            _ => Error::Mysql(e),
+        }
+    }
 }
 
 impl Connector for MysqlSink {
@@ -48,8 +158,8 @@ impl Connector for MysqlSink {
         config.endpoint()
     }
 
-    fn check(config: &TableOptions) -> Vec<Issue> {
-        config.check()
+    fn check(config: &mut TableOptions, base: &Path) -> Vec<Issue> {
+        config.check(base)
     }
 
     /// One lane: InnoDB takes next-key locks for `INSERT … ON DUPLICATE KEY UPDATE`, so
@@ -62,15 +172,20 @@ impl Connector for MysqlSink {
         MysqlSink::connect(config.settings(url, consumer)).await
     }
 
-    async fn probe(url: &str) -> Result<String, Error> {
-        probe(url).await
+    async fn probe(config: &TableOptions, url: &str) -> Result<String, Error> {
+        probe(&Target::new(
+            url,
+            config.tls_mode,
+            config.tls_ca_file.clone(),
+        )?)
+        .await
     }
 }
 
 /// A replica table, connected and checked.
 #[derive(Debug)]
 pub struct MysqlSink {
-    opts: Opts,
+    target: Target,
     /// `None` after an error; the next `apply` connects again.
     conn: Option<Conn>,
     settings: TableSettings,
@@ -95,8 +210,12 @@ impl MysqlSink {
     /// `walcast_offsets` when missing. With `auto_create`, a missing table is created by the
     /// first [`Sink::prepare`].
     pub async fn connect(settings: TableSettings) -> Result<Self, Error> {
-        let opts = Opts::from_url(&settings.url).map_err(mysql_async::Error::from)?;
-        let mut conn = open(&opts).await?;
+        let target = Target::new(
+            &settings.url,
+            settings.tls_mode,
+            settings.tls_ca_file.clone(),
+        )?;
+        let mut conn = target.open().await?;
         let (schema, name) = match settings.table.split_once('.') {
             Some((s, n)) => (s.to_string(), n.to_string()),
             None => {
@@ -112,7 +231,7 @@ impl MysqlSink {
         };
         let sql_mode: Option<String> = conn.query_first("SELECT @@SESSION.sql_mode").await?;
         let mut sink = MysqlSink {
-            opts,
+            target,
             conn: Some(conn),
             table: format!("{}.{}", quote(&schema), quote(&name)),
             tombstones: format!(
@@ -148,7 +267,7 @@ impl MysqlSink {
 
     async fn connected(&mut self) -> Result<&mut Conn, Error> {
         if self.conn.is_none() {
-            self.conn = Some(open(&self.opts).await?);
+            self.conn = Some(self.target.open().await?);
         }
         Ok(self.conn())
     }
@@ -387,19 +506,13 @@ fn mysql_type(ty: FieldType, key: bool) -> String {
     }
 }
 
-async fn open(opts: &Opts) -> Result<Conn, Error> {
-    let mut conn = Conn::new(opts.clone()).await?;
-    conn.query_drop("SET time_zone = '+00:00'").await?;
-    Ok(conn)
-}
-
 impl Sink for MysqlSink {
     async fn apply(&mut self, batch: &Batch) -> Result<(), Error> {
         let (upserts, deletes) = self
             .settings
             .latest_per_key(&batch.changes, !self.types.is_empty())?;
         if self.conn.is_none() {
-            self.conn = Some(open(&self.opts).await?);
+            self.conn = Some(self.target.open().await?);
         }
         let mut conn = self.conn.take().expect("connected");
         let result = async {
@@ -479,7 +592,7 @@ impl Sink for MysqlSink {
 
     async fn positions(&mut self) -> Result<Vec<Position>, Error> {
         if self.conn.is_none() {
-            self.conn = Some(open(&self.opts).await?);
+            self.conn = Some(self.target.open().await?);
         }
         let mut conn = self.conn.take().expect("connected");
         let rows: Vec<(String, i32, i64)> = conn

@@ -18,27 +18,109 @@
 //! statement planned per batch; see `bench/sink.rs` for the figure now.)
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
+use tokio_postgres::config::SslMode;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use crate::connector::{Connector, Endpoint, Issue};
 use crate::sink::{Batch, Position, Sink, Value};
 use crate::sink::{Field, FieldType};
 use crate::table::{field, missing_columns, TableOptions, TableSettings};
+use crate::tls::{explain, refused_login, TlsMode, TlsSettings};
 use crate::Error;
 
-/// Connects to `url` and returns the server's version string.
-pub async fn probe(url: &str) -> Result<String, Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    let task = tokio::spawn(connection);
+/// Connects to `url` as a lane would (`tls`), and returns the server's version string.
+pub async fn probe(url: &str, tls: &Tls) -> Result<String, Error> {
+    let client = tls.open(url).await?;
     let row = client
         .query_one("SELECT current_setting('server_version')", &[])
         .await?;
     let version: String = row.get(0);
-    drop(client);
-    let _ = task.await;
     Ok(format!("PostgreSQL {version}"))
+}
+
+/// How a lane reaches the server: the TLS mode and the connector built once for it.
+#[derive(Clone)]
+pub struct Tls {
+    mode: SslMode,
+    connector: Option<native_tls::TlsConnector>,
+    has_ca_file: bool,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("mode", &self.mode).finish()
+    }
+}
+
+impl Tls {
+    /// `tls_mode` (or, when unset, the url's `sslmode`, else libpq's default, prefer) and
+    /// `tls_ca_file`.
+    pub fn new(url: &str, mode: Option<TlsMode>, ca_file: Option<PathBuf>) -> Result<Tls, Error> {
+        let mode = mode.unwrap_or_else(|| match url.parse::<Config>().map(|c| c.get_ssl_mode()) {
+            Ok(SslMode::Disable) => TlsMode::Disable,
+            Ok(SslMode::Require) => TlsMode::Require,
+            _ => TlsMode::Prefer,
+        });
+        let has_ca_file = ca_file.is_some();
+        let connector = TlsSettings { mode, ca_file }.connector()?;
+        let mode = match mode {
+            TlsMode::Disable => SslMode::Disable,
+            TlsMode::Prefer => SslMode::Prefer,
+            TlsMode::Require | TlsMode::VerifyFull => SslMode::Require,
+        };
+        Ok(Tls {
+            mode,
+            connector,
+            has_ca_file,
+        })
+    }
+
+    /// A connection to `url`; TLS and authentication failures are [`Error::Security`].
+    async fn open(&self, url: &str) -> Result<Client, Error> {
+        let mut config: Config = url.parse()?;
+        config.ssl_mode(self.mode);
+        let connected = match &self.connector {
+            None => config.connect(NoTls).await.map(|(client, connection)| {
+                // A broken connection surfaces as the next statement's error, and `is_closed`.
+                tokio::spawn(connection);
+                client
+            }),
+            Some(connector) => {
+                let tls = postgres_native_tls::MakeTlsConnector::new(connector.clone());
+                config.connect(tls).await.map(|(client, connection)| {
+                    tokio::spawn(connection);
+                    client
+                })
+            }
+        };
+        connected.map_err(|e| self.classify(e))
+    }
+
+    fn classify(&self, e: tokio_postgres::Error) -> Error {
+        if let Some(db) = e.as_db_error() {
+            // Invalid authorization specification, invalid password.
+            if db.code().code().starts_with("28") {
+                return refused_login("PostgreSQL", db.message());
+            }
+            return Error::Postgres(e);
+        }
+        let text = walcast_text::describe(&e);
+        if text.contains("password missing") {
+            return refused_login(
+                "PostgreSQL",
+                "the server asks for a password, and none was given",
+            );
+        }
+        if text.contains("TLS") {
+            if let Some(failure) = explain("PostgreSQL", &text, self.has_ca_file, true) {
+                return failure;
+            }
+        }
+        Error::Postgres(e)
+    }
 }
 
 impl Connector for PostgresSink {
@@ -50,16 +132,20 @@ impl Connector for PostgresSink {
         config.endpoint()
     }
 
-    fn check(config: &TableOptions) -> Vec<Issue> {
-        config.check()
+    fn check(config: &mut TableOptions, base: &Path) -> Vec<Issue> {
+        config.check(base)
     }
 
     async fn connect(config: &TableOptions, url: &str, consumer: &str) -> Result<Self, Error> {
         PostgresSink::connect(config.settings(url, consumer)).await
     }
 
-    async fn probe(url: &str) -> Result<String, Error> {
-        probe(url).await
+    async fn probe(config: &TableOptions, url: &str) -> Result<String, Error> {
+        probe(
+            url,
+            &Tls::new(url, config.tls_mode, config.tls_ca_file.clone())?,
+        )
+        .await
     }
 }
 
@@ -68,6 +154,7 @@ impl Connector for PostgresSink {
 pub struct PostgresSink {
     /// `None` after the connection broke; the next `apply` connects again.
     client: Option<Client>,
+    tls: Tls,
     settings: TableSettings,
     table: String,
     tombstones: String,
@@ -100,10 +187,16 @@ impl PostgresSink {
     /// tombstones beside it, and `walcast_offsets`) when missing. With `auto_create`, a
     /// missing table is created by the first [`Sink::prepare`].
     pub async fn connect(settings: TableSettings) -> Result<Self, Error> {
-        let client = open(&settings.url).await?;
+        let tls = Tls::new(
+            &settings.url,
+            settings.tls_mode,
+            settings.tls_ca_file.clone(),
+        )?;
+        let client = tls.open(&settings.url).await?;
         let (table, tombstones) = names(&settings.table);
         let mut sink = PostgresSink {
             client: Some(client),
+            tls,
             table,
             tombstones,
             types: HashMap::new(),
@@ -188,17 +281,10 @@ impl PostgresSink {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             // Statements are prepared per connection.
             self.prepared.clear();
-            self.client = Some(open(&self.settings.url).await?);
+            self.client = Some(self.tls.open(&self.settings.url).await?);
         }
         Ok(self.client.as_mut().expect("connected"))
     }
-}
-
-async fn open(url: &str) -> Result<Client, Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    // A broken connection surfaces as the next statement's error, and `is_closed`.
-    tokio::spawn(connection);
-    Ok(client)
 }
 
 const OFFSETS_DDL: &str = "CREATE TABLE IF NOT EXISTS walcast_offsets (consumer text NOT NULL, topic text NOT NULL,

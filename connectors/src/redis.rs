@@ -17,17 +17,27 @@
 //! A Redis that keeps nothing on disk loses the positions with the data when it restarts;
 //! the runner then finds no stored positions and replays the topic from its start, which
 //! rebuilds the cache.
+//!
+//! `rediss://` is TLS, always verified: against the system's roots (`SSL_CERT_FILE`
+//! honoured) or `tls_ca_file` alone, as for the registry. The connection is ours (TCP, then
+//! native-tls), handed to redis-rs as a stream: redis-rs's own native-tls support cannot
+//! trust a CA file, and this way its TLS failures come back typed, so an untrusted
+//! certificate is a permanent error naming the key while a reset stays transient. AUTH uses
+//! the url's user name (ACL users) and the password from `password_env`; a refused login
+//! is permanent too.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::Script;
+use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Script};
 
 use serde::Deserialize;
 
 use crate::connector::{Connector, Endpoint, Issue};
 use crate::sink::{Batch, Change, Op, Position, Sink, Value, Version};
-use crate::table::latest_per_key;
+use crate::table::{check_ca_file, latest_per_key};
+use crate::tls::{explain, refused_login, TlsMode, TlsSettings};
 use crate::Error;
 
 /// The `[[sink]]` keys of `type = "redis"`: one hash per key.
@@ -50,6 +60,8 @@ pub struct RedisConfig {
     /// How long a deleted key's tombstone version is kept.
     #[serde(default = "default_tombstone_ttl_secs")]
     pub tombstone_ttl_secs: u64,
+    /// With `rediss://`: PEM file of the CA(s) trusted instead of the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 fn default_tombstone_ttl_secs() -> u64 {
@@ -69,12 +81,26 @@ impl Connector for RedisSink {
         }
     }
 
-    fn check(config: &RedisConfig) -> Vec<Issue> {
-        check_key_template(&config.key_template)
+    fn check(config: &mut RedisConfig, base: &Path) -> Vec<Issue> {
+        let mut issues: Vec<Issue> = check_key_template(&config.key_template)
             .err()
             .map(|why| Issue::new("key_template", why))
             .into_iter()
-            .collect()
+            .collect();
+        let file_issues = check_ca_file(&mut config.tls_ca_file, base);
+        let file_ok = file_issues.is_empty();
+        issues.extend(file_issues);
+        let plain = config
+            .url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("redis://"));
+        if file_ok && config.tls_ca_file.is_some() && plain {
+            issues.push(Issue::new(
+                "tls_ca_file",
+                "is only used with a rediss:// url (TLS); use one, or remove tls_ca_file",
+            ));
+        }
+        issues
     }
 
     async fn connect(config: &RedisConfig, url: &str, consumer: &str) -> Result<Self, Error> {
@@ -85,12 +111,13 @@ impl Connector for RedisSink {
             ttl_secs: config.ttl_secs,
             tombstone_ttl_secs: config.tombstone_ttl_secs,
             consumer: consumer.to_string(),
+            tls_ca_file: config.tls_ca_file.clone(),
         })
         .await
     }
 
-    async fn probe(url: &str) -> Result<String, Error> {
-        probe(url).await
+    async fn probe(config: &RedisConfig, url: &str) -> Result<String, Error> {
+        probe(&Target::new(url, config.tls_ca_file.clone())?).await
     }
 }
 
@@ -114,10 +141,9 @@ fn check_key_template(template: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Connects to `url`, sends PING and returns the server's version.
-pub async fn probe(url: &str) -> Result<String, Error> {
-    let client = ::redis::Client::open(url)?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
+/// Connects as a lane would (`target`), sends PING and returns the server's version.
+pub async fn probe(target: &Target) -> Result<String, Error> {
+    let mut conn = target.open().await?;
     let pong: String = ::redis::cmd("PING").query_async(&mut conn).await?;
     let info: String = ::redis::cmd("INFO")
         .arg("server")
@@ -132,8 +158,155 @@ pub async fn probe(url: &str) -> Result<String, Error> {
     Ok(format!("Redis {version} ({pong})"))
 }
 
-/// What a Redis cache is.
-#[derive(Debug, Clone)]
+/// How long a TLS handshake may take: well within `check --connect`'s default deadline.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where a connection goes and how it authenticates: host and port, TLS for `rediss://`,
+/// and the database, user name and password of the url.
+#[derive(Clone)]
+pub struct Target {
+    host: String,
+    port: u16,
+    redis: RedisConnectionInfo,
+    tls: Option<tokio_native_tls::TlsConnector>,
+    has_ca_file: bool,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the connection info: it holds the password.
+        f.debug_struct("Target")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Target {
+    /// `redis://` or `rediss://` (TLS, verified against `ca_file` or the system's roots).
+    pub fn new(url: &str, ca_file: Option<PathBuf>) -> Result<Target, Error> {
+        let (tls, url) = match url.strip_prefix("rediss://") {
+            Some(rest) => (true, format!("redis://{rest}")),
+            None => (false, url.to_string()),
+        };
+        let info = url.as_str().into_connection_info()?;
+        let ConnectionAddr::Tcp(host, port) = info.addr else {
+            return Err(Error::Setup(
+                "url is not a redis:// or rediss:// address with a host".into(),
+            ));
+        };
+        let has_ca_file = ca_file.is_some();
+        let tls = if tls {
+            let settings = TlsSettings {
+                mode: TlsMode::VerifyFull,
+                ca_file,
+            };
+            settings
+                .connector()?
+                .map(tokio_native_tls::TlsConnector::from)
+        } else {
+            None
+        };
+        Ok(Target {
+            host,
+            port,
+            redis: info.redis,
+            tls,
+            has_ca_file,
+        })
+    }
+
+    /// A connection that fails rather than waits when the server went away; it has
+    /// answered PING, so a refused login shows here, as [`Error::Security`].
+    async fn open(&self) -> Result<MultiplexedConnection, Error> {
+        let connecting = async {
+            let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .map_err(::redis::RedisError::from)?;
+            let _ = tcp.set_nodelay(true);
+            let config =
+                ::redis::AsyncConnectionConfig::new().set_response_timeout(Duration::from_secs(30));
+            let mut conn = match &self.tls {
+                None => MultiplexedConnection::new_with_config(&self.redis, tcp, config)
+                    .await
+                    .map(|(conn, driver)| {
+                        tokio::spawn(driver);
+                        conn
+                    }),
+                Some(tls) => {
+                    // A server without TLS on this port reads the handshake as an
+                    // unfinished command and says nothing: give up sooner, saying so.
+                    let handshake = tls.connect(&self.host, tcp);
+                    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+                        .await
+                        .map_err(|_| self.no_handshake())?
+                        .map_err(|e| {
+                            let reason = e.to_string();
+                            explain("Redis", &reason, self.has_ca_file, false).unwrap_or_else(
+                                || Error::Redis(std::io::Error::other(reason).into()),
+                            )
+                        })?;
+                    MultiplexedConnection::new_with_config(&self.redis, stream, config)
+                        .await
+                        .map(|(conn, driver)| {
+                            tokio::spawn(driver);
+                            conn
+                        })
+                }
+            }
+            .map_err(|e| self.classify(e))?;
+            let _: String = ::redis::cmd("PING")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.classify(e))?;
+            Ok(conn)
+        };
+        match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Redis(
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection to {}:{} within 10 s", self.host, self.port),
+                )
+                .into(),
+            )),
+        }
+    }
+
+    /// A handshake that got no answer: transient (the server may be busy), naming the
+    /// likelier cause.
+    fn no_handshake(&self) -> Error {
+        Error::Redis(
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no TLS handshake from {}:{} within {} s; if the server does not speak TLS on this port, use a redis:// url or its TLS port",
+                    self.host,
+                    self.port,
+                    HANDSHAKE_TIMEOUT.as_secs()
+                ),
+            )
+            .into(),
+        )
+    }
+
+    fn classify(&self, e: ::redis::RedisError) -> Error {
+        let refused = e.kind() == ::redis::ErrorKind::AuthenticationFailed
+            || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"));
+        if !refused {
+            return Error::Redis(e);
+        }
+        let detail = match e.code() {
+            Some("NOAUTH") => "the server requires AUTH, and url has no password",
+            _ => "AUTH failed: wrong user name or password, or the user is disabled",
+        };
+        refused_login("Redis", detail)
+    }
+}
+
+/// What a Redis cache is. Its `Debug` hides the url's password.
+#[derive(Clone)]
 pub struct RedisSettings {
     /// Connection URL, with its password resolved.
     pub url: String,
@@ -147,12 +320,24 @@ pub struct RedisSettings {
     pub tombstone_ttl_secs: u64,
     /// Names this cache's positions (the consumer group).
     pub consumer: String,
+    /// With `rediss://`: the CA(s) trusted instead of the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &crate::connector::redacted(&self.url))
+            .field("key_template", &self.key_template)
+            .field("consumer", &self.consumer)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A Redis cache, connected.
 #[derive(Debug)]
 pub struct RedisSink {
-    client: ::redis::Client,
+    target: Target,
     /// `None` after an error; the next `apply` connects again.
     conn: Option<MultiplexedConnection>,
     settings: RedisSettings,
@@ -197,16 +382,6 @@ end
 return changes
 ";
 
-/// A connection that fails rather than waits when the server went away.
-async fn open(client: &::redis::Client) -> Result<MultiplexedConnection, Error> {
-    let config = ::redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Duration::from_secs(10))
-        .set_response_timeout(Duration::from_secs(30));
-    Ok(client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?)
-}
-
 fn field_of<'a>(fields: &'a [(String, Value)], name: &str) -> Option<&'a Value> {
     fields.iter().find(|(f, _)| f == name).map(|(_, v)| v)
 }
@@ -231,10 +406,10 @@ impl RedisSink {
                 settings.key_template
             )));
         }
-        let client = ::redis::Client::open(settings.url.as_str())?;
-        let conn = open(&client).await?;
+        let target = Target::new(&settings.url, settings.tls_ca_file.clone())?;
+        let conn = target.open().await?;
         Ok(RedisSink {
-            client,
+            target,
             conn: Some(conn),
             settings,
             script: Script::new(APPLY),
@@ -282,7 +457,7 @@ impl RedisSink {
 
     async fn conn(&mut self) -> Result<MultiplexedConnection, Error> {
         if self.conn.is_none() {
-            self.conn = Some(open(&self.client).await?);
+            self.conn = Some(self.target.open().await?);
         }
         Ok(self.conn.clone().expect("connected"))
     }

@@ -2,11 +2,13 @@
 //! keeps, the column each one is written to, and which change of a batch decides each key.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::connector::{Endpoint, Issue};
 use crate::sink::{Change, Field, Op};
+use crate::tls::TlsMode;
 use crate::Error;
 
 /// The `[[sink]]` keys of a table-shaped store (PostgreSQL, MySQL/MariaDB).
@@ -34,6 +36,11 @@ pub struct TableOptions {
     /// Add new nullable columns when a contract gains a field.
     #[serde(default)]
     pub auto_add_columns: bool,
+    /// TLS: disable, prefer, require or verify-full; default prefer (PostgreSQL: the url's
+    /// `sslmode` when it has one).
+    pub tls_mode: Option<TlsMode>,
+    /// PEM file of the CA(s) trusted for verify-full instead of the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl TableOptions {
@@ -46,9 +53,19 @@ impl TableOptions {
         }
     }
 
-    /// The table name and the key, checked without connecting.
-    pub fn check(&self) -> Vec<Issue> {
-        let mut issues = Vec::new();
+    /// The table name, the key and the TLS keys, checked without connecting; `tls_ca_file`
+    /// is resolved against `base` (the configuration file's directory).
+    pub fn check(&mut self, base: &Path) -> Vec<Issue> {
+        let mut issues = check_ca_file(&mut self.tls_ca_file, base);
+        if issues.is_empty()
+            && self.tls_ca_file.is_some()
+            && self.tls_mode != Some(TlsMode::VerifyFull)
+        {
+            issues.push(Issue::new(
+                "tls_ca_file",
+                "is only used with tls_mode = \"verify-full\"; set that too, or remove tls_ca_file",
+            ));
+        }
         if let Err(why) = check_table_name(&self.table) {
             issues.push(Issue::new("table", why));
         }
@@ -72,8 +89,34 @@ impl TableOptions {
             consumer: consumer.to_string(),
             auto_create: self.auto_create,
             auto_add_columns: self.auto_add_columns,
+            tls_mode: self.tls_mode,
+            tls_ca_file: self.tls_ca_file.clone(),
         }
     }
+}
+
+/// Resolves `tls_ca_file` against `base` and checks that it holds PEM certificates.
+pub fn check_ca_file(file: &mut Option<PathBuf>, base: &Path) -> Vec<Issue> {
+    let Some(path) = file.as_ref() else {
+        return Vec::new();
+    };
+    let resolved = base.join(path);
+    if !resolved.is_file() {
+        let issue = Issue::new(
+            "tls_ca_file",
+            format!(
+                "file {} does not exist (looked for {}); expected a PEM certificate",
+                path.display(),
+                resolved.display()
+            ),
+        );
+        return vec![issue];
+    }
+    if let Err(why) = crate::tls::read_certificates(&resolved) {
+        return vec![Issue::new("tls_ca_file", why)];
+    }
+    *file = Some(resolved);
+    Vec::new()
 }
 
 /// `table` or `schema.table`, each part an identifier of 1 to 63 characters without `"`.
@@ -90,8 +133,8 @@ pub fn check_table_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// What a replica table is.
-#[derive(Debug, Clone)]
+/// What a replica table is. Its `Debug` hides the url's password.
+#[derive(Clone)]
 pub struct TableSettings {
     /// Connection URL, with its password resolved.
     pub url: String,
@@ -109,6 +152,22 @@ pub struct TableSettings {
     pub auto_create: bool,
     /// Add a nullable column for each kept field a contract version gains.
     pub auto_add_columns: bool,
+    /// `tls_mode`, when set; each store has its own default.
+    pub tls_mode: Option<TlsMode>,
+    /// `tls_ca_file`, resolved.
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for TableSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableSettings")
+            .field("url", &crate::connector::redacted(&self.url))
+            .field("table", &self.table)
+            .field("key", &self.key)
+            .field("consumer", &self.consumer)
+            .field("tls_mode", &self.tls_mode)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TableSettings {

@@ -434,6 +434,8 @@ fn table_settings(url: &str) -> TableSettings {
         consumer: "walcast.test".into(),
         auto_create: false,
         auto_add_columns: false,
+        tls_mode: None,
+        tls_ca_file: None,
     }
 }
 
@@ -634,6 +636,7 @@ impl Harness for Redis {
             ttl_secs: 600,
             tombstone_ttl_secs: 600,
             consumer: format!("walcast.test.{name}.{}", std::process::id()),
+            tls_ca_file: None,
         };
         let client = ::redis::Client::open(settings.url.as_str()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();

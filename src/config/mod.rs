@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use error::{ConfigError, ConfigIssue};
-pub use sink::{OnError, SinkCommon, SinkConfig, SinkKind, StoreVisitor, SINK_TYPES};
+pub use sink::{
+    OnError, SinkCommon, SinkConfig, SinkKind, StoreVisitor, StoreVisitorMut, SINK_TYPES,
+};
 
 /// The whole deployment: admin endpoint, Kafka, registry, sources and sinks.
 #[derive(Debug, Deserialize)]
@@ -68,20 +70,9 @@ fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9187))
 }
 
-/// How a connection to PostgreSQL uses TLS (`tls_mode`), as libpq's `sslmode` does.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TlsMode {
-    /// Plain TCP.
-    Disable,
-    /// TLS when the server offers it, without verifying the certificate.
-    #[default]
-    Prefer,
-    /// TLS, without verifying the certificate.
-    Require,
-    /// TLS, verifying the certificate chain and that it names the host.
-    VerifyFull,
-}
+/// How a connection to PostgreSQL uses TLS (`tls_mode`), as libpq's `sslmode` does; the
+/// sinks' `tls_mode` is the same.
+pub use connectors::tls::TlsMode;
 
 /// `[kafka]`: brokers, delivery semantics and topic settings.
 #[derive(Debug, Clone, Deserialize)]

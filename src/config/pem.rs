@@ -4,26 +4,8 @@
 
 use std::path::Path;
 
-/// Every certificate of a PEM file.
-pub fn read_certificates(path: &Path) -> Result<Vec<native_tls::Certificate>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let text = String::from_utf8_lossy(&pem);
-    let mut out = Vec::new();
-    for block in text.split_inclusive("-----END CERTIFICATE-----") {
-        if let Some(start) = block.find("-----BEGIN CERTIFICATE-----") {
-            let cert = native_tls::Certificate::from_pem(&block.as_bytes()[start..])
-                .map_err(|e| format!("{}: not a valid PEM certificate: {e}", path.display()))?;
-            out.push(cert);
-        }
-    }
-    if out.is_empty() {
-        return Err(format!(
-            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-            path.display()
-        ));
-    }
-    Ok(out)
-}
+/// Every certificate of a PEM file (the sinks' connectors read their CA files the same way).
+pub use connectors::tls::read_certificates;
 
 /// A certificate chain (PEM) and its unencrypted PKCS#8 private key (PEM).
 pub fn read_identity(cert: &Path, key: &Path) -> Result<native_tls::Identity, String> {

@@ -142,6 +142,14 @@ macro_rules! stores {
                     $(SinkKind::$variant(config) => visitor.visit::<$connector>(config)),+
                 }
             }
+
+            /// Calls `visitor` with this sink's connector type and its configuration, which
+            /// it may change (validation resolves file paths).
+            pub fn visit_mut<V: StoreVisitorMut>(&mut self, visitor: V) -> V::Output {
+                match self {
+                    $(SinkKind::$variant(config) => visitor.visit::<$connector>(config)),+
+                }
+            }
         }
     };
 }
@@ -158,6 +166,13 @@ pub trait StoreVisitor {
     type Output;
     /// Does it for connector `C`, configured by `config`.
     fn visit<C: Connector>(self, config: &C::Config) -> Self::Output;
+}
+
+/// Something done with a sink's connector that may change its configuration.
+pub trait StoreVisitorMut {
+    type Output;
+    /// Does it for connector `C`, configured by `config`.
+    fn visit<C: Connector>(self, config: &mut C::Config) -> Self::Output;
 }
 
 /// The `type` of a sink.

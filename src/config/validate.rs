@@ -10,7 +10,7 @@ use std::str::FromStr;
 mod services;
 
 use super::error::ConfigIssue;
-use super::sink::StoreVisitor;
+use super::sink::StoreVisitorMut;
 use super::Config;
 use connectors::table::check_table_name;
 
@@ -24,7 +24,7 @@ pub(super) fn validate(config: &mut Config, base: &Path, env: Env<'_>) -> Vec<Co
     v.kafka(config, base);
     v.registry(config, base);
     v.sources(config, base);
-    v.sinks(config);
+    v.sinks(config, base);
     v.issues
 }
 
@@ -242,7 +242,7 @@ impl Validator<'_> {
         }
     }
 
-    fn sinks(&mut self, config: &mut Config) {
+    fn sinks(&mut self, config: &mut Config, base: &Path) {
         let mut names: HashMap<String, usize> = HashMap::new();
         for (i, sink) in config.sinks.iter_mut().enumerate() {
             let prefix = format!("sink[{i}]");
@@ -279,9 +279,10 @@ impl Validator<'_> {
                     ),
                 );
             }
-            sink.resolved_url = sink.kind.visit(CheckStore {
+            sink.resolved_url = sink.kind.visit_mut(CheckStore {
                 validator: self,
                 prefix: &prefix,
+                base,
             });
         }
     }
@@ -388,12 +389,14 @@ fn with_password(url: &str, password: &str) -> String {
 struct CheckStore<'v, 'e, 'p> {
     validator: &'v mut Validator<'e>,
     prefix: &'p str,
+    /// The configuration file's directory, which relative file paths start from.
+    base: &'p Path,
 }
 
-impl StoreVisitor for CheckStore<'_, '_, '_> {
+impl StoreVisitorMut for CheckStore<'_, '_, '_> {
     type Output = String;
 
-    fn visit<C: connectors::Connector>(self, config: &C::Config) -> String {
+    fn visit<C: connectors::Connector>(self, config: &mut C::Config) -> String {
         let endpoint = C::endpoint(config);
         let owned = |v: Option<&str>| v.map(str::to_string);
         let url = self.validator.connection_url(
@@ -403,7 +406,7 @@ impl StoreVisitor for CheckStore<'_, '_, '_> {
             &owned(endpoint.password_env),
             C::SCHEMES,
         );
-        for issue in C::check(config) {
+        for issue in C::check(config, self.base) {
             self.validator
                 .push(format!("{}.{}", self.prefix, issue.key), issue.message);
         }

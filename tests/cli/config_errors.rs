@@ -77,7 +77,7 @@ fn an_unknown_key_in_a_sink_lists_its_type_keys_and_the_common_keys() {
     );
     assert_eq!(
         error_of(&text),
-        "walcast.toml: sink[0].ttl: unknown key; expected one of: url, url_env, password_env, key_template, fields, ttl_secs, tombstone_ttl_secs, name, topics, group, on_error, dead_letter_topic, batch_max_records, batch_max_wait_ms, parallelism"
+        "walcast.toml: sink[0].ttl: unknown key; expected one of: url, url_env, password_env, key_template, fields, ttl_secs, tombstone_ttl_secs, tls_ca_file, name, topics, group, on_error, dead_letter_topic, batch_max_records, batch_max_wait_ms, parallelism"
     );
 }
 
@@ -306,6 +306,42 @@ fn tls_settings_are_checked() {
     assert_eq!(
         error_of(&users_source_with("tls_ca_file = \"schemas/users/UserKey.avsc\"")),
         "walcast.toml: source[0].tls_ca_file: is only used with tls_mode = \"verify-full\"; set that too, or remove tls_ca_file"
+    );
+}
+
+#[test]
+fn sink_tls_settings_are_checked() {
+    let sink = |kind: &str, url: &str, extra: &str| {
+        format!("{HEAD}[[sink]]\nname = \"s\"\ntype = \"{kind}\"\ntopics = [\"t\"]\nurl = \"{url}\"\n{extra}")
+    };
+    let table = "table = \"replica\"\nkey = [\"user_id\"]\n";
+    assert_eq!(
+        error_of(&sink("postgres", "postgres://h/db", &format!("{table}tls_mode = \"verify\"\n"))),
+        "walcast.toml: sink[0].tls_mode: found \"verify\", expected one of: disable, prefer, require, verify-full"
+    );
+    assert_eq!(
+        error_of(&sink("mysql", "mysql://h/db", &format!("{table}tls_mode = \"verify-full\"\ntls_ca_file = \"certs/db-ca.pem\"\n"))),
+        "walcast.toml: sink[0].tls_ca_file: file certs/db-ca.pem does not exist (looked for certs/db-ca.pem); expected a PEM certificate"
+    );
+    assert_eq!(
+        error_of(&sink("postgres", "postgres://h/db", &format!("{table}tls_mode = \"require\"\ntls_ca_file = \"docker/compose.yaml\"\n"))),
+        "walcast.toml: sink[0].tls_ca_file: docker/compose.yaml holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+    );
+    assert_eq!(
+        error_of(&sink("postgres", "postgres://h/db", &format!("{table}tls_ca_file = \"scripts/stack\"\n"))),
+        "walcast.toml: sink[0].tls_ca_file: scripts/stack holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+    );
+    assert_eq!(
+        error_of(&sink("redis", "redis://h:6379", "key_template = \"u:{id}\"\ntls_ca_file = \"missing.pem\"\n")),
+        "walcast.toml: sink[0].tls_ca_file: file missing.pem does not exist (looked for missing.pem); expected a PEM certificate"
+    );
+    assert_eq!(
+        error_of(&sink("redis", "rediss://h:6379", "key_template = \"u:{id}\"\ntls_mode = \"require\"\n")),
+        "walcast.toml: sink[0].tls_mode: unknown key; expected one of: url, url_env, password_env, key_template, fields, ttl_secs, tombstone_ttl_secs, tls_ca_file, name, topics, group, on_error, dead_letter_topic, batch_max_records, batch_max_wait_ms, parallelism"
+    );
+    assert_eq!(
+        error_of(&sink("redis", "https://h:6379", "key_template = \"u:{id}\"\n")),
+        "walcast.toml: sink[0].url: found a URL with scheme \"https\", expected one of: redis://, rediss://"
     );
 }
 

@@ -339,3 +339,209 @@ impl Drop for OwnKafka {
         self.kill9();
     }
 }
+
+/// The certificate and key the TLS servers a test starts present: the stack's, for
+/// 127.0.0.1 and localhost, signed by the stack's Kafka CA (`Stack::kafka_sasl.ca`), copied
+/// into `dir` so the server's user can read them.
+fn server_tls_files(dir: &std::path::Path, owner: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let sasl = &Stack::get().kafka_sasl;
+    let copy = |from: &PathBuf, name: &str| {
+        let to = dir.join(name);
+        std::fs::copy(from, &to).unwrap();
+        to
+    };
+    let files = (
+        copy(&sasl.server_cert, "server.crt"),
+        copy(&sasl.server_key, "server.key"),
+        copy(&sasl.ca, "ca.crt"),
+    );
+    run(Command::new("chown")
+        .args(["-R", &format!("{owner}:{owner}")])
+        .arg(dir));
+    files
+}
+
+/// A Redis server of the test's own that speaks only TLS (the stack's server certificate)
+/// and lets in only the ACL user `user` with `password`.
+pub struct OwnTlsRedis {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnTlsRedis {
+    pub async fn start(user: &str, password: &str) -> OwnTlsRedis {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, ca) = server_tls_files(dir.path(), "root");
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(&cert)
+            .arg("--tls-key-file")
+            .arg(&key)
+            .arg("--tls-ca-cert-file")
+            .arg(&ca)
+            .args(["--tls-auth-clients", "no", "--user", "default", "off"])
+            .args([
+                "--user",
+                user,
+                "on",
+                &format!(">{password}"),
+                "~*",
+                "&*",
+                "+@all",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until(
+            "the test's TLS Redis",
+            Duration::from_secs(10),
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
+        OwnTlsRedis {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// The keys matching `pattern`, read over TLS with redis-cli.
+    pub fn keys(&self, user: &str, password: &str, pattern: &str) -> Vec<String> {
+        let out = Command::new("redis-cli")
+            .args(["--tls", "--cacert"])
+            .arg(&Stack::get().kafka_sasl.ca)
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args([
+                "--user",
+                user,
+                "--pass",
+                password,
+                "--no-auth-warning",
+                "--raw",
+            ])
+            .args(["KEYS", pattern])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for OwnTlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A MariaDB server of the test's own (its own data directory, port and socket), with TLS
+/// turned on (the stack's server certificate) or not, so the machine's MariaDB is left alone.
+pub struct OwnMariadb {
+    pub port: u16,
+    pub tls: bool,
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl OwnMariadb {
+    pub async fn start_tls() -> OwnMariadb {
+        Self::start(true).await
+    }
+
+    pub async fn start(tls: bool) -> OwnMariadb {
+        let dir = tempfile::Builder::new()
+            .prefix("walcast-mariadb")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let (cert, key, ca) = server_tls_files(dir.path(), "mysql");
+        let data = dir.path().join("data");
+        run(Command::new("mariadb-install-db")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .args([
+                "--user=mysql",
+                "--auth-root-authentication-method=socket",
+                "--skip-test-db",
+            ])
+            .stdout(Stdio::null()));
+        let port = free_port();
+        let child = Command::new("mariadbd")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .args(["--user=mysql", "--bind-address=127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--socket={}", dir.path().join("sock").display()))
+            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+            .arg(format!(
+                "--log-error={}",
+                dir.path().join("error.log").display()
+            ))
+            .args(
+                tls.then(|| {
+                    [
+                        format!("--ssl-cert={}", cert.display()),
+                        format!("--ssl-key={}", key.display()),
+                        format!("--ssl-ca={}", ca.display()),
+                    ]
+                })
+                .into_iter()
+                .flatten(),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let db = OwnMariadb {
+            port,
+            tls,
+            dir,
+            child,
+        };
+        wait_until("the test's MariaDB", Duration::from_secs(60), || async {
+            db.client()
+                .arg("-e")
+                .arg("SELECT 1")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .await;
+        db
+    }
+
+    fn client(&self) -> Command {
+        let mut cmd = Command::new("mariadb");
+        cmd.arg("--no-defaults")
+            .arg(format!(
+                "--socket={}",
+                self.dir.path().join("sock").display()
+            ))
+            .args(["-uroot", "--batch", "--skip-column-names"]);
+        cmd
+    }
+
+    /// Runs `sql` as root over the server's socket; returns what it printed.
+    pub fn sql(&self, sql: &str) -> String {
+        let out = self.client().arg("-e").arg(sql).output().unwrap();
+        assert!(out.status.success(), "{sql}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for OwnMariadb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
