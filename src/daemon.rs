@@ -68,7 +68,10 @@ fn failed_parts(failed: &[String]) -> String {
         [one] => one.clone(),
         many => format!(
             "every part of the daemon has stopped; failed:\n  - {}",
-            many.join("\n  - ")
+            many.iter()
+                .map(|item| item.replace('\n', "\n    "))
+                .collect::<Vec<_>>()
+                .join("\n  - ")
         ),
     }
 }
@@ -233,14 +236,13 @@ pub async fn run_with(
                         let text = walcast_text::describe(&e);
                         tracing::error!(part = %name, error = %text, "failed; the other parts go on");
                         parts.set(&name, PartState::Failed(text.clone()));
-                        // Errors that name their part already are not named twice; a
-                        // hint on the next line stays under its item.
+                        // Errors that name their part already are not named twice.
                         let item = if text.starts_with(&format!("{name}: ")) {
                             text.clone()
                         } else {
                             format!("{name}: {text}")
                         };
-                        failed.push(item.replace('\n', "\n  "));
+                        failed.push(item);
                     }
                 }
                 if !*stop.borrow() && !parts.any_running() {

@@ -267,19 +267,30 @@ async fn run_once(
     let mut source_task = tokio::spawn(source::run(settings, events_tx, acked_rx, async {
         let _ = source_stopped.await;
     }));
+    let mut last_events = Instant::now();
     let outcome = loop {
+        // Exactly-once: when the open Kafka transaction is due to commit (far away otherwise).
+        let deadline = pipeline
+            .commit_deadline(last_events)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             batch = events.recv() => match batch {
                 Some(batch) => {
+                    last_events = Instant::now();
                     if let Err(e) = pipeline.publish(batch, &mut catalog).await {
                         break Err(e);
                     }
-                    if let Err(e) = pipeline.commit_if_due(events.is_empty()).await {
+                    if let Err(e) = pipeline.commit_if_due(last_events).await {
                         break Err(e);
                     }
                 }
                 None => break Ok(()),
             },
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                if let Err(e) = pipeline.commit_if_due(last_events).await {
+                    break Err(e);
+                }
+            }
             _ = shutdown.wait() => break Ok(()),
         }
         if let Some(failure) = pipeline.producer.failure() {
@@ -403,13 +414,24 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Exactly-once: commits the open Kafka transaction when it ends on a source
-    /// transaction's boundary and is due.
-    async fn commit_if_due(&mut self, source_idle: bool) -> Result<(), PipelineError> {
+    /// Exactly-once: when the open Kafka transaction can and should commit. It can only
+    /// on a source transaction's boundary (it holds whole source transactions only).
+    fn commit_deadline(&self, last_events: Instant) -> Option<Instant> {
+        if self.last_end.is_none() || self.current.is_some_and(|c| c.sent) {
+            return None;
+        }
+        self.producer.commit_deadline(last_events)
+    }
+
+    /// Exactly-once: commits the open Kafka transaction if it is due.
+    async fn commit_if_due(&mut self, last_events: Instant) -> Result<(), PipelineError> {
         let Some(end) = self.last_end else {
             return Ok(());
         };
-        if self.current.is_some_and(|c| c.sent) || !self.producer.commit_due(source_idle) {
+        if self
+            .commit_deadline(last_events)
+            .is_none_or(|due| due > Instant::now())
+        {
             return Ok(());
         }
         self.producer.commit(end).await?;

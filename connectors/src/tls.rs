@@ -34,6 +34,7 @@ pub enum TlsMode {
 /// A store connection's TLS settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct TlsSettings {
+    /// Whether and how TLS is used.
     pub mode: TlsMode,
     /// PEM file of the certificate authorities trusted instead of the system's roots.
     pub ca_file: Option<PathBuf>,

@@ -170,6 +170,7 @@ pub trait StoreVisitor {
 
 /// Something done with a sink's connector that may change its configuration.
 pub trait StoreVisitorMut {
+    /// What the visit returns.
     type Output;
     /// Does it for connector `C`, configured by `config`.
     fn visit<C: Connector>(self, config: &mut C::Config) -> Self::Output;

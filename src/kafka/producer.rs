@@ -38,6 +38,10 @@ use crate::lsn::Lsn;
 /// failed. Commit waits for every record of the transaction to be acknowledged.
 const TRANSACTION_CALL: Duration = Duration::from_secs(60);
 
+/// How long the source must hand over nothing before an open Kafka transaction commits
+/// without waiting for its interval: the commit latency at low load.
+pub const QUIET: Duration = Duration::from_millis(5);
+
 /// Delivery reports land here, on librdkafka's polling thread.
 #[derive(Debug)]
 pub struct Acks {
@@ -253,12 +257,15 @@ impl SourceProducer {
         }
     }
 
-    /// Whether the open Kafka transaction should commit now: it has gathered source
-    /// transactions for the configured interval, or the source has nothing more waiting.
-    pub fn commit_due(&self, source_idle: bool) -> bool {
+    /// When the open Kafka transaction is due to commit, given when the source last handed
+    /// over events: once it has gathered source transactions for the configured interval,
+    /// or once the source has been quiet for [`QUIET`]. A momentarily empty channel is not
+    /// quiet: under a backlog the source refills it within microseconds, and committing
+    /// then would make every Kafka transaction tiny. `None` when no transaction is open.
+    pub fn commit_deadline(&self, last_events: Instant) -> Option<Instant> {
         match (&self.open, &self.transactions) {
-            (Some(open), Some(t)) => source_idle || open.since.elapsed() >= t.interval,
-            _ => false,
+            (Some(open), Some(t)) => Some((open.since + t.interval).min(last_events + QUIET)),
+            _ => None,
         }
     }
 

@@ -3,18 +3,16 @@
 //! or an untrusted certificate stops walcast with a named, permanent error: nothing is
 //! published, the server sees a bounded number of attempts, and no secret is ever printed.
 
-mod support;
-
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::daemon::{Daemon, Setup};
+use crate::support::{free_port, unique, Stack};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use support::daemon::{Daemon, Setup};
-use support::{free_port, unique, Stack};
 
 const REGISTRY_USER: &str = "schema-admin";
 const REGISTRY_PASSWORD: &str = "registry-secret-5b1e";
