@@ -31,6 +31,8 @@ pub struct TableSpec {
     pub insert: Option<Arc<Contract>>,
     pub update: Option<Arc<Contract>>,
     pub delete: Option<Arc<Contract>>,
+    /// The contract of snapshot reads (`op = snapshot`); the insert contract by default.
+    pub snapshot: Option<Arc<Contract>>,
     /// Event field → column, where the names differ.
     pub columns: BTreeMap<String, String>,
     /// The topic is compacted: a delete is followed by a tombstone.
@@ -38,12 +40,13 @@ pub struct TableSpec {
 }
 
 impl TableSpec {
-    /// The contracts of this table: key first, then insert, update, delete.
+    /// The contracts of this table: key first, then insert, update, delete, snapshot.
     pub fn contracts(&self) -> impl Iterator<Item = &Arc<Contract>> {
         std::iter::once(&self.key)
             .chain(self.insert.iter())
             .chain(self.update.iter())
             .chain(self.delete.iter())
+            .chain(self.snapshot.iter())
     }
 
     fn column_of<'a>(&'a self, field: &'a str) -> &'a str {
@@ -58,6 +61,7 @@ pub struct SchemaIds {
     pub insert: u32,
     pub update: u32,
     pub delete: u32,
+    pub snapshot: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +88,7 @@ pub struct Mapping {
     insert: Option<Plan>,
     update: Option<Plan>,
     delete: Option<Plan>,
+    snapshot: Option<Plan>,
 }
 
 /// One record to publish.
@@ -141,7 +146,14 @@ impl Mapping {
             .delete
             .as_ref()
             .map(|c| plan(c, Role::Delete, ids.delete));
+        let snapshot = spec
+            .snapshot
+            .as_ref()
+            .map(|c| plan(c, Role::Other, ids.snapshot));
         if !issues.is_empty() {
+            // The snapshot contract is usually the insert contract: report each issue once.
+            let mut seen = HashSet::new();
+            issues.retain(|i| seen.insert(i.clone()));
             return Err(issues);
         }
         Ok(Mapping {
@@ -151,7 +163,22 @@ impl Mapping {
             insert,
             update,
             delete,
+            snapshot,
         })
+    }
+
+    /// Whether the table publishes snapshot reads (it has a snapshot or insert contract).
+    pub fn reads_snapshots(&self) -> bool {
+        self.snapshot.is_some()
+    }
+
+    /// The event of one row read by a snapshot (`op = snapshot`), in the snapshot
+    /// contract; `None` when the table has none.
+    pub fn snapshot_event(&self, row: &Row) -> Result<Option<Event>, String> {
+        self.snapshot
+            .as_ref()
+            .map(|plan| self.event(plan, row, None, "snapshot", 0))
+            .transpose()
     }
 
     /// The events of one change, in the order they must be published.
@@ -350,6 +377,7 @@ mod tests {
         insert: 12,
         update: 13,
         delete: 14,
+        snapshot: 12,
     };
 
     /// Contracts written to a temporary directory, named as a configuration would name them.
@@ -392,6 +420,7 @@ mod tests {
             insert: Some(c.record("UserCreated", CREATED)),
             update: Some(c.record("UserUpdated", UPDATED)),
             delete: Some(c.record("UserDeleted", DELETED)),
+            snapshot: None,
             columns: BTreeMap::from([("user_id".to_string(), "id".to_string())]),
             compacted,
         }
@@ -506,6 +535,40 @@ mod tests {
 
     fn user_key(id: i64) -> Vec<(String, Avro)> {
         vec![("user_id".into(), Avro::Long(id))]
+    }
+
+    #[test]
+    fn a_snapshot_read_is_the_insert_contract_with_op_snapshot_by_default() {
+        let c = Contracts::new();
+        let mut s = spec(&c, false);
+        s.snapshot = s.insert.clone();
+        let m = compile(s, users(ReplicaIdentity::Default)).unwrap();
+        let event = m
+            .snapshot_event(&row(7, "Ada", Some("ada@example.com"), Datum::Null))
+            .unwrap()
+            .expect("the table has a snapshot contract");
+        assert_eq!(
+            (event.event_type.as_str(), event.op, event.part),
+            ("com.example.users.UserCreated", "snapshot", 0)
+        );
+        assert_eq!(key_of(&m, &event), user_key(7));
+        let insert = m
+            .events(&change(
+                &m.table.clone(),
+                Op::Insert,
+                None,
+                Some(row(7, "Ada", Some("ada@example.com"), Datum::Null)),
+            ))
+            .unwrap();
+        assert_eq!(
+            event.value, insert[0].value,
+            "the same record as the insert's"
+        );
+        // Without a snapshot contract, nothing is read.
+        assert!(mapping(false)
+            .snapshot_event(&row(7, "Ada", None, Datum::Null))
+            .unwrap()
+            .is_none());
     }
 
     fn kinds(events: &[Event]) -> Vec<(&str, &str, u8)> {
