@@ -1,7 +1,6 @@
 //! Spec: `snapshot = "initial"`, added tables and `walcast snapshot`, end to end: source
 //! database → `walcast run` (source and a PostgreSQL sink) → Kafka → replica.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::support::daemon::{Daemon, Setup};
@@ -163,6 +162,7 @@ async fn records(topic: &str) -> Vec<(String, Vec<u8>, String, u32, Option<Vec<u
             .set("bootstrap.servers", &brokers)
             .set("group.id", "walcast-snapshot-tests")
             .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
             .create()
             .unwrap();
         let metadata = consumer
@@ -170,26 +170,26 @@ async fn records(topic: &str) -> Vec<(String, Vec<u8>, String, u32, Option<Vec<u
             .unwrap();
         let partitions = metadata.topics()[0].partitions().len() as i32;
         let mut tpl = rdkafka::TopicPartitionList::new();
-        let mut ends = HashMap::new();
         for p in 0..partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(&topic, p, Duration::from_secs(10))
+            tpl.add_partition_offset(&topic, p, rdkafka::Offset::Beginning)
                 .unwrap();
-            if high > low {
-                ends.insert(p, high);
-                tpl.add_partition_offset(&topic, p, rdkafka::Offset::Offset(low))
-                    .unwrap();
-            }
         }
         consumer.assign(&tpl).unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut out = Vec::new();
-        while !ends.is_empty() {
+        // read_committed (librdkafka's default): each partition ends at its last stable offset.
+        let mut ended = std::collections::HashSet::new();
+        while ended.len() < partitions as usize {
             assert!(Instant::now() < deadline, "reading {topic} to its end");
-            let Some(m) = consumer.poll(Duration::from_millis(100)) else {
-                continue;
+            let m = match consumer.poll(Duration::from_millis(100)) {
+                None => continue,
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                    ended.insert(p);
+                    continue;
+                }
+                Some(m) => m.unwrap(),
             };
-            let m = m.unwrap();
+            ended.remove(&m.partition());
             let header = |name: &str| {
                 m.headers()
                     .and_then(|h| h.iter().find(|h| h.key == name))
@@ -204,9 +204,6 @@ async fn records(topic: &str) -> Vec<(String, Vec<u8>, String, u32, Option<Vec<u
                 header("seq").parse().unwrap_or(0),
                 m.payload().map(<[u8]>::to_vec),
             ));
-            if m.offset() + 1 >= ends[&m.partition()] {
-                ends.remove(&m.partition());
-            }
         }
         out
     })
@@ -312,10 +309,313 @@ async fn kill_9_mid_snapshot_resumes_from_the_last_chunk_and_the_replica_converg
         "{reads} snapshot reads published for {ROWS} rows and {kills} kill(s) of chunks of {CHUNK}: a restart read more than its last chunk again"
     );
     let log = daemon.log_text();
+    let resumed = log
+        .lines()
+        .filter(|l| l.contains("snapshot of table started") && l.contains("Some([\""))
+        .count();
     assert!(
-        log.contains("resumed_after=Some"),
+        resumed >= 1,
         "no restart resumed from a recorded chunk\n{}",
         tail(&log)
+    );
+    assert_eq!(
+        daemon.terminate().await,
+        Some(0),
+        "{}",
+        tail(&daemon.log_text())
+    );
+}
+
+/// The test's own `[[source.table]]` for a second table with the users contracts.
+fn add_table(daemon: &Daemon, table: &str, topic: &str) {
+    let mut config = std::fs::read_to_string(&daemon.config).unwrap();
+    config.push_str(&format!(
+        "\n[[source.table]]\ntable = \"public.{table}\"\ntopic = \"{topic}\"\nkey = \"UserKey.avsc\"\ninsert = \"UserCreated.avsc\"\nupdate = \"UserUpdated.avsc\"\ndelete = \"UserDeleted.avsc\"\ncolumns = {{ user_id = \"id\", name = \"full_name\" }}\n"
+    ));
+    std::fs::write(&daemon.config, config).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_added_to_the_configuration_arrives_with_its_existing_rows_while_another_streams() {
+    let mut daemon = Daemon::prepare("snap_added", Setup::default()).await;
+    snapshots_on(
+        &daemon,
+        "snapshot_chunk_rows = 500\nsnapshot_max_rows_per_sec = 4000",
+    );
+    let replica = Replica::attach(&daemon).await;
+    let source = daemon.pg().await;
+    seed(&source, 1_000).await;
+    source
+        .batch_execute(
+            "CREATE TABLE archive (LIKE users INCLUDING ALL); ALTER TABLE archive OWNER TO walcast;
+             INSERT INTO archive (full_name, email, password_hash)
+             SELECT 'old ' || g, 'old' || g || '@example.com', 'x' FROM generate_series(1, 6000) g",
+        )
+        .await
+        .unwrap();
+    daemon.start().await;
+    snapshot_done(&daemon, "public.users", 1).await;
+    converged(&daemon, &source, &replica).await;
+    assert_eq!(
+        daemon.terminate().await,
+        Some(0),
+        "{}",
+        tail(&daemon.log_text())
+    );
+
+    let archive_topic = format!("{}.archive", daemon.name);
+    add_table(&daemon, "archive", &archive_topic);
+    daemon.start().await;
+    // users streams while archive is read (about 1.5 s at the configured rate).
+    random_writes(&source, 20, 7, 1_000).await;
+    snapshot_done(&daemon, "public.archive", 1).await;
+    converged(&daemon, &source, &replica).await;
+    let log = daemon.log_text();
+    assert!(
+        log.contains("table added to the publication"),
+        "{}",
+        tail(&log)
+    );
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("snapshot of table done") && l.contains("public.users"))
+            .count(),
+        1,
+        "users was read again: {}",
+        tail(&log)
+    );
+    let archived = records(&archive_topic).await;
+    let reads = archived.iter().filter(|r| r.0 == "snapshot").count();
+    assert_eq!(
+        reads, 6_000,
+        "every existing row of the added table arrives once"
+    );
+    // The added table streams too.
+    source
+        .batch_execute("UPDATE archive SET full_name = 'renamed' WHERE id = 1")
+        .await
+        .unwrap();
+    wait_until(
+        "the added table's update to arrive",
+        Duration::from_secs(30),
+        || async {
+            records(&archive_topic)
+                .await
+                .iter()
+                .any(|r| r.0 == "update")
+        },
+    )
+    .await;
+    assert_eq!(
+        daemon.terminate().await,
+        Some(0),
+        "{}",
+        tail(&daemon.log_text())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_on_demand_snapshot_repairs_a_replica_whose_rows_were_deleted_and_changed_by_hand() {
+    let mut daemon = Daemon::prepare("snap_repair", Setup::default()).await;
+    snapshots_on(
+        &daemon,
+        "snapshot_chunk_rows = 700\nsignal_table = \"public.walcast_signal\"",
+    );
+    let replica = Replica::attach(&daemon).await;
+    let source = daemon.pg().await;
+    source
+        .batch_execute("GRANT CREATE ON SCHEMA public TO walcast")
+        .await
+        .unwrap();
+    seed(&source, 3_000).await;
+    daemon.start().await;
+    snapshot_done(&daemon, "public.users", 1).await;
+    // Streamed changes too: the repair must overwrite these old versions.
+    random_writes(&source, 10, 11, 3_000).await;
+    converged(&daemon, &source, &replica).await;
+
+    let damaged = replica
+        .client()
+        .await
+        .batch_execute(
+            "DELETE FROM user_replica WHERE user_id % 10 = 0;
+             UPDATE user_replica SET name = 'tampered', email = 'x' WHERE user_id % 10 = 1;",
+        )
+        .await;
+    damaged.unwrap();
+    assert_ne!(source_rows(&source).await, replica.rows().await);
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
+        .args(["snapshot", "--config"])
+        .arg(&daemon.config)
+        .args(["--source", &daemon.name, "--table", "users", "--wait"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        tail(&daemon.log_text())
+    );
+    assert!(
+        stdout.contains("snapshot of public.users accepted"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("snapshot of public.users done"), "{stdout}");
+    converged(&daemon, &source, &replica).await;
+
+    // A table the source does not publish is a usage error, before anything is asked.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
+        .args(["snapshot", "--config"])
+        .arg(&daemon.config)
+        .args(["--source", &daemon.name, "--table", "orders"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("walcast: --table public.orders: source {} does not publish it; expected one of: public.users\n", daemon.name)
+    );
+    assert_eq!(
+        daemon.terminate().await,
+        Some(0),
+        "{}",
+        tail(&daemon.log_text())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_read_of_a_row_a_streamed_change_already_updated_never_wins() {
+    const ROWS: u32 = 20_000;
+    let mut daemon = Daemon::prepare("snap_order", Setup::default()).await;
+    snapshots_on(
+        &daemon,
+        "snapshot_chunk_rows = 1000\nsnapshot_max_rows_per_sec = 8000",
+    );
+    let replica = Replica::attach(&daemon).await;
+    let source = daemon.pg().await;
+    seed(&source, ROWS).await;
+    daemon.start().await;
+    // The last row is read last, about 2.5 s from now, in the snapshot of the slot's start:
+    // with its old name.
+    source
+        .batch_execute(&format!(
+            "UPDATE users SET full_name = 'streamed' WHERE id = {ROWS}"
+        ))
+        .await
+        .unwrap();
+    snapshot_done(&daemon, "public.users", 1).await;
+    converged(&daemon, &source, &replica).await;
+    let name: String = replica
+        .client()
+        .await
+        .query_one(
+            &format!("SELECT name FROM user_replica WHERE user_id = {ROWS}"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "streamed");
+
+    let published = records(&daemon.topic).await;
+    let update = published
+        .iter()
+        .position(|r| r.0 == "update")
+        .expect("the update was published");
+    let key = &published[update].1;
+    let read = published
+        .iter()
+        .position(|r| r.0 == "snapshot" && &r.1 == key)
+        .expect("the row was read");
+    assert!(
+        read > update,
+        "the read (record {read}) was published after the update (record {update}) of the same key, in its partition"
+    );
+    let (update, read) = (&published[update], &published[read]);
+    let old = format!("name {ROWS}");
+    assert!(
+        read.4
+            .as_ref()
+            .unwrap()
+            .windows(old.len())
+            .any(|w| w == old.as_bytes()),
+        "the read carries the row as of the slot's start"
+    );
+    assert!(
+        (lsn(&read.2), read.3) < (lsn(&update.2), update.3),
+        "the snapshot read ({} {}) must order before the streamed update ({} {})",
+        read.2,
+        read.3,
+        update.2,
+        update.3
+    );
+    assert_eq!(
+        daemon.terminate().await,
+        Some(0),
+        "{}",
+        tail(&daemon.log_text())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_exactly_once_each_chunk_is_one_kafka_transaction_and_kill_9_repeats_nothing() {
+    const ROWS: usize = 12_000;
+    let mut daemon = Daemon::prepare(
+        "snap_eos",
+        Setup {
+            exactly_once: true,
+            ..Setup::default()
+        },
+    )
+    .await;
+    snapshots_on(
+        &daemon,
+        "snapshot_chunk_rows = 1000\nsnapshot_max_rows_per_sec = 5000",
+    );
+    let replica = Replica::attach(&daemon).await;
+    let source = daemon.pg().await;
+    seed(&source, ROWS as u32).await;
+    daemon.start().await;
+    wait_until(
+        "the snapshot to get under way",
+        Duration::from_secs(60),
+        || async {
+            records(&daemon.topic)
+                .await
+                .iter()
+                .filter(|r| r.0 == "snapshot")
+                .count()
+                >= 4_000
+        },
+    )
+    .await;
+    daemon.kill9();
+    random_writes(&source, 5, 3, ROWS as i64).await;
+    daemon.start().await;
+    snapshot_done(&daemon, "public.users", 1).await;
+    converged(&daemon, &source, &replica).await;
+    // A read_committed consumer sees every row read exactly once.
+    let published = records(&daemon.topic).await;
+    let mut keys: Vec<&Vec<u8>> = published
+        .iter()
+        .filter(|r| r.0 == "snapshot")
+        .map(|r| &r.1)
+        .collect();
+    let reads = keys.len();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(
+        keys.len(),
+        reads,
+        "a row read twice is visible to read_committed consumers"
+    );
+    assert!(
+        (ROWS - 50..=ROWS).contains(&reads),
+        "{reads} reads of {ROWS} rows"
     );
     assert_eq!(
         daemon.terminate().await,
