@@ -126,12 +126,14 @@ pub enum SnapshotError {
     Progress { topic: String, message: String },
     #[error("snapshot delivery to topic {topic} failed: {message}")]
     Delivery { topic: String, message: String },
-    #[error("source {source_name}: signal table {table}: {message}")]
+    #[error("source {source_name}: signal table {table}: {message}\n  hint: {hint}")]
     Signal {
         source_name: String,
         table: String,
         message: String,
         hint: String,
+        /// The connection broke (rather than the table being unusable).
+        transient: bool,
     },
     #[error("source {source_name}: the snapshot task stopped abnormally: {message}")]
     Task {
@@ -145,11 +147,12 @@ impl SnapshotError {
         match self {
             SnapshotError::Source(e) => e.is_transient(),
             SnapshotError::Kafka(e) => e.is_transient(),
-            SnapshotError::Database { transient, .. } => *transient,
+            SnapshotError::Database { transient, .. } | SnapshotError::Signal { transient, .. } => {
+                *transient
+            }
             SnapshotError::Progress { .. } | SnapshotError::Delivery { .. } => true,
             SnapshotError::NoKey { .. }
             | SnapshotError::Encode { .. }
-            | SnapshotError::Signal { .. }
             | SnapshotError::Task { .. } => false,
         }
     }

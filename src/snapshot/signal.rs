@@ -103,6 +103,7 @@ impl Signals {
             table: self.table.clone(),
             message: walcast_text::describe(e),
             hint,
+            transient: e.as_db_error().is_none(),
         }
     }
 

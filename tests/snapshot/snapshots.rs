@@ -624,3 +624,25 @@ async fn with_exactly_once_each_chunk_is_one_kafka_transaction_and_kill_9_repeat
         tail(&daemon.log_text())
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_without_a_key_to_chunk_by_is_refused_with_what_to_do() {
+    let daemon = Daemon::prepare("snap_nokey", Setup::default()).await;
+    snapshots_on(&daemon, "");
+    daemon
+        .pg()
+        .await
+        .batch_execute(
+            "ALTER TABLE users DROP CONSTRAINT users_pkey; ALTER TABLE users REPLICA IDENTITY FULL;
+             INSERT INTO users (full_name, email, password_hash) VALUES ('a', 'a@example.com', 'x')",
+        )
+        .await
+        .unwrap();
+    let (code, log) = daemon.run_to_end();
+    assert_eq!(code, Some(1), "{log}");
+    let expected = format!(
+        "source {0}: table public.users has no primary key and no replica identity index, so it cannot be snapshotted in chunks\n  hint: run ALTER TABLE public.users ADD PRIMARY KEY (…) (or give it a unique index and ALTER TABLE public.users REPLICA IDENTITY USING INDEX …), or set snapshot = \"never\" on the source and backfill the table another way",
+        daemon.name
+    );
+    assert!(log.contains(&expected), "{log}");
+}
