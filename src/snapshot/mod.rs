@@ -189,6 +189,7 @@ pub struct SnapshotStats {
 /// The running snapshot of one source; aborted when dropped (its progress is durable).
 #[derive(Debug)]
 pub struct Snapshot {
+    source_name: String,
     handle: tokio::task::JoinHandle<Result<(), SnapshotError>>,
     pub stats: Arc<SnapshotStats>,
 }
@@ -199,7 +200,7 @@ impl Snapshot {
     pub async fn finished(&mut self) -> Result<(), SnapshotError> {
         (&mut self.handle).await.unwrap_or_else(|join| {
             Err(SnapshotError::Task {
-                source_name: String::new(),
+                source_name: self.source_name.clone(),
                 message: join.to_string(),
             })
         })
@@ -342,7 +343,11 @@ pub async fn start(
         signal,
     });
     let handle = tokio::spawn(run(shared, pending, exported, by_name));
-    Ok(Some(Snapshot { handle, stats }))
+    Ok(Some(Snapshot {
+        source_name: source.name.clone(),
+        handle,
+        stats,
+    }))
 }
 
 /// Configured tables missing from an existing publication.
