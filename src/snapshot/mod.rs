@@ -36,6 +36,20 @@
 //!   transaction before it was decoded, so committed, and Kafka holds its events. Chunks
 //!   then read in a fresh snapshot each.
 //!
+//! # Headers
+//! A snapshot read carries the stream's headers: `op = snapshot`, `lsn` and `seq` its read
+//! version, `xid` 0, `commit_ts` the time it was read, and `event_id`
+//! `<source>/<lsn>/snapshot/<schema.table>/<key>`.
+//!
+//! # Order in the topic
+//! The replicas' guard makes the order in which a read and a newer change of the same key
+//! reach them irrelevant, and that is all walcast's sinks need. In the topic itself, a read
+//! may follow a newer change of its key (the read published after it, carrying the row's
+//! older state at a lower version): a consumer of its own must compare versions as the sinks
+//! do, or ignore a read whose version is below what it holds. Publishing chunks through the
+//! stream's producer and dropping keys the stream published since the chunk's horizon
+//! (DBLog's window) would make the topic's order monotonic per key too; it is not done yet.
+//!
 //! # Chunks
 //! A table is read by its primary key (or its replica identity index) in chunks of
 //! `snapshot_chunk_rows`, by keyset pagination: `COPY (SELECT … WHERE key > last ORDER BY

@@ -646,3 +646,57 @@ async fn a_table_without_a_key_to_chunk_by_is_refused_with_what_to_do() {
     );
     assert!(log.contains(&expected), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn walcast_snapshot_says_why_when_it_cannot_ask_or_nobody_answers() {
+    let daemon = Daemon::prepare("snap_cli", Setup::default()).await;
+    let walcast = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
+            .args(["snapshot", "--config"])
+            .arg(&daemon.config)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, stderr) = walcast(&["--source", &daemon.name, "--table", "users"]);
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        stderr,
+        format!("walcast: source {} has no signal_table, through which the daemon takes snapshot requests; set signal_table = \"public.walcast_signal\" in its [[source]] and restart walcast run\n", daemon.name)
+    );
+
+    snapshots_on(&daemon, "signal_table = \"public.walcast_signal\"");
+    daemon
+        .pg()
+        .await
+        .batch_execute("GRANT CREATE ON SCHEMA public TO walcast")
+        .await
+        .unwrap();
+    // No daemon runs: the request stays, and the command says so.
+    let (code, stdout, stderr) = walcast(&[
+        "--source",
+        &daemon.name,
+        "--table",
+        "public.users",
+        "--accept-timeout-ms",
+        "300",
+    ]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert_eq!(
+        stderr,
+        format!("walcast: source {0}: the snapshot request 1 for public.users was not accepted within 300 ms; is walcast run running with this configuration? The request stays in public.walcast_signal and is taken when it starts\n", daemon.name)
+    );
+    let pending: String = daemon
+        .pg()
+        .await
+        .query_one("SELECT state FROM walcast_signal WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pending, "requested");
+}
