@@ -121,3 +121,76 @@ BEGIN
   END LOOP;
 END $$;
 ";
+
+/// What the broker acknowledges per second of records shaped like walcast's (small key and
+/// value, eight headers), from an idempotent acks=all producer with the same settings.
+pub async fn broker_ceiling(brokers: &str, topic: &str, n: usize) -> f64 {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .create()
+                .unwrap();
+        admin
+            .create_topics(
+                &[NewTopic::new(topic, 3, TopicReplication::Fixed(1))],
+                &AdminOptions::new(),
+            )
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    let mut pending = std::collections::VecDeque::new();
+    for i in 0..n {
+        let key = format!("key-{i}");
+        let mut headers = OwnedHeaders::new_with_capacity(8);
+        for name in [
+            "event_type",
+            "op",
+            "source",
+            "lsn",
+            "seq",
+            "xid",
+            "commit_ts",
+            "event_id",
+        ] {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some("value-123456"),
+            });
+        }
+        let record = FutureRecord::to(topic)
+            .key(&key)
+            .payload("a row payload of about forty bytes......")
+            .headers(headers);
+        // send_result's future does not borrow the record, so thousands can be in flight.
+        let delivery = producer
+            .send_result(record)
+            .map_err(|(e, _)| e)
+            .expect("queued");
+        pending.push_back(delivery);
+        if pending.len() > 20_000 {
+            pending
+                .pop_front()
+                .unwrap()
+                .await
+                .unwrap()
+                .expect("delivered");
+        }
+    }
+    for p in pending {
+        p.await.unwrap().expect("delivered");
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}

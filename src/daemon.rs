@@ -178,11 +178,6 @@ pub async fn run_with(
             };
         }
     }
-    for source in &config.sources {
-        if source.snapshot == crate::config::SnapshotMode::Initial {
-            tracing::warn!(source = %source.name, "snapshot = \"initial\" is not available in this version: rows that exist before the slot is created are not published, only changes after it");
-        }
-    }
     let registry = Arc::new(Client::new(&config.registry));
     for (index, source) in config.sources.iter().enumerate() {
         let (cfg, reg, done) = (config.clone(), registry.clone(), signal.clone());

@@ -37,6 +37,8 @@
 //!   errors; the acknowledged position flows back to the source.
 //! - [`retry`]: the one backoff policy.
 //! - [`shutdown`]: shutdown as a value every part can wait on.
+//! - [`snapshot`]: initial, added-table and on-demand snapshots: chunked reads whose
+//!   versions order them against streamed changes, progress kept in Kafka.
 //! - [`sink`]: the sink runner: consumer group → decode → connector → commit.
 //! - [`daemon`]: `walcast run`, every part under one shutdown.
 
@@ -52,4 +54,5 @@ pub mod registry;
 pub mod retry;
 pub mod shutdown;
 pub mod sink;
+pub mod snapshot;
 pub mod source;

@@ -51,6 +51,24 @@ enum Command {
         #[command(subcommand)]
         action: SchemasAction,
     },
+    /// Ask the running daemon to re-read a table (a snapshot while streaming), through the
+    /// source's signal table. Exits 0 once the daemon accepted the request.
+    Snapshot {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The `[[source]]` that publishes the table.
+        #[arg(long)]
+        source: String,
+        /// The table, `schema.table` (`public` when no schema is given).
+        #[arg(long)]
+        table: String,
+        /// Follow the snapshot to its end (a progress bar on a terminal).
+        #[arg(long)]
+        wait: bool,
+        /// How long to wait for the daemon to accept the request.
+        #[arg(long, default_value_t = 60_000, value_name = "MS")]
+        accept_timeout_ms: u64,
+    },
     /// Show slot positions, lag and sink progress.
     Status(ConfigArg),
     /// Serve the embedded Confluent-compatible schema registry.
@@ -155,6 +173,13 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         }
         Command::Schemas { action } => schemas(action).await,
         Command::Status(c) => not_yet(c, "status"),
+        Command::Snapshot {
+            config,
+            source,
+            table,
+            wait,
+            accept_timeout_ms,
+        } => snapshot(config, source, table, wait, accept_timeout_ms).await,
         Command::Registry(c) => {
             let config = load(&c)?;
             let scheme = if config.registry.url.starts_with("https://") {
@@ -214,6 +239,97 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                 ))),
             }
         }
+    }
+}
+
+/// `walcast snapshot`: a request in the signal table, then its state until accepted (or,
+/// with `--wait`, done).
+async fn snapshot(
+    arg: ConfigArg,
+    source: String,
+    table: String,
+    wait: bool,
+    accept_timeout_ms: u64,
+) -> Result<(), Failure> {
+    use std::io::{IsTerminal, Write};
+    use walcast::snapshot::signal::{self, Signals};
+    let cfg = load(&arg)?;
+    let Some(src) = cfg.sources.iter().find(|s| s.name == source) else {
+        let names: Vec<&str> = cfg.sources.iter().map(|s| s.name.as_str()).collect();
+        return Err(Failure::Usage(format!(
+            "--source {source}: no [[source]] has that name in {}; expected one of: {}",
+            cfg.path.display(),
+            names.join(", ")
+        )));
+    };
+    let table = signal::qualified(&table);
+    if !src
+        .tables
+        .iter()
+        .any(|t| signal::qualified(&t.table) == table)
+    {
+        let names: Vec<String> = src
+            .tables
+            .iter()
+            .map(|t| signal::qualified(&t.table))
+            .collect();
+        return Err(Failure::Usage(format!(
+            "--table {table}: source {source} does not publish it; expected one of: {}",
+            names.join(", ")
+        )));
+    }
+    let Some(signal_table) = &src.signal_table else {
+        return Err(Failure::Usage(format!(
+            "source {source} has no signal_table, through which the daemon takes snapshot requests; set signal_table = \"public.walcast_signal\" in its [[source]] and restart walcast run"
+        )));
+    };
+    let runtime = |e: walcast::snapshot::SnapshotError| Failure::Runtime(e.into());
+    let settings = walcast::source::SourceSettings::from_config(src);
+    let signals = Signals::open(&settings, signal_table)
+        .await
+        .map_err(runtime)?;
+    let id = signals.request(&table).await.map_err(runtime)?;
+    let deadline = std::time::Instant::now() + Duration::from_millis(accept_timeout_ms);
+    let mut status = signals.status(id).await.map_err(runtime)?;
+    while status.state == "requested" {
+        if std::time::Instant::now() > deadline {
+            return Err(Failure::Runtime(anyhow::anyhow!(
+                "source {source}: the snapshot request {id} for {table} was not accepted within {accept_timeout_ms} ms; is walcast run running with this configuration? The request stays in {signal_table} and is taken when it starts"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        status = signals.status(id).await.map_err(runtime)?;
+    }
+    if status.state == "refused" {
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "source {source}: the daemon refused the snapshot of {table}: {}",
+            status.message.unwrap_or_default()
+        )));
+    }
+    println!("snapshot of {table} accepted by source {source} (request {id})");
+    if !wait {
+        return Ok(());
+    }
+    let terminal = std::io::stderr().is_terminal();
+    let mut last_line = std::time::Instant::now();
+    loop {
+        let line = signal::bar(status.rows_done, status.rows_estimated, 30);
+        if terminal {
+            eprint!("\r{table} {line}");
+            let _ = std::io::stderr().flush();
+        } else if last_line.elapsed() >= Duration::from_secs(5) || status.state == "done" {
+            last_line = std::time::Instant::now();
+            eprintln!("{table} {line}");
+        }
+        if status.state == "done" {
+            if terminal {
+                eprintln!();
+            }
+            println!("snapshot of {table} done: {} rows", status.rows_done);
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        status = signals.status(id).await.map_err(runtime)?;
     }
 }
 

@@ -68,6 +68,9 @@ pub enum PipelineError {
         /// Transaction id of the interrupted transaction.
         xid: u32,
     },
+    /// The snapshot of the source's tables failed.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     /// Exactly-once only: the progress record is ahead of the database's WAL, so it was
     /// written for another database.
     #[error("source {source_name}: progress topic {topic} says Kafka holds its events up to {progress}, but the database's WAL ends at {current}, so the record belongs to another database. hint: point the source at the database it was written for, or delete topic {topic} if that database is gone for good (its events are then published again from the slot)")]
@@ -100,6 +103,7 @@ impl PipelineError {
             PipelineError::Events(e) => e.is_transient(),
             PipelineError::Kafka(e) => e.is_transient(),
             PipelineError::Source(e) => e.is_transient(),
+            PipelineError::Snapshot(e) => e.is_transient(),
             PipelineError::Interrupted { .. } => true,
             PipelineError::ForeignProgress { .. } | PipelineError::Task { .. } => false,
         }
@@ -252,6 +256,18 @@ async fn run_once(
         }
     }
 
+    // Snapshots start before the stream: a new slot is created here, with the snapshot
+    // its tables are read in.
+    let mut snapshot = crate::snapshot::start(
+        config,
+        source,
+        &settings,
+        &catalog,
+        mappings.0.clone(),
+        acked_rx.clone(),
+    )
+    .await?;
+
     let mut pipeline = Pipeline {
         name: source.name.clone(),
         specs,
@@ -291,12 +307,20 @@ async fn run_once(
                     break Err(e);
                 }
             }
+            finished = async { snapshot.as_mut().expect("guarded").finished().await }, if snapshot.is_some() => {
+                snapshot = None;
+                if let Err(e) = finished {
+                    break Err(e.into());
+                }
+            }
             _ = shutdown.wait() => break Ok(()),
         }
         if let Some(failure) = pipeline.producer.failure() {
             break Err(failure.into());
         }
     };
+    // Whatever chunk was in flight is read again on restart.
+    drop(snapshot);
     pipeline.stop().await;
     let _ = stop_source.send(());
     drop(events);

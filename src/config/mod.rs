@@ -353,6 +353,18 @@ pub struct SourceConfig {
     #[serde(default)]
     /// Whether a new slot starts with a snapshot of the tables.
     pub snapshot: SnapshotMode,
+    /// Rows per snapshot chunk (keyset pagination by primary key).
+    #[serde(default = "default_snapshot_chunk_rows")]
+    pub snapshot_chunk_rows: u64,
+    /// Tables snapshotted at once.
+    #[serde(default = "default_snapshot_parallel_tables")]
+    pub snapshot_parallel_tables: u32,
+    /// Upper bound of snapshot rows read per second, over all tables; 0: no bound.
+    #[serde(default)]
+    pub snapshot_max_rows_per_sec: u64,
+    /// Table through which `walcast snapshot` asks the running daemon to re-read a table;
+    /// without it, on-demand snapshots are off.
+    pub signal_table: Option<String>,
     /// Interval of the heartbeat that keeps an idle database's slot advancing; 0 turns it off.
     #[serde(default)]
     pub heartbeat_interval_ms: u64,
@@ -381,6 +393,12 @@ pub struct SourceConfig {
     pub resolved_url: String,
 }
 
+fn default_snapshot_chunk_rows() -> u64 {
+    10_000
+}
+fn default_snapshot_parallel_tables() -> u32 {
+    2
+}
 fn default_status_interval_ms() -> u64 {
     10_000
 }

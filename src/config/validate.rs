@@ -188,6 +188,29 @@ impl Validator<'_> {
                     self.push(format!("{prefix}.heartbeat_table"), why);
                 }
             }
+            if !(1..=1_000_000).contains(&source.snapshot_chunk_rows) {
+                self.push(
+                    format!("{prefix}.snapshot_chunk_rows"),
+                    format!(
+                        "found {}, expected 1 to 1000000 rows per chunk",
+                        source.snapshot_chunk_rows
+                    ),
+                );
+            }
+            if !(1..=64).contains(&source.snapshot_parallel_tables) {
+                self.push(
+                    format!("{prefix}.snapshot_parallel_tables"),
+                    format!(
+                        "found {}, expected 1 to 64 tables at once",
+                        source.snapshot_parallel_tables
+                    ),
+                );
+            }
+            if let Some(t) = &source.signal_table {
+                if let Err(why) = check_table_name(t) {
+                    self.push(format!("{prefix}.signal_table"), why);
+                }
+            }
             if source.tables.is_empty() {
                 self.push(
                     format!("{prefix}.table"),

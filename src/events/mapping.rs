@@ -39,6 +39,8 @@ pub struct TableSpec {
     /// Contract of the event a delete publishes; `None` publishes none (a compacted topic
     /// still gets the tombstone).
     pub delete: Option<Arc<Contract>>,
+    /// The contract of snapshot reads (`op = snapshot`); the insert contract by default.
+    pub snapshot: Option<Arc<Contract>>,
     /// Event field → column, where the names differ.
     pub columns: BTreeMap<String, String>,
     /// The topic is compacted: a delete is followed by a tombstone.
@@ -46,12 +48,13 @@ pub struct TableSpec {
 }
 
 impl TableSpec {
-    /// The contracts of this table: key first, then insert, update, delete.
+    /// The contracts of this table: key first, then insert, update, delete, snapshot.
     pub fn contracts(&self) -> impl Iterator<Item = &Arc<Contract>> {
         std::iter::once(&self.key)
             .chain(self.insert.iter())
             .chain(self.update.iter())
             .chain(self.delete.iter())
+            .chain(self.snapshot.iter())
     }
 
     fn column_of<'a>(&'a self, field: &'a str) -> &'a str {
@@ -70,6 +73,8 @@ pub struct SchemaIds {
     pub update: u32,
     /// Schema id of the delete contract's subject; 0 when the table has none.
     pub delete: u32,
+    /// Schema id of the snapshot contract's subject (the insert contract's by default).
+    pub snapshot: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +103,7 @@ pub struct Mapping {
     insert: Option<Plan>,
     update: Option<Plan>,
     delete: Option<Plan>,
+    snapshot: Option<Plan>,
 }
 
 /// One record to publish.
@@ -156,7 +162,14 @@ impl Mapping {
             .delete
             .as_ref()
             .map(|c| plan(c, Role::Delete, ids.delete));
+        let snapshot = spec
+            .snapshot
+            .as_ref()
+            .map(|c| plan(c, Role::Other, ids.snapshot));
         if !issues.is_empty() {
+            // The snapshot contract is usually the insert contract: report each issue once.
+            let mut seen = HashSet::new();
+            issues.retain(|i| seen.insert(i.clone()));
             return Err(issues);
         }
         Ok(Mapping {
@@ -166,7 +179,22 @@ impl Mapping {
             insert,
             update,
             delete,
+            snapshot,
         })
+    }
+
+    /// Whether the table publishes snapshot reads (it has a snapshot or insert contract).
+    pub fn reads_snapshots(&self) -> bool {
+        self.snapshot.is_some()
+    }
+
+    /// The event of one row read by a snapshot (`op = snapshot`), in the snapshot
+    /// contract; `None` when the table has none.
+    pub fn snapshot_event(&self, row: &Row) -> Result<Option<Event>, String> {
+        self.snapshot
+            .as_ref()
+            .map(|plan| self.event(plan, row, None, "snapshot", 0))
+            .transpose()
     }
 
     /// The events of one change, in the order they must be published.

@@ -132,6 +132,11 @@ pub fn specs(config: &Config, source: &SourceConfig) -> Result<Vec<Arc<TableSpec
         let insert = t.insert.as_deref().and_then(&mut load);
         let update = t.update.as_deref().and_then(&mut load);
         let delete = t.delete.as_deref().and_then(&mut load);
+        let snapshot = t
+            .snapshot
+            .as_deref()
+            .or(t.insert.as_deref())
+            .and_then(&mut load);
         if let Some(key) = key {
             specs.push(Arc::new(TableSpec {
                 table: crate::source::catalog::TableName {
@@ -143,6 +148,7 @@ pub fn specs(config: &Config, source: &SourceConfig) -> Result<Vec<Arc<TableSpec
                 insert,
                 update,
                 delete,
+                snapshot,
                 columns: t.columns.clone(),
                 compacted: config.kafka.topic_settings(&t.topic).cleanup_policy
                     != CleanupPolicy::Delete,
@@ -226,6 +232,7 @@ pub async fn register(
                 insert: id(&spec.insert),
                 update: id(&spec.update),
                 delete: id(&spec.delete),
+                snapshot: id(&spec.snapshot),
             }
         })
         .collect())

@@ -362,6 +362,32 @@ impl ReplicationConn {
             .map_err(|e| SourceError::protocol(format!("CREATE_REPLICATION_SLOT: {e}")))
     }
 
+    /// Creates a logical slot with pgoutput and exports the snapshot it starts from;
+    /// returns its consistent point and the snapshot's name. The snapshot can be imported
+    /// (`SET TRANSACTION SNAPSHOT`) until this connection runs another command or closes.
+    pub async fn create_slot_exporting(
+        &mut self,
+        slot: &str,
+    ) -> Result<(Lsn, String), SourceError> {
+        let rows = self
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
+                quote_ident(slot)
+            ))
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| SourceError::protocol("CREATE_REPLICATION_SLOT returned no row"))?;
+        let field = |i: usize| row.get(i).cloned().flatten();
+        let lsn = field(1)
+            .ok_or_else(|| SourceError::protocol("CREATE_REPLICATION_SLOT returned no position"))?
+            .parse()
+            .map_err(|e| SourceError::protocol(format!("CREATE_REPLICATION_SLOT: {e}")))?;
+        let snapshot = field(2)
+            .ok_or_else(|| SourceError::protocol("CREATE_REPLICATION_SLOT exported no snapshot"))?;
+        Ok((lsn, snapshot))
+    }
+
     /// Starts streaming from `slot`; afterwards only [`Self::next_message`] and
     /// [`Self::send_status`] may be used.
     pub async fn start_replication(

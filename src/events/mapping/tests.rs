@@ -14,6 +14,7 @@ const IDS: SchemaIds = SchemaIds {
     insert: 12,
     update: 13,
     delete: 14,
+    snapshot: 12,
 };
 
 /// Contracts written to a temporary directory, named as a configuration would name them.
@@ -56,6 +57,7 @@ fn spec(c: &Contracts, compacted: bool) -> TableSpec {
         insert: Some(c.record("UserCreated", CREATED)),
         update: Some(c.record("UserUpdated", UPDATED)),
         delete: Some(c.record("UserDeleted", DELETED)),
+        snapshot: None,
         columns: BTreeMap::from([("user_id".to_string(), "id".to_string())]),
         compacted,
     }
@@ -170,6 +172,40 @@ fn key_of(m: &Mapping, e: &Event) -> Vec<(String, Avro)> {
 
 fn user_key(id: i64) -> Vec<(String, Avro)> {
     vec![("user_id".into(), Avro::Long(id))]
+}
+
+#[test]
+fn a_snapshot_read_is_the_insert_contract_with_op_snapshot_by_default() {
+    let c = Contracts::new();
+    let mut s = spec(&c, false);
+    s.snapshot = s.insert.clone();
+    let m = compile(s, users(ReplicaIdentity::Default)).unwrap();
+    let event = m
+        .snapshot_event(&row(7, "Ada", Some("ada@example.com"), Datum::Null))
+        .unwrap()
+        .expect("the table has a snapshot contract");
+    assert_eq!(
+        (event.event_type.as_str(), event.op, event.part),
+        ("com.example.users.UserCreated", "snapshot", 0)
+    );
+    assert_eq!(key_of(&m, &event), user_key(7));
+    let insert = m
+        .events(&change(
+            &m.table.clone(),
+            Op::Insert,
+            None,
+            Some(row(7, "Ada", Some("ada@example.com"), Datum::Null)),
+        ))
+        .unwrap();
+    assert_eq!(
+        event.value, insert[0].value,
+        "the same record as the insert's"
+    );
+    // Without a snapshot contract, nothing is read.
+    assert!(mapping(false)
+        .snapshot_event(&row(7, "Ada", None, Datum::Null))
+        .unwrap()
+        .is_none());
 }
 
 fn kinds(events: &[Event]) -> Vec<(&str, &str, u8)> {
