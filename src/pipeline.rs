@@ -9,6 +9,14 @@
 //! confirmed, so a restart only ever causes redelivery. A permanent failure stops this source
 //! alone, with the reason.
 //!
+//! # Standby
+//! A second `walcast run` on the same configuration finds the slot active and waits as a
+//! standby: it checks every [`STANDBY_CHECK`] and touches nothing the active instance uses
+//! (no registration, no transactional id, which would fence the active one). When the active
+//! instance dies, PostgreSQL releases the slot as soon as it sees the connection close, and
+//! the standby takes over from the slot's confirmed position (and, with exactly-once, its
+//! progress record), so nothing is lost or, exactly-once, doubled.
+//!
 //! # No loss
 //! The source confirms to PostgreSQL only the position the producer reports as acknowledged
 //! (see [`crate::kafka::producer`]): every event of every transaction up to it is in Kafka.
@@ -110,6 +118,9 @@ impl PipelineError {
     }
 }
 
+/// How often a standby checks whether the active instance released the slot.
+const STANDBY_CHECK: Duration = Duration::from_secs(2);
+
 /// A run that streamed this long counts as a success: the next failure backs off from the
 /// start again.
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
@@ -126,6 +137,7 @@ pub async fn run(
         Duration::from_millis(200),
         Duration::from_millis(source.reconnect_max_backoff_ms),
     );
+    let mut standby = false;
     loop {
         let started = Instant::now();
         let error = match run_once(&config, source, &registry, shutdown.clone()).await {
@@ -133,6 +145,19 @@ pub async fn run(
             Err(e) if e.is_transient() && !shutdown.is_triggered() => e,
             Err(e) => return Err(e),
         };
+        if let PipelineError::Source(SourceError::SlotActive { pid, .. }) = &error {
+            // Another instance streams: wait as its standby, checking at a steady pace so a
+            // takeover after its death takes seconds, not a grown backoff.
+            if !standby {
+                tracing::info!(source = %source.name, pid, "standby: another process streams from the slot; this instance takes over when it is released");
+                standby = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(STANDBY_CHECK) => continue,
+                _ = shutdown.wait() => return Ok(()),
+            }
+        }
+        standby = false;
         if started.elapsed() >= HEALTHY_RUN {
             backoff.reset();
         }
@@ -181,6 +206,18 @@ async fn run_once(
     );
 
     let mut catalog = Catalog::connect(&settings.url, &settings.name, &settings.tls).await?;
+    // Standby: while another instance streams from the slot, this one waits before touching
+    // anything it shares (above all the transactional ids, which would fence the active one).
+    if let Some(state) = catalog.slot_state(&settings.slot).await? {
+        if let Some(pid) = state.active_pid {
+            return Err(SourceError::SlotActive {
+                source_name: source.name.clone(),
+                slot: settings.slot.clone(),
+                pid,
+            }
+            .into());
+        }
+    }
     let ids = crate::events::register(registry, &specs, config.registry.compatibility).await?;
     let mut mappings = Mappings::default();
     let mut issues = Vec::new();

@@ -140,64 +140,68 @@ async fn kill_9_at_random_points_delivers_every_change_exactly_once_and_whole() 
     assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
 }
 
-/// A second instance of the same source takes over its transactional id: the first stops
-/// with an error that says so, the second publishes on, and nothing is lost or doubled.
+/// A zombie (an instance that lost its slot but still runs, say behind a network partition)
+/// is fenced: once a newer producer of the same source registers the transactional id, the
+/// older one's commit fails with the error that says another instance took over, and what
+/// it had sent is never visible to read_committed consumers.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_second_instance_fences_the_first() {
-    let mut first = Daemon::prepare(
-        "eos_fence",
-        Setup {
-            exactly_once: true,
-            ..Setup::default()
-        },
-    )
-    .await;
-    first.start().await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (written, task) = writer(first.pg().await, stop.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut second = first.twin();
-    second.spawn();
-    wait_until(
-        "the first instance to stop",
-        Duration::from_secs(60),
-        || {
-            let exited = first.exited().is_some();
-            async move { exited }
-        },
-    )
-    .await;
-    let log = first.log_text();
-    assert!(
-        log.contains("another walcast instance took over its Kafka transactions"),
-        "{log}"
+async fn a_newer_instance_fences_a_zombie() {
+    use walcast::kafka::producer::{SourceProducer, Transactions};
+    use walcast::kafka::watermark::Watermark;
+    use walcast::lsn::Lsn;
+    let stack = crate::support::Stack::get();
+    let kafka: walcast::config::KafkaConfig =
+        toml::from_str(&format!("brokers = \"{}\"", stack.kafka_brokers)).unwrap();
+    let name = crate::support::unique("eos_zombie");
+    let topic = format!("{name}.events");
+    let settings = walcast::config::TopicSettings {
+        partitions: 1,
+        replication_factor: 1,
+        cleanup_policy: walcast::config::CleanupPolicy::Delete,
+    };
+    for t in [&topic, &format!("walcast.progress.{name}")] {
+        walcast::kafka::ensure_topic(&kafka, t, &settings)
+            .await
+            .unwrap();
+    }
+    let transactions = Transactions {
+        id: format!("walcast.{name}"),
+        progress_topic: format!("walcast.progress.{name}"),
+        interval: Duration::from_millis(100),
+    };
+    let producer = || async {
+        let (acked, _) = tokio::sync::watch::channel(Lsn::ZERO);
+        SourceProducer::create(
+            &kafka,
+            &name,
+            Arc::new(Mutex::new(Watermark::default())),
+            acked,
+            Some(transactions.clone()),
+        )
+        .await
+        .unwrap()
+    };
+    let headers = rdkafka::message::OwnedHeaders::new;
+    let mut zombie = producer().await;
+    zombie
+        .send(&topic, b"k", Some(b"from the zombie"), headers(), 0)
+        .await
+        .unwrap();
+    let mut newer = producer().await;
+    let fenced = zombie.commit("0/10".parse().unwrap()).await.unwrap_err();
+    assert_eq!(
+        fenced.to_string(),
+        format!("source {name}: another walcast instance took over its Kafka transactions (transactional.id walcast.{name}); this one stops publishing. hint: only one instance per source is active at a time; this is expected when a standby took over")
     );
-    assert_ne!(first.exited().unwrap().code(), Some(0), "{log}");
-    // The second instance streams from the slot once the first released it.
-    let pg = first.pg().await;
-    let slot = first.name.clone();
-    wait_until(
-        "the second instance to stream",
-        Duration::from_secs(60),
-        || {
-            let (pg, slot) = (&pg, &slot);
-            async move {
-                pg.query_opt(
-                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                    &[slot],
-                )
-                .await
-                .unwrap()
-                .is_some()
-            }
-        },
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    task.await.unwrap();
-    assert_exactly_once(&second, &written).await;
-    assert_eq!(second.terminate().await, Some(0), "{}", second.log_text());
+    assert!(!fenced.is_transient());
+    newer
+        .send(&topic, b"k", Some(b"from the newer"), headers(), 0)
+        .await
+        .unwrap();
+    newer.commit("0/20".parse().unwrap()).await.unwrap();
+    let records = crate::support::consume_from_start(&stack.kafka_brokers, &topic, 1).await;
+    let payloads: Vec<_> = records.iter().map(|r| r.value.clone()).collect();
+    assert_eq!(payloads, vec![Some(b"from the newer".to_vec())]);
 }
 
 /// The slot's confirmed position while the broker is down never passes the WAL position at
@@ -382,4 +386,66 @@ async fn a_slot_behind_what_kafka_holds_publishes_nothing_twice() {
         daemon.log_text()
     );
     assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
+}
+
+/// A second instance on the same configuration waits as a standby without disturbing the
+/// active one (it would fence it by taking the transactional id), and takes over within 30 s
+/// of the active one's kill -9: every change arrives, exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_takes_over_within_30_s_of_a_kill_9_losing_nothing() {
+    let mut active = Daemon::prepare(
+        "eos_standby",
+        Setup {
+            exactly_once: true,
+            ..Setup::default()
+        },
+    )
+    .await;
+    active.start().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (written, task) = writer(active.pg().await, stop.clone());
+    let mut standby = active.twin();
+    standby.spawn();
+    wait_until(
+        "the second instance to wait as a standby",
+        Duration::from_secs(30),
+        || {
+            let waiting = standby
+                .log_text()
+                .contains("standby: another process streams from the slot");
+            async move { waiting }
+        },
+    )
+    .await;
+    // Several standby checks later, the active instance still publishes, unfenced.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(active.exited().is_none(), "{}", active.log_text());
+    assert!(standby.exited().is_none(), "{}", standby.log_text());
+    active.kill9();
+    let killed = std::time::Instant::now();
+    let pg = standby.pg().await;
+    let slot = standby.name.clone();
+    wait_until("the standby to stream from the slot", Duration::from_secs(30), || {
+        let (pg, slot) = (&pg, &slot);
+        async move {
+            pg.query_opt(
+                "SELECT 1 FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid \
+                 WHERE s.slot_name = $1 AND r.state = 'streaming'",
+                &[slot],
+            )
+            .await
+            .unwrap()
+            .is_some()
+        }
+    })
+    .await;
+    eprintln!(
+        "the standby took over {:?} after the kill",
+        killed.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    task.await.unwrap();
+    assert_exactly_once(&standby, &written).await;
+    assert_eq!(standby.terminate().await, Some(0), "{}", standby.log_text());
 }
