@@ -41,6 +41,7 @@
 //!   versions order them against streamed changes, progress kept in Kafka.
 //! - [`sink`]: the sink runner: consumer group → decode → connector → commit.
 //! - [`daemon`]: `walcast run`, every part under one shutdown.
+//! - [`status`]: `walcast status`, read from the servers themselves.
 
 pub mod check;
 pub mod config;
@@ -56,3 +57,4 @@ pub mod shutdown;
 pub mod sink;
 pub mod snapshot;
 pub mod source;
+pub mod status;

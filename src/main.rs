@@ -70,7 +70,13 @@ enum Command {
         accept_timeout_ms: u64,
     },
     /// Show slot positions, lag and sink progress.
-    Status(ConfigArg),
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve the embedded Confluent-compatible schema registry.
     Registry(ConfigArg),
     /// Replication slot administration.
@@ -172,7 +178,7 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                 .map_err(|e| Failure::Runtime(e.into()))
         }
         Command::Schemas { action } => schemas(action).await,
-        Command::Status(c) => not_yet(c, "status"),
+        Command::Status { config, json } => status(config, json).await,
         Command::Snapshot {
             config,
             source,
@@ -399,12 +405,27 @@ fn load(arg: &ConfigArg) -> Result<Config, Failure> {
 }
 
 /// A subcommand whose capability belongs to a later issue: validate, then say so.
-fn not_yet(arg: ConfigArg, command: &str) -> Result<(), Failure> {
-    load(&arg)?;
-    Err(Failure::Runtime(anyhow::anyhow!(
-        "{command}: not available in this version. The configuration {} is valid.",
-        arg.config.display()
-    )))
+async fn status(arg: ConfigArg, json: bool) -> Result<(), Failure> {
+    let config = load(&arg)?;
+    let status = walcast::status::read(&config).await;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).expect("status serializes")
+        );
+    } else {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        print!("{}", walcast::status::render(&status, now));
+    }
+    if status.complete() {
+        Ok(())
+    } else {
+        Err(Failure::Runtime(anyhow::anyhow!(
+            "status: some servers could not be read (see above)"
+        )))
+    }
 }
 
 async fn check(arg: ConfigArg, connect: bool, timeout_ms: u64) -> Result<(), Failure> {

@@ -9,3 +9,4 @@ mod check_connect;
 mod commands;
 mod config_errors;
 mod slot;
+mod status;
