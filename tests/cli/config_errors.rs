@@ -367,3 +367,52 @@ fn a_sinks_parallelism_must_be_1_to_64() {
         "walcast.toml: sink[0].parallelism: found 0, expected 1 to 64 (connections to the store)"
     );
 }
+
+/// The Grafana dashboard of the compose deployment charts every metric walcast exports,
+/// and every file compose mounts for Prometheus and Grafana exists.
+#[test]
+fn the_dashboard_charts_every_metric_and_compose_mounts_real_files() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("grafana/dashboards/walcast.json")).unwrap(),
+    )
+    .unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    for metric in [
+        "walcast_source_slot_lag_bytes",
+        "walcast_source_retained_wal_bytes",
+        "walcast_source_confirmed_lsn",
+        "walcast_source_events_total",
+        "walcast_publish_latency_seconds",
+        "walcast_sink_applied_total",
+        "walcast_sink_lag_records",
+        "walcast_sink_apply_seconds",
+        "walcast_sink_poison_total",
+        "walcast_sink_freshness_seconds",
+        "walcast_snapshot_rows_total",
+        "walcast_part_up",
+    ] {
+        assert!(
+            exprs.iter().any(|e| e.contains(metric)),
+            "no panel charts {metric}"
+        );
+    }
+    let compose = std::fs::read_to_string(root.join("compose.yaml")).unwrap();
+    for mount in compose
+        .lines()
+        .filter_map(|l| l.trim().trim_start_matches("- ").strip_prefix("./"))
+        .chain(compose.lines().filter_map(|l| l.split("[\"./").nth(1)))
+    {
+        let path = mount.split(':').next().unwrap();
+        assert!(
+            root.join(path).exists(),
+            "compose mounts ./{path}, which is missing"
+        );
+    }
+}
