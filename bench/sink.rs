@@ -1,27 +1,32 @@
-//! Sink benchmark: the PostgreSQL connector's apply rate against binary COPY of the same
-//! rows into an unindexed table, as a ratio (the issue's target: ≥ 0.5×).
+//! Sink benchmark: each connector's apply rate against the same version-guarded upsert run
+//! by the server itself, in the same run (issue #14's target: ≥ 0.7× for inserts and for
+//! updates, on PostgreSQL and on MySQL), plus Redis's rate.
 //!
-//! Both sides write the same rows (id, name, email, n, at: five columns of user-ish data)
-//! into the stack's PostgreSQL over one connection each:
-//! - COPY: `COPY … FROM STDIN (FORMAT binary)` into a table with no index and no key: the
-//!   fastest way PostgreSQL takes rows;
-//! - walcast: `PostgresSink::apply` in batches of `batch_max_records` (default 1000), each
-//!   one transaction with the version guard, the tombstone check and the offsets upsert,
-//!   into a table keyed by id. First as inserts (new keys), then as updates (every key again
-//!   at a higher version).
+//! The rows are user-ish (id, name, email, n, at), applied in batches of
+//! `batch_max_records` (default 1000), first as inserts (new keys), then as updates (every key
+//! again at a higher version).
+//! - **walcast**: the connector's `apply`, each batch one transaction with the version
+//!   guard, the tombstone check and the offsets upsert, over the real client protocol.
+//! - **the server's own upsert**: the same rows staged beforehand in a table of the same
+//!   server (not timed), then, per batch of the same size, the same statement shape the
+//!   connector sends (the guarded `INSERT … ON CONFLICT` / `ON DUPLICATE KEY UPDATE`, the
+//!   tombstone check, and the offsets upsert) run from the staging table, one transaction per
+//!   batch: everything walcast does except carrying the rows over the wire. That is the limit.
 //!
 //! Run: `scripts/stack up && cargo bench --bench sink`. `WALCAST_BENCH_ROWS` sets the rows
-//! (default 200000), `WALCAST_BENCH_BATCH` the batch size.
+//! (default 100000), `WALCAST_BENCH_BATCH` the batch size, `WALCAST_BENCH_STORES` which stores
+//! (default `postgres,mysql,redis`).
 
 #[path = "stack.rs"]
 mod stack;
-use stack::{connect, fresh_database, stack};
+use stack::{fresh_database, stack};
 use std::time::{Duration, Instant};
 
+use connectors::mysql::MysqlSink;
 use connectors::postgres::PostgresSink;
-use connectors::{Batch, Change, Op, Position, TableSettings, Value, Version};
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use connectors::redis::{RedisSettings, RedisSink};
+use connectors::{Batch, Change, Op, Position, Sink, TableSettings, Value, Version};
+use mysql_async::prelude::Queryable;
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -30,15 +35,16 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+const EPOCH_AT: i64 = 1_700_000_000_000_000;
+
 fn change(id: i64, round: u64) -> Change {
-    let at = 1_700_000_000_000_000 + id * 1_000;
     Change {
         key: vec![("id".into(), Value::Long(id))],
         op: Op::Upsert(vec![
             ("name".into(), Value::Text(format!("user {id} r{round}"))),
             ("email".into(), Value::Text(format!("user{id}@example.com"))),
             ("n".into(), Value::Long(id * 7 + round as i64)),
-            ("at".into(), Value::Timestamp(at)),
+            ("at".into(), Value::Timestamp(EPOCH_AT + id * 1_000)),
         ]),
         version: Version {
             lsn: round * 1_000_000_000 + id as u64,
@@ -47,37 +53,8 @@ fn change(id: i64, round: u64) -> Change {
     }
 }
 
-async fn copy(client: &tokio_postgres::Client, rows: usize) -> Duration {
-    let start = Instant::now();
-    let sink = client
-        .copy_in("COPY copy_target (id, name, email, n, at) FROM STDIN (FORMAT binary)")
-        .await
-        .unwrap();
-    let writer = BinaryCopyInWriter::new(
-        sink,
-        &[
-            Type::INT8,
-            Type::TEXT,
-            Type::TEXT,
-            Type::INT8,
-            Type::TIMESTAMPTZ,
-        ],
-    );
-    tokio::pin!(writer);
-    let epoch = std::time::SystemTime::UNIX_EPOCH;
-    for id in 0..rows as i64 {
-        let name = format!("user {id} r1");
-        let email = format!("user{id}@example.com");
-        let n = id * 7 + 1;
-        let at = epoch + Duration::from_micros((1_700_000_000_000_000 + id * 1_000) as u64);
-        let values: [&(dyn ToSql + Sync); 5] = [&id, &name, &email, &n, &at];
-        writer.as_mut().write(&values).await.unwrap();
-    }
-    writer.finish().await.unwrap();
-    start.elapsed()
-}
-
-async fn apply(lanes: &mut [PostgresSink], rows: usize, batch: usize, round: u64) -> Duration {
+/// walcast's apply of every row at `round`, batch by batch.
+async fn apply<S: Sink>(lanes: &mut [S], rows: usize, batch: usize, round: u64) -> Duration {
     let start = Instant::now();
     let mut offset = 0i64;
     for chunk in (0..rows as i64).collect::<Vec<_>>().chunks(batch) {
@@ -95,44 +72,99 @@ async fn apply(lanes: &mut [PostgresSink], rows: usize, batch: usize, round: u64
     start.elapsed()
 }
 
-#[tokio::main]
-async fn main() {
-    let rows = env("WALCAST_BENCH_ROWS", 200_000);
-    let batch = env("WALCAST_BENCH_BATCH", 1000);
-    let stack = stack();
-    let db = "walcast_bench_sink";
-    let client = fresh_database(&stack, db).await;
-    client
-        .batch_execute(
-            "CREATE TABLE copy_target (id bigint, name text, email text, n bigint, at timestamptz);
-             CREATE TABLE replica (id bigint PRIMARY KEY, name text, email text, n bigint, at timestamptz,
-               _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL);",
-        )
-        .await
-        .unwrap();
-    let settings = TableSettings {
-        url: format!("{}/{db}", stack.pg_url),
-        table: "replica".into(),
+/// Runs `statement(lo, hi)` for every batch `[lo, hi)`: the server's own rate.
+async fn per_batch<F, Fut>(rows: usize, batch: usize, mut statement: F) -> Duration
+where
+    F: FnMut(i64, i64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let start = Instant::now();
+    let mut lo = 0i64;
+    while lo < rows as i64 {
+        let hi = (lo + batch as i64).min(rows as i64);
+        statement(lo, hi).await;
+        lo = hi;
+    }
+    start.elapsed()
+}
+
+fn table_settings(url: String, table: &str) -> TableSettings {
+    TableSettings {
+        url,
+        table: table.into(),
         key: vec!["id".into()],
         columns: Default::default(),
         fields: None,
         consumer: "bench".into(),
         auto_create: false,
         auto_add_columns: false,
-        // The COPY baseline's transport: plain TCP (the connector's default, prefer, would
-        // take TLS from the stack's PostgreSQL).
+        // Plain TCP, as the server-side reference runs without any transport.
         tls_mode: Some(connectors::tls::TlsMode::Disable),
         tls_ca_file: None,
-    };
-    let copy_client = connect(&format!("{}/{db}", stack.pg_url)).await;
-    let copied = copy(&copy_client, rows).await;
+    }
+}
+
+fn report(store: &str, what: &str, rows: usize, walcast: Duration, server: Duration) -> f64 {
     let rate = |d: Duration| rows as f64 / d.as_secs_f64();
-    println!("{rows} rows, batches of {batch}");
+    let ratio = server.as_secs_f64() / walcast.as_secs_f64();
     println!(
-        "binary COPY, unindexed:            {:>9.0} rows/s",
-        rate(copied)
+        "| {store} | {what} | {:.0} | {:.0} | {ratio:.2} |",
+        rate(walcast),
+        rate(server)
     );
-    for parallelism in [1, 2, 4] {
+    ratio
+}
+
+async fn postgres(rows: usize, batch: usize) {
+    let s = stack();
+    let db = "walcast_bench_sink";
+    let client = fresh_database(&s, db).await;
+    client
+        .batch_execute(
+            "CREATE TABLE replica (id bigint PRIMARY KEY, name text, email text, n bigint, at timestamptz,
+               _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL);
+             CREATE TABLE server_replica (LIKE replica INCLUDING ALL);
+             CREATE TABLE server_replica_walcast_tombstones (id bigint PRIMARY KEY, _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL);
+             CREATE TABLE server_offsets (consumer text, topic text, partition int, next_offset bigint, PRIMARY KEY (consumer, topic, partition));
+             CREATE TABLE stage (round int, id bigint, name text, email text, n bigint, at timestamptz, l bigint, s int, PRIMARY KEY (round, id));",
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO stage SELECT r, g, 'user ' || g || ' r' || r, 'user' || g || '@example.com', g * 7 + r,
+               to_timestamp(($1::bigint + g * 1000) / 1e6), r::bigint * 1000000000 + g, 0
+             FROM generate_series(0, $2::bigint - 1) g, generate_series(1, 2) r",
+            &[&EPOCH_AT, &(rows as i64)],
+        )
+        .await
+        .unwrap();
+    client.batch_execute("ANALYZE stage").await.unwrap();
+    let server = |round: i32| {
+        let client = &client;
+        per_batch(rows, batch, move |lo, hi| async move {
+            client
+                .batch_execute(&format!(
+                    "BEGIN;
+                     INSERT INTO server_replica AS t (id, name, email, n, at, _walcast_lsn, _walcast_seq)
+                     SELECT v.id, v.name, v.email, v.n, v.at, v.l, v.s FROM stage v
+                     WHERE v.round = {round} AND v.id >= {lo} AND v.id < {hi}
+                       AND NOT EXISTS (SELECT 1 FROM server_replica_walcast_tombstones d WHERE d.id = v.id AND (d._walcast_lsn, d._walcast_seq) >= (v.l, v.s))
+                     ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email, n = EXCLUDED.n, at = EXCLUDED.at,
+                       _walcast_lsn = EXCLUDED._walcast_lsn, _walcast_seq = EXCLUDED._walcast_seq
+                     WHERE (t._walcast_lsn, t._walcast_seq) < (EXCLUDED._walcast_lsn, EXCLUDED._walcast_seq);
+                     INSERT INTO server_offsets VALUES ('bench', 'users.user', 0, {hi})
+                     ON CONFLICT (consumer, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset;
+                     COMMIT;"
+                ))
+                .await
+                .unwrap();
+        })
+    };
+    let server_inserts = server(1).await;
+    let server_updates = server(2).await;
+    let settings = table_settings(format!("{}/{db}", s.pg_url), "replica");
+    for parallelism in [1, 2] {
         client
             .batch_execute(
                 "TRUNCATE replica; TRUNCATE replica_walcast_tombstones; TRUNCATE walcast_offsets",
@@ -143,20 +175,155 @@ async fn main() {
         for _ in 0..parallelism {
             lanes.push(PostgresSink::connect(settings.clone()).await.unwrap());
         }
-        let inserted = apply(&mut lanes, rows, batch, 1).await;
-        let updated = apply(&mut lanes, rows, batch, 2).await;
-        for (what, took) in [("inserts", inserted), ("updates", updated)] {
-            println!(
-                "walcast apply, {what}, parallelism {parallelism}: {:>9.0} rows/s  ratio {:.2}",
-                rate(took),
-                copied.as_secs_f64() / took.as_secs_f64()
-            );
-        }
-        let count: i64 = client
+        let inserts = apply(&mut lanes, rows, batch, 1).await;
+        let updates = apply(&mut lanes, rows, batch, 2).await;
+        let store = format!("PostgreSQL, {parallelism} lane(s)");
+        report(&store, "inserts", rows, inserts, server_inserts);
+        report(&store, "updates", rows, updates, server_updates);
+        let updated: i64 = client
             .query_one("SELECT count(*) FROM replica WHERE name LIKE '% r2'", &[])
             .await
             .unwrap()
             .get(0);
-        assert_eq!(count as usize, rows, "every row was updated");
+        assert_eq!(updated as usize, rows, "every row was updated");
+    }
+}
+
+async fn mysql(rows: usize, batch: usize) {
+    let s = stack();
+    let base = s.mysql_url.clone();
+    let mut admin = mysql_async::Conn::new(mysql_async::Opts::from_url(&base).unwrap())
+        .await
+        .unwrap();
+    admin
+        .query_drop(
+            "DROP DATABASE IF EXISTS walcast_bench_sink; CREATE DATABASE walcast_bench_sink",
+        )
+        .await
+        .unwrap();
+    let url = format!("{base}/walcast_bench_sink");
+    let mut conn = mysql_async::Conn::new(mysql_async::Opts::from_url(&url).unwrap())
+        .await
+        .unwrap();
+    conn.query_drop(
+        "CREATE TABLE replica (id BIGINT PRIMARY KEY, name TEXT, email TEXT, n BIGINT, at DATETIME(6),
+           _walcast_lsn BIGINT NOT NULL, _walcast_seq INT NOT NULL);
+         CREATE TABLE server_replica LIKE replica;
+         CREATE TABLE server_replica_walcast_tombstones (id BIGINT PRIMARY KEY, _walcast_lsn BIGINT NOT NULL, _walcast_seq INT NOT NULL);
+         CREATE TABLE server_offsets (consumer VARCHAR(255), topic VARCHAR(255), `partition` INT, next_offset BIGINT, PRIMARY KEY (consumer, topic, `partition`));
+         CREATE TABLE stage (round INT, id BIGINT, name TEXT, email TEXT, n BIGINT, at DATETIME(6), l BIGINT, s INT, PRIMARY KEY (round, id));
+         SET SESSION cte_max_recursion_depth = 10000000;",
+    )
+    .await
+    .unwrap_or(());
+    for round in 1..=2 {
+        let mut lo = 0;
+        while lo < rows {
+            let hi = (lo + 5000).min(rows);
+            let values: Vec<String> = (lo..hi)
+                .map(|g| {
+                    format!(
+                        "({round}, {g}, 'user {g} r{round}', 'user{g}@example.com', {}, FROM_UNIXTIME({}), {}, 0)",
+                        g * 7 + round,
+                        (EPOCH_AT + g as i64 * 1000) as f64 / 1e6,
+                        round as u64 * 1_000_000_000 + g as u64
+                    )
+                })
+                .collect();
+            conn.query_drop(format!("INSERT INTO stage VALUES {}", values.join(", ")))
+                .await
+                .unwrap();
+            lo = hi;
+        }
+    }
+    // The connector's guard, with the stored columns qualified: INSERT … SELECT from a table
+    // with the same column names would make them ambiguous.
+    const NEWER: &str = "(server_replica._walcast_lsn, server_replica._walcast_seq) < (VALUES(_walcast_lsn), VALUES(_walcast_seq))";
+    let conn = tokio::sync::Mutex::new(conn);
+    let server = |round: i32| {
+        let conn = &conn;
+        per_batch(rows, batch, move |lo, hi| async move {
+            let mut c = conn.lock().await;
+            c.query_drop(format!(
+                "START TRANSACTION;
+                 INSERT INTO server_replica (id, name, email, n, at, _walcast_lsn, _walcast_seq)
+                 SELECT id, name, email, n, at, l, s FROM stage WHERE round = {round} AND id >= {lo} AND id < {hi}
+                 ON DUPLICATE KEY UPDATE name = IF({NEWER}, VALUES(name), server_replica.name),
+                   email = IF({NEWER}, VALUES(email), server_replica.email),
+                   n = IF({NEWER}, VALUES(n), server_replica.n), at = IF({NEWER}, VALUES(at), server_replica.at),
+                   _walcast_seq = IF({NEWER}, VALUES(_walcast_seq), server_replica._walcast_seq),
+                   _walcast_lsn = GREATEST(server_replica._walcast_lsn, VALUES(_walcast_lsn));
+                 DELETE t FROM server_replica AS t JOIN server_replica_walcast_tombstones AS d ON t.id = d.id
+                 WHERE t.id >= {lo} AND t.id < {hi} AND (d._walcast_lsn, d._walcast_seq) >= (t._walcast_lsn, t._walcast_seq);
+                 INSERT INTO server_offsets VALUES ('bench', 'users.user', 0, {hi})
+                 ON DUPLICATE KEY UPDATE next_offset = VALUES(next_offset);
+                 COMMIT;"
+            ))
+            .await
+            .unwrap();
+        })
+    };
+    let server_inserts = server(1).await;
+    let server_updates = server(2).await;
+    let mut lanes = vec![MysqlSink::connect(table_settings(url, "replica"))
+        .await
+        .unwrap()];
+    let inserts = apply(&mut lanes, rows, batch, 1).await;
+    let updates = apply(&mut lanes, rows, batch, 2).await;
+    report(
+        "MySQL/MariaDB, 1 lane",
+        "inserts",
+        rows,
+        inserts,
+        server_inserts,
+    );
+    report(
+        "MySQL/MariaDB, 1 lane",
+        "updates",
+        rows,
+        updates,
+        server_updates,
+    );
+}
+
+async fn redis(rows: usize, batch: usize) {
+    let s = stack();
+    let settings = RedisSettings {
+        url: s.redis_url.clone(),
+        key_template: format!("bench{}:{{id}}", std::process::id()),
+        fields: None,
+        ttl_secs: 0,
+        tombstone_ttl_secs: 3600,
+        consumer: format!("bench{}", std::process::id()),
+        tls_ca_file: None,
+    };
+    let mut lanes = vec![RedisSink::connect(settings).await.unwrap()];
+    let rate = |d: Duration| rows as f64 / d.as_secs_f64();
+    let inserts = apply(&mut lanes, rows, batch, 1).await;
+    let updates = apply(&mut lanes, rows, batch, 2).await;
+    println!(
+        "Redis, 1 lane: inserts {:.0} rows/s, updates {:.0} rows/s",
+        rate(inserts),
+        rate(updates)
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let only =
+        std::env::var("WALCAST_BENCH_STORES").unwrap_or_else(|_| "postgres,mysql,redis".into());
+    let rows = env("WALCAST_BENCH_ROWS", 100_000);
+    let batch = env("WALCAST_BENCH_BATCH", 1000);
+    println!("{rows} rows in batches of {batch}; the server's own upsert from a staged table, per batch of the same size, is the limit");
+    println!("| store | changes | walcast rows/s | server's own rows/s | ratio |");
+    println!("|---|---|---:|---:|---:|");
+    if only.contains("postgres") {
+        postgres(rows, batch).await;
+    }
+    if only.contains("mysql") {
+        mysql(rows, batch).await;
+    }
+    if only.contains("redis") {
+        redis(rows, batch).await;
     }
 }

@@ -16,6 +16,8 @@ pub struct Stack {
     pub port: String,
     pub brokers: String,
     pub registry: String,
+    pub mysql_url: String,
+    pub redis_url: String,
 }
 
 pub fn stack() -> Stack {
@@ -31,6 +33,8 @@ pub fn stack() -> Stack {
         port: vars["WALCAST_PG_PORT"].into(),
         brokers: vars["WALCAST_KAFKA_BROKERS"].into(),
         registry: vars["WALCAST_REGISTRY_URL"].into(),
+        mysql_url: vars["WALCAST_MYSQL_URL"].into(),
+        redis_url: vars["WALCAST_REDIS_URL"].into(),
     }
 }
 
