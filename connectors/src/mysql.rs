@@ -538,17 +538,19 @@ impl Sink for MysqlSink {
     }
 
     async fn prepare(&mut self, fields: &[Field]) -> Result<(), Error> {
-        let missing = missing_columns(&self.settings, fields, |c| self.types.contains_key(c));
+        let missing = missing_columns(&self.settings, fields, |c| self.types.contains_key(c))?;
         if missing.is_empty() {
             return Ok(());
         }
         let is_key = |c: &str| self.settings.key_columns().iter().any(|k| k == c);
+        // Only key columns are NOT NULL: a row may be written by an event type that lacks
+        // a field another one requires (an update of a key the replica does not hold yet).
         let definition = |(f, c): &(&Field, String)| {
             format!(
                 "{} {}{}",
                 quote(c),
                 mysql_type(&f.ty, is_key(c)),
-                if f.nullable { "" } else { " NOT NULL" }
+                if is_key(c) { " NOT NULL" } else { "" }
             )
         };
         let sql = if self.types.is_empty() {

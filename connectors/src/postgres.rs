@@ -549,16 +549,23 @@ impl Sink for PostgresSink {
     }
 
     async fn prepare(&mut self, fields: &[Field]) -> Result<(), Error> {
-        let missing = missing_columns(&self.settings, fields, |c| self.types.contains_key(c));
+        let missing = missing_columns(&self.settings, fields, |c| self.types.contains_key(c))?;
         if missing.is_empty() {
             return Ok(());
         }
+        // Only key columns are NOT NULL: a row may be written by an event type that lacks
+        // a field another one requires (an update of a key the replica does not hold yet).
+        let key_columns = self.settings.key_columns();
         let definition = |(f, c): &(&Field, String)| {
             format!(
                 "{} {}{}",
                 quote(c),
                 pg_type(&f.ty),
-                if f.nullable { "" } else { " NOT NULL" }
+                if key_columns.contains(c) {
+                    " NOT NULL"
+                } else {
+                    ""
+                }
             )
         };
         if self.types.is_empty() {

@@ -181,9 +181,12 @@ pub trait Sink {
     /// The positions stored with the rows, if this store keeps them.
     fn positions(&mut self) -> impl Future<Output = Result<Vec<Position>, crate::Error>> + Send;
 
-    /// A contract version whose changes are about to be applied, with every field it has.
-    /// A store that creates its table, or adds columns when a contract gains fields
-    /// (`auto_create`, `auto_add_columns`), does so here; others ignore it.
+    /// The fields of the contracts whose changes are about to be applied: the union of every
+    /// contract on the topic (key, every event type, its latest version). A field listed
+    /// twice has two types, which a table-shaped store refuses with a setup error naming
+    /// both. A store that creates its table, or adds columns when a contract gains fields
+    /// (`auto_create`, `auto_add_columns`), does so here, every non-key column nullable;
+    /// others ignore it.
     fn prepare(
         &mut self,
         fields: &[Field],

@@ -342,6 +342,25 @@ async fn auto_create_and_auto_add_columns<H: TableHarness>(name: &str) {
     ];
     sink.prepare(&v1).await.unwrap();
     sink.prepare(&v1).await.unwrap(); // idempotent
+                                      // Only the key is NOT NULL: another event type may lack a field this one requires.
+    let nameless = Change {
+        key: vec![("user_id".into(), Value::Long(3))],
+        op: Op::Upsert(vec![("name".into(), Value::Null)]),
+        version: Version { lsn: 9, seq: 0 },
+    };
+    sink.apply(&batch(vec![nameless])).await.unwrap();
+    let retyped = [
+        field("user_id", FieldType::Long, false),
+        field("name", FieldType::Text, false),
+        field("name", FieldType::Long, false),
+    ];
+    let e = sink.prepare(&retyped).await.unwrap_err();
+    assert!(
+        e.to_string().starts_with(
+            "event field name is text in one contract version or event type and long in another"
+        ),
+        "{e}"
+    );
     let mut with_balance = upsert(1, "Ada", 10, 0);
     if let Op::Upsert(fields) = &mut with_balance.op {
         fields.push(("balance".into(), Value::Decimal("-12.50".into())));
@@ -350,8 +369,8 @@ async fn auto_create_and_auto_add_columns<H: TableHarness>(name: &str) {
         .await
         .unwrap();
     assert_eq!(
-        h.auto_rows("customer_name").await,
-        rows(&[(1, "Ada"), (2, "Grace")])
+        h.auto_rows("coalesce(customer_name, '')").await,
+        rows(&[(1, "Ada"), (2, "Grace"), (3, "")])
     );
     assert_eq!(
         h.auto_rows("coalesce(cast(balance as char), '')")
@@ -379,7 +398,7 @@ async fn auto_create_and_auto_add_columns<H: TableHarness>(name: &str) {
         .unwrap();
     assert_eq!(
         h.auto_rows("coalesce(email, '')").await,
-        rows(&[(2, "grace@example.com")])
+        rows(&[(2, "grace@example.com"), (3, "")])
     );
 }
 

@@ -48,6 +48,17 @@ pub(super) struct Decoder {
     new_views: Vec<Vec<Field>>,
 }
 
+/// Adds to `union` the fields of `fields` it lacks, by (name, type): a field with two types
+/// stays there twice, for the replica to refuse with both named.
+fn merge(union: &mut Vec<Field>, fields: &[Field]) {
+    for f in fields {
+        match union.iter_mut().find(|u| u.name == f.name && u.ty == f.ty) {
+            Some(u) => u.nullable |= f.nullable,
+            None => union.push(f.clone()),
+        }
+    }
+}
+
 impl Decoder {
     pub(super) fn new(registry: Arc<Client>, runtime: tokio::runtime::Handle) -> Self {
         Decoder {
@@ -87,7 +98,7 @@ impl Decoder {
             Some("delete") => Op::Delete,
             Some("insert" | "update" | "snapshot") => {
                 let fields = self.record(payload, topic, false)?;
-                self.note_view(topic, key_bytes, payload);
+                self.note_view(topic, key_bytes, payload)?;
                 Op::Upsert(fields)
             }
             other => {
@@ -115,20 +126,70 @@ impl Decoder {
         self.new_views.clear();
     }
 
-    /// Records a new (key, value) view of an upsert; both ids are already resolved.
-    fn note_view(&mut self, topic: &str, key: &[u8], value: &[u8]) {
+    /// Records a new (key, value) view of an upsert; both ids are already resolved. What the
+    /// replica prepares for is the union of every contract on the topic: this view's fields,
+    /// then those of the latest version of each of the topic's subjects (every event type;
+    /// older versions are read in the latest), so a table created now has a column for
+    /// every field any event type of the topic carries.
+    fn note_view(&mut self, topic: &str, key: &[u8], value: &[u8]) -> Result<(), DecodeError> {
         let id = |b: &[u8]| u32::from_be_bytes(b[1..5].try_into().expect("4 bytes"));
         let (key_id, value_id) = (id(key), id(value));
-        if !self.views.insert((topic.to_string(), key_id, value_id)) {
-            return;
+        if self.views.contains(&(topic.to_string(), key_id, value_id)) {
+            return Ok(());
         }
         let mut fields = self.schemas[&(key_id, role(topic, true))].fields.clone();
-        for f in &self.schemas[&(value_id, role(topic, false))].fields {
-            if !fields.iter().any(|k| k.name == f.name) {
-                fields.push(f.clone());
+        merge(
+            &mut fields,
+            &self.schemas[&(value_id, role(topic, false))].fields,
+        );
+        for other in self.topic_fields(topic)? {
+            merge(&mut fields, &other);
+        }
+        self.views.insert((topic.to_string(), key_id, value_id));
+        self.new_views.push(fields);
+        Ok(())
+    }
+
+    /// The fields of the latest version of each subject of `topic` (`<topic>-key` and
+    /// `<topic>-<record full name>`).
+    fn topic_fields(&self, topic: &str) -> Result<Vec<Vec<Field>>, DecodeError> {
+        let unavailable = |e: ClientError| {
+            if e.is_transient() {
+                DecodeError::Unavailable(e)
+            } else {
+                DecodeError::Poison(format!("listing the subjects of topic {topic}: {e}"))
+            }
+        };
+        let prefix = format!("{topic}-");
+        let subjects = self
+            .runtime
+            .block_on(self.registry.subjects())
+            .map_err(unavailable)?;
+        let mut out = Vec::new();
+        for subject in subjects.iter().filter(|s| s.starts_with(&prefix)) {
+            let latest = self
+                .runtime
+                .block_on(self.registry.latest(subject))
+                .map_err(unavailable)?;
+            // A subject of another topic whose name starts with this one's (`users-eu`) has
+            // records of another name; its schema is read all the same, but only a record
+            // whose subject is exactly `<topic>-<full name>` counts.
+            let Some(text) = latest else { continue };
+            let Ok(schema) = Schema::parse_str(&text) else {
+                continue;
+            };
+            let own = match &schema {
+                Schema::Record(r) => {
+                    subject == &format!("{topic}-key")
+                        || subject == &format!("{topic}-{}", r.name.fullname(None))
+                }
+                _ => false,
+            };
+            if own {
+                out.push(view_fields(&schema));
             }
         }
-        self.new_views.push(fields);
+        Ok(out)
     }
 
     /// A Confluent-framed Avro record, read in its subject's latest view.
@@ -526,7 +587,7 @@ mod roundtrip;
 
 #[cfg(test)]
 mod tests {
-    use super::{decimal_text, view_fields, View};
+    use super::{decimal_text, merge, view_fields, View};
     use apache_avro::types::Value as Avro;
     use apache_avro::Schema;
     use connectors::{Field, FieldType, Value};
@@ -543,6 +604,37 @@ mod tests {
         {"name": "homes", "type": {"type": "array", "items": "Address"}},
         {"name": "state", "type": {"type": "enum", "name": "State", "symbols": ["ON", "OFF"]}}
     ]}"#;
+
+    #[test]
+    fn the_union_keeps_each_field_once_and_a_retyped_one_twice() {
+        let f = |name: &str, ty: FieldType, nullable: bool| Field {
+            name: name.into(),
+            ty,
+            nullable,
+        };
+        let mut union = vec![
+            f("id", FieldType::Long, false),
+            f("a", FieldType::Text, false),
+        ];
+        merge(
+            &mut union,
+            &[
+                f("id", FieldType::Long, false),
+                f("a", FieldType::Text, true),
+                f("b", FieldType::Date, false),
+                f("id", FieldType::Text, false),
+            ],
+        );
+        assert_eq!(
+            union,
+            vec![
+                f("id", FieldType::Long, false),
+                f("a", FieldType::Text, true),
+                f("b", FieldType::Date, false),
+                f("id", FieldType::Text, false),
+            ]
+        );
+    }
 
     #[test]
     fn every_field_has_a_column_type() {
