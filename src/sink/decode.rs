@@ -44,7 +44,8 @@ pub(super) struct Decoder {
     runtime: tokio::runtime::Handle,
     /// (topic, key schema id, value schema id) of upserts seen so far.
     views: HashSet<(String, u32, u32)>,
-    /// The fields (key's and value's) of views first seen since the last `take_new_views`.
+    /// For each view first seen since the last `take_new_views`: the union of its fields
+    /// and those of every contract on its topic.
     new_views: Vec<Vec<Field>>,
 }
 
@@ -114,8 +115,9 @@ impl Decoder {
         }))
     }
 
-    /// The fields of views (key and value contract versions) that appeared since the last
-    /// call: a replica prepares its table for them before applying their changes.
+    /// For each view (key and value contract versions) that appeared since the last call,
+    /// the union of the fields of every contract on its topic: a replica prepares its table
+    /// for them before applying their changes.
     pub(super) fn take_new_views(&mut self) -> Vec<Vec<Field>> {
         std::mem::take(&mut self.new_views)
     }
