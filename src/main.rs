@@ -430,6 +430,14 @@ async fn status(arg: ConfigArg, json: bool) -> Result<(), Failure> {
 
 async fn check(arg: ConfigArg, connect: bool, timeout_ms: u64) -> Result<(), Failure> {
     let config = load(&arg)?;
+    // What the sinks name, against the contracts of the topics this file's sources publish.
+    let issues = walcast::sink::contracts::check(&config);
+    if !issues.is_empty() {
+        return Err(Failure::Config(ConfigError::Invalid {
+            path: arg.config.clone(),
+            issues,
+        }));
+    }
     println!(
         "{}: valid ({} source(s), {} table(s), {} sink(s))",
         arg.config.display(),

@@ -484,8 +484,9 @@ impl MysqlSink {
     }
 }
 
-/// The column type a field is created with. Key columns need a bounded length.
-fn mysql_type(ty: FieldType, key: bool) -> String {
+/// The column type a field is created with. Key columns need a bounded length. Arrays,
+/// maps and records are JSON (in MariaDB, a `LONGTEXT` checked to hold JSON).
+fn mysql_type(ty: &FieldType, key: bool) -> String {
     match ty {
         FieldType::Bool => "BOOLEAN".into(),
         FieldType::Int => "INT".into(),
@@ -497,12 +498,13 @@ fn mysql_type(ty: FieldType, key: bool) -> String {
         FieldType::Bytes if key => "VARBINARY(255)".into(),
         FieldType::Bytes => "LONGBLOB".into(),
         FieldType::Decimal { precision, scale } => {
-            format!("DECIMAL({}, {})", precision.min(65), scale.min(30))
+            format!("DECIMAL({}, {})", (*precision).min(65), (*scale).min(30))
         }
         FieldType::Date => "DATE".into(),
         FieldType::Timestamp | FieldType::LocalTimestamp => "DATETIME(6)".into(),
         FieldType::Time => "TIME(6)".into(),
         FieldType::Uuid => "CHAR(36)".into(),
+        FieldType::Array(_) | FieldType::Json => "JSON".into(),
     }
 }
 
@@ -536,17 +538,19 @@ impl Sink for MysqlSink {
     }
 
     async fn prepare(&mut self, fields: &[Field]) -> Result<(), Error> {
-        let missing = missing_columns(&self.settings, fields, |c| self.types.contains_key(c));
+        let missing = missing_columns(&self.settings, fields, |c| self.types.contains_key(c))?;
         if missing.is_empty() {
             return Ok(());
         }
         let is_key = |c: &str| self.settings.key_columns().iter().any(|k| k == c);
+        // Only key columns are NOT NULL: a row may be written by an event type that lacks
+        // a field another one requires (an update of a key the replica does not hold yet).
         let definition = |(f, c): &(&Field, String)| {
             format!(
                 "{} {}{}",
                 quote(c),
-                mysql_type(f.ty, is_key(c)),
-                if f.nullable { "" } else { " NOT NULL" }
+                mysql_type(&f.ty, is_key(c)),
+                if is_key(c) { " NOT NULL" } else { "" }
             )
         };
         let sql = if self.types.is_empty() {
@@ -572,7 +576,7 @@ impl Sink for MysqlSink {
                     format!(
                         "ADD COLUMN IF NOT EXISTS {} {}",
                         quote(c),
-                        mysql_type(f.ty, false)
+                        mysql_type(&f.ty, false)
                     )
                 })
                 .collect();

@@ -290,8 +290,9 @@ impl PostgresSink {
 const OFFSETS_DDL: &str = "CREATE TABLE IF NOT EXISTS walcast_offsets (consumer text NOT NULL, topic text NOT NULL,
     partition integer NOT NULL, next_offset bigint NOT NULL, PRIMARY KEY (consumer, topic, partition))";
 
-/// The column type a field is created with.
-fn pg_type(ty: FieldType) -> String {
+/// The column type a field is created with: arrays of scalars as arrays of the element's
+/// type, maps and records (and arrays of them) as `jsonb`.
+fn pg_type(ty: &FieldType) -> String {
     match ty {
         FieldType::Bool => "boolean".into(),
         FieldType::Int => "integer".into(),
@@ -306,12 +307,36 @@ fn pg_type(ty: FieldType) -> String {
         FieldType::LocalTimestamp => "timestamp".into(),
         FieldType::Time => "time".into(),
         FieldType::Uuid => "uuid".into(),
+        FieldType::Array(item) => format!("{}[]", pg_type(item)),
+        FieldType::Json => "jsonb".into(),
     }
 }
 
-/// A value in the text form PostgreSQL's input functions read; `None` is NULL.
-fn text(value: &Value) -> Option<String> {
-    crate::text::value(value, "+00")
+/// A value in the text form PostgreSQL's input functions read for a column of type `cast`;
+/// `None` is NULL. An array written to an array column takes the array literal form
+/// (`{"a",NULL}`); to any other column (`jsonb`, `text`), its JSON form.
+fn text(value: &Value, cast: &str) -> Option<String> {
+    match value {
+        Value::Array(items) if cast.ends_with("[]") => {
+            let mut s = String::from("{");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    s.push(',');
+                }
+                match text(item, cast.strip_suffix("[]").unwrap_or(cast)) {
+                    None => s.push_str("NULL"),
+                    Some(t) => {
+                        s.push('"');
+                        s.push_str(&t.replace('\\', "\\\\").replace('"', "\\\""));
+                        s.push('"');
+                    }
+                }
+            }
+            s.push('}');
+            Some(s)
+        }
+        other => crate::text::value(other, "+00"),
+    }
 }
 
 impl PostgresSink {
@@ -339,8 +364,14 @@ impl PostgresSink {
             let names: Vec<String> = columns.iter().map(|(_, c)| c.clone()).collect();
             let mut params: Vec<Param> = columns
                 .iter()
-                .map(|(f, _)| {
-                    Param::Text(upserts.iter().map(|c| field(c, f).and_then(text)).collect())
+                .map(|(f, c)| {
+                    let cast = self.cast(c);
+                    Param::Text(
+                        upserts
+                            .iter()
+                            .map(|change| field(change, f).and_then(|v| text(v, cast)))
+                            .collect(),
+                    )
                 })
                 .collect();
             params.extend(versions(&upserts));
@@ -388,7 +419,15 @@ impl PostgresSink {
                 .settings
                 .key
                 .iter()
-                .map(|f| Param::Text(deletes.iter().map(|c| field(c, f).and_then(text)).collect()))
+                .map(|f| {
+                    let cast = self.cast(&self.settings.column_of(f));
+                    Param::Text(
+                        deletes
+                            .iter()
+                            .map(|c| field(c, f).and_then(|v| text(v, cast)))
+                            .collect(),
+                    )
+                })
                 .collect();
             params.extend(versions(&deletes));
             let values = format!(
@@ -510,16 +549,23 @@ impl Sink for PostgresSink {
     }
 
     async fn prepare(&mut self, fields: &[Field]) -> Result<(), Error> {
-        let missing = missing_columns(&self.settings, fields, |c| self.types.contains_key(c));
+        let missing = missing_columns(&self.settings, fields, |c| self.types.contains_key(c))?;
         if missing.is_empty() {
             return Ok(());
         }
+        // Only key columns are NOT NULL: a row may be written by an event type that lacks
+        // a field another one requires (an update of a key the replica does not hold yet).
+        let key_columns = self.settings.key_columns();
         let definition = |(f, c): &(&Field, String)| {
             format!(
                 "{} {}{}",
                 quote(c),
-                pg_type(f.ty),
-                if f.nullable { "" } else { " NOT NULL" }
+                pg_type(&f.ty),
+                if key_columns.contains(c) {
+                    " NOT NULL"
+                } else {
+                    ""
+                }
             )
         };
         if self.types.is_empty() {
@@ -548,7 +594,7 @@ impl Sink for PostgresSink {
         }
         let added: Vec<String> = missing
             .iter()
-            .map(|(f, c)| format!("ADD COLUMN IF NOT EXISTS {} {}", quote(c), pg_type(f.ty)))
+            .map(|(f, c)| format!("ADD COLUMN IF NOT EXISTS {} {}", quote(c), pg_type(&f.ty)))
             .collect();
         let sql = format!("ALTER TABLE {} {}", self.table, added.join(", "));
         self.client().await?.batch_execute(&sql).await?;

@@ -39,11 +39,16 @@ pub enum Value {
     LocalTimestamp(i64),
     /// Microseconds since midnight.
     Time(i64),
+    /// An Avro `array`: its items, in order.
+    Array(Vec<Value>),
+    /// An Avro `map` (entries sorted by key) or `record` (fields in the record's order):
+    /// stored as a JSON object.
+    Object(Vec<(String, Value)>),
 }
 
 /// The type of an event field, as a contract declares it: what a replica column for it
 /// is created as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FieldType {
     /// Avro `boolean`.
     Bool,
@@ -76,6 +81,34 @@ pub enum FieldType {
     Time,
     /// Avro `uuid`: a UUID column where the store has one, else text.
     Uuid,
+    /// An Avro `array` of scalars (the element's type): an array column where the store has
+    /// one (PostgreSQL), else JSON.
+    Array(Box<FieldType>),
+    /// An Avro `map` or `record`, or an array of them: `jsonb` in PostgreSQL, JSON elsewhere.
+    Json,
+}
+
+impl FieldType {
+    /// The type's name in errors: `long`, `array of text`, `json`.
+    pub fn name(&self) -> String {
+        match self {
+            FieldType::Bool => "boolean".into(),
+            FieldType::Int => "int".into(),
+            FieldType::Long => "long".into(),
+            FieldType::Float => "float".into(),
+            FieldType::Double => "double".into(),
+            FieldType::Text => "text".into(),
+            FieldType::Bytes => "bytes".into(),
+            FieldType::Decimal { precision, scale } => format!("decimal({precision}, {scale})"),
+            FieldType::Date => "date".into(),
+            FieldType::Timestamp => "timestamp".into(),
+            FieldType::LocalTimestamp => "local timestamp".into(),
+            FieldType::Time => "time".into(),
+            FieldType::Uuid => "uuid".into(),
+            FieldType::Array(item) => format!("array of {}", item.name()),
+            FieldType::Json => "json (map or record)".into(),
+        }
+    }
 }
 
 /// One field of a contract version: its name, type, and whether it may be null.
@@ -148,9 +181,12 @@ pub trait Sink {
     /// The positions stored with the rows, if this store keeps them.
     fn positions(&mut self) -> impl Future<Output = Result<Vec<Position>, crate::Error>> + Send;
 
-    /// A contract version whose changes are about to be applied, with every field it has.
-    /// A store that creates its table, or adds columns when a contract gains fields
-    /// (`auto_create`, `auto_add_columns`), does so here; others ignore it.
+    /// The fields of the contracts whose changes are about to be applied: the union of every
+    /// contract on the topic (key, every event type, its latest version). A field listed
+    /// twice has two types, which a table-shaped store refuses with a setup error naming
+    /// both. A store that creates its table, or adds columns when a contract gains fields
+    /// (`auto_create`, `auto_add_columns`), does so here, every non-key column nullable;
+    /// others ignore it.
     fn prepare(
         &mut self,
         fields: &[Field],

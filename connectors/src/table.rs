@@ -148,7 +148,8 @@ pub struct TableSettings {
     pub fields: Option<Vec<String>>,
     /// Names this replica's positions in `walcast_offsets` (the consumer group).
     pub consumer: String,
-    /// Create the table from the first contract version applied, when it is missing.
+    /// Create the table when it is missing, from the union of the topic's contracts (every
+    /// event type, the latest version of each), with only the key columns NOT NULL.
     pub auto_create: bool,
     /// Add a nullable column for each kept field a contract version gains.
     pub auto_add_columns: bool,
@@ -277,13 +278,32 @@ impl TableSettings {
     }
 }
 
-/// The kept fields of a contract version that have no column yet, as (field, column), key
-/// fields first.
+/// The kept fields of the topic's contracts (the union of every event type and version)
+/// that have no column yet, as (field, column), key fields first. A kept field that comes
+/// with two types (a type changed between versions, or differs between event types) has no
+/// one column type: a setup error names it, both types, and the fix.
 pub fn missing_columns<'f>(
     settings: &TableSettings,
     fields: &'f [Field],
     has_column: impl Fn(&str) -> bool,
-) -> Vec<(&'f Field, String)> {
+) -> Result<Vec<(&'f Field, String)>, Error> {
+    for (i, f) in fields.iter().enumerate() {
+        if !settings.kept(&f.name) {
+            continue;
+        }
+        if let Some(other) = fields[..i]
+            .iter()
+            .find(|o| o.name == f.name && o.ty != f.ty)
+        {
+            return Err(Error::Setup(format!(
+                "event field {} is {} in one contract version or event type and {} in another, so replica table {} cannot give it one column type; keep the field's type in every contract of the topic (publish a new type under a new field name), or leave the field out of fields",
+                f.name,
+                other.ty.name(),
+                f.ty.name(),
+                settings.table
+            )));
+        }
+    }
     let mut out: Vec<(&Field, String)> = Vec::new();
     for key in &settings.key {
         if let Some(f) = fields.iter().find(|f| &f.name == key) {
@@ -291,12 +311,13 @@ pub fn missing_columns<'f>(
         }
     }
     for f in fields {
-        if !settings.key.contains(&f.name) && settings.kept(&f.name) {
+        let seen = out.iter().any(|(o, _)| o.name == f.name);
+        if !seen && !settings.key.contains(&f.name) && settings.kept(&f.name) {
             out.push((f, settings.column_of(&f.name)));
         }
     }
     out.retain(|(_, c)| !has_column(c));
-    out
+    Ok(out)
 }
 
 /// Keeps, per key, only the change with the highest version: it decides the key's state.
@@ -329,4 +350,66 @@ pub fn field<'a>(change: &'a Change, field: &str) -> Option<&'a crate::Value> {
         .chain(fields)
         .find(|(f, _)| f == field)
         .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::FieldType;
+
+    fn settings() -> TableSettings {
+        TableSettings {
+            url: String::new(),
+            table: "user_replica".into(),
+            key: vec!["user_id".into()],
+            columns: BTreeMap::new(),
+            fields: None,
+            consumer: String::new(),
+            auto_create: true,
+            auto_add_columns: true,
+            tls_mode: None,
+            tls_ca_file: None,
+        }
+    }
+
+    fn field(name: &str, ty: FieldType) -> Field {
+        Field {
+            name: name.into(),
+            ty,
+            nullable: false,
+        }
+    }
+
+    #[test]
+    fn the_union_of_the_contracts_makes_one_column_per_field() {
+        let fields = [
+            field("user_id", FieldType::Long),
+            field("name", FieldType::Text),
+            field("created_at", FieldType::Timestamp),
+            field("name", FieldType::Text),
+        ];
+        let missing = missing_columns(&settings(), &fields, |c| c == "name").unwrap();
+        let columns: Vec<&str> = missing.iter().map(|(_, c)| c.as_str()).collect();
+        assert_eq!(columns, ["user_id", "created_at"]);
+    }
+
+    #[test]
+    fn a_field_whose_type_changed_is_refused_naming_both_types() {
+        let fields = [
+            field("user_id", FieldType::Long),
+            field("age", FieldType::Int),
+            field("age", FieldType::Text),
+        ];
+        let e = missing_columns(&settings(), &fields, |_| false).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "event field age is int in one contract version or event type and text in another, so replica table user_replica cannot give it one column type; keep the field's type in every contract of the topic (publish a new type under a new field name), or leave the field out of fields"
+        );
+        let mut only_id = settings();
+        only_id.fields = Some(vec!["user_id".into()]);
+        assert!(
+            missing_columns(&only_id, &fields, |_| false).is_ok(),
+            "age is not kept"
+        );
+    }
 }

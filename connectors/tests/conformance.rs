@@ -22,6 +22,12 @@ trait Harness: Sized {
     async fn emails(&self) -> BTreeMap<i64, String>;
     /// A new connection to the same replica, as after a crash.
     async fn reconnect(&self) -> Self::Sink;
+    /// A replica that takes any field: a table that auto_create makes and auto_add_columns
+    /// extends (`typed_replica`), or the same hashes.
+    async fn typed_sink(&self) -> Self::Sink;
+    /// What [`Harness::typed_sink`]'s replica holds in `field` for key `id`, as JSON text;
+    /// `None` when NULL or missing.
+    async fn typed(&self, id: i64, field: &str) -> Option<String>;
 }
 
 fn upsert(id: i64, name: &str, lsn: u64, seq: u32) -> Change {
@@ -204,6 +210,101 @@ async fn schema_evolution_keeps_both_versions_applicable<H: Harness>(name: &str)
     );
 }
 
+/// Arrays (of text with every character an array literal quotes, and of decimals), maps and
+/// records (nested arrays and decimals) are stored and read back as the same JSON in every
+/// store: PostgreSQL arrays of the element type and jsonb, MySQL JSON, Redis JSON text.
+async fn arrays_maps_and_records_round_trip<H: Harness>(name: &str) {
+    let (h, _) = H::fresh(name).await;
+    let mut sink = h.typed_sink().await;
+    let fields = [
+        field("user_id", FieldType::Long, false),
+        field("tags", FieldType::Array(Box::new(FieldType::Text)), true),
+        field(
+            "prices",
+            FieldType::Array(Box::new(FieldType::Decimal {
+                precision: 9,
+                scale: 2,
+            })),
+            true,
+        ),
+        field("home", FieldType::Json, true),
+        field("attrs", FieldType::Json, true),
+    ];
+    sink.prepare(&fields).await.unwrap();
+    let text = |t: &str| Value::Text(t.into());
+    let decimal = |t: &str| Value::Decimal(t.into());
+    let full = Change {
+        key: vec![("user_id".into(), Value::Long(1))],
+        op: Op::Upsert(vec![
+            (
+                "tags".into(),
+                Value::Array(vec![
+                    text("a"),
+                    text("b, \"c\" {d}"),
+                    text("back\\slash"),
+                    Value::Null,
+                    text("NULL"),
+                    text(""),
+                ]),
+            ),
+            (
+                "prices".into(),
+                Value::Array(vec![decimal("12.50"), decimal("-0.05")]),
+            ),
+            (
+                "home".into(),
+                Value::Object(vec![
+                    ("city".into(), text("Tromsø \"north\"")),
+                    ("lat".into(), decimal("69.64920")),
+                    ("langs".into(), Value::Array(vec![text("nb"), text("se")])),
+                    ("since".into(), Value::Date(19_782)),
+                ]),
+            ),
+            (
+                "attrs".into(),
+                Value::Object(vec![
+                    ("a".into(), Value::Long(1)),
+                    ("b".into(), Value::Null),
+                ]),
+            ),
+        ]),
+        version: Version { lsn: 10, seq: 0 },
+    };
+    let empty = Change {
+        key: vec![("user_id".into(), Value::Long(2))],
+        op: Op::Upsert(vec![
+            ("tags".into(), Value::Array(vec![])),
+            ("prices".into(), Value::Null),
+            ("home".into(), Value::Null),
+            ("attrs".into(), Value::Object(vec![])),
+        ]),
+        version: Version { lsn: 10, seq: 1 },
+    };
+    sink.apply(&batch(vec![full, empty])).await.unwrap();
+    let json =
+        |t: Option<String>| t.map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap());
+    let expected = |t: &str| Some(serde_json::from_str::<serde_json::Value>(t).unwrap());
+    assert_eq!(
+        json(h.typed(1, "tags").await),
+        expected(r#"["a", "b, \"c\" {d}", "back\\slash", null, "NULL", ""]"#)
+    );
+    assert_eq!(json(h.typed(1, "prices").await), expected("[12.50, -0.05]"));
+    assert_eq!(
+        json(h.typed(1, "home").await),
+        expected(
+            r#"{"city": "Tromsø \"north\"", "lat": 69.64920, "langs": ["nb", "se"], "since": "2024-02-29"}"#
+        )
+    );
+    assert_eq!(
+        json(h.typed(1, "attrs").await),
+        expected(r#"{"a": 1, "b": null}"#)
+    );
+    assert_eq!(json(h.typed(2, "tags").await), expected("[]"));
+    assert_eq!(h.typed(2, "prices").await, None);
+    assert_eq!(h.typed(2, "home").await, None);
+    assert_eq!(json(h.typed(2, "attrs").await), expected("{}"));
+}
+
 /// A table-shaped store that can also open a replica of a table that does not exist yet.
 trait TableHarness: Harness {
     /// A sink on the missing table `auto_replica`, with auto_create and auto_add_columns.
@@ -241,6 +342,25 @@ async fn auto_create_and_auto_add_columns<H: TableHarness>(name: &str) {
     ];
     sink.prepare(&v1).await.unwrap();
     sink.prepare(&v1).await.unwrap(); // idempotent
+                                      // Only the key is NOT NULL: another event type may lack a field this one requires.
+    let nameless = Change {
+        key: vec![("user_id".into(), Value::Long(3))],
+        op: Op::Upsert(vec![("name".into(), Value::Null)]),
+        version: Version { lsn: 9, seq: 0 },
+    };
+    sink.apply(&batch(vec![nameless])).await.unwrap();
+    let retyped = [
+        field("user_id", FieldType::Long, false),
+        field("name", FieldType::Text, false),
+        field("name", FieldType::Long, false),
+    ];
+    let e = sink.prepare(&retyped).await.unwrap_err();
+    assert!(
+        e.to_string().starts_with(
+            "event field name is text in one contract version or event type and long in another"
+        ),
+        "{e}"
+    );
     let mut with_balance = upsert(1, "Ada", 10, 0);
     if let Op::Upsert(fields) = &mut with_balance.op {
         fields.push(("balance".into(), Value::Decimal("-12.50".into())));
@@ -249,8 +369,8 @@ async fn auto_create_and_auto_add_columns<H: TableHarness>(name: &str) {
         .await
         .unwrap();
     assert_eq!(
-        h.auto_rows("customer_name").await,
-        rows(&[(1, "Ada"), (2, "Grace")])
+        h.auto_rows("coalesce(customer_name, '')").await,
+        rows(&[(1, "Ada"), (2, "Grace"), (3, "")])
     );
     assert_eq!(
         h.auto_rows("coalesce(cast(balance as char), '')")
@@ -278,7 +398,7 @@ async fn auto_create_and_auto_add_columns<H: TableHarness>(name: &str) {
         .unwrap();
     assert_eq!(
         h.auto_rows("coalesce(email, '')").await,
-        rows(&[(2, "grace@example.com")])
+        rows(&[(2, "grace@example.com"), (3, "")])
     );
 }
 
@@ -357,6 +477,26 @@ impl Harness for Pg {
 
     async fn reconnect(&self) -> PostgresSink {
         PostgresSink::connect(self.settings.clone()).await.unwrap()
+    }
+
+    async fn typed_sink(&self) -> PostgresSink {
+        let mut settings = self.settings.clone();
+        settings.table = "typed_replica".into();
+        settings.auto_create = true;
+        settings.auto_add_columns = true;
+        PostgresSink::connect(settings).await.unwrap()
+    }
+
+    async fn typed(&self, id: i64, field: &str) -> Option<String> {
+        pg_client(&self.admin_url)
+            .await
+            .query_one(
+                &format!("SELECT to_jsonb({field})::text FROM typed_replica WHERE user_id = $1"),
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get(0)
     }
 }
 
@@ -540,6 +680,26 @@ impl Harness for My {
     async fn reconnect(&self) -> MysqlSink {
         MysqlSink::connect(self.settings.clone()).await.unwrap()
     }
+
+    async fn typed_sink(&self) -> MysqlSink {
+        let mut settings = self.settings.clone();
+        settings.table = "typed_replica".into();
+        settings.auto_create = true;
+        settings.auto_add_columns = true;
+        MysqlSink::connect(settings).await.unwrap()
+    }
+
+    async fn typed(&self, id: i64, field: &str) -> Option<String> {
+        use mysql_async::prelude::Queryable;
+        let mut conn = self.pool.get_conn().await.unwrap();
+        conn.exec_first::<Option<String>, _, _>(
+            format!("SELECT {field} FROM typed_replica WHERE user_id = ?"),
+            (id,),
+        )
+        .await
+        .unwrap()
+        .flatten()
+    }
 }
 
 impl TableHarness for My {
@@ -673,6 +833,21 @@ impl Harness for Redis {
     async fn reconnect(&self) -> RedisSink {
         RedisSink::connect(self.settings.clone()).await.unwrap()
     }
+
+    async fn typed_sink(&self) -> RedisSink {
+        self.reconnect().await
+    }
+
+    async fn typed(&self, id: i64, field: &str) -> Option<String> {
+        let client = ::redis::Client::open(self.settings.url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        ::redis::cmd("HGET")
+            .arg(format!("{}{id}", self.prefix))
+            .arg(field)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
 }
 
 /// The key template is checked, and names the fix.
@@ -745,6 +920,7 @@ macro_rules! conformance {
             a_late_update_cannot_resurrect_a_deleted_row,
             schema_evolution_keeps_both_versions_applicable,
             a_crash_between_write_and_offset_commit_is_absorbed,
+            arrays_maps_and_records_round_trip,
         ]);
     };
     (@each $store:ident, $harness:ident, [$($scenario:ident),+ $(,)?]) => {

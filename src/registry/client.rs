@@ -332,6 +332,18 @@ impl Client {
         Ok(())
     }
 
+    /// Every subject the registry holds (deleted ones left out).
+    pub async fn subjects(&self) -> Result<Vec<String>, ClientError> {
+        let body = self.call("GET", "/subjects", None).await?;
+        let subjects = body
+            .as_array()
+            .ok_or_else(|| self.protocol(format!("subjects came as {body}, not a list")))?;
+        Ok(subjects
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect())
+    }
+
     /// Whether `subject` has any version.
     pub async fn exists(&self, subject: &str) -> Result<bool, ClientError> {
         match self

@@ -25,8 +25,9 @@ pub(super) enum DecodeError {
 struct Resolution {
     writer: Schema,
     reader: Option<Schema>,
-    /// The scale of each decimal field of the view.
-    scales: HashMap<String, usize>,
+    /// Each field's schema in the view, and the view's named types: what values convert by
+    /// (a decimal's scale, a map's or record's layout).
+    view: View,
     /// The view's fields, for replicas that create or extend their tables.
     fields: Vec<Field>,
 }
@@ -43,8 +44,20 @@ pub(super) struct Decoder {
     runtime: tokio::runtime::Handle,
     /// (topic, key schema id, value schema id) of upserts seen so far.
     views: HashSet<(String, u32, u32)>,
-    /// The fields (key's and value's) of views first seen since the last `take_new_views`.
+    /// For each view first seen since the last `take_new_views`: the union of its fields
+    /// and those of every contract on its topic.
     new_views: Vec<Vec<Field>>,
+}
+
+/// Adds to `union` the fields of `fields` it lacks, by (name, type): a field with two types
+/// stays there twice, for the replica to refuse with both named.
+fn merge(union: &mut Vec<Field>, fields: &[Field]) {
+    for f in fields {
+        match union.iter_mut().find(|u| u.name == f.name && u.ty == f.ty) {
+            Some(u) => u.nullable |= f.nullable,
+            None => union.push(f.clone()),
+        }
+    }
 }
 
 impl Decoder {
@@ -86,7 +99,7 @@ impl Decoder {
             Some("delete") => Op::Delete,
             Some("insert" | "update" | "snapshot") => {
                 let fields = self.record(payload, topic, false)?;
-                self.note_view(topic, key_bytes, payload);
+                self.note_view(topic, key_bytes, payload)?;
                 Op::Upsert(fields)
             }
             other => {
@@ -102,8 +115,9 @@ impl Decoder {
         }))
     }
 
-    /// The fields of views (key and value contract versions) that appeared since the last
-    /// call: a replica prepares its table for them before applying their changes.
+    /// For each view (key and value contract versions) that appeared since the last call,
+    /// the union of the fields of every contract on its topic: a replica prepares its table
+    /// for them before applying their changes.
     pub(super) fn take_new_views(&mut self) -> Vec<Vec<Field>> {
         std::mem::take(&mut self.new_views)
     }
@@ -114,20 +128,70 @@ impl Decoder {
         self.new_views.clear();
     }
 
-    /// Records a new (key, value) view of an upsert; both ids are already resolved.
-    fn note_view(&mut self, topic: &str, key: &[u8], value: &[u8]) {
+    /// Records a new (key, value) view of an upsert; both ids are already resolved. What the
+    /// replica prepares for is the union of every contract on the topic: this view's fields,
+    /// then those of the latest version of each of the topic's subjects (every event type;
+    /// older versions are read in the latest), so a table created now has a column for
+    /// every field any event type of the topic carries.
+    fn note_view(&mut self, topic: &str, key: &[u8], value: &[u8]) -> Result<(), DecodeError> {
         let id = |b: &[u8]| u32::from_be_bytes(b[1..5].try_into().expect("4 bytes"));
         let (key_id, value_id) = (id(key), id(value));
-        if !self.views.insert((topic.to_string(), key_id, value_id)) {
-            return;
+        if self.views.contains(&(topic.to_string(), key_id, value_id)) {
+            return Ok(());
         }
         let mut fields = self.schemas[&(key_id, role(topic, true))].fields.clone();
-        for f in &self.schemas[&(value_id, role(topic, false))].fields {
-            if !fields.iter().any(|k| k.name == f.name) {
-                fields.push(f.clone());
+        merge(
+            &mut fields,
+            &self.schemas[&(value_id, role(topic, false))].fields,
+        );
+        for other in self.topic_fields(topic)? {
+            merge(&mut fields, &other);
+        }
+        self.views.insert((topic.to_string(), key_id, value_id));
+        self.new_views.push(fields);
+        Ok(())
+    }
+
+    /// The fields of the latest version of each subject of `topic` (`<topic>-key` and
+    /// `<topic>-<record full name>`).
+    fn topic_fields(&self, topic: &str) -> Result<Vec<Vec<Field>>, DecodeError> {
+        let unavailable = |e: ClientError| {
+            if e.is_transient() {
+                DecodeError::Unavailable(e)
+            } else {
+                DecodeError::Poison(format!("listing the subjects of topic {topic}: {e}"))
+            }
+        };
+        let prefix = format!("{topic}-");
+        let subjects = self
+            .runtime
+            .block_on(self.registry.subjects())
+            .map_err(unavailable)?;
+        let mut out = Vec::new();
+        for subject in subjects.iter().filter(|s| s.starts_with(&prefix)) {
+            let latest = self
+                .runtime
+                .block_on(self.registry.latest(subject))
+                .map_err(unavailable)?;
+            // A subject of another topic whose name starts with this one's (`users-eu`) has
+            // records of another name; its schema is read all the same, but only a record
+            // whose subject is exactly `<topic>-<full name>` counts.
+            let Some(text) = latest else { continue };
+            let Ok(schema) = Schema::parse_str(&text) else {
+                continue;
+            };
+            let own = match &schema {
+                Schema::Record(r) => {
+                    subject == &format!("{topic}-key")
+                        || subject == &format!("{topic}-{}", r.name.fullname(None))
+                }
+                _ => false,
+            };
+            if own {
+                out.push(view_fields(&schema));
             }
         }
-        self.new_views.push(fields);
+        Ok(out)
     }
 
     /// A Confluent-framed Avro record, read in its subject's latest view.
@@ -151,7 +215,7 @@ impl Decoder {
         let Resolution {
             writer,
             reader,
-            scales,
+            view,
             ..
         } = &self.schemas[&cache_key];
         let value = apache_avro::from_avro_datum(writer, &mut &bytes[5..], reader.as_ref())
@@ -164,7 +228,7 @@ impl Decoder {
         fields
             .into_iter()
             .map(|(name, v)| {
-                convert(v, scales.get(&name).copied())
+                view.convert(&name, v)
                     .map(|v| (name.clone(), v))
                     .map_err(|e| DecodeError::Poison(format!("field {name}: {e}")))
             })
@@ -195,12 +259,12 @@ impl Decoder {
             _ => None,
         };
         let view = reader.as_ref().unwrap_or(&writer);
-        let scales = decimal_scales(view);
         let fields = view_fields(view);
+        let view = View::of(view);
         Ok(Resolution {
             writer,
             reader,
-            scales,
+            view,
             fields,
         })
     }
@@ -226,72 +290,156 @@ fn role(topic: &str, key: bool) -> String {
 }
 
 /// A record schema's fields as replica columns: type, and nullable when a union with null.
-/// Fields of a type no column takes (records, arrays, maps) are left out.
+/// Every Avro type has one: arrays of scalars are arrays of their item's type, maps and
+/// records (and arrays of them) are JSON.
 fn view_fields(schema: &Schema) -> Vec<Field> {
     let Schema::Record(record) = schema else {
         return Vec::new();
     };
+    let mut names = Names::new();
+    named_types(schema, &mut names);
     record
         .fields
         .iter()
         .filter_map(|f| {
-            let (inner, nullable) = match &f.schema {
-                Schema::Union(u) => (
-                    u.variants().iter().find(|v| !matches!(v, Schema::Null))?,
-                    u.variants().iter().any(|v| matches!(v, Schema::Null)),
-                ),
-                other => (other, false),
-            };
-            let ty = match inner {
-                Schema::Boolean => FieldType::Bool,
-                Schema::Int => FieldType::Int,
-                Schema::Long => FieldType::Long,
-                Schema::Float => FieldType::Float,
-                Schema::Double => FieldType::Double,
-                Schema::String | Schema::Enum(_) => FieldType::Text,
-                Schema::Bytes | Schema::Fixed(_) => FieldType::Bytes,
-                Schema::Uuid => FieldType::Uuid,
-                Schema::Decimal(d) => FieldType::Decimal {
-                    precision: d.precision,
-                    scale: d.scale,
-                },
-                Schema::Date => FieldType::Date,
-                Schema::TimeMillis | Schema::TimeMicros => FieldType::Time,
-                Schema::TimestampMillis | Schema::TimestampMicros => FieldType::Timestamp,
-                Schema::LocalTimestampMillis | Schema::LocalTimestampMicros => {
-                    FieldType::LocalTimestamp
-                }
-                _ => return None,
-            };
+            let nullable = matches!(&f.schema, Schema::Union(u) if u.variants().iter().any(|v| matches!(v, Schema::Null)));
             Some(Field {
                 name: f.name.clone(),
-                ty,
+                ty: field_type(&f.schema, &names)?,
                 nullable,
             })
         })
         .collect()
 }
 
-/// The scale of each decimal field (plain or in a union) of a record schema.
-fn decimal_scales(schema: &Schema) -> HashMap<String, usize> {
-    let Schema::Record(record) = schema else {
-        return HashMap::new();
-    };
-    record
-        .fields
-        .iter()
-        .filter_map(|f| {
-            let scale = match &f.schema {
-                Schema::Decimal(d) => Some(d.scale),
-                Schema::Union(u) => u.variants().iter().find_map(|v| match v {
-                    Schema::Decimal(d) => Some(d.scale),
-                    _ => None,
-                }),
-                _ => None,
-            }?;
-            Some((f.name.clone(), scale))
-        })
-        .collect()
+/// The column type of a field of this schema; `None` for a field that is always null.
+fn field_type(schema: &Schema, names: &Names) -> Option<FieldType> {
+    Some(match resolved(schema, names) {
+        Schema::Union(u) => {
+            let mut types = u
+                .variants()
+                .iter()
+                .filter(|v| !matches!(v, Schema::Null))
+                .filter_map(|v| field_type(v, names));
+            let first = types.next()?;
+            // A union of several types has no one column type but JSON's.
+            if types.any(|t| t != first) {
+                FieldType::Json
+            } else {
+                first
+            }
+        }
+        Schema::Boolean => FieldType::Bool,
+        Schema::Int => FieldType::Int,
+        Schema::Long => FieldType::Long,
+        Schema::Float => FieldType::Float,
+        Schema::Double => FieldType::Double,
+        Schema::String | Schema::Enum(_) | Schema::BigDecimal | Schema::Duration => FieldType::Text,
+        Schema::Bytes | Schema::Fixed(_) => FieldType::Bytes,
+        Schema::Uuid => FieldType::Uuid,
+        Schema::Decimal(d) => FieldType::Decimal {
+            precision: d.precision,
+            scale: d.scale,
+        },
+        Schema::Date => FieldType::Date,
+        Schema::TimeMillis | Schema::TimeMicros => FieldType::Time,
+        Schema::TimestampMillis | Schema::TimestampMicros | Schema::TimestampNanos => {
+            FieldType::Timestamp
+        }
+        Schema::LocalTimestampMillis
+        | Schema::LocalTimestampMicros
+        | Schema::LocalTimestampNanos => FieldType::LocalTimestamp,
+        Schema::Array(a) => match field_type(&a.items, names) {
+            Some(FieldType::Array(_) | FieldType::Json) | None => FieldType::Json,
+            Some(item) => FieldType::Array(Box::new(item)),
+        },
+        Schema::Map(_) | Schema::Record(_) => FieldType::Json,
+        Schema::Null | Schema::Ref { .. } => return None,
+    })
+}
+
+/// A schema's named types (records, enums, fixed), by full name.
+type Names = HashMap<String, Schema>;
+
+fn named_types(schema: &Schema, names: &mut Names) {
+    match schema {
+        Schema::Record(r) => {
+            names.insert(r.name.fullname(None), schema.clone());
+            for f in &r.fields {
+                named_types(&f.schema, names);
+            }
+        }
+        Schema::Enum(e) => {
+            names.insert(e.name.fullname(None), schema.clone());
+        }
+        Schema::Fixed(f) => {
+            names.insert(f.name.fullname(None), schema.clone());
+        }
+        Schema::Decimal(d) => named_types(&d.inner, names),
+        Schema::Array(a) => named_types(&a.items, names),
+        Schema::Map(m) => named_types(&m.types, names),
+        Schema::Union(u) => {
+            for v in u.variants() {
+                named_types(v, names);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A reference resolved to the type it names (itself when unknown).
+fn resolved<'s>(schema: &'s Schema, names: &'s Names) -> &'s Schema {
+    match schema {
+        Schema::Ref { name } => names.get(&name.fullname(None)).unwrap_or(schema),
+        other => other,
+    }
+}
+
+/// The view a record's values are read in: each field's schema, and the named types.
+struct View {
+    fields: HashMap<String, Schema>,
+    names: Names,
+}
+
+impl View {
+    fn of(schema: &Schema) -> View {
+        let mut names = Names::new();
+        named_types(schema, &mut names);
+        let fields = match schema {
+            Schema::Record(r) => r
+                .fields
+                .iter()
+                .map(|f| (f.name.clone(), f.schema.clone()))
+                .collect(),
+            _ => HashMap::new(),
+        };
+        View { fields, names }
+    }
+
+    /// The value of field `name`, converted by its schema.
+    fn convert(&self, name: &str, v: Avro) -> Result<Value, String> {
+        convert(
+            v,
+            self.fields.get(name).unwrap_or(&Schema::Null),
+            &self.names,
+        )
+    }
+}
+
+/// The variant of a (possibly union, possibly referenced) schema that `fits`.
+fn variant<'s>(
+    schema: &'s Schema,
+    names: &'s Names,
+    fits: fn(&Schema) -> bool,
+) -> Option<&'s Schema> {
+    match resolved(schema, names) {
+        Schema::Union(u) => u
+            .variants()
+            .iter()
+            .map(|v| resolved(v, names))
+            .find(|v| fits(v)),
+        other => Some(other).filter(|s| fits(s)),
+    }
 }
 
 /// An Avro decimal (big-endian two's complement unscaled value) as exact text: `-12.50`.
@@ -336,7 +484,9 @@ fn decimal_text(unscaled: &[u8], scale: usize) -> String {
     text
 }
 
-fn convert(v: Avro, scale: Option<usize>) -> Result<Value, String> {
+/// An Avro value as a connector value, read by its (view's) schema: the schema gives a
+/// decimal its scale and a record its fields' schemas.
+fn convert(v: Avro, schema: &Schema, names: &Names) -> Result<Value, String> {
     Ok(match v {
         Avro::Null => Value::Null,
         Avro::Boolean(b) => Value::Bool(b),
@@ -352,17 +502,84 @@ fn convert(v: Avro, scale: Option<usize>) -> Result<Value, String> {
         Avro::TimeMicros(us) => Value::Time(us),
         Avro::TimestampMillis(ms) => Value::Timestamp(ms * 1000),
         Avro::TimestampMicros(us) => Value::Timestamp(us),
+        // Replicas keep microseconds.
+        Avro::TimestampNanos(ns) => Value::Timestamp(ns.div_euclid(1000)),
         Avro::LocalTimestampMillis(ms) => Value::LocalTimestamp(ms * 1000),
         Avro::LocalTimestampMicros(us) => Value::LocalTimestamp(us),
-        Avro::Union(_, inner) => convert(*inner, scale)?,
-        Avro::Decimal(d) => {
-            let bytes = Vec::<u8>::try_from(&d).map_err(|e| format!("decimal: {e}"))?;
-            Value::Decimal(decimal_text(&bytes, scale.unwrap_or(0)))
+        Avro::LocalTimestampNanos(ns) => Value::LocalTimestamp(ns.div_euclid(1000)),
+        Avro::Union(i, inner) => {
+            let chosen = match resolved(schema, names) {
+                Schema::Union(u) => u.variants().get(i as usize).unwrap_or(schema),
+                other => other,
+            };
+            convert(*inner, chosen, names)?
         }
-        other => {
-            return Err(format!(
-                "{other:?} has no replica column type in this build"
+        Avro::Decimal(d) => {
+            let scale = variant(schema, names, |s| matches!(s, Schema::Decimal(_)))
+                .and_then(|s| match s {
+                    Schema::Decimal(d) => Some(d.scale),
+                    _ => None,
+                })
+                .ok_or("a decimal value outside a decimal type")?;
+            let bytes = Vec::<u8>::try_from(&d).map_err(|e| format!("decimal: {e}"))?;
+            Value::Decimal(decimal_text(&bytes, scale))
+        }
+        Avro::BigDecimal(d) => Value::Text(d.to_plain_string()),
+        // ISO 8601, which PostgreSQL's interval reads: P1M2DT0.003S.
+        Avro::Duration(d) => {
+            let millis = u32::from(d.millis());
+            Value::Text(format!(
+                "P{}M{}DT{}.{:03}S",
+                u32::from(d.months()),
+                u32::from(d.days()),
+                millis / 1000,
+                millis % 1000
             ))
+        }
+        Avro::Array(items) => {
+            let item = match variant(schema, names, |s| matches!(s, Schema::Array(_))) {
+                Some(Schema::Array(a)) => resolved(&a.items, names),
+                _ => return Err("an array value outside an array type".into()),
+            };
+            Value::Array(
+                items
+                    .into_iter()
+                    .map(|v| convert(v, item, names))
+                    .collect::<Result<_, _>>()?,
+            )
+        }
+        Avro::Map(entries) => {
+            let types = match variant(schema, names, |s| matches!(s, Schema::Map(_))) {
+                Some(Schema::Map(m)) => resolved(&m.types, names),
+                _ => return Err("a map value outside a map type".into()),
+            };
+            let mut entries: Vec<(String, Value)> = entries
+                .into_iter()
+                .map(|(k, v)| convert(v, types, names).map(|v| (k, v)))
+                .collect::<Result<_, _>>()?;
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries)
+        }
+        Avro::Record(fields) => {
+            let Some(Schema::Record(record)) =
+                variant(schema, names, |s| matches!(s, Schema::Record(_)))
+            else {
+                return Err("a record value outside a record type".into());
+            };
+            Value::Object(
+                fields
+                    .into_iter()
+                    .map(|(name, v)| {
+                        let field = record
+                            .lookup
+                            .get(&name)
+                            .map_or(&Schema::Null, |&i| &record.fields[i].schema);
+                        convert(v, field, names)
+                            .map(|v| (name.clone(), v))
+                            .map_err(|e| format!("{name}: {e}"))
+                    })
+                    .collect::<Result<_, _>>()?,
+            )
         }
     })
 }
@@ -372,7 +589,154 @@ mod roundtrip;
 
 #[cfg(test)]
 mod tests {
-    use super::decimal_text;
+    use super::{decimal_text, merge, view_fields, View};
+    use apache_avro::types::Value as Avro;
+    use apache_avro::Schema;
+    use connectors::{Field, FieldType, Value};
+
+    const NESTED: &str = r#"{"type": "record", "name": "E", "namespace": "shop", "fields": [
+        {"name": "id", "type": "long"},
+        {"name": "tags", "type": ["null", {"type": "array", "items": "string"}]},
+        {"name": "prices", "type": {"type": "array", "items": ["null", {"type": "bytes", "logicalType": "decimal", "precision": 9, "scale": 2}]}},
+        {"name": "attrs", "type": {"type": "map", "values": "long"}},
+        {"name": "home", "type": ["null", {"type": "record", "name": "Address", "fields": [
+            {"name": "city", "type": "string"},
+            {"name": "lat", "type": {"type": "bytes", "logicalType": "decimal", "precision": 8, "scale": 5}}]}]},
+        {"name": "work", "type": ["null", "Address"]},
+        {"name": "homes", "type": {"type": "array", "items": "Address"}},
+        {"name": "state", "type": {"type": "enum", "name": "State", "symbols": ["ON", "OFF"]}}
+    ]}"#;
+
+    #[test]
+    fn the_union_keeps_each_field_once_and_a_retyped_one_twice() {
+        let f = |name: &str, ty: FieldType, nullable: bool| Field {
+            name: name.into(),
+            ty,
+            nullable,
+        };
+        let mut union = vec![
+            f("id", FieldType::Long, false),
+            f("a", FieldType::Text, false),
+        ];
+        merge(
+            &mut union,
+            &[
+                f("id", FieldType::Long, false),
+                f("a", FieldType::Text, true),
+                f("b", FieldType::Date, false),
+                f("id", FieldType::Text, false),
+            ],
+        );
+        assert_eq!(
+            union,
+            vec![
+                f("id", FieldType::Long, false),
+                f("a", FieldType::Text, true),
+                f("b", FieldType::Date, false),
+                f("id", FieldType::Text, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_field_has_a_column_type() {
+        let schema = Schema::parse_str(NESTED).unwrap();
+        let field = |name: &str, ty: FieldType, nullable: bool| Field {
+            name: name.into(),
+            ty,
+            nullable,
+        };
+        assert_eq!(
+            view_fields(&schema),
+            vec![
+                field("id", FieldType::Long, false),
+                field("tags", FieldType::Array(Box::new(FieldType::Text)), true),
+                field(
+                    "prices",
+                    FieldType::Array(Box::new(FieldType::Decimal {
+                        precision: 9,
+                        scale: 2
+                    })),
+                    false
+                ),
+                field("attrs", FieldType::Json, false),
+                field("home", FieldType::Json, true),
+                field("work", FieldType::Json, true),
+                field("homes", FieldType::Json, false),
+                field("state", FieldType::Text, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn arrays_maps_and_records_decode_with_their_decimals_scaled() {
+        let schema = Schema::parse_str(NESTED).unwrap();
+        let view = View::of(&schema);
+        let decimal = |n: &[u8]| Avro::Decimal(n.to_vec().into());
+        let address = Avro::Record(vec![
+            ("city".into(), Avro::String("Oslo".into())),
+            ("lat".into(), decimal(&[0x5a, 0x0d, 0x18])), // 5901592
+        ]);
+        let city = |lat: &str| {
+            Value::Object(vec![
+                ("city".into(), Value::Text("Oslo".into())),
+                ("lat".into(), Value::Decimal(lat.into())),
+            ])
+        };
+        let cases = [
+            (
+                "tags",
+                Avro::Union(1, Box::new(Avro::Array(vec![Avro::String("a".into())]))),
+                Value::Array(vec![Value::Text("a".into())]),
+            ),
+            (
+                "prices",
+                Avro::Array(vec![
+                    Avro::Union(1, Box::new(decimal(&[0x04, 0xe2]))),
+                    Avro::Union(0, Box::new(Avro::Null)),
+                ]),
+                Value::Array(vec![Value::Decimal("12.50".into()), Value::Null]),
+            ),
+            (
+                "attrs",
+                Avro::Map(
+                    [
+                        ("b".to_string(), Avro::Long(2)),
+                        ("a".to_string(), Avro::Long(1)),
+                    ]
+                    .into_iter()
+                    .collect(),
+                ),
+                Value::Object(vec![
+                    ("a".into(), Value::Long(1)),
+                    ("b".into(), Value::Long(2)),
+                ]),
+            ),
+            (
+                "home",
+                Avro::Union(1, Box::new(address.clone())),
+                city("59.01592"),
+            ),
+            (
+                "work",
+                Avro::Union(1, Box::new(address.clone())),
+                city("59.01592"),
+            ),
+            (
+                "homes",
+                Avro::Array(vec![address]),
+                Value::Array(vec![city("59.01592")]),
+            ),
+            (
+                "state",
+                Avro::Enum(1, "OFF".into()),
+                Value::Text("OFF".into()),
+            ),
+        ];
+        for (name, avro, expected) in cases {
+            assert_eq!(view.convert(name, avro).unwrap(), expected, "{name}");
+        }
+    }
 
     #[test]
     fn decimals_are_exact_text() {

@@ -62,6 +62,7 @@ use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
 
 mod consumer;
+pub mod contracts;
 mod dead_letter;
 mod decode;
 mod lanes;

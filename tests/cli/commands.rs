@@ -96,3 +96,73 @@ fn slot_drop_names_the_sources_when_the_source_is_unknown() {
         "walcast: --source billing: no [[source]] has that name in config.example.toml; expected one of: users\n"
     );
 }
+
+/// A sink's key, `fields` and `columns` are checked, without connecting, against the
+/// contracts of a topic the same file's source publishes; each mistake names the sink, the
+/// key path and the field.
+#[test]
+fn check_names_sink_fields_that_the_topics_contracts_lack() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fields.toml");
+    let schemas = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/users");
+    std::fs::write(
+        &file,
+        format!(
+            r#"[kafka]
+brokers = "127.0.0.1:9092"
+[registry]
+url = "http://127.0.0.1:8081"
+
+[[source]]
+name = "users"
+url = "postgres://walcast@127.0.0.1:54329/users"
+[[source.table]]
+table = "public.users"
+topic = "users.user"
+key = "{schemas}/UserKey.avsc"
+insert = "{schemas}/UserCreated.avsc"
+update = "{schemas}/UserUpdated.avsc"
+
+[[sink]]
+name = "replica"
+type = "postgres"
+topics = ["users.user"]
+url = "postgres://walcast@127.0.0.1:54329/orders"
+table = "user_replica"
+key = ["id"]
+fields = ["user_id", "name", "nickname"]
+columns = {{ full_name = "fullname", mail = "email" }}
+
+[[sink]]
+name = "cache"
+type = "redis"
+topics = ["users.user"]
+url = "redis://127.0.0.1:6379/0"
+key_template = "user:{{email}}"
+
+[[sink]]
+name = "elsewhere"
+type = "mysql"
+topics = ["other.topic"]
+url = "mysql://root@127.0.0.1:3306/shipping"
+table = "t"
+key = ["anything"]
+"#
+        ),
+    )
+    .unwrap();
+    let out = walcast(&["check", "--config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "stdout: {}", text(&out.stdout));
+    let fields = "created_at, email, name, updated_at, user_id";
+    let f = file.display();
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "{f}: sink[0].key: sink replica: key field id is not a field of topic users.user's key contract {schemas}/UserKey.avsc (its fields: user_id); name the key contract's fields, which every change, deletes included, carries
+{f}: sink[0].fields: sink replica: field nickname is not a field of any contract of topic users.user (fields: {fields}); name event fields
+{f}: sink[0].columns.full_name: sink replica: column full_name is fed by field fullname, which is not a field of any contract of topic users.user (fields: {fields}); write column = \"event field\"
+{f}: sink[1].key_template: sink cache: key field email is not a field of topic users.user's key contract {schemas}/UserKey.avsc (its fields: user_id); name the key contract's fields, which every change, deletes included, carries
+"
+        )
+    );
+}

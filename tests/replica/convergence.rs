@@ -636,3 +636,78 @@ async fn older_events_are_read_in_the_latest_contract_version() {
     .await;
     assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
 }
+
+/// `auto_create` makes the table from every event type of the topic, not from the first one
+/// it sees: an update of a key the replica does not hold yet (`UserUpdated`, which lacks
+/// `created_at`) is stored, in a table that also has `created_at` (`UserCreated`'s), and
+/// every non-key column is nullable. In PostgreSQL and MariaDB.
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_create_takes_every_event_type_of_the_topic() {
+    let stack = Stack::get();
+    let mut daemon = Daemon::prepare("rep_union", Setup::default()).await;
+    let source = daemon.pg().await;
+    // Before the slot exists: never published, so the replicas first see its update.
+    source
+        .batch_execute("INSERT INTO users (full_name, email, password_hash) VALUES ('Ada', 'ada@example.com', 'x')")
+        .await
+        .unwrap();
+    let pg_db = stack.fresh_pg_database(&unique("rep_union_orders")).await;
+    let mysql_url = stack
+        .fresh_mysql_database(&unique("rep_union_shipping"))
+        .await;
+    let mut config = std::fs::read_to_string(&daemon.config).unwrap();
+    for (kind, url) in [
+        ("postgres", stack.pg_url_for("postgres", &pg_db)),
+        ("mysql", mysql_url.clone()),
+    ] {
+        config.push_str(&format!(
+            "\n[[sink]]\nname = \"{kind}-{name}\"\ntype = \"{kind}\"\ntopics = [\"{topic}\"]\nurl = \"{url}\"\ntable = \"user_replica\"\nkey = [\"user_id\"]\nauto_create = true\nbatch_max_wait_ms = 50\n",
+            name = daemon.name,
+            topic = daemon.topic,
+        ));
+    }
+    std::fs::write(&daemon.config, config).unwrap();
+    daemon.start().await;
+    source
+        .batch_execute("UPDATE users SET full_name = 'Ada L.'; INSERT INTO users (full_name, email, password_hash) VALUES ('Grace', 'grace@example.com', 'x')")
+        .await
+        .unwrap();
+    let query = "SELECT user_id, name, CASE WHEN created_at IS NULL THEN 'null' ELSE 'set' END, \
+                 CASE WHEN updated_at IS NULL THEN 'null' ELSE 'set' END FROM user_replica ORDER BY user_id";
+    let want: Vec<(i64, String, String, String)> = vec![
+        (1, "Ada L.".into(), "null".into(), "set".into()),
+        // UserCreated carries no updated_at.
+        (2, "Grace".into(), "set".into(), "null".into()),
+    ];
+    let replica = stack.pg(&pg_db).await;
+    let last = std::sync::Mutex::new(String::new());
+    wait_for(
+        Duration::from_secs(60),
+        || {
+            format!(
+                "the replicas to hold {want:?}; {}\n{}",
+                last.lock().unwrap(),
+                daemon.log_text()
+            )
+        },
+        || async {
+            let pg: Vec<(i64, String, String, String)> = match replica.query(query, &[]).await {
+                Ok(rows) => rows
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                    .collect(),
+                Err(e) => {
+                    *last.lock().unwrap() = format!("postgres: {e}");
+                    return None;
+                }
+            };
+            let mut conn = mysql_async::Conn::from_url(&mysql_url).await.ok()?;
+            let my: Result<Vec<(i64, String, String, String)>, _> = conn.query(query).await;
+            let _ = conn.disconnect().await;
+            *last.lock().unwrap() = format!("postgres holds {pg:?}, mariadb {my:?}");
+            (pg == want && my.ok()? == want).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
+}
