@@ -11,7 +11,7 @@
 //!
 //! # Standby
 //! A second `walcast run` on the same configuration finds the slot active and waits as a
-//! standby: it checks every [`STANDBY_CHECK`] and touches nothing the active instance uses
+//! standby: it checks every 2 s (`STANDBY_CHECK`) and touches nothing the active instance uses
 //! (no registration, no transactional id, which would fence the active one). When the active
 //! instance dies, PostgreSQL releases the slot as soon as it sees the connection close, and
 //! the standby takes over from the slot's confirmed position (and, with exactly-once, its
