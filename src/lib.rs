@@ -41,7 +41,9 @@
 //!   versions order them against streamed changes, progress kept in Kafka.
 //! - [`sink`]: the sink runner: consumer group → decode → connector → commit.
 //! - [`daemon`]: `walcast run`, every part under one shutdown.
+//! - [`admin`]: the admin endpoint, `/healthz`, `/readyz` and `/metrics`.
 
+pub mod admin;
 pub mod check;
 pub mod config;
 pub mod daemon;
