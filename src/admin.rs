@@ -87,6 +87,11 @@ fn respond(parts: &Parts, req: &hyper::Request<Incoming>) -> Response<Full<Bytes
             };
             reply(status, "application/json", body.to_string())
         }
+        "/metrics" => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            crate::metrics::get().render(parts),
+        ),
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",

@@ -133,6 +133,7 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
     parts: Parts,
 ) -> Result<(), DaemonError> {
+    crate::metrics::get().declare(&config);
     // The admin endpoint first: an address in use stops the daemon before anything starts.
     let listener = crate::admin::bind(config.admin.listen).await?;
     tracing::info!(address = %listener.local_addr().unwrap_or(config.admin.listen), "admin endpoint: /healthz /readyz /metrics");

@@ -405,6 +405,10 @@ impl<R: Records, D: Decode, S: Sink> Runner<R, D, S> {
         reason: String,
     ) -> Result<(), SinkError> {
         let name = &self.settings.name;
+        crate::metrics::get()
+            .sink_poison
+            .get_or_create(&crate::metrics::sink(name))
+            .inc();
         let Some(dlq) = &self.dead_letter else {
             return Err(SinkError::Poison {
                 sink: name.clone(),
@@ -448,10 +452,21 @@ impl<R: Records, D: Decode, S: Sink> Runner<R, D, S> {
                 }
             }
         }
+        let metrics = crate::metrics::get();
+        let labels = crate::metrics::sink(&self.settings.name);
         loop {
+            let started = Instant::now();
             let result = self.runtime.block_on(apply_over(&mut self.lanes, &g.batch));
             match result {
                 Ok(()) => {
+                    metrics
+                        .sink_apply_seconds
+                        .get_or_create(&labels)
+                        .observe(started.elapsed().as_secs_f64());
+                    metrics
+                        .sink_applied
+                        .get_or_create(&labels)
+                        .inc_by(g.batch.changes.len() as u64);
                     let mut map = self.positions.lock().expect("positions lock");
                     for p in &g.batch.positions {
                         map.insert((p.topic.clone(), p.partition), p.next_offset);
