@@ -15,7 +15,8 @@
 //! Hot paths keep the handle of their series ([`Counter`] and [`Gauge`] are `Arc`s inside)
 //! rather than looking labels up per event.
 
-use std::sync::OnceLock;
+use std::collections::BTreeMap;
+use std::sync::{Mutex, OnceLock};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -49,7 +50,8 @@ pub struct Metrics {
     pub publish_latency_seconds: Histograms<[Label; 1]>,
     /// `walcast_sink_applied_total{sink}`: changes applied to the store.
     pub sink_applied: Family<[Label; 1], Counter>,
-    /// `walcast_sink_lag_records{sink,topic,partition}`: records behind the partition's end.
+    /// `walcast_sink_lag_records{sink,topic,partition}`: records behind the partition's end,
+    /// from librdkafka's statistics (`crate::sink`'s consumer).
     pub sink_lag_records: Family<[Label; 3], Gauge>,
     /// `walcast_sink_apply_seconds{sink}`: one batch's `apply`.
     pub sink_apply_seconds: Histograms<[Label; 1]>,
@@ -62,6 +64,9 @@ pub struct Metrics {
     pub snapshot_rows: Family<[Label; 2], Counter>,
     /// `walcast_part_up{part}`: 1 running, 0 stopped or failed.
     pub part_up: Family<[Label; 1], Gauge>,
+    /// Each sink's newest applied commit time (Unix microseconds): freshness is computed
+    /// from it when scraped, so it grows while nothing new is applied.
+    sink_applied_commits: Mutex<BTreeMap<String, i64>>,
 }
 
 /// Every family: name (counters without `_total`), type, help.
@@ -170,6 +175,7 @@ impl Metrics {
             sink_freshness_seconds: Family::default(),
             snapshot_rows: Family::default(),
             part_up: Family::default(),
+            sink_applied_commits: Mutex::default(),
         };
         let r = &mut m.registry;
         let help = |name: &str| FAMILIES.iter().find(|f| f.0 == name).map_or("", |f| f.2);
@@ -255,8 +261,30 @@ impl Metrics {
         }
     }
 
-    /// The OpenMetrics text of every metric, with `walcast_part_up` read from `parts`.
+    /// `sink` applied changes committed at `unix_micros` at the source (the newest of them).
+    pub fn sink_applied_commit(&self, sink: &str, unix_micros: i64) {
+        let mut commits = self.sink_applied_commits.lock().expect("metrics lock");
+        let newest = commits.entry(sink.to_string()).or_insert(unix_micros);
+        *newest = (*newest).max(unix_micros);
+    }
+
+    /// The OpenMetrics text of every metric, with `walcast_part_up` read from `parts` and
+    /// `walcast_sink_freshness_seconds` computed now.
     pub fn render(&self, parts: &Parts) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        let commits = self
+            .sink_applied_commits
+            .lock()
+            .expect("metrics lock")
+            .clone();
+        for (name, at) in commits {
+            let seconds = (now - at).max(0) as f64 / 1_000_000.0;
+            self.sink_freshness_seconds
+                .get_or_create(&sink(&name))
+                .set(seconds);
+        }
         for (name, state) in parts.snapshot() {
             let up = i64::from(state == PartState::Running);
             self.part_up.get_or_create(&[("part", name)]).set(up);

@@ -146,23 +146,39 @@ async fn readyz_healthz_and_metrics_follow_the_parts_and_the_data() {
         "walcast_sink_applied_total{{sink=\"cache-{}\"}}",
         daemon.name
     );
+    let freshness = format!(
+        "walcast_sink_freshness_seconds{{sink=\"cache-{}\"}}",
+        daemon.name
+    );
+    // From librdkafka's statistics, every 5 s.
+    let lag = format!(
+        "walcast_sink_lag_records{{sink=\"cache-{}\",topic=\"{}\",partition=\"",
+        daemon.name, daemon.topic
+    );
     let last = wait_for(
         Duration::from_secs(60),
         || format!("the counters to move:\n{}", daemon.log_text()),
         || {
             let admin = admin.clone();
             let (lsn_series, applied) = (lsn_series.clone(), applied.clone());
+            let (freshness, lag) = (freshness.clone(), lag.clone());
             async move {
                 let (_, text) = get(&admin, "/metrics").await;
                 let moved = events(&text) >= before + 2.0
                     && sample(&text, &lsn_series).unwrap_or(0.0) > lsn_before
-                    && sample(&text, &applied).unwrap_or(0.0) >= 2.0;
+                    && sample(&text, &applied).unwrap_or(0.0) >= 2.0
+                    && sample(&text, &freshness).unwrap_or(0.0) > 0.0
+                    && text.lines().any(|l| l.starts_with(&lag));
                 moved.then_some(text)
             }
         },
     )
     .await;
     assert_eq!(events(&last), before + 2.0, "{last}");
+    // The replica is as fresh as the insert: seconds, not the age of the epoch.
+    let fresh = sample(&last, &freshness).unwrap();
+    assert!((0.0..60.0).contains(&fresh), "{last}");
+    assert!(last.lines().any(|l| l.starts_with(&lag)), "{last}");
     assert!(
         last.contains(&format!(
             "walcast_source_events_total{{{source},topic=\"{}\",event=\"com.example.users.UserCreated\"}} 2",
