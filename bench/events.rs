@@ -89,7 +89,9 @@ async fn main() {
         std::fs::write(
             &path,
             format!(
-                r#"[kafka]
+                r#"[admin]
+listen = "127.0.0.1:0"
+[kafka]
 brokers = "{brokers}"
 exactly_once = {exactly_once}
 [kafka.properties]

@@ -80,7 +80,9 @@ async fn main() {
     std::fs::write(
         &config,
         format!(
-            r#"[kafka]
+            r#"[admin]
+listen = "127.0.0.1:0"
+[kafka]
 brokers = "{brokers}"
 client_id = "{run}"
 [kafka.properties]

@@ -3,8 +3,9 @@
 //! # Parts
 //! Each source (its pipeline) and each sink is a *part*; so is the embedded registry when
 //! `registry.embedded` is set. Parts run side by side, and their states are kept in
-//! [`Parts`] for whoever reports them (logs now; `/readyz`, `/metrics` and `walcast status`
-//! read the same states).
+//! [`Parts`] for whoever reports them: the logs, and the admin endpoint ([`crate::admin`]:
+//! `/readyz`, and `walcast_part_up` in `/metrics`), bound on `[admin] listen` before any part
+//! starts and served until every part has stopped.
 //! - A part that fails for good stops **alone**: its error is logged, naming the part, and
 //!   its state becomes [`PartState::Failed`]. The other parts go on. A sink that stops on a
 //!   poison record does not stop the source, nor the other sinks.
@@ -40,6 +41,9 @@ pub enum DaemonError {
     /// The embedded registry failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// The admin endpoint could not start.
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
     /// A source's pipeline failed for good.
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
@@ -98,7 +102,7 @@ impl Parts {
         self.0.lock().expect("parts lock").clone()
     }
 
-    fn set(&self, part: &str, state: PartState) {
+    pub(crate) fn set(&self, part: &str, state: PartState) {
         let mut parts = self.0.lock().expect("parts lock");
         match parts.iter_mut().find(|(name, _)| name == part) {
             Some((_, s)) => *s = state,
@@ -129,6 +133,14 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
     parts: Parts,
 ) -> Result<(), DaemonError> {
+    crate::metrics::get().declare(&config);
+    // The admin endpoint first: an address in use stops the daemon before anything starts.
+    let listener = crate::admin::bind(config.admin.listen).await?;
+    tracing::info!(address = %listener.local_addr().unwrap_or(config.admin.listen), "admin endpoint: /healthz /readyz /metrics");
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = tokio::spawn(crate::admin::serve(listener, parts.clone(), async {
+        let _ = admin_stopped.await;
+    }));
     let (stop, stopped) = watch::channel(false);
     let signal = Shutdown::from_watch(stopped);
     let mut tasks: JoinSet<(String, Result<(), DaemonError>)> = JoinSet::new();
@@ -246,6 +258,9 @@ pub async fn run_with(
             }
         }
     }
+    // The admin endpoint serves until every part has stopped, so probes see them stop.
+    let _ = admin_stop.send(());
+    let _ = admin.await;
     if *stop.borrow() || failed.is_empty() {
         Ok(())
     } else {

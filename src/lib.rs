@@ -42,13 +42,17 @@
 //! - [`sink`]: the sink runner: consumer group → decode → connector → commit.
 //! - [`daemon`]: `walcast run`, every part under one shutdown.
 //! - [`status`]: `walcast status`, read from the servers themselves.
+//! - [`admin`]: the admin endpoint, `/healthz`, `/readyz` and `/metrics`.
+//! - [`metrics`]: walcast's Prometheus metrics, one registry.
 
+pub mod admin;
 pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod events;
 pub mod kafka;
 pub mod lsn;
+pub mod metrics;
 pub mod pipeline;
 pub mod redact;
 pub mod registry;

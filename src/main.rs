@@ -123,7 +123,7 @@ impl From<ConfigError> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log.as_deref());
+    init_logging(cli.log.as_deref(), log_format(&cli.command));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -152,16 +152,31 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(filter: Option<&str>) {
+/// `admin.log_format` of the serving commands (`run`, `registry`). The configuration is
+/// read here before logging starts; if it is invalid, logs are text and the command reports
+/// the error when it loads the file again.
+fn log_format(command: &Command) -> config::LogFormat {
+    match command {
+        Command::Run(c) | Command::Registry(c) => config::load(&c.config)
+            .map(|c| c.admin.log_format)
+            .unwrap_or_default(),
+        _ => config::LogFormat::Text,
+    }
+}
+
+fn init_logging(filter: Option<&str>, format: config::LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = match filter {
         Some(f) => EnvFilter::new(f),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Text => logs.init(),
+        config::LogFormat::Json => logs.json().init(),
+    }
 }
 
 async fn dispatch(command: Command) -> Result<(), Failure> {

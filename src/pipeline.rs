@@ -54,6 +54,7 @@ use crate::shutdown::Shutdown;
 use crate::source::catalog::Catalog;
 use crate::source::change::PG_EPOCH_OFFSET_MICROS;
 use crate::source::{self, SourceError, SourceEvent, SourceSettings};
+use prometheus_client::metrics::counter::Counter;
 
 /// Why a source's pipeline stopped or restarts.
 #[derive(Debug, thiserror::Error)]
@@ -314,13 +315,20 @@ async fn run_once(
         producer,
         skip_before,
         last_end: None,
+        event_counts: EventCounts::default(),
+        latency: Latency::new(&source.name),
     };
     let (events_tx, mut events) = mpsc::channel(16);
     let (stop_source, source_stopped) = oneshot::channel::<()>();
+    let mut acked_for_latency = acked_rx.clone();
     let mut source_task = tokio::spawn(source::run(settings, events_tx, acked_rx, async {
         let _ = source_stopped.await;
     }));
     let mut last_events = Instant::now();
+    // Slot lag and retained WAL for /metrics, read from the catalog every few seconds.
+    let slot = source.slot_name();
+    let mut measure = tokio::time::interval(SLOT_LAG_INTERVAL);
+    measure.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let outcome = loop {
         // Exactly-once: when the open Kafka transaction is due to commit (far away otherwise).
         let deadline = pipeline
@@ -350,6 +358,11 @@ async fn run_once(
                     break Err(e.into());
                 }
             }
+            Ok(()) = acked_for_latency.changed() => {
+                let acked = *acked_for_latency.borrow_and_update();
+                pipeline.latency.acknowledged(acked);
+            }
+            _ = measure.tick() => measure_slot(&catalog, &source.name, &slot).await,
             _ = shutdown.wait() => break Ok(()),
         }
         if let Some(failure) = pipeline.producer.failure() {
@@ -369,6 +382,32 @@ async fn run_once(
     tracing::info!(source = %source.name, acked = %pipeline.watermark.lock().expect("watermark lock").acked(), "publisher stopped");
     outcome?;
     source_result.map_err(PipelineError::from)
+}
+
+/// How often `walcast_source_slot_lag_bytes` and `walcast_source_retained_wal_bytes` are read.
+const SLOT_LAG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Sets the slot's lag gauges from the catalog. A failed query only leaves them as they were:
+/// a lost connection shows up in publishing, which restarts the pipeline.
+async fn measure_slot(catalog: &Catalog, source_name: &str, slot: &str) {
+    match catalog.slot_lag(slot).await {
+        Ok(Some((lag, retained))) => {
+            let metrics = crate::metrics::get();
+            let labels = crate::metrics::source(source_name);
+            metrics
+                .source_slot_lag_bytes
+                .get_or_create(&labels)
+                .set(lag);
+            metrics
+                .source_retained_wal_bytes
+                .get_or_create(&labels)
+                .set(retained);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::debug!(source = %source_name, error = %e, "reading the slot's lag failed")
+        }
+    }
 }
 
 /// Each published table's compiled mapping. Looked up per change by the table's schema and
@@ -413,6 +452,72 @@ struct Pipeline {
     skip_before: Lsn,
     /// The `end_lsn` of the last whole source transaction in the open Kafka transaction.
     last_end: Option<Lsn>,
+    /// `walcast_source_events_total` of each (topic, event type) sent so far.
+    event_counts: EventCounts,
+    /// `walcast_publish_latency_seconds` of the transactions sent and not yet acknowledged.
+    latency: Latency,
+}
+
+/// Source transactions whose events were sent, waiting for the acknowledged position to pass
+/// them: then their commit → acknowledgement time is observed.
+struct Latency {
+    histogram: prometheus_client::metrics::histogram::Histogram,
+    /// `(end_lsn, commit time in Unix microseconds)`, in commit order.
+    waiting: std::collections::VecDeque<(Lsn, i64)>,
+}
+
+impl Latency {
+    fn new(source_name: &str) -> Self {
+        Latency {
+            histogram: crate::metrics::get()
+                .publish_latency_seconds
+                .get_or_create_owned(&crate::metrics::source(source_name)),
+            waiting: Default::default(),
+        }
+    }
+
+    fn sent(&mut self, end_lsn: Lsn, commit_ts: i64) {
+        // Bounded: a broker that never acknowledges stops the pipeline long before.
+        if self.waiting.len() < 100_000 {
+            self.waiting
+                .push_back((end_lsn, commit_ts + PG_EPOCH_OFFSET_MICROS));
+        }
+    }
+
+    fn acknowledged(&mut self, acked: Lsn) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        while let Some(&(end, committed)) = self.waiting.front() {
+            if end > acked {
+                break;
+            }
+            self.waiting.pop_front();
+            self.histogram
+                .observe((now - committed).max(0) as f64 / 1_000_000.0);
+        }
+    }
+}
+
+/// The series of `walcast_source_events_total` by (topic, event type), kept so that counting
+/// an event neither hashes labels nor allocates; a source has a handful of them.
+#[derive(Default)]
+struct EventCounts(Vec<(String, String, Counter)>);
+
+impl EventCounts {
+    fn get(&mut self, source_name: &str, topic: &str, event: &str) -> &Counter {
+        let found = self.0.iter().position(|(t, e, _)| t == topic && e == event);
+        let index = found.unwrap_or_else(|| {
+            let counter = crate::metrics::get().source_events.get_or_create_owned(&[
+                ("source", source_name.to_string()),
+                ("topic", topic.to_string()),
+                ("event", event.to_string()),
+            ]);
+            self.0.push((topic.to_string(), event.to_string(), counter));
+            self.0.len() - 1
+        });
+        &self.0[index].2
+    }
 }
 
 impl Pipeline {
@@ -451,6 +556,9 @@ impl Pipeline {
                 SourceEvent::Change(change) => self.change(&change).await?,
                 SourceEvent::Commit { end_lsn, .. } => {
                     if let Some(current) = self.current.take() {
+                        if current.sent && !current.skipped {
+                            self.latency.sent(end_lsn, current.commit_ts);
+                        }
                         let moved = self
                             .watermark
                             .lock()
@@ -617,6 +725,9 @@ impl Pipeline {
                     current.tx,
                 )
                 .await?;
+            self.event_counts
+                .get(&self.name, topic, &event.event_type)
+                .inc();
         }
         if let Some(c) = self.current.as_mut() {
             c.sent = true;

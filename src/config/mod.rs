@@ -49,21 +49,38 @@ pub struct Config {
     pub path: PathBuf,
 }
 
-/// `[admin]`: the HTTP endpoint serving `/healthz`, `/readyz` and `/metrics`.
+/// `[admin]`: operations: the HTTP endpoint serving `/healthz`, `/readyz` and `/metrics`,
+/// and the format of the logs.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
     /// Address of `/healthz`, `/readyz` and `/metrics`; default `127.0.0.1:9187`.
     pub listen: SocketAddr,
+    /// How `walcast run` and `walcast registry` write their logs (to stderr).
+    #[serde(default)]
+    pub log_format: LogFormat,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: default_admin_listen(),
+            log_format: LogFormat::default(),
         }
     }
+}
+
+/// `admin.log_format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event (the default).
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers: `timestamp`, `level`, `target`, `fields`
+    /// (with `message` and the event's fields) and, inside a span, `span` and `spans`.
+    Json,
 }
 
 fn default_admin_listen() -> SocketAddr {

@@ -30,6 +30,9 @@ use rdkafka::ClientContext;
 use super::runner::{Polled, Positions, Rebalance, Records, Stop};
 use crate::config::{Config, SinkConfig};
 
+/// How often librdkafka reports statistics, the source of `walcast_sink_lag_records`.
+const STATISTICS_INTERVAL_MS: &str = "5000";
+
 /// How long to wait before asking the broker again for a topic that does not exist yet.
 const TOPIC_WAIT: Duration = Duration::from_millis(200);
 
@@ -51,6 +54,7 @@ impl Consumer {
     ) -> Result<Self, KafkaError> {
         let rebalances = Arc::new(Mutex::new(VecDeque::new()));
         let context = Rebalances {
+            sink: sink.name().to_string(),
             positions,
             queue: rebalances.clone(),
         };
@@ -60,6 +64,14 @@ impl Consumer {
             // librdkafka's 45 s default would stall the replica that long after a
             // crash-restart.
             client_config.set("session.timeout.ms", "10000");
+        }
+        if !config
+            .kafka
+            .properties
+            .contains_key("statistics.interval.ms")
+        {
+            // librdkafka's statistics carry each partition's lag: walcast_sink_lag_records.
+            client_config.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
         }
         let consumer = client_config
             .set("group.id", sink.common.group_id())
@@ -195,6 +207,8 @@ fn start(positions: &HashMap<(String, i32), i64>, topic: &str, partition: i32) -
 /// positions again: another member may have moved them); on revocation, queues
 /// [`Rebalance::Revoked`] (the runner drops the batch it is gathering).
 struct Rebalances {
+    /// The sink's name, for `walcast_sink_lag_records`.
+    sink: String,
     positions: Positions,
     queue: Arc<Mutex<VecDeque<Rebalance>>>,
 }
@@ -208,7 +222,27 @@ impl Rebalances {
     }
 }
 
-impl ClientContext for Rebalances {}
+impl ClientContext for Rebalances {
+    /// Each assigned partition's `consumer_lag`: its end (the last stable offset, as the
+    /// consumer reads committed records only) minus the offset committed after each durable
+    /// batch. Unknown lags (-1) and librdkafka's internal partition (-1) are left out.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lags = &crate::metrics::get().sink_lag_records;
+        for (topic, t) in statistics.topics {
+            for (partition, p) in t.partitions {
+                if partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                let labels = [
+                    ("sink", self.sink.clone()),
+                    ("topic", topic.clone()),
+                    ("partition", partition.to_string()),
+                ];
+                lags.get_or_create(&labels).set(p.consumer_lag);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for Rebalances {
     fn rebalance(

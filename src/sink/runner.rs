@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use connectors::{Batch, Change, Field, Position, Sink};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::Offset;
 
 use super::dead_letter::Raw;
@@ -194,6 +194,16 @@ struct Gathering {
     /// The record of each change, kept for the dead-letter topic (only when there is one).
     raws: Vec<Raw>,
     next: HashMap<(String, i32), i64>,
+    /// The newest source commit time (Unix microseconds, the `commit_ts` header) among the
+    /// batch's changes, for `walcast_sink_freshness_seconds`.
+    newest_commit: Option<i64>,
+}
+
+/// A record's `commit_ts` header: its source transaction's commit time, Unix microseconds.
+fn commit_time<M: Message>(m: &M) -> Option<i64> {
+    let headers = m.headers()?;
+    let header = headers.iter().find(|h| h.key == "commit_ts")?;
+    std::str::from_utf8(header.value?).ok()?.parse().ok()
 }
 
 /// How a runner batches, waits and retries.
@@ -382,6 +392,9 @@ impl<R: Records, D: Decode, S: Sink> Runner<R, D, S> {
         match decoded {
             Ok(None) => {}
             Ok(Some(change)) => {
+                if let Some(at) = commit_time(message) {
+                    g.newest_commit = Some(g.newest_commit.map_or(at, |n| n.max(at)));
+                }
                 g.batch.changes.push(change);
                 g.origins.push(Origin::of(message));
                 if self.dead_letter.is_some() {
@@ -405,6 +418,10 @@ impl<R: Records, D: Decode, S: Sink> Runner<R, D, S> {
         reason: String,
     ) -> Result<(), SinkError> {
         let name = &self.settings.name;
+        crate::metrics::get()
+            .sink_poison
+            .get_or_create(&crate::metrics::sink(name))
+            .inc();
         let Some(dlq) = &self.dead_letter else {
             return Err(SinkError::Poison {
                 sink: name.clone(),
@@ -448,10 +465,24 @@ impl<R: Records, D: Decode, S: Sink> Runner<R, D, S> {
                 }
             }
         }
+        let metrics = crate::metrics::get();
+        let labels = crate::metrics::sink(&self.settings.name);
         loop {
+            let started = Instant::now();
             let result = self.runtime.block_on(apply_over(&mut self.lanes, &g.batch));
             match result {
                 Ok(()) => {
+                    metrics
+                        .sink_apply_seconds
+                        .get_or_create(&labels)
+                        .observe(started.elapsed().as_secs_f64());
+                    metrics
+                        .sink_applied
+                        .get_or_create(&labels)
+                        .inc_by(g.batch.changes.len() as u64);
+                    if let Some(at) = g.newest_commit {
+                        metrics.sink_applied_commit(&self.settings.name, at);
+                    }
                     let mut map = self.positions.lock().expect("positions lock");
                     for p in &g.batch.positions {
                         map.insert((p.topic.clone(), p.partition), p.next_offset);
@@ -491,9 +522,11 @@ impl<R: Records, D: Decode, S: Sink> Runner<R, D, S> {
             origins,
             raws,
             next,
+            newest_commit,
         } = g;
         let mut kept = Gathering {
             next,
+            newest_commit,
             ..Gathering::default()
         };
         let raws: Vec<Option<Raw>> = if raws.is_empty() {

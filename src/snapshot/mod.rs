@@ -570,6 +570,9 @@ async fn table(
     let done_at_start = progress.rows_done;
     let mut progress = progress;
     let mut logged = Instant::now();
+    let rows_metric = crate::metrics::get()
+        .snapshot_rows
+        .get_or_create_owned(&[("source", source_name.clone()), ("table", name.to_string())]);
     while let Some(chunk) = chunks.recv().await {
         let next = progress.advanced(chunk.records.len() as u64, chunk.last);
         let rows = chunk.records.len() as u64;
@@ -585,6 +588,7 @@ async fn table(
             .stats
             .rows_published
             .fetch_add(rows, Ordering::Relaxed);
+        rows_metric.inc_by(rows);
         shared
             .stats
             .chunks_published

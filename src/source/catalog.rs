@@ -277,6 +277,27 @@ impl Catalog {
         }))
     }
 
+    /// How far `slot` is behind the server's WAL end, in bytes: from its confirmed position
+    /// (the lag) and from its restart position (the WAL the server retains for it). `None`
+    /// when there is no such slot; a position the slot does not have yet is 0.
+    pub async fn slot_lag(&self, slot: &str) -> Result<Option<(i64, i64)>, SourceError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, \
+                        (pg_current_wal_lsn() - restart_lsn)::bigint \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(catalog_error)?;
+        Ok(row.map(|r| {
+            let lag: Option<i64> = r.get(0);
+            let retained: Option<i64> = r.get(1);
+            (lag.unwrap_or(0), retained.unwrap_or(0))
+        }))
+    }
+
     /// Where the server's WAL ends now (`pg_current_wal_lsn()`).
     pub async fn current_wal_lsn(&self) -> Result<crate::lsn::Lsn, SourceError> {
         let row = self

@@ -369,6 +369,10 @@ impl<'a> Session<'a> {
             conn.send_status(written, flush, false).await?;
             if flush > self.confirmed {
                 tracing::debug!(source = %s.name, confirmed = %flush, "confirmed");
+                crate::metrics::get()
+                    .source_confirmed_lsn
+                    .get_or_create(&crate::metrics::source(&s.name))
+                    .set(flush.0);
             }
             self.confirmed = flush;
             reply_due = false;

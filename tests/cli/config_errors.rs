@@ -100,6 +100,17 @@ fn a_wrong_enum_value_lists_the_choices() {
 }
 
 #[test]
+fn a_log_format_is_text_or_json() {
+    let text = format!("{HEAD}[admin]\nlog_format = \"xml\"\n");
+    assert_eq!(
+        error_of(&text),
+        "walcast.toml:8: admin.log_format: found \"xml\", expected one of: text, json"
+    );
+    let json = parse_with_env(&format!("{HEAD}[admin]\nlog_format = \"json\"\n"), &[]).unwrap();
+    assert_eq!(json.admin.log_format, config::LogFormat::Json);
+}
+
+#[test]
 fn a_missing_required_key_is_named_in_full() {
     let text = format!(
         "{HEAD}[[source]]\nname = \"users\"\nurl = \"postgres://h/db\"\n[[source.table]]\ntable = \"users\"\nkey = \"schemas/users/UserKey.avsc\"\n"

@@ -152,7 +152,7 @@ async fn a_broker_that_auto_creates_topics_never_creates_walcasts() {
     std::fs::write(
         &path,
         format!(
-            "[kafka]\nbrokers = \"{brokers}\"\n[registry]\nurl = \"{}\"\n\
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"{brokers}\"\n[registry]\nurl = \"{}\"\n\
              [[sink]]\nname = \"waits\"\ntype = \"redis\"\ntopics = [\"{waiting}\"]\n\
              url = \"{}\"\nkey_template = \"w:{{id}}\"\n",
             Stack::get().registry_url,

@@ -471,7 +471,7 @@ async fn a_sink_group_member_takes_over_when_the_other_dies() {
     std::fs::write(
         &member_config,
         format!(
-            "[kafka]\nbrokers = \"{}\"\n[registry]\nurl = \"{}\"\n{sink}",
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"{}\"\n[registry]\nurl = \"{}\"\n{sink}",
             stack.kafka_brokers, daemon.registry_url
         ),
     )

@@ -95,7 +95,7 @@ fn sink_only(dir: &Path, sink: &str) -> std::path::PathBuf {
     std::fs::write(
         &file,
         format!(
-            "[kafka]\nbrokers = \"{}\"\n[registry]\nurl = \"{}\"\n\n{sink}",
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"{}\"\n[registry]\nurl = \"{}\"\n\n{sink}",
             stack.kafka_brokers, stack.registry_url
         ),
     )

@@ -29,6 +29,8 @@ pub struct Daemon {
     pub registry_url: String,
     /// The brokers the daemon publishes to.
     pub brokers: String,
+    /// `http://host:port` of the admin endpoint, with [`Setup::admin`].
+    pub admin: Option<String>,
     child: Option<Child>,
     pub log: PathBuf,
 }
@@ -47,6 +49,11 @@ pub struct Setup {
     pub exactly_once: bool,
     /// Another broker than the stack's (one the test starts and stops).
     pub brokers: Option<String>,
+    /// Serve the admin endpoint on a free port of the test's own (`Daemon::admin`); by
+    /// default it listens on port 0, which nothing reads.
+    pub admin: bool,
+    /// Extra `[admin]` keys, e.g. `log_format = "json"`.
+    pub admin_keys: String,
 }
 
 impl Daemon {
@@ -108,11 +115,17 @@ impl Daemon {
         } else {
             ""
         };
+        let admin_port = if setup.admin { super::free_port() } else { 0 };
+        let admin_listen = format!("127.0.0.1:{admin_port}");
+        let admin_keys = &setup.admin_keys;
         let config = dir.path().join("walcast.toml");
         std::fs::write(
             &config,
             format!(
-                r#"[kafka]
+                r#"[admin]
+listen = "{admin_listen}"
+{admin_keys}
+[kafka]
 brokers = "{brokers}"
 {exactly_once}[kafka.properties]
 "linger.ms" = 5
@@ -148,6 +161,7 @@ delete = "UserDeleted.avsc"
             config,
             registry_url,
             brokers,
+            admin: setup.admin.then(|| format!("http://{admin_listen}")),
             child: None,
             log,
         }
@@ -166,6 +180,7 @@ delete = "UserDeleted.avsc"
             config: self.config.clone(),
             registry_url: self.registry_url.clone(),
             brokers: self.brokers.clone(),
+            admin: self.admin.clone(),
             child: None,
             log,
         }
