@@ -110,6 +110,7 @@ fn readiness(parts: &Parts) -> (bool, serde_json::Value) {
         .map(|(name, state)| {
             let (state, error) = match state {
                 PartState::Running => ("running", None),
+                PartState::Standby => ("standby", None),
                 PartState::Stopped => ("stopped", None),
                 PartState::Failed(e) => ("failed", Some(e.as_str())),
             };

@@ -85,6 +85,9 @@ fn failed_parts(failed: &[String]) -> String {
 pub enum PartState {
     /// Started, and not failed or stopped since.
     Running,
+    /// A source waiting while another instance streams from its slot; it takes over when
+    /// the slot is released.
+    Standby,
     /// Stopped cleanly (on shutdown).
     Stopped,
     /// Stopped by a permanent error, or a panic: the message says which.
@@ -115,6 +118,22 @@ impl Parts {
         self.snapshot()
             .iter()
             .any(|(_, state)| *state == PartState::Running)
+    }
+}
+
+/// One part's way to report what it is doing, while it runs.
+#[derive(Debug, Clone, Default)]
+pub struct PartHandle {
+    parts: Parts,
+    name: String,
+}
+
+impl PartHandle {
+    /// Sets this part's state (standby or running; the daemon sets stopped and failed).
+    pub fn set(&self, state: PartState) {
+        if !self.name.is_empty() {
+            self.parts.set(&self.name, state);
+        }
     }
 }
 
@@ -193,11 +212,16 @@ pub async fn run_with(
     let registry = Arc::new(Client::new(&config.registry));
     for (index, source) in config.sources.iter().enumerate() {
         let (cfg, reg, done) = (config.clone(), registry.clone(), signal.clone());
+        let name = format!("source {}", source.name);
+        let part = PartHandle {
+            parts: parts.clone(),
+            name: name.clone(),
+        };
         spawn(
             &mut tasks,
-            format!("source {}", source.name),
+            name,
             Box::pin(async move {
-                pipeline::run(cfg, index, reg, done)
+                pipeline::run(cfg, index, reg, done, part)
                     .await
                     .map_err(DaemonError::from)
             }),

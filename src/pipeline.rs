@@ -132,6 +132,7 @@ pub async fn run(
     index: usize,
     registry: Arc<Client>,
     mut shutdown: Shutdown,
+    part: crate::daemon::PartHandle,
 ) -> Result<(), PipelineError> {
     let source = &config.sources[index];
     let mut backoff = Backoff::new(
@@ -141,7 +142,7 @@ pub async fn run(
     let mut standby = false;
     loop {
         let started = Instant::now();
-        let error = match run_once(&config, source, &registry, shutdown.clone()).await {
+        let error = match run_once(&config, source, &registry, shutdown.clone(), &part).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() && !shutdown.is_triggered() => e,
             Err(e) => return Err(e),
@@ -151,6 +152,7 @@ pub async fn run(
             // takeover after its death takes seconds, not a grown backoff.
             if !standby {
                 tracing::info!(source = %source.name, pid, "standby: another process streams from the slot; this instance takes over when it is released");
+                part.set(crate::daemon::PartState::Standby);
                 standby = true;
             }
             tokio::select! {
@@ -185,6 +187,7 @@ async fn run_once(
     source: &SourceConfig,
     registry: &Client,
     mut shutdown: Shutdown,
+    part: &crate::daemon::PartHandle,
 ) -> Result<(), PipelineError> {
     let specs = crate::events::specs(config, source)?;
     // A wrong CA or password stops the source here, before anything is read or published.
@@ -219,6 +222,7 @@ async fn run_once(
             .into());
         }
     }
+    part.set(crate::daemon::PartState::Running);
     let ids = crate::events::register(registry, &specs, config.registry.compatibility).await?;
     let mut mappings = Mappings::default();
     let mut issues = Vec::new();
