@@ -77,6 +77,16 @@ pub enum PipelineError {
         /// Transaction id of the interrupted transaction.
         xid: u32,
     },
+    /// A published table was truncated, and it does not say to skip truncates.
+    #[error("source {source_name}: table {table} was truncated (at {lsn}); a TRUNCATE cannot be published as events yet, and replicas would silently keep the rows it removed, so nothing from it on is published or confirmed\n  hint: set skip_truncate = true in its [[source.table]] to publish nothing for truncates (then clear the replicas by hand, or re-read them with walcast snapshot), and restart")]
+    Truncated {
+        /// Name of the source.
+        source_name: String,
+        /// The table, `schema.table`.
+        table: String,
+        /// Commit LSN of the truncating transaction.
+        lsn: Lsn,
+    },
     /// The snapshot of the source's tables failed.
     #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
@@ -114,7 +124,9 @@ impl PipelineError {
             PipelineError::Source(e) => e.is_transient(),
             PipelineError::Snapshot(e) => e.is_transient(),
             PipelineError::Interrupted { .. } => true,
-            PipelineError::ForeignProgress { .. } | PipelineError::Task { .. } => false,
+            PipelineError::ForeignProgress { .. }
+            | PipelineError::Task { .. }
+            | PipelineError::Truncated { .. } => false,
         }
     }
 }
@@ -678,8 +690,16 @@ impl Pipeline {
         };
         let lsn = current.lsn;
         if change.op == source::Op::Truncate {
-            tracing::warn!(source = %self.name, table = %change.table, %lsn, "TRUNCATE cannot be expressed as per-key events and was not published; replicas keep the rows until they are deleted");
-            return Ok(());
+            if mapping.spec.skip_truncate {
+                tracing::info!(source = %self.name, table = %change.table, %lsn, "TRUNCATE not published (skip_truncate = true); replicas keep the rows");
+                return Ok(());
+            }
+            // Never ignored silently: replicas would keep rows the source no longer has.
+            return Err(PipelineError::Truncated {
+                source_name: self.name.clone(),
+                table: change.table.to_string(),
+                lsn,
+            });
         }
         let events = mapping
             .events(change)

@@ -471,6 +471,10 @@ pub struct TableConfig {
     /// Event field = column, where the names differ.
     #[serde(default)]
     pub columns: BTreeMap<String, String>,
+    /// A TRUNCATE of the table publishes nothing (replicas keep the rows). Without it, a
+    /// TRUNCATE stops the source, since it cannot be published as events yet.
+    #[serde(default)]
+    pub skip_truncate: bool,
 }
 
 impl TableConfig {

@@ -45,6 +45,8 @@ pub struct TableSpec {
     pub columns: BTreeMap<String, String>,
     /// The topic is compacted: a delete is followed by a tombstone.
     pub compacted: bool,
+    /// The table's `skip_truncate`: a TRUNCATE publishes nothing, deliberately.
+    pub skip_truncate: bool,
 }
 
 impl TableSpec {

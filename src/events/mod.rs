@@ -152,6 +152,7 @@ pub fn specs(config: &Config, source: &SourceConfig) -> Result<Vec<Arc<TableSpec
                 columns: t.columns.clone(),
                 compacted: config.kafka.topic_settings(&t.topic).cleanup_policy
                     != CleanupPolicy::Delete,
+                skip_truncate: t.skip_truncate,
             }));
         }
     }

@@ -66,7 +66,7 @@ fn an_unknown_key_is_named_with_the_keys_that_are_accepted() {
     let text = format!("{HEAD}{USERS_SOURCE}slott = \"x\"\n");
     assert_eq!(
         error_of(&text),
-        "walcast.toml:17: source[0].table[0].slott: unknown key; expected one of: table, topic, key, insert, update, delete, snapshot, columns"
+        "walcast.toml:17: source[0].table[0].slott: unknown key; expected one of: table, topic, key, insert, update, delete, snapshot, columns, skip_truncate"
     );
 }
 

@@ -468,3 +468,57 @@ async fn an_unmapped_column_of_an_unsupported_type_is_no_obstacle() {
     assert_eq!(events[0].value.as_ref().unwrap()["name"], "Ada");
     assert_eq!(daemon.terminate().await, Some(0));
 }
+
+/// A TRUNCATE is never ignored silently: without `skip_truncate` it stops the source naming
+/// the table and the fix; with it, nothing is published for it and the stream goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_truncate_stops_the_source_unless_the_table_says_to_skip_it() {
+    let mut daemon = Daemon::prepare("ev_trunc", Setup::default()).await;
+    daemon.start().await;
+    let pg = daemon.pg().await;
+    insert_users(&pg, &["Ada"]).await;
+    pg.batch_execute("TRUNCATE users").await.unwrap();
+    let log = daemon.log.clone();
+    let status = crate::support::wait_for(
+        Duration::from_secs(30),
+        || {
+            format!(
+                "walcast to stop on the TRUNCATE:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        },
+        || {
+            let exited = daemon.exited();
+            async move { exited }
+        },
+    )
+    .await;
+    assert_eq!(status.code(), Some(1));
+    let text = daemon.log_text();
+    assert!(
+        text.contains("table public.users was truncated (at ")
+            && text.contains("hint: set skip_truncate = true in its [[source.table]]"),
+        "{text}"
+    );
+
+    // The table says to skip truncates: the stream goes on past it.
+    let config = std::fs::read_to_string(&daemon.config).unwrap().replacen(
+        "delete = \"UserDeleted.avsc\"\n",
+        "delete = \"UserDeleted.avsc\"\nskip_truncate = true\n",
+        1,
+    );
+    std::fs::write(&daemon.config, config).unwrap();
+    daemon.start().await;
+    insert_users(&pg, &["Grace"]).await;
+    let events = decode(&daemon.topic, 2).await;
+    let names: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e.value.as_ref()?["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"Ada") && names.contains(&"Grace"),
+        "{names:?}"
+    );
+    assert!(daemon.exited().is_none(), "{}", daemon.log_text());
+    assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
+}

@@ -60,6 +60,7 @@ fn spec(c: &Contracts, compacted: bool) -> TableSpec {
         snapshot: None,
         columns: BTreeMap::from([("user_id".to_string(), "id".to_string())]),
         compacted,
+        skip_truncate: false,
     }
 }
 
