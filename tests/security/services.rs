@@ -169,42 +169,13 @@ impl Drop for HttpsRegistry {
     }
 }
 
-/// Runs `walcast run` until it exits, which it must within `bound`: exit code, stderr, and
-/// how long it ran.
+/// Runs the daemon's `walcast run` until it exits, which it must within `bound`.
 async fn run_until_exit(
     daemon: &Daemon,
     env: &[(&str, &str)],
     bound: Duration,
 ) -> (Option<i32>, String, Duration) {
-    let started = Instant::now();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
-        .args(["run", "--config"])
-        .arg(&daemon.config)
-        // Everything walcast logs, so a leaked secret would show.
-        .env("RUST_LOG", "debug")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = tokio::spawn(async move {
-        let mut text = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text)
-            .await
-            .unwrap();
-        text
-    });
-    let status = match tokio::time::timeout(bound, child.wait()).await {
-        Ok(status) => status.unwrap(),
-        Err(_) => {
-            child.kill().await.unwrap();
-            let log = reader.await.unwrap();
-            panic!("walcast run still running after {bound:?} (a retry storm?):\n{log}");
-        }
-    };
-    (status.code(), reader.await.unwrap(), started.elapsed())
+    crate::run_until_exit(&daemon.config, env, bound).await
 }
 
 /// The last line walcast printed: its error, without the log before it.

@@ -8,8 +8,8 @@
 //! and no password appears in anything walcast prints at log level debug.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use crate::support::daemon::{Daemon, Setup};
 use crate::support::targets::{OwnMariadb, OwnRedis, OwnTlsRedis};
@@ -106,42 +106,13 @@ fn sink_only(dir: &Path, sink: &str) -> std::path::PathBuf {
 /// Runs `walcast run` on `config` at log level debug until it exits, which it must within
 /// 30 s: exit code and stderr. Its only part is the sink, so its failure ends the process.
 async fn run_until_exit(config: &Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let bound = Duration::from_secs(30);
-    let started = Instant::now();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "debug")
-        .env_remove("SSL_CERT_FILE")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = tokio::spawn(async move {
-        let mut text = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text)
-            .await
-            .unwrap();
-        text
-    });
-    let status = match tokio::time::timeout(bound, child.wait()).await {
-        Ok(status) => status.unwrap(),
-        Err(_) => {
-            child.kill().await.unwrap();
-            let log = reader.await.unwrap();
-            panic!("walcast run still running after {bound:?} (a retry storm?):\n{log}");
-        }
-    };
-    let stderr = reader.await.unwrap();
-    eprintln!("walcast run exited after {:?}", started.elapsed());
+    let (code, stderr, took) = crate::run_until_exit(config, env, Duration::from_secs(30)).await;
+    eprintln!("walcast run exited after {took:?}");
     assert!(
         !stderr.contains("retrying"),
         "a permanent failure was retried:\n{stderr}"
     );
-    (status.code(), stderr)
+    (code, stderr)
 }
 
 /// The last thing walcast printed: its error, without the log before it.
