@@ -27,7 +27,9 @@
 
 #[path = "stack.rs"]
 mod stack;
-use stack::{broker_ceiling, connect, fresh_database, recvlogical, stack, LOAD_SMALL};
+use stack::{
+    broker_ceiling, connect, fresh_database, recvlogical, stack, write_small_contracts, LOAD_SMALL,
+};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -73,16 +75,7 @@ async fn main() {
     }
 
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("Key.avsc"),
-        r#"{"type":"record","name":"SmallKey","namespace":"bench","fields":[{"name":"id","type":"long"}]}"#,
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("Row.avsc"),
-        r#"{"type":"record","name":"SmallRow","namespace":"bench","fields":[{"name":"id","type":"long"},{"name":"n","type":"int"},{"name":"s","type":"string"}]}"#,
-    )
-    .unwrap();
+    write_small_contracts(dir.path());
     let topic = format!("bench_events_{}", std::process::id());
     let write_config = |name: &str, brokers: &str, slot: &str, exactly_once: bool| {
         let path = dir.path().join(format!("{name}.toml"));

@@ -21,7 +21,7 @@
 
 #[path = "stack.rs"]
 mod stack;
-use stack::{broker_ceiling, connect, fresh_database, stack};
+use stack::{broker_ceiling, connect, fresh_database, stack, write_small_contracts};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -65,16 +65,7 @@ async fn main() {
     }
 
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("Key.avsc"),
-        r#"{"type":"record","name":"SmallKey","namespace":"bench","fields":[{"name":"id","type":"long"}]}"#,
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("Row.avsc"),
-        r#"{"type":"record","name":"SmallRow","namespace":"bench","fields":[{"name":"id","type":"long"},{"name":"n","type":"int"},{"name":"s","type":"string"}]}"#,
-    )
-    .unwrap();
+    write_small_contracts(dir.path());
     let run = format!("{}_{}", db, std::process::id());
     let config = dir.path().join("walcast.toml");
     std::fs::write(

@@ -198,3 +198,18 @@ pub async fn broker_ceiling(brokers: &str, topic: &str, n: usize) -> f64 {
     }
     n as f64 / started.elapsed().as_secs_f64()
 }
+
+/// The contracts of the `small` table the benchmarks load (`Key.avsc`, `Row.avsc`), written
+/// into `dir`.
+pub fn write_small_contracts(dir: &std::path::Path) {
+    std::fs::write(
+        dir.join("Key.avsc"),
+        r#"{"type":"record","name":"SmallKey","namespace":"bench","fields":[{"name":"id","type":"long"}]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("Row.avsc"),
+        r#"{"type":"record","name":"SmallRow","namespace":"bench","fields":[{"name":"id","type":"long"},{"name":"n","type":"int"},{"name":"s","type":"string"}]}"#,
+    )
+    .unwrap();
+}
