@@ -42,7 +42,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{Config, SourceConfig};
-use crate::events::mapping::{Mapping, SchemaIds, TableSpec};
+use crate::events::mapping::{Event, Mapping, SchemaIds, TableSpec};
 use crate::events::EventsError;
 use crate::kafka::producer::{SourceProducer, Transactions};
 use crate::kafka::watermark::{TxNo, Watermark};
@@ -78,7 +78,7 @@ pub enum PipelineError {
         xid: u32,
     },
     /// A published table was truncated, and it does not say to skip truncates.
-    #[error("source {source_name}: table {table} was truncated (at {lsn}); a TRUNCATE cannot be published as events yet, and replicas would silently keep the rows it removed, so nothing from it on is published or confirmed\n  hint: set skip_truncate = true in its [[source.table]] to publish nothing for truncates (then clear the replicas by hand, or re-read them with walcast snapshot), and restart")]
+    #[error("source {source_name}: table {table} was truncated (at {lsn}), and its [[source.table]] has no truncate contract; replicas would silently keep the rows it removed, so nothing from it on is published or confirmed\n  hint: add truncate = \"<file>.avsc\" (an Avro record without fields) to its [[source.table]], so a truncate event reaches every partition and sinks clear their replicas; or set skip_truncate = true to publish nothing for truncates (then clear the replicas by hand, or re-read them with walcast snapshot); then restart")]
     Truncated {
         /// Name of the source.
         source_name: String,
@@ -689,34 +689,48 @@ impl Pipeline {
             return Ok(());
         };
         let lsn = current.lsn;
-        if change.op == source::Op::Truncate {
-            if mapping.spec.skip_truncate {
+        let topic = mapping.spec.topic.clone();
+        // Each event, with the partition it must go to (else its key's).
+        let events: Vec<(Option<i32>, Event)> = if change.op == source::Op::Truncate {
+            if mapping.publishes_truncates() {
+                // On every partition: each reader of the topic, whichever partitions it
+                // holds, sees it in order with that partition's changes.
+                let partitions = self.producer.partitions(&topic).await?;
+                tracing::info!(source = %self.name, table = %change.table, %lsn, %topic, partitions, "TRUNCATE published on every partition");
+                (0..partitions)
+                    .filter_map(|p| Some((Some(p), mapping.truncate_event(p)?)))
+                    .collect()
+            } else if mapping.spec.skip_truncate {
                 tracing::info!(source = %self.name, table = %change.table, %lsn, "TRUNCATE not published (skip_truncate = true); replicas keep the rows");
                 return Ok(());
+            } else {
+                // Never ignored silently: replicas would keep rows the source no longer has.
+                return Err(PipelineError::Truncated {
+                    source_name: self.name.clone(),
+                    table: change.table.to_string(),
+                    lsn,
+                });
             }
-            // Never ignored silently: replicas would keep rows the source no longer has.
-            return Err(PipelineError::Truncated {
-                source_name: self.name.clone(),
-                table: change.table.to_string(),
-                lsn,
-            });
-        }
-        let events = mapping
-            .events(change)
-            .map_err(|message| EventsError::Encode {
-                source_name: self.name.clone(),
-                xid: current.xid,
-                lsn,
-                message,
-            })?;
-        let topic = &mapping.spec.topic;
+        } else {
+            mapping
+                .events(change)
+                .map_err(|message| EventsError::Encode {
+                    source_name: self.name.clone(),
+                    xid: current.xid,
+                    lsn,
+                    message,
+                })?
+                .into_iter()
+                .map(|e| (None, e))
+                .collect()
+        };
         let (lsn_text, seq_text, xid_text) = (
             lsn.to_string(),
             change.seq.to_string(),
             current.xid.to_string(),
         );
         let ts_text = (current.commit_ts + PG_EPOCH_OFFSET_MICROS).to_string();
-        for event in events {
+        for (partition, event) in events {
             let event_id = format!("{}/{lsn_text}/{seq_text}/{}", self.name, event.part);
             let headers = OwnedHeaders::new_with_capacity(8);
             let headers = [
@@ -742,7 +756,8 @@ impl Pipeline {
                 .sent(current.tx);
             self.producer
                 .send(
-                    topic,
+                    &topic,
+                    partition,
                     &event.key,
                     event.value.as_deref(),
                     headers,
@@ -750,7 +765,7 @@ impl Pipeline {
                 )
                 .await?;
             self.event_counts
-                .get(&self.name, topic, &event.event_type)
+                .get(&self.name, &topic, &event.event_type)
                 .inc();
         }
         if let Some(c) = self.current.as_mut() {

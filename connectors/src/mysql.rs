@@ -8,7 +8,11 @@
 //!   removed again, before anyone can see them;
 //! - deletes remove rows older than them and leave a tombstone version in
 //!   `<table>_walcast_tombstones`;
-//! - the consumer's positions are upserted into `walcast_offsets` in the same transaction.
+//! - the consumer's positions are upserted into `walcast_offsets` in the same transaction;
+//! - a truncate raises the replica's floor in `walcast_truncations` and deletes the rows and
+//!   tombstones older than it, first in its transaction; every transaction reads the floor
+//!   `LOCK IN SHARE MODE` and leaves out the changes at or below it (see the PostgreSQL
+//!   replica for why that makes truncates and batches of other members serialise).
 //!
 //! `ON DUPLICATE KEY UPDATE` assigns left to right, each assignment seeing the ones before
 //! it. So the data columns come first, all guarded by the stored version; then
@@ -28,7 +32,7 @@ use mysql_async::{Conn, DriverError, Opts, OptsBuilder, SslOpts, TxOpts, Value a
 use crate::connector::{Connector, Endpoint, Issue};
 use crate::sink::{Batch, Change, Position, Sink, Value, Version};
 use crate::sink::{Field, FieldType};
-use crate::table::{field, missing_columns, TableOptions, TableSettings};
+use crate::table::{field, missing_columns, newest_truncate, TableOptions, TableSettings};
 use crate::tls::{explain, refused_login, TlsMode};
 use crate::Error;
 
@@ -253,8 +257,7 @@ impl MysqlSink {
                     sink.settings.table
                 )));
             }
-            let offsets = sink.offsets_ddl();
-            sink.connected().await?.query_drop(offsets).await?;
+            sink.create_positions_and_floor().await?;
             return Ok(sink);
         }
         sink.check_and_create_bookkeeping().await?;
@@ -289,12 +292,58 @@ impl MysqlSink {
         Ok(())
     }
 
-    fn offsets_ddl(&self) -> String {
-        format!(
-            "CREATE TABLE IF NOT EXISTS {}.walcast_offsets (consumer VARCHAR(255) NOT NULL, topic VARCHAR(255) NOT NULL,
-               `partition` INT NOT NULL, next_offset BIGINT NOT NULL, PRIMARY KEY (consumer, topic, `partition`))",
-            quote(&self.database)
-        )
+    /// `walcast_offsets` and `walcast_truncations`, and this replica's floor row (so that
+    /// every transaction has a row to lock, even before the first truncate).
+    async fn create_positions_and_floor(&mut self) -> Result<(), Error> {
+        let database = quote(&self.database);
+        let statements = [
+            format!(
+                "CREATE TABLE IF NOT EXISTS {database}.walcast_offsets (consumer VARCHAR(255) NOT NULL, topic VARCHAR(255) NOT NULL,
+                   `partition` INT NOT NULL, next_offset BIGINT NOT NULL, PRIMARY KEY (consumer, topic, `partition`))"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {database}.walcast_truncations (replica VARCHAR(255) NOT NULL PRIMARY KEY,
+                   lsn BIGINT NOT NULL, seq INT NOT NULL)"
+            ),
+            format!(
+                "INSERT IGNORE INTO {database}.walcast_truncations (replica, lsn, seq) VALUES ({}, 0, 0)",
+                self.replica_literal()
+            ),
+        ];
+        let conn = self.connected().await?;
+        for sql in statements {
+            conn.query_drop(sql).await?;
+        }
+        Ok(())
+    }
+
+    /// The replica's name in `walcast_truncations` (`database.table`), as a literal.
+    fn replica_literal(&self) -> String {
+        self.literal(Some(&Value::Text(format!(
+            "{}.{}",
+            self.database, self.name
+        ))))
+    }
+
+    /// Raises the floor to `version` (locking its row even when it stays) and deletes the
+    /// rows and tombstones older than it.
+    fn truncation(&self, version: Version) -> Vec<String> {
+        let mut out = vec![format!(
+            "INSERT INTO {}.walcast_truncations (replica, lsn, seq) VALUES ({}, {}) ON DUPLICATE KEY UPDATE \
+             seq = IF((lsn, seq) < (VALUES(lsn), VALUES(seq)), VALUES(seq), seq), lsn = GREATEST(lsn, VALUES(lsn))",
+            quote(&self.database),
+            self.replica_literal(),
+            Self::version(version)
+        )];
+        if !self.types.is_empty() {
+            for table in [&self.table, &self.tombstones] {
+                out.push(format!(
+                    "DELETE FROM {table} WHERE (_walcast_lsn, _walcast_seq) < ({})",
+                    Self::version(version)
+                ));
+            }
+        }
+        out
     }
 
     async fn check_and_create_bookkeeping(&mut self) -> Result<(), Error> {
@@ -322,11 +371,8 @@ impl MysqlSink {
             key_defs.join(", "),
             key_list.join(", ")
         );
-        let offsets = self.offsets_ddl();
-        let conn = self.connected().await?;
-        conn.query_drop(tombstones).await?;
-        conn.query_drop(offsets).await?;
-        Ok(())
+        self.connected().await?.query_drop(tombstones).await?;
+        self.create_positions_and_floor().await
     }
 
     /// `value` as an SQL literal.
@@ -510,9 +556,6 @@ fn mysql_type(ty: &FieldType, key: bool) -> String {
 
 impl Sink for MysqlSink {
     async fn apply(&mut self, batch: &Batch) -> Result<(), Error> {
-        let (upserts, deletes) = self
-            .settings
-            .latest_per_key(&batch.changes, !self.types.is_empty())?;
         if self.conn.is_none() {
             self.conn = Some(self.target.open().await?);
         }
@@ -523,6 +566,24 @@ impl Sink for MysqlSink {
             let mut options = TxOpts::default();
             options.with_isolation_level(mysql_async::IsolationLevel::ReadCommitted);
             let mut tx = conn.start_transaction(options).await?;
+            if let Some(version) = newest_truncate(&batch.changes) {
+                for sql in self.truncation(version) {
+                    tx.query_drop(sql).await?;
+                }
+            }
+            let floor: Option<(u64, u32)> = tx
+                .query_first(format!(
+                    "SELECT lsn, seq FROM {}.walcast_truncations WHERE replica = {} LOCK IN SHARE MODE",
+                    quote(&self.database),
+                    self.replica_literal()
+                ))
+                .await?;
+            let (lsn, seq) = floor.unwrap_or_default();
+            let (upserts, deletes) = self.settings.latest_per_key(
+                &batch.changes,
+                Version { lsn, seq },
+                !self.types.is_empty(),
+            )?;
             for sql in self.statements(&upserts, &deletes, &batch.positions)? {
                 tx.query_drop(sql).await?;
             }

@@ -8,7 +8,13 @@
 //!   `<table>_walcast_tombstones`, so a late update cannot resurrect the row;
 //! - the consumer's positions are upserted into `walcast_offsets` in the same transaction,
 //!   so the replica is exactly-once with respect to the topic: after a crash, the runner
-//!   resumes from the positions stored with the rows.
+//!   resumes from the positions stored with the rows;
+//! - a truncate raises the replica's floor in `walcast_truncations` (one row per replica
+//!   table) and deletes the rows and tombstones older than it, first in its transaction.
+//!   Every transaction reads the floor `FOR SHARE` before writing, and leaves out the
+//!   changes at or below it, so a truncate applied by another lane or group member is
+//!   either wholly before a batch (which then sees its floor) or wholly after it (and
+//!   deletes what the batch wrote below it).
 //!
 //! Each statement takes one array parameter per column (a column of the batch), so its text
 //! depends only on the batch's column set: it is prepared once per connection and planned
@@ -25,9 +31,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use crate::connector::{Connector, Endpoint, Issue};
-use crate::sink::{Batch, Position, Sink, Value};
+use crate::sink::{Batch, Position, Sink, Value, Version};
 use crate::sink::{Field, FieldType};
-use crate::table::{field, missing_columns, TableOptions, TableSettings};
+use crate::table::{field, missing_columns, newest_truncate, TableOptions, TableSettings};
 use crate::tls::{explain, refused_login, TlsMode, TlsSettings};
 use crate::Error;
 
@@ -158,6 +164,8 @@ pub struct PostgresSink {
     settings: TableSettings,
     table: String,
     tombstones: String,
+    /// The replica's name in `walcast_truncations`: `schema.table`, unquoted.
+    replica: String,
     /// Column name → its type as `format_type` spells it, for casts.
     types: HashMap<String, String>,
     /// Statements prepared on the current connection, by their text: a batch's statements
@@ -169,8 +177,9 @@ fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
-/// `schema.table` quoted, and the tombstone table's name beside it.
-fn names(table: &str) -> (String, String) {
+/// `schema.table` quoted, the tombstone table's name beside it, and `schema.table` as the
+/// replica's name in `walcast_truncations`.
+fn names(table: &str) -> (String, String, String) {
     let (schema, name) = table.split_once('.').unwrap_or(("public", table));
     (
         format!("{}.{}", quote(schema), quote(name)),
@@ -179,6 +188,7 @@ fn names(table: &str) -> (String, String) {
             quote(schema),
             quote(&format!("{name}_walcast_tombstones"))
         ),
+        format!("{schema}.{name}"),
     )
 }
 
@@ -193,12 +203,13 @@ impl PostgresSink {
             settings.tls_ca_file.clone(),
         )?;
         let client = tls.open(&settings.url).await?;
-        let (table, tombstones) = names(&settings.table);
+        let (table, tombstones, replica) = names(&settings.table);
         let mut sink = PostgresSink {
             client: Some(client),
             tls,
             table,
             tombstones,
+            replica,
             types: HashMap::new(),
             settings,
             prepared: HashMap::new(),
@@ -211,11 +222,26 @@ impl PostgresSink {
                     sink.settings.table
                 )));
             }
-            sink.client().await?.batch_execute(OFFSETS_DDL).await?;
+            sink.create_positions_and_floor().await?;
             return Ok(sink);
         }
         sink.check_and_create_bookkeeping().await?;
         Ok(sink)
+    }
+
+    /// `walcast_offsets` and `walcast_truncations`, and this replica's floor row (so that
+    /// every transaction has a row to lock, even before the first truncate).
+    async fn create_positions_and_floor(&mut self) -> Result<(), Error> {
+        let replica = self.replica.clone();
+        let client = self.client().await?;
+        client.batch_execute(BOOKKEEPING_DDL).await?;
+        client
+            .execute(
+                "INSERT INTO walcast_truncations (replica, lsn, seq) VALUES ($1, 0, 0) ON CONFLICT (replica) DO NOTHING",
+                &[&replica],
+            )
+            .await?;
+        Ok(())
     }
 
     /// The replica table's columns and their types; empty when it does not exist.
@@ -254,13 +280,13 @@ impl PostgresSink {
             .collect();
         let key_list: Vec<String> = key_columns.iter().map(|c| quote(c)).collect();
         let sql = format!(
-            "CREATE TABLE IF NOT EXISTS {} ({}, _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL, PRIMARY KEY ({})); {OFFSETS_DDL}",
+            "CREATE TABLE IF NOT EXISTS {} ({}, _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL, PRIMARY KEY ({}))",
             self.tombstones,
             key_defs.join(", "),
             key_list.join(", ")
         );
         self.client().await?.batch_execute(&sql).await?;
-        Ok(())
+        self.create_positions_and_floor().await
     }
 
     fn cast(&self, column: &str) -> &str {
@@ -287,8 +313,19 @@ impl PostgresSink {
     }
 }
 
-const OFFSETS_DDL: &str = "CREATE TABLE IF NOT EXISTS walcast_offsets (consumer text NOT NULL, topic text NOT NULL,
-    partition integer NOT NULL, next_offset bigint NOT NULL, PRIMARY KEY (consumer, topic, partition))";
+const BOOKKEEPING_DDL: &str = "CREATE TABLE IF NOT EXISTS walcast_offsets (consumer text NOT NULL, topic text NOT NULL,
+    partition integer NOT NULL, next_offset bigint NOT NULL, PRIMARY KEY (consumer, topic, partition));
+    CREATE TABLE IF NOT EXISTS walcast_truncations (replica text PRIMARY KEY, lsn bigint NOT NULL, seq integer NOT NULL)";
+
+/// Raises a replica's floor (locking its row even when it stays: a truncate and a batch
+/// never interleave).
+const RAISE_FLOOR: &str =
+    "INSERT INTO walcast_truncations AS f (replica, lsn, seq) VALUES ($1, $2, $3)
+    ON CONFLICT (replica) DO UPDATE SET lsn = EXCLUDED.lsn, seq = EXCLUDED.seq
+    WHERE (f.lsn, f.seq) < (EXCLUDED.lsn, EXCLUDED.seq)";
+
+/// A replica's floor, share-locked until the transaction ends.
+const READ_FLOOR: &str = "SELECT lsn, seq FROM walcast_truncations WHERE replica = $1 FOR SHARE";
 
 /// The column type a field is created with: arrays of scalars as arrays of the element's
 /// type, maps and records (and arrays of them) as `jsonb`.
@@ -349,11 +386,15 @@ impl PostgresSink {
             .collect()
     }
 
-    /// The statements that apply one batch, each with its array parameters.
-    fn statements(&self, batch: &Batch) -> Result<Vec<(String, Vec<Param>)>, Error> {
-        let (upserts, deletes) = self
-            .settings
-            .latest_per_key(&batch.changes, !self.types.is_empty())?;
+    /// The statements that apply one batch above `floor`, each with its array parameters.
+    fn statements(
+        &self,
+        batch: &Batch,
+        floor: Version,
+    ) -> Result<Vec<(String, Vec<Param>)>, Error> {
+        let (upserts, deletes) =
+            self.settings
+                .latest_per_key(&batch.changes, floor, !self.types.is_empty())?;
         let key_columns = self.settings.key_columns();
         let keys: Vec<String> = key_columns.iter().map(|k| quote(k)).collect();
         let mut out = Vec::new();
@@ -478,6 +519,45 @@ impl PostgresSink {
     }
 }
 
+impl PostgresSink {
+    /// One transaction: the batch's truncate (if any), the floor, then the changes above
+    /// it and the positions.
+    async fn apply_on(&mut self, client: &mut Client, batch: &Batch) -> Result<(), Error> {
+        let tx = client.transaction().await?;
+        if let Some(version) = newest_truncate(&batch.changes) {
+            let (lsn, seq) = (version.lsn as i64, version.seq as i32);
+            tx.execute(RAISE_FLOOR, &[&self.replica, &lsn, &seq])
+                .await?;
+            if !self.types.is_empty() {
+                for table in [&self.table, &self.tombstones] {
+                    let sql = format!(
+                        "DELETE FROM {table} WHERE (_walcast_lsn, _walcast_seq) < ($1, $2)"
+                    );
+                    tx.execute(&sql, &[&lsn, &seq]).await?;
+                }
+            }
+        }
+        let floor = match tx.query_opt(READ_FLOOR, &[&self.replica]).await? {
+            Some(row) => Version {
+                lsn: row.get::<_, i64>(0) as u64,
+                seq: row.get::<_, i32>(1) as u32,
+            },
+            None => Version { lsn: 0, seq: 0 },
+        };
+        let statements = self.statements(batch, floor)?;
+        for (sql, params) in &statements {
+            if !self.prepared.contains_key(sql) {
+                let statement = tx.prepare(sql).await?;
+                self.prepared.insert(sql.clone(), statement);
+            }
+            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(Param::sql).collect();
+            tx.execute(&self.prepared[sql], &refs).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
 /// One array parameter: a column of the batch.
 #[derive(Debug, Clone)]
 enum Param {
@@ -524,28 +604,15 @@ fn versions(changes: &[&crate::sink::Change]) -> [Param; 2] {
 
 impl Sink for PostgresSink {
     async fn apply(&mut self, batch: &Batch) -> Result<(), Error> {
-        let statements = self.statements(batch)?;
         if self.prepared.len() > 64 {
             self.prepared.clear();
         }
         self.client().await?;
-        let client = self.client.as_mut().expect("connected");
-        let prepared = &mut self.prepared;
-        let result = async {
-            for (sql, _) in &statements {
-                if !prepared.contains_key(sql) {
-                    prepared.insert(sql.clone(), client.prepare(sql).await?);
-                }
-            }
-            let tx = client.transaction().await?;
-            for (sql, params) in &statements {
-                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(Param::sql).collect();
-                tx.execute(&prepared[sql], &refs).await?;
-            }
-            tx.commit().await
-        }
-        .await;
-        self.forget_broken(result.map_err(Error::from))
+        // Out of `self` while the transaction runs, which builds statements from `self`.
+        let mut client = self.client.take().expect("connected");
+        let result = self.apply_on(&mut client, batch).await;
+        self.client = Some(client);
+        self.forget_broken(result)
     }
 
     async fn prepare(&mut self, fields: &[Field]) -> Result<(), Error> {

@@ -9,7 +9,14 @@
 //!   `walcast:tombstone:<key>` for `tombstone_ttl_secs`, so a late update cannot resurrect
 //!   the key within that window;
 //! - the consumer's positions go into the hash `walcast:offsets:<consumer>`, last, so an
-//!   error part-way through a script never records progress it did not make.
+//!   error part-way through a script never records progress it did not make;
+//! - a change at or below the replica's floor, `walcast:floor:<key_template>`, is skipped.
+//!
+//! A truncate raises the floor first (one script), then scans the keys the template can
+//! make (`user:*` for `user:{user_id}`) and their tombstones, and deletes, a page at a time
+//! in one script each, the hashes and tombstones older than it. Keys that are not hashes,
+//! or hashes without `_walcast_version` (not written by walcast), are left alone. A crash
+//! part-way leaves the floor raised and the redelivered truncate finishes the scan.
 //!
 //! NULL fields are left out of the hash. Values are written in their text form (times in
 //! RFC 3339, UTC with `Z`), bytes as they are.
@@ -36,7 +43,7 @@ use serde::Deserialize;
 
 use crate::connector::{Connector, Endpoint, Issue};
 use crate::sink::{Batch, Change, Op, Position, Sink, Value, Version};
-use crate::table::{check_ca_file, latest_per_key};
+use crate::table::{check_ca_file, latest_per_key, newest_truncate};
 use crate::tls::{explain, refused_login, TlsMode, TlsSettings};
 use crate::Error;
 
@@ -344,20 +351,22 @@ pub struct RedisSink {
     script: Script,
 }
 
-/// KEYS: the offsets hash, then per change its hash and its tombstone.
+/// KEYS: the offsets hash, the floor, then per change its hash and its tombstone.
 /// ARGV: ttl, tombstone ttl, change count, position count; per change: op (`u`/`d`),
 /// version, field count, then field/value pairs; then per position: field, offset.
 const APPLY: &str = r"
 local ttl, tomb_ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local changes, positions = tonumber(ARGV[3]), tonumber(ARGV[4])
+local floor = redis.call('GET', KEYS[2])
 local a = 5
 for i = 1, changes do
-  local key, tomb = KEYS[2 * i], KEYS[2 * i + 1]
+  local key, tomb = KEYS[2 * i + 1], KEYS[2 * i + 2]
   local op, version, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
   a = a + 3
   local stored = redis.call('HGET', key, '_walcast_version')
   local buried = redis.call('GET', tomb)
-  if (not stored or stored < version) and (not buried or buried < version) then
+  if (not floor or floor < version) and (not stored or stored < version)
+      and (not buried or buried < version) then
     redis.call('DEL', key)
     if op == 'u' then
       local args = {'_walcast_version', version}
@@ -381,6 +390,56 @@ for i = 1, positions do
 end
 return changes
 ";
+
+/// KEYS: the floor. ARGV: the truncate's version. Raises the floor to it.
+const RAISE_FLOOR: &str = r"
+local floor = redis.call('GET', KEYS[1])
+if not floor or floor < ARGV[1] then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+";
+
+/// KEYS: keys found by a scan. ARGV: the truncate's version, then what they are (`hash`:
+/// the replica's hashes, `tombstone`: their tombstones). Deletes those older than it.
+const CLEAR_OLDER: &str = r"
+local removed = 0
+for _, key in ipairs(KEYS) do
+  local kind = redis.call('TYPE', key).ok
+  local version
+  if ARGV[2] == 'hash' and kind == 'hash' then
+    version = redis.call('HGET', key, '_walcast_version')
+  elseif ARGV[2] == 'tombstone' and kind == 'string' then
+    version = redis.call('GET', key)
+  end
+  if version and version < ARGV[1] then
+    redis.call('DEL', key)
+    removed = removed + 1
+  end
+end
+return removed
+";
+
+/// The glob pattern matching every key `template` makes: placeholders become `*`, and the
+/// glob's special characters elsewhere are escaped.
+fn key_pattern(template: &str) -> String {
+    let mut out = String::new();
+    let mut in_placeholder = false;
+    for ch in template.chars() {
+        match ch {
+            '{' => {
+                in_placeholder = true;
+                out.push('*');
+            }
+            '}' if in_placeholder => in_placeholder = false,
+            _ if in_placeholder => {}
+            '*' | '?' | '[' | ']' | '\\' => {
+                out.push('\\');
+                out.push(ch);
+            }
+            _ => out.push(ch),
+        }
+    }
+    out
+}
 
 fn field_of<'a>(fields: &'a [(String, Value)], name: &str) -> Option<&'a Value> {
     fields.iter().find(|(f, _)| f == name).map(|(_, v)| v)
@@ -455,6 +514,58 @@ impl RedisSink {
         format!("walcast:offsets:{}", self.settings.consumer)
     }
 
+    /// The replica's floor: the version of the newest truncate applied.
+    fn floor_key(&self) -> String {
+        format!("walcast:floor:{}", self.settings.key_template)
+    }
+
+    /// Raises the floor to `version`, then deletes every hash and tombstone of the
+    /// template's keys older than it, a scan page at a time.
+    async fn truncate(
+        &self,
+        conn: &mut MultiplexedConnection,
+        version: Version,
+    ) -> Result<(), ::redis::RedisError> {
+        let version = version_text(version);
+        let _: i64 = Script::new(RAISE_FLOOR)
+            .key(self.floor_key())
+            .arg(&version)
+            .invoke_async(conn)
+            .await?;
+        let pattern = key_pattern(&self.settings.key_template);
+        let clear = Script::new(CLEAR_OLDER);
+        let tombstones = format!("walcast:tombstone:{pattern}");
+        for (pattern, kind) in [(&pattern, "hash"), (&tombstones, "tombstone")] {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = ::redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(conn)
+                    .await?;
+                if !keys.is_empty() {
+                    let mut invocation = clear.prepare_invoke();
+                    for key in &keys {
+                        invocation.key(key);
+                    }
+                    let _: i64 = invocation
+                        .arg(&version)
+                        .arg(kind)
+                        .invoke_async(conn)
+                        .await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(())
+    }
+
     async fn conn(&mut self) -> Result<MultiplexedConnection, Error> {
         if self.conn.is_none() {
             self.conn = Some(self.target.open().await?);
@@ -465,12 +576,20 @@ impl RedisSink {
 
 impl Sink for RedisSink {
     async fn apply(&mut self, batch: &Batch) -> Result<(), Error> {
-        let (upserts, deletes) = latest_per_key(&batch.changes);
         let mut conn = self.conn().await?;
+        if let Some(version) = newest_truncate(&batch.changes) {
+            if let Err(e) = self.truncate(&mut conn, version).await {
+                self.conn = None;
+                return Err(e.into());
+            }
+        }
+        // The script itself skips what the floor covers.
+        let (upserts, deletes) = latest_per_key(&batch.changes, Version { lsn: 0, seq: 0 });
         let script = self.script.clone();
         let mut invocation = script.prepare_invoke();
         invocation
             .key(self.offsets_key())
+            .key(self.floor_key())
             .arg(self.settings.ttl_secs)
             .arg(self.settings.tombstone_ttl_secs)
             .arg(upserts.len() + deletes.len())
@@ -491,7 +610,7 @@ impl Sink for RedisSink {
                         .filter_map(|(f, v)| Some((f, bytes(v)?)))
                         .collect()
                 }
-                Op::Delete => Vec::new(),
+                Op::Delete | Op::Truncate => Vec::new(),
             };
             let op = if matches!(change.op, Op::Delete) {
                 "d"
@@ -552,7 +671,14 @@ impl Sink for RedisSink {
 
 #[cfg(test)]
 mod tests {
-    use super::check_key_template;
+    use super::{check_key_template, key_pattern};
+
+    #[test]
+    fn a_truncate_scans_every_key_the_template_makes_and_only_those() {
+        assert_eq!(key_pattern("user:{user_id}"), "user:*");
+        assert_eq!(key_pattern("{region}/u[{id}]*"), "*/u\\[*\\]\\*");
+        assert_eq!(key_pattern("a?{id}\\b"), "a\\?*\\\\b");
+    }
 
     #[test]
     fn key_templates_need_a_placeholder() {

@@ -129,6 +129,11 @@ pub enum Op {
     Upsert(Vec<(String, Value)>),
     /// The key was deleted; the replica keeps its version as a tombstone.
     Delete,
+    /// The source table was truncated: every row and tombstone of the replica older than
+    /// the change's version goes, and the version becomes the replica's *floor*, below
+    /// which no change is applied any more (a change read late from another partition
+    /// cannot bring a truncated row back). The change's key is empty.
+    Truncate,
 }
 
 /// One change of one key.
@@ -171,6 +176,11 @@ pub struct Batch {
 ///   the replica holds for its key. A stale or duplicate change never overwrites newer data.
 /// - **Deletes leave a tombstone version**, so a late upsert older than the delete cannot
 ///   resurrect the row.
+/// - **Truncates leave a floor.** An [`Op::Truncate`] removes every row older than it and
+///   raises the replica's floor to its version, kept with the rows; from then on a change
+///   at or below the floor is skipped, whichever partition (or group member) it comes
+///   from. A batch's truncate is applied before its other changes, which the floor then
+///   sorts: older ones are dropped, newer ones applied.
 /// - **`Ok` means durable**: the runner commits the batch's positions only then. A sink that
 ///   can store the positions in the same transaction as the rows does, and returns them from
 ///   [`Sink::positions`], which makes the replica exactly-once with respect to the topic.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::connector::{Endpoint, Issue};
-use crate::sink::{Change, Field, Op};
+use crate::sink::{Change, Field, Op, Version};
 use crate::tls::TlsMode;
 use crate::Error;
 
@@ -194,15 +194,16 @@ impl TableSettings {
         self.key.iter().map(|f| self.column_of(f)).collect()
     }
 
-    /// The upserts and deletes that decide each key's state ([`latest_per_key`]), for a
+    /// The upserts and deletes above `floor` that decide each key's state ([`latest_per_key`]), for a
     /// table that exists or not: a missing one (auto_create, no contract version prepared
     /// yet) has nothing to delete, and cannot take upserts.
     pub fn latest_per_key<'c>(
         &self,
         changes: &'c [Change],
+        floor: Version,
         table_exists: bool,
     ) -> Result<(Vec<&'c Change>, Vec<&'c Change>), Error> {
-        let (upserts, deletes) = latest_per_key(changes);
+        let (upserts, deletes) = latest_per_key(changes, floor);
         if table_exists {
             return Ok((upserts, deletes));
         }
@@ -321,10 +322,15 @@ pub fn missing_columns<'f>(
 }
 
 /// Keeps, per key, only the change with the highest version: it decides the key's state.
-/// Returns the upserts and the deletes.
-pub fn latest_per_key(changes: &[Change]) -> (Vec<&Change>, Vec<&Change>) {
+/// Changes at or below `floor` (the replica's last truncate) are left out, and so are
+/// truncates themselves ([`newest_truncate`] finds them). Returns the upserts and the
+/// deletes.
+pub fn latest_per_key(changes: &[Change], floor: Version) -> (Vec<&Change>, Vec<&Change>) {
     let mut latest: HashMap<String, &Change> = HashMap::new();
     for c in changes {
+        if c.version <= floor || matches!(c.op, Op::Truncate) {
+            continue;
+        }
         let key = format!("{:?}", c.key);
         match latest.get(&key) {
             Some(seen) if seen.version >= c.version => {}
@@ -338,11 +344,21 @@ pub fn latest_per_key(changes: &[Change]) -> (Vec<&Change>, Vec<&Change>) {
         .partition(|c| matches!(c.op, Op::Upsert(_)))
 }
 
+/// The version of the newest truncate among `changes`: the one a replica applies (an
+/// older one is implied by it).
+pub fn newest_truncate(changes: &[Change]) -> Option<Version> {
+    changes
+        .iter()
+        .filter(|c| matches!(c.op, Op::Truncate))
+        .map(|c| c.version)
+        .max()
+}
+
 /// The value of `field` in a change's key or fields, if it has one.
 pub fn field<'a>(change: &'a Change, field: &str) -> Option<&'a crate::Value> {
     let fields = match &change.op {
         Op::Upsert(fields) => fields.as_slice(),
-        Op::Delete => &[],
+        Op::Delete | Op::Truncate => &[],
     };
     change
         .key

@@ -46,6 +46,14 @@ fn delete(id: i64, lsn: u64, seq: u32) -> Change {
     }
 }
 
+fn truncate(lsn: u64, seq: u32) -> Change {
+    Change {
+        key: Vec::new(),
+        op: Op::Truncate,
+        version: Version { lsn, seq },
+    }
+}
+
 fn batch(changes: Vec<Change>) -> Batch {
     Batch {
         changes,
@@ -132,6 +140,60 @@ async fn a_late_update_cannot_resurrect_a_deleted_row<H: Harness>(name: &str) {
         .await
         .unwrap();
     assert_eq!(h.rows().await, rows(&[(1, "Ada again"), (2, "Grace")]));
+}
+
+/// A truncate removes every row older than it, and no older change comes back after it,
+/// whichever partition or group member it is read from; newer changes apply.
+async fn a_truncate_clears_older_rows_and_nothing_older_comes_back<H: Harness>(name: &str) {
+    let (h, mut sink) = H::fresh(name).await;
+    sink.apply(&batch(vec![
+        upsert(1, "Ada", 10, 0),
+        upsert(2, "Grace", 20, 0),
+        delete(3, 15, 0),
+    ]))
+    .await
+    .unwrap();
+    // Newer than the truncate, read first from another partition.
+    sink.apply(&batch(vec![upsert(4, "Edsger", 50, 0)]))
+        .await
+        .unwrap();
+    sink.apply(&batch(vec![truncate(30, 0)])).await.unwrap();
+    assert_eq!(h.rows().await, rows(&[(4, "Edsger")]));
+
+    // Older changes read late, from other partitions: none comes back.
+    sink.apply(&batch(vec![
+        upsert(1, "late", 25, 0),
+        upsert(5, "Barbara", 29, 9),
+        delete(4, 20, 0),
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(h.rows().await, rows(&[(4, "Edsger")]));
+
+    // The truncate redelivered (every partition carries it) changes nothing; newer
+    // changes apply.
+    sink.apply(&batch(vec![truncate(30, 0), upsert(1, "Ada again", 40, 0)]))
+        .await
+        .unwrap();
+    assert_eq!(h.rows().await, rows(&[(1, "Ada again"), (4, "Edsger")]));
+
+    // One batch holding changes on both sides of a truncate.
+    sink.apply(&batch(vec![
+        upsert(6, "before", 55, 0),
+        truncate(60, 0),
+        upsert(7, "after", 61, 0),
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(h.rows().await, rows(&[(7, "after")]));
+
+    // Another connection (another member of the group) meets the same floor.
+    let mut other = h.reconnect().await;
+    other
+        .apply(&batch(vec![upsert(8, "older", 59, 0)]))
+        .await
+        .unwrap();
+    assert_eq!(h.rows().await, rows(&[(7, "after")]));
 }
 
 /// The runner commits Kafka offsets after `apply`; a crash in between redelivers the batch.
@@ -804,6 +866,7 @@ impl Harness for Redis {
             format!("{prefix}*"),
             format!("walcast:tombstone:{prefix}*"),
             format!("walcast:offsets:{}", settings.consumer),
+            format!("walcast:floor:{prefix}*"),
         ] {
             let keys: Vec<String> = ::redis::cmd("KEYS")
                 .arg(pattern)
@@ -921,6 +984,7 @@ macro_rules! conformance {
             schema_evolution_keeps_both_versions_applicable,
             a_crash_between_write_and_offset_commit_is_absorbed,
             arrays_maps_and_records_round_trip,
+            a_truncate_clears_older_rows_and_nothing_older_comes_back,
         ]);
     };
     (@each $store:ident, $harness:ident, [$($scenario:ident),+ $(,)?]) => {

@@ -471,8 +471,12 @@ pub struct TableConfig {
     /// Event field = column, where the names differ.
     #[serde(default)]
     pub columns: BTreeMap<String, String>,
-    /// A TRUNCATE of the table publishes nothing (replicas keep the rows). Without it, a
-    /// TRUNCATE stops the source, since it cannot be published as events yet.
+    /// Contract of truncate events: an Avro record without fields. A TRUNCATE of the table
+    /// publishes one such event on every partition of the topic, and sinks clear their
+    /// replica of it.
+    pub truncate: Option<PathBuf>,
+    /// A TRUNCATE of the table publishes nothing (replicas keep the rows). With neither
+    /// this nor `truncate`, a TRUNCATE stops the source: it is never ignored silently.
     #[serde(default)]
     pub skip_truncate: bool,
 }

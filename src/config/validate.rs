@@ -242,7 +242,14 @@ impl Validator<'_> {
                     ("update", table.update.as_ref()),
                     ("delete", table.delete.as_ref()),
                     ("snapshot", table.snapshot.as_ref()),
+                    ("truncate", table.truncate.as_ref()),
                 ];
+                if table.truncate.is_some() && table.skip_truncate {
+                    self.push(
+                        format!("{prefix}.skip_truncate"),
+                        "is true, and a truncate contract is given too: publish truncates (keep truncate) or skip them (keep skip_truncate = true), not both",
+                    );
+                }
                 for (key, file) in files {
                     let Some(file) = file else { continue };
                     let resolved = base.join(file);

@@ -34,12 +34,45 @@ pub struct Field {
     pub default: Option<Vec<u8>>,
 }
 
+/// The key of truncate events, built into walcast: a truncate is published once on every
+/// partition of its table's topic, keyed by the partition, so a compacted topic keeps the
+/// newest truncate of each partition. Registered as `<topic>-walcast.TruncateKey`.
+const TRUNCATE_KEY: &str = r#"{"type":"record","name":"TruncateKey","namespace":"walcast","doc":"Key of a truncate event: walcast publishes one on every partition of the topic.","fields":[{"name":"partition","type":"int"}]}"#;
+
 impl Contract {
     /// Reads and compiles `resolved`; `path` is how the configuration names it.
     pub fn load(path: &Path, resolved: &Path) -> Result<Contract, String> {
         let at = path.display();
         let text = std::fs::read_to_string(resolved)
             .map_err(|e| format!("{at}: cannot read the contract ({e})"))?;
+        Contract::parse(path, text)
+    }
+
+    /// The key record of truncate events ([`TRUNCATE_KEY`]).
+    pub fn truncate_key() -> Contract {
+        Contract::parse(
+            Path::new("(built in) walcast.TruncateKey"),
+            TRUNCATE_KEY.into(),
+        )
+        .expect("the built-in truncate key is a valid contract")
+    }
+
+    /// Checks that this contract fits truncate events: a record without fields, since a
+    /// TRUNCATE has no row to fill them from.
+    pub fn check_truncate(&self) -> Result<(), String> {
+        match self.fields.first() {
+            None => Ok(()),
+            Some(f) => Err(format!(
+                "{}: a truncate contract has no fields, since a TRUNCATE has no row to fill them from; remove field {} (walcast's headers say which table, when and where)",
+                self.path.display(),
+                f.name
+            )),
+        }
+    }
+
+    /// Compiles the contract `text`; `path` names it in messages.
+    fn parse(path: &Path, text: String) -> Result<Contract, String> {
+        let at = path.display();
         let schema =
             Schema::parse_str(&text).map_err(|e| format!("{at}: not a valid Avro schema: {e}"))?;
         let Schema::Record(record) = &schema else {

@@ -41,6 +41,9 @@ pub struct TableSpec {
     pub delete: Option<Arc<Contract>>,
     /// The contract of snapshot reads (`op = snapshot`); the insert contract by default.
     pub snapshot: Option<Arc<Contract>>,
+    /// The contract of truncate events (a record without fields); `None`: a TRUNCATE is
+    /// skipped (`skip_truncate`) or stops the source.
+    pub truncate: Option<Arc<Contract>>,
     /// Event field → column, where the names differ.
     pub columns: BTreeMap<String, String>,
     /// The topic is compacted: a delete is followed by a tombstone.
@@ -50,13 +53,15 @@ pub struct TableSpec {
 }
 
 impl TableSpec {
-    /// The contracts of this table: key first, then insert, update, delete, snapshot.
+    /// The contracts of this table: key first, then insert, update, delete, snapshot,
+    /// truncate.
     pub fn contracts(&self) -> impl Iterator<Item = &Arc<Contract>> {
         std::iter::once(&self.key)
             .chain(self.insert.iter())
             .chain(self.update.iter())
             .chain(self.delete.iter())
             .chain(self.snapshot.iter())
+            .chain(self.truncate.iter())
     }
 
     fn column_of<'a>(&'a self, field: &'a str) -> &'a str {
@@ -77,6 +82,11 @@ pub struct SchemaIds {
     pub delete: u32,
     /// Schema id of the snapshot contract's subject (the insert contract's by default).
     pub snapshot: u32,
+    /// Schema id of the truncate contract's subject; 0 when the table has none.
+    pub truncate: u32,
+    /// Schema id of the built-in truncate key's subject (`<topic>-walcast.TruncateKey`); 0
+    /// when the table has no truncate contract.
+    pub truncate_key: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +116,9 @@ pub struct Mapping {
     update: Option<Plan>,
     delete: Option<Plan>,
     snapshot: Option<Plan>,
+    /// Schema ids of the truncate contract and of the truncate key, when the table
+    /// publishes truncates.
+    truncate: Option<(u32, u32)>,
 }
 
 /// One record to publish.
@@ -117,7 +130,8 @@ pub struct Event {
     pub value: Option<Vec<u8>>,
     /// The event's record full name, or `tombstone`.
     pub event_type: String,
-    /// `insert`, `update` or `delete`: the change's operation, for the `op` header.
+    /// `insert`, `update`, `delete`, `snapshot` or `truncate`: the change's operation, for
+    /// the `op` header.
     pub op: &'static str,
     /// Distinguishes the events one change yields (a key change yields a delete first).
     pub part: u8,
@@ -174,6 +188,10 @@ impl Mapping {
             issues.retain(|i| seen.insert(i.clone()));
             return Err(issues);
         }
+        let truncate = spec
+            .truncate
+            .as_ref()
+            .map(|_| (ids.truncate, ids.truncate_key));
         Ok(Mapping {
             spec,
             table,
@@ -182,6 +200,33 @@ impl Mapping {
             update,
             delete,
             snapshot,
+            truncate,
+        })
+    }
+
+    /// Whether the table publishes truncate events (it has a truncate contract).
+    pub fn publishes_truncates(&self) -> bool {
+        self.truncate.is_some()
+    }
+
+    /// The truncate event of one partition of the topic: keyed by the built-in truncate
+    /// key (the partition), its value the truncate contract's empty record. `None` when the
+    /// table has no truncate contract.
+    pub fn truncate_event(&self, partition: i32) -> Option<Event> {
+        let (id, key_id) = self.truncate?;
+        let mut key = Vec::with_capacity(10);
+        key.push(0);
+        key.extend_from_slice(&key_id.to_be_bytes());
+        avro::write_long(&mut key, i64::from(partition));
+        let mut value = Vec::with_capacity(5);
+        value.push(0);
+        value.extend_from_slice(&id.to_be_bytes());
+        Some(Event {
+            key,
+            value: Some(value),
+            event_type: self.spec.truncate.as_ref()?.full_name.clone(),
+            op: "truncate",
+            part: 0,
         })
     }
 

@@ -126,6 +126,7 @@ pub fn specs(config: &Config, source: &SourceConfig) -> Result<Vec<Arc<TableSpec
         }
     };
     let mut specs = Vec::new();
+    let mut unfit = Vec::new();
     for t in &source.tables {
         let (schema, name) = t.qualified_name();
         let key = load(&t.key);
@@ -137,6 +138,10 @@ pub fn specs(config: &Config, source: &SourceConfig) -> Result<Vec<Arc<TableSpec
             .as_deref()
             .or(t.insert.as_deref())
             .and_then(&mut load);
+        let truncate = t.truncate.as_deref().and_then(&mut load);
+        if let Some(Err(e)) = truncate.as_ref().map(|c| c.check_truncate()) {
+            unfit.push(e);
+        }
         if let Some(key) = key {
             specs.push(Arc::new(TableSpec {
                 table: crate::source::catalog::TableName {
@@ -149,6 +154,7 @@ pub fn specs(config: &Config, source: &SourceConfig) -> Result<Vec<Arc<TableSpec
                 update,
                 delete,
                 snapshot,
+                truncate,
                 columns: t.columns.clone(),
                 compacted: config.kafka.topic_settings(&t.topic).cleanup_policy
                     != CleanupPolicy::Delete,
@@ -156,6 +162,7 @@ pub fn specs(config: &Config, source: &SourceConfig) -> Result<Vec<Arc<TableSpec
             }));
         }
     }
+    issues.extend(unfit);
     if issues.is_empty() {
         Ok(specs)
     } else {
@@ -178,6 +185,10 @@ pub fn subjects(specs: &[Arc<TableSpec>]) -> Vec<(String, Arc<Contract>)> {
         push(key_subject(&spec.topic), &spec.key);
         for c in spec.contracts().skip(1) {
             push(value_subject(&spec.topic, c), c);
+        }
+        if spec.truncate.is_some() {
+            let key = Arc::new(Contract::truncate_key());
+            push(value_subject(&spec.topic, &key), &key);
         }
     }
     out
@@ -228,12 +239,18 @@ pub async fn register(
                 c.as_ref()
                     .map_or(0, |c| ids_by_subject[&value_subject(&spec.topic, c)])
             };
+            let truncate_key = match spec.truncate {
+                Some(_) => ids_by_subject[&value_subject(&spec.topic, &Contract::truncate_key())],
+                None => 0,
+            };
             SchemaIds {
                 key: ids_by_subject[&key_subject(&spec.topic)],
                 insert: id(&spec.insert),
                 update: id(&spec.update),
                 delete: id(&spec.delete),
                 snapshot: id(&spec.snapshot),
+                truncate: id(&spec.truncate),
+                truncate_key,
             }
         })
         .collect())

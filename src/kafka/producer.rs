@@ -206,11 +206,13 @@ impl SourceProducer {
             .take()
     }
 
-    /// Sends one record of source transaction `tx`; waits while librdkafka's queue is full.
-    /// With transactions, opens a Kafka transaction first if none is open.
+    /// Sends one record of source transaction `tx`, to `partition` or else the one its key
+    /// hashes to; waits while librdkafka's queue is full. With transactions, opens a Kafka
+    /// transaction first if none is open.
     pub async fn send(
         &mut self,
         topic: &str,
+        partition: Option<i32>,
         key: &[u8],
         value: Option<&[u8]>,
         headers: OwnedHeaders,
@@ -229,6 +231,9 @@ impl SourceProducer {
             .headers(headers);
         if let Some(v) = value {
             record = record.payload(v);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
         }
         let outstanding = &self.inner.context().outstanding;
         loop {
@@ -361,6 +366,40 @@ impl SourceProducer {
         let acked = &self.inner.context().acked;
         if end > *acked.borrow() {
             acked.send_replace(end);
+        }
+    }
+
+    /// How many partitions `topic` has now, from the cluster's metadata.
+    pub async fn partitions(&self, topic: &str) -> Result<i32, KafkaError> {
+        let inner = self.inner.clone();
+        let name = topic.to_string();
+        let counted = tokio::task::spawn_blocking(move || {
+            let metadata = inner
+                .client()
+                .fetch_metadata(Some(&name), Duration::from_secs(10))?;
+            Ok::<_, ClientError>(
+                metadata
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == name)
+                    .map_or(0, |t| t.partitions().len() as i32),
+            )
+        })
+        .await
+        .map_err(|join| KafkaError::Task {
+            what: "reading the topic's partitions",
+            message: join.to_string(),
+        })?;
+        match counted {
+            Ok(n) if n > 0 => Ok(n),
+            Ok(_) => Err(KafkaError::Topic {
+                topic: topic.to_string(),
+                source: ClientError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition),
+            }),
+            Err(source) => Err(KafkaError::Topic {
+                topic: topic.to_string(),
+                source,
+            }),
         }
     }
 

@@ -12,6 +12,9 @@ use rdkafka::message::{Headers, Message};
 use crate::lsn::Lsn;
 use crate::registry::client::{Client, ClientError};
 
+/// The full name of the built-in key of truncate events, which is no replica column.
+const TRUNCATE_KEY: &str = "walcast.TruncateKey";
+
 /// Why a record did not decode.
 #[derive(Debug)]
 pub(super) enum DecodeError {
@@ -94,6 +97,17 @@ impl Decoder {
             .ok_or_else(|| poison("no valid seq header".into()))?;
         let key_bytes = m.key().unwrap_or_default();
         let topic = m.topic();
+        let version = Version { lsn: lsn.0, seq };
+        if header("op").as_deref() == Some("truncate") {
+            // Keyed by the built-in truncate key, not the topic's: only the value, the
+            // table's truncate contract, is read (and must be readable).
+            self.record(payload, topic, false)?;
+            return Ok(Some(Change {
+                key: Vec::new(),
+                op: Op::Truncate,
+                version,
+            }));
+        }
         let key = self.record(key_bytes, topic, true)?;
         let op = match header("op").as_deref() {
             Some("delete") => Op::Delete,
@@ -104,15 +118,11 @@ impl Decoder {
             }
             other => {
                 return Err(poison(format!(
-                    "op header {other:?} is not insert, update, snapshot or delete"
+                    "op header {other:?} is not insert, update, snapshot, delete or truncate"
                 )))
             }
         };
-        Ok(Some(Change {
-            key,
-            op,
-            version: Version { lsn: lsn.0, seq },
-        }))
+        Ok(Some(Change { key, op, version }))
     }
 
     /// For each view (key and value contract versions) that appeared since the last call,
@@ -180,10 +190,12 @@ impl Decoder {
             let Ok(schema) = Schema::parse_str(&text) else {
                 continue;
             };
+            // The truncate key is walcast's, not a contract of the table's rows.
             let own = match &schema {
                 Schema::Record(r) => {
+                    let name = r.name.fullname(None);
                     subject == &format!("{topic}-key")
-                        || subject == &format!("{topic}-{}", r.name.fullname(None))
+                        || (subject == &format!("{topic}-{name}") && name != TRUNCATE_KEY)
                 }
                 _ => false,
             };

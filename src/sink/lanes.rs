@@ -7,13 +7,15 @@
 //!   once every lane's write is durable; with one lane, rows and positions share one write
 //!   (one transaction, or one script). A crash in between leaves older positions beside
 //!   newer rows: the redelivery that follows is absorbed by the versions.
+//! - **Truncates first.** A batch's truncates are written through the first lane before
+//!   any lane writes its changes, which then meet the raised floor.
 //!
 //! The lanes are polled concurrently on the calling task ([`join_all`]): no task is spawned
 //! per batch, and the connections stay owned by the runner.
 
 use std::future::Future;
 
-use connectors::{Batch, Sink};
+use connectors::{Batch, Change, Op, Sink};
 
 /// Applies `batch` over the lanes: each key's changes go to the lane its hash picks, so they
 /// stay in order on one connection; lanes write concurrently; the positions are written
@@ -25,8 +27,19 @@ pub async fn apply_over<S: Sink>(lanes: &mut [S], batch: &Batch) -> Result<(), c
     if lanes.len() == 1 {
         return lanes[0].apply(batch).await;
     }
+    let (truncates, changes): (Vec<&Change>, Vec<&Change>) = batch
+        .changes
+        .iter()
+        .partition(|c| matches!(c.op, Op::Truncate));
+    if !truncates.is_empty() {
+        let truncates = Batch {
+            changes: truncates.into_iter().cloned().collect(),
+            positions: Vec::new(),
+        };
+        lanes[0].apply(&truncates).await?;
+    }
     let mut parts: Vec<Batch> = lanes.iter().map(|_| Batch::default()).collect();
-    for change in &batch.changes {
+    for change in changes {
         let mut hasher = DefaultHasher::new();
         format!("{:?}", change.key).hash(&mut hasher);
         let lane = (hasher.finish() % lanes.len() as u64) as usize;

@@ -66,7 +66,18 @@ fn an_unknown_key_is_named_with_the_keys_that_are_accepted() {
     let text = format!("{HEAD}{USERS_SOURCE}slott = \"x\"\n");
     assert_eq!(
         error_of(&text),
-        "walcast.toml:17: source[0].table[0].slott: unknown key; expected one of: table, topic, key, insert, update, delete, snapshot, columns, skip_truncate"
+        "walcast.toml:17: source[0].table[0].slott: unknown key; expected one of: table, topic, key, insert, update, delete, snapshot, columns, truncate, skip_truncate"
+    );
+}
+
+#[test]
+fn a_table_cannot_both_publish_and_skip_truncates() {
+    let text = format!(
+        "{HEAD}{USERS_SOURCE}truncate = \"schemas/users/UsersTruncated.avsc\"\nskip_truncate = true\n"
+    );
+    assert_eq!(
+        error_of(&text),
+        "walcast.toml: source[0].table[0].skip_truncate: is true, and a truncate contract is given too: publish truncates (keep truncate) or skip them (keep skip_truncate = true), not both"
     );
 }
 

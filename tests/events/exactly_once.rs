@@ -184,7 +184,7 @@ async fn a_newer_instance_fences_a_zombie() {
     let headers = rdkafka::message::OwnedHeaders::new;
     let mut zombie = producer().await;
     zombie
-        .send(&topic, b"k", Some(b"from the zombie"), headers(), 0)
+        .send(&topic, None, b"k", Some(b"from the zombie"), headers(), 0)
         .await
         .unwrap();
     let mut newer = producer().await;
@@ -195,7 +195,7 @@ async fn a_newer_instance_fences_a_zombie() {
     );
     assert!(!fenced.is_transient());
     newer
-        .send(&topic, b"k", Some(b"from the newer"), headers(), 0)
+        .send(&topic, None, b"k", Some(b"from the newer"), headers(), 0)
         .await
         .unwrap();
     newer.commit("0/20".parse().unwrap()).await.unwrap();

@@ -469,8 +469,9 @@ async fn an_unmapped_column_of_an_unsupported_type_is_no_obstacle() {
     assert_eq!(daemon.terminate().await, Some(0));
 }
 
-/// A TRUNCATE is never ignored silently: without `skip_truncate` it stops the source naming
-/// the table and the fix; with it, nothing is published for it and the stream goes on.
+/// A TRUNCATE is never ignored silently: without a truncate contract or `skip_truncate` it
+/// stops the source naming the table and both fixes; with `skip_truncate`, nothing is
+/// published for it and the stream goes on. (With a contract: `tests/replica/truncate.rs`.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_truncate_stops_the_source_unless_the_table_says_to_skip_it() {
     let mut daemon = Daemon::prepare("ev_trunc", Setup::default()).await;
@@ -497,7 +498,10 @@ async fn a_truncate_stops_the_source_unless_the_table_says_to_skip_it() {
     let text = daemon.log_text();
     assert!(
         text.contains("table public.users was truncated (at ")
-            && text.contains("hint: set skip_truncate = true in its [[source.table]]"),
+            && text.contains("and its [[source.table]] has no truncate contract")
+            && text
+                .contains("hint: add truncate = \"<file>.avsc\" (an Avro record without fields)")
+            && text.contains("or set skip_truncate = true to publish nothing for truncates"),
         "{text}"
     );
 

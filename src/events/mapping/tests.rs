@@ -15,6 +15,8 @@ const IDS: SchemaIds = SchemaIds {
     update: 13,
     delete: 14,
     snapshot: 12,
+    truncate: 15,
+    truncate_key: 16,
 };
 
 /// Contracts written to a temporary directory, named as a configuration would name them.
@@ -58,6 +60,7 @@ fn spec(c: &Contracts, compacted: bool) -> TableSpec {
         update: Some(c.record("UserUpdated", UPDATED)),
         delete: Some(c.record("UserDeleted", DELETED)),
         snapshot: None,
+        truncate: None,
         columns: BTreeMap::from([("user_id".to_string(), "id".to_string())]),
         compacted,
         skip_truncate: false,
@@ -410,13 +413,52 @@ fn without_a_delete_contract_a_delete_is_only_a_tombstone_and_only_when_compacte
 }
 
 #[test]
-fn a_truncate_publishes_nothing() {
+fn a_truncate_is_no_row_event() {
     let m = mapping(true);
     let table = m.table.clone();
     assert_eq!(
         m.events(&change(&table, Op::Truncate, None, None)),
         Ok(vec![])
     );
+    assert!(!m.publishes_truncates());
+    assert_eq!(m.truncate_event(0), None);
+}
+
+#[test]
+fn a_truncate_event_is_keyed_by_its_partition_and_carries_the_empty_truncate_record() {
+    let c = Contracts::new();
+    let spec = TableSpec {
+        truncate: Some(c.record("UsersTruncated", "")),
+        ..spec(&c, true)
+    };
+    let m = compile(spec, users(ReplicaIdentity::Default)).unwrap();
+    assert!(m.publishes_truncates());
+    let key_schema = Contract::truncate_key().schema;
+    for partition in [0, 2, 300] {
+        let event = m.truncate_event(partition).unwrap();
+        assert_eq!(event.op, "truncate");
+        assert_eq!(event.event_type, "com.example.users.UsersTruncated");
+        // Confluent framing with the truncate key's id, then the record {partition}.
+        assert_eq!(event.key[..5], [0, 0, 0, 0, 16]);
+        let key = apache_avro::from_avro_datum(&key_schema, &mut &event.key[5..], None).unwrap();
+        assert_eq!(
+            key,
+            Avro::Record(vec![("partition".into(), Avro::Int(partition))])
+        );
+        // The truncate contract's id, and a record without fields: no bytes.
+        assert_eq!(event.value, Some(vec![0, 0, 0, 0, 15]));
+    }
+}
+
+#[test]
+fn a_truncate_contract_with_fields_is_refused_naming_the_file_and_field() {
+    let c = Contracts::new();
+    let contract = c.record("UsersTruncated", r#"{"name": "reason", "type": "string"}"#);
+    assert_eq!(
+        contract.check_truncate(),
+        Err("schemas/users/UsersTruncated.avsc: a truncate contract has no fields, since a TRUNCATE has no row to fill them from; remove field reason (walcast's headers say which table, when and where)".into())
+    );
+    assert_eq!(c.record("UsersTruncated", "").check_truncate(), Ok(()));
 }
 
 #[test]

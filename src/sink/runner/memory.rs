@@ -223,25 +223,28 @@ impl Records for Log {
     }
 }
 
-/// Decodes the key as field `id`, the payload as field `v` (`"delete"` a delete, anything
-/// starting with `"undecodable"` poison), the offset as the version.
+/// Decodes the key as field `id`, the payload as field `v` (`"delete"` a delete,
+/// `"truncate"` a truncate, anything starting with `"undecodable"` poison), the offset as
+/// the version.
 pub(super) struct Plain;
 
 impl super::Decode for Plain {
     fn change<M: Message>(&mut self, m: &M) -> Result<Option<Change>, DecodeError> {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let key = |m: &M| vec![("id".into(), Value::Text(text(m.key().unwrap_or_default())))];
         let Some(payload) = m.payload().map(text) else {
             return Ok(None);
         };
         if payload.starts_with("undecodable") {
             return Err(DecodeError::Poison("not a plain record".into()));
         }
-        let op = match payload.as_str() {
-            "delete" => Op::Delete,
-            _ => Op::Upsert(vec![("v".into(), Value::Text(payload))]),
+        let (key, op) = match payload.as_str() {
+            "truncate" => (Vec::new(), Op::Truncate),
+            "delete" => (key(m), Op::Delete),
+            _ => (key(m), Op::Upsert(vec![("v".into(), Value::Text(payload))])),
         };
         Ok(Some(Change {
-            key: vec![("id".into(), Value::Text(text(m.key().unwrap_or_default())))],
+            key,
             op,
             version: Version {
                 lsn: m.offset() as u64 + 1,
@@ -273,6 +276,8 @@ pub(super) struct Store {
 #[derive(Default)]
 struct Data {
     rows: BTreeMap<String, Row>,
+    /// The newest truncate applied: nothing at or below it is applied any more.
+    floor: Option<Version>,
     positions: BTreeMap<(String, i32), i64>,
     /// Applies that fail as if the store were unreachable, before it is back.
     failing_applies: usize,
@@ -360,6 +365,9 @@ pub(super) struct Replica {
 
 /// The text of a change's key.
 fn key_of(change: &Change) -> String {
+    if matches!(change.op, Op::Truncate) {
+        return format!("truncate@{}", change.version.lsn);
+    }
     match &change.key[..] {
         [(_, Value::Text(k))] => k.clone(),
         other => format!("{other:?}"),
@@ -392,12 +400,19 @@ impl Sink for Replica {
             if batch.changes.iter().any(rejects) {
                 return Err(("rejected", poison()));
             }
+            if let Some(floor) = connectors::table::newest_truncate(&batch.changes) {
+                data.floor = data.floor.max(Some(floor));
+                data.rows.retain(|_, row| row.version > floor);
+            }
             for change in &batch.changes {
                 let key = key_of(change);
-                if data
-                    .rows
-                    .get(&key)
-                    .is_some_and(|r| r.version >= change.version)
+                let floored = data.floor.is_some_and(|f| change.version <= f);
+                if floored
+                    || matches!(change.op, Op::Truncate)
+                    || data
+                        .rows
+                        .get(&key)
+                        .is_some_and(|r| r.version >= change.version)
                 {
                     continue;
                 }
@@ -406,7 +421,7 @@ impl Sink for Replica {
                         [(_, Value::Text(v))] => v.clone(),
                         other => format!("{other:?}"),
                     }),
-                    Op::Delete => None,
+                    Op::Delete | Op::Truncate => None,
                 };
                 data.rows.insert(
                     key,

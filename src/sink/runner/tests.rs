@@ -449,6 +449,41 @@ fn a_stop_ends_an_idle_runner_without_waiting_for_its_batch_time() {
 }
 
 #[test]
+fn a_truncate_clears_older_rows_and_no_older_change_comes_back_from_another_partition() {
+    // Versions are offsets + 1: the truncate at orders/0 offset 2 is version 3, and
+    // orders/1's record (version 1) is older than it, read after it or in its batch.
+    let mut sink = Setup {
+        lanes: 2,
+        max_records: 2,
+        ..Setup::default()
+    }
+    .start(|log, _| {
+        log.assign(&[(TOPIC, 0), (TOPIC, 1)]);
+        log.append(TOPIC, 0, "a", Some("1"));
+        log.append(TOPIC, 0, "b", Some("2"));
+        log.append(TOPIC, 0, "", Some("truncate"));
+        log.append(TOPIC, 0, "c", Some("3"));
+        log.append(TOPIC, 1, "d", Some("older"));
+    });
+    let store = sink.store.clone();
+    let every_record: std::collections::BTreeMap<(String, i32), i64> =
+        [((TOPIC.to_string(), 0), 4), ((TOPIC.to_string(), 1), 1)].into();
+    sink.journal.wait_until("every record applied", move |_| {
+        store.positions() == every_record
+    });
+
+    assert_eq!(sink.store.rows(), rows(&[("c", "3")]));
+    let entries = sink.journal.entries();
+    // The truncate went through the first lane before the lanes wrote the changes beside it.
+    let truncated = entries
+        .iter()
+        .position(|e| e.starts_with("apply [truncate@3]"))
+        .unwrap_or_else(|| panic!("no truncate applied alone: {entries:#?}"));
+    assert!(entries[truncated].ends_with("at []"), "{entries:#?}");
+    assert_eq!(sink.stop().ok(), Some(()));
+}
+
+#[test]
 fn the_in_memory_replica_honours_the_sink_contract() {
     use connectors::{Batch, Change, Op, Sink, Value};
     let store = Arc::new(Store::default());
