@@ -7,6 +7,7 @@
 //! This crate owns all I/O with the sink stores, including the connectivity probes that
 //! `walcast check --connect` runs before any data moves.
 
+pub mod column;
 pub mod connector;
 pub mod mysql;
 pub mod postgres;

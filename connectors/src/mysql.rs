@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, DriverError, Opts, OptsBuilder, SslOpts, TxOpts, Value as My};
 
+use crate::column::{check_types, ColumnKind};
 use crate::connector::{Connector, Endpoint, Issue};
 use crate::sink::{Batch, Change, Position, Sink, Value, Version};
 use crate::sink::{Field, FieldType};
@@ -530,6 +531,42 @@ impl MysqlSink {
     }
 }
 
+/// What a column holds, from its `DATA_TYPE` and `COLUMN_TYPE` (`BOOLEAN` is `tinyint(1)`;
+/// MariaDB's `JSON` is a checked `longtext`).
+fn column_kind(data_type: &str, column_type: &str) -> ColumnKind {
+    match data_type {
+        "tinyint" if column_type.starts_with("tinyint(1)") => ColumnKind::Bool,
+        "tinyint" => ColumnKind::Int(8),
+        "smallint" => ColumnKind::Int(16),
+        "mediumint" => ColumnKind::Int(24),
+        "int" => ColumnKind::Int(32),
+        "bigint" => ColumnKind::Int(64),
+        // DECIMAL(65, 30) is MySQL's widest: walcast makes it for wider decimals, whose
+        // values fit or not one by one.
+        "decimal" => ColumnKind::Decimal(
+            column_type
+                .strip_prefix("decimal(")
+                .and_then(|rest| rest.split(')').next())
+                .and_then(|ps| ps.split_once(','))
+                .and_then(|(p, s)| Some((p.trim().parse().ok()?, s.trim().parse().ok()?)))
+                .filter(|&(p, s): &(usize, usize)| p < 65 && s < 30),
+        ),
+        "float" => ColumnKind::Float(32),
+        "double" => ColumnKind::Float(64),
+        "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" => ColumnKind::Text,
+        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => {
+            ColumnKind::Bytes
+        }
+        "date" => ColumnKind::Date,
+        "datetime" => ColumnKind::LocalTimestamp,
+        "timestamp" => ColumnKind::Timestamp,
+        "time" => ColumnKind::Time,
+        "json" => ColumnKind::Json,
+        "uuid" => ColumnKind::Uuid,
+        _ => ColumnKind::Other,
+    }
+}
+
 /// The column type a field is created with. Key columns need a bounded length. Arrays,
 /// maps and records are JSON (in MariaDB, a `LONGTEXT` checked to hold JSON).
 fn mysql_type(ty: &FieldType, key: bool) -> String {
@@ -599,6 +636,24 @@ impl Sink for MysqlSink {
     }
 
     async fn prepare(&mut self, fields: &[Field]) -> Result<(), Error> {
+        let key_columns = self.settings.key_columns();
+        check_types(
+            &self.settings,
+            fields,
+            |c| {
+                self.types
+                    .get(c)
+                    .map(|(data, column)| (column_kind(data, column), column.clone()))
+            },
+            |c, ty| {
+                format!(
+                    "ALTER TABLE {} MODIFY COLUMN {} {}",
+                    self.table,
+                    quote(c),
+                    mysql_type(ty, key_columns.iter().any(|k| k == c))
+                )
+            },
+        )?;
         let missing = missing_columns(&self.settings, fields, |c| self.types.contains_key(c))?;
         if missing.is_empty() {
             return Ok(());

@@ -30,6 +30,7 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
+use crate::column::{check_types, ColumnKind};
 use crate::connector::{Connector, Endpoint, Issue};
 use crate::sink::{Batch, Position, Sink, Value, Version};
 use crate::sink::{Field, FieldType};
@@ -349,6 +350,43 @@ fn pg_type(ty: &FieldType) -> String {
     }
 }
 
+/// What a column of this type (as `format_type` spells it) holds.
+fn column_kind(declared: &str) -> ColumnKind {
+    if let Some(item) = declared.strip_suffix("[]") {
+        return ColumnKind::Array(Box::new(column_kind(item)));
+    }
+    let base = declared.split('(').next().unwrap_or(declared).trim();
+    match base {
+        "smallint" => ColumnKind::Int(16),
+        "integer" => ColumnKind::Int(32),
+        "bigint" => ColumnKind::Int(64),
+        "numeric" => ColumnKind::Decimal(
+            declared
+                .strip_prefix("numeric(")
+                .and_then(|rest| rest.strip_suffix(')'))
+                .and_then(|ps| ps.split_once(','))
+                .and_then(|(p, s)| Some((p.trim().parse().ok()?, s.trim().parse().ok()?))),
+        ),
+        "real" => ColumnKind::Float(32),
+        "double precision" => ColumnKind::Float(64),
+        "boolean" => ColumnKind::Bool,
+        "text" | "character varying" | "character" | "citext" | "name" => ColumnKind::Text,
+        "bytea" => ColumnKind::Bytes,
+        "date" => ColumnKind::Date,
+        "uuid" => ColumnKind::Uuid,
+        "json" | "jsonb" => ColumnKind::Json,
+        _ if declared.starts_with("timestamp") => {
+            if declared.ends_with("with time zone") && !declared.ends_with("without time zone") {
+                ColumnKind::Timestamp
+            } else {
+                ColumnKind::LocalTimestamp
+            }
+        }
+        _ if declared.starts_with("time") => ColumnKind::Time,
+        _ => ColumnKind::Other,
+    }
+}
+
 /// A value in the text form PostgreSQL's input functions read for a column of type `cast`;
 /// `None` is NULL. An array written to an array column takes the array literal form
 /// (`{"a",NULL}`); to any other column (`jsonb`, `text`), its JSON form.
@@ -616,6 +654,21 @@ impl Sink for PostgresSink {
     }
 
     async fn prepare(&mut self, fields: &[Field]) -> Result<(), Error> {
+        check_types(
+            &self.settings,
+            fields,
+            |c| self.types.get(c).map(|t| (column_kind(t), t.clone())),
+            |c, ty| {
+                format!(
+                    "ALTER TABLE {} ALTER COLUMN {} TYPE {} USING {}::{}",
+                    self.table,
+                    quote(c),
+                    pg_type(ty),
+                    quote(c),
+                    pg_type(ty)
+                )
+            },
+        )?;
         let missing = missing_columns(&self.settings, fields, |c| self.types.contains_key(c))?;
         if missing.is_empty() {
             return Ok(());

@@ -462,6 +462,39 @@ async fn auto_create_and_auto_add_columns<H: TableHarness>(name: &str) {
         h.auto_rows("coalesce(email, '')").await,
         rows(&[(2, "grace@example.com"), (3, "")])
     );
+    // A contract that changes a field to a type its column cannot hold: one named error
+    // with the fix, rather than every record failing in the store.
+    let balance_as_text = [
+        field("user_id", FieldType::Long, false),
+        field("balance", FieldType::Text, true),
+    ];
+    let e = sink
+        .prepare(&balance_as_text)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(": column balance is ")
+            && e.contains("which cannot hold field balance (text) of the topic's contracts")
+            && e.contains("walcast never changes a column's type: run ALTER TABLE ")
+            && e.contains(
+                "or keep the field in a new column (columns = { new_column = \"balance\" })"
+            ),
+        "{e}"
+    );
+    // Narrower types than the column's are no change: an int key, fewer decimal digits.
+    let narrower = [
+        field("user_id", FieldType::Int, false),
+        field(
+            "balance",
+            FieldType::Decimal {
+                precision: 10,
+                scale: 2,
+            },
+            true,
+        ),
+    ];
+    sink.prepare(&narrower).await.unwrap();
 }
 
 // ------------------------------------------------------------------ PostgreSQL
