@@ -56,6 +56,15 @@ pub enum FrameError {
         /// The declared length.
         len: usize,
     },
+    /// A frame's length field is beyond anything PostgreSQL sends (its messages stay under
+    /// 1 GiB): the stream is garbage, and reading on would only reserve memory for it.
+    #[error("a {tag:?} frame declares a length of {len} bytes, more than the {MAX_FRAME} PostgreSQL ever sends; the stream is corrupt")]
+    TooLong {
+        /// Message type byte of the frame.
+        tag: char,
+        /// The declared length.
+        len: usize,
+    },
     /// postgres-protocol could not parse a complete frame.
     #[error("malformed {tag:?} message: {reason}")]
     Malformed {
@@ -87,6 +96,10 @@ pub enum FrameError {
     Unexpected(&'static str),
 }
 
+/// The longest frame accepted: PostgreSQL allocates no message of 1 GiB or more
+/// (`MaxAllocSize`), so a longer length is corruption, not data.
+const MAX_FRAME: usize = 1 << 30;
+
 /// Size of an XLogData header after its tag: WAL start, WAL end, send time.
 const XLOG_DATA_HEADER: usize = 24;
 /// Size of a primary keepalive after its tag: WAL end, send time, reply flag.
@@ -102,6 +115,12 @@ pub(super) fn split_frame(read: &mut BytesMut) -> Result<Split, FrameError> {
     let len = u32::from_be_bytes([read[1], read[2], read[3], read[4]]) as usize;
     if len < 4 {
         return Err(FrameError::BadLength {
+            tag: tag as char,
+            len,
+        });
+    }
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLong {
             tag: tag as char,
             len,
         });
@@ -198,7 +217,9 @@ pub fn parse_copy_data(mut data: Bytes) -> Result<ReplicationMessage, FrameError
 /// always were); a well-framed message out of place is a protocol error (permanent).
 pub(super) fn frame_error(target: &str, e: FrameError) -> SourceError {
     match e {
-        FrameError::BadLength { .. } | FrameError::Malformed { .. } => SourceError::Io {
+        FrameError::BadLength { .. }
+        | FrameError::TooLong { .. }
+        | FrameError::Malformed { .. } => SourceError::Io {
             target: target.to_string(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
         },

@@ -307,6 +307,34 @@ fn a_frame_length_below_four_is_an_error_not_a_panic() {
 }
 
 #[test]
+fn a_frame_longer_than_postgresql_ever_sends_is_an_error_before_anything_is_reserved() {
+    let mut read = BytesMut::new();
+    read.put_u8(b'd');
+    read.put_u32(u32::MAX);
+    read.put_slice(&[0; 8]);
+    let e = split_frame(&mut read).map(|_| ()).unwrap_err();
+    assert_eq!(
+        e,
+        FrameError::TooLong {
+            tag: 'd',
+            len: u32::MAX as usize
+        }
+    );
+    assert_eq!(
+        e.to_string(),
+        "a 'd' frame declares a length of 4294967295 bytes, more than the 1073741824 PostgreSQL ever sends; the stream is corrupt"
+    );
+    // The largest frame PostgreSQL may send is only waited for.
+    let mut read = BytesMut::new();
+    read.put_u8(b'd');
+    read.put_u32(1 << 30);
+    assert!(matches!(
+        split_frame(&mut read),
+        Ok(Split::Incomplete { frame_len: Some(_) })
+    ));
+}
+
+#[test]
 fn a_message_postgres_protocol_cannot_parse_is_malformed_and_names_its_tag() {
     let mut read = frame(b'X', b"??");
     let e = split_frame(&mut read).map(|_| ()).unwrap_err();
