@@ -108,6 +108,15 @@ pub enum SinkError {
         /// What does not fit, and how to fix it.
         message: String,
     },
+    /// Kafka refused the sink's connection for good (a wrong CA or password): the error
+    /// names the brokers and the key to fix.
+    #[error("sink {sink}: {source}")]
+    Connect {
+        /// The sink.
+        sink: String,
+        /// Why the connection was refused.
+        source: crate::kafka::KafkaError,
+    },
     /// Consuming, committing or dead-lettering failed for good.
     #[error("sink {sink}: kafka: {message}")]
     Kafka {
@@ -203,7 +212,12 @@ where
                     return Ok(());
                 }
             }
-            Err(e) => return Err(kafka_error(e.to_string())),
+            Err(source) => {
+                return Err(SinkError::Connect {
+                    sink: name.clone(),
+                    source,
+                })
+            }
         }
     }
     backoff.reset();
