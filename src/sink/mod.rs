@@ -115,7 +115,7 @@ pub enum SinkError {
         /// The sink.
         sink: String,
         /// Why the connection was refused.
-        source: crate::kafka::KafkaError,
+        source: Box<crate::kafka::KafkaError>,
     },
     /// Consuming, committing or dead-lettering failed for good.
     #[error("sink {sink}: kafka: {message}")]
@@ -215,7 +215,7 @@ where
             Err(source) => {
                 return Err(SinkError::Connect {
                     sink: name.clone(),
-                    source,
+                    source: Box::new(source),
                 })
             }
         }

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::support::daemon::{Daemon, Setup};
-use crate::support::targets::{restart_machine_mariadb, OwnPostgres, OwnRedis};
+use crate::support::targets::{OwnMariadb, OwnPostgres, OwnRedis};
 use crate::support::{unique, wait_for, wait_until, Stack};
 use mysql_async::prelude::Queryable;
 
@@ -25,6 +25,7 @@ async fn source_rows(pg: &tokio_postgres::Client) -> Rows {
 /// The replicas under test, read back as `(id, name, email)` rows.
 struct Replicas {
     pg: OwnPostgres,
+    mysql: OwnMariadb,
     mysql_url: String,
     redis: OwnRedis,
     redis_prefix: String,
@@ -154,7 +155,6 @@ async fn random_writes(pg: &tokio_postgres::Client, rounds: u32, seed: &mut u64)
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_replica_converges_through_kill_9_and_restarts_of_its_store() {
-    let stack = Stack::get();
     let mut daemon = Daemon::prepare("rep_all", Setup::default()).await;
     let pg = OwnPostgres::start(&daemon.name).await;
     pg.client("postgres")
@@ -167,14 +167,15 @@ async fn every_replica_converges_through_kill_9_and_restarts_of_its_store() {
         .batch_execute(REPLICA)
         .await
         .unwrap();
-    let mysql_url = stack
-        .fresh_mysql_database(&unique("rep_all_shipping"))
-        .await;
+    // A MariaDB of the test's own, since it restarts it: other specs use the machine's.
+    let mysql = OwnMariadb::start(false).await;
+    let mysql_url = mysql.fresh_database("shipping");
     // The MariaDB replica's table is created by the sink, from the contract.
     let redis = OwnRedis::start().await;
     let replicas = Replicas {
         redis_prefix: format!("{}:user:", daemon.name),
         pg,
+        mysql,
         mysql_url,
         redis,
     };
@@ -231,8 +232,8 @@ async fn every_replica_converges_through_kill_9_and_restarts_of_its_store() {
         tokio::spawn(async move { random_writes(&pg, 30, &mut s).await })
     };
     replicas.pg.restart().await;
-    restart_machine_mariadb().await;
     let mut replicas = replicas;
+    replicas.mysql.restart().await;
     replicas.redis.restart().await;
     writes.await.unwrap();
     converged(&daemon, &source, &replicas).await;

@@ -171,35 +171,6 @@ impl Drop for OwnRedis {
     }
 }
 
-/// Restarts the machine's MariaDB (as `scripts/stack` starts it) and waits until it answers.
-pub async fn restart_machine_mariadb() {
-    run(Command::new("mariadb-admin").arg("shutdown"));
-    run(Command::new("install").args(["-d", "-o", "mysql", "-g", "mysql", "/run/mysqld"]));
-    run(Command::new("start-stop-daemon").args([
-        "--start",
-        "--oknodo",
-        "--background",
-        "--exec",
-        "/usr/sbin/mariadbd",
-        "--",
-        "--user=mysql",
-        "--bind-address=127.0.0.1",
-        "--port=3306",
-        "--log-error=/var/log/mysql/stack.log",
-    ]));
-    wait_until(
-        "MariaDB after its restart",
-        Duration::from_secs(60),
-        || async {
-            Command::new("mariadb-admin")
-                .arg("ping")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        },
-    )
-    .await;
-}
-
 /// An Apache Kafka broker of the test's own (one KRaft node, the stack's classpath), on
 /// free loopback ports, storing in a temporary directory. [`OwnKafka::kill9`] and
 /// [`OwnKafka::start_again`] stop it without warning and bring it back with its data.
@@ -465,11 +436,10 @@ impl OwnMariadb {
             .prefix("walcast-mariadb")
             .tempdir_in("/var/tmp")
             .unwrap();
-        let (cert, key, ca) = server_tls_files(dir.path(), "mysql");
-        let data = dir.path().join("data");
+        server_tls_files(dir.path(), "mysql");
         run(Command::new("mariadb-install-db")
             .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--datadir={}", dir.path().join("data").display()))
             .args([
                 "--user=mysql",
                 "--auth-root-authentication-method=socket",
@@ -477,23 +447,34 @@ impl OwnMariadb {
             ])
             .stdout(Stdio::null()));
         let port = free_port();
-        let child = Command::new("mariadbd")
+        let child = Self::spawn(dir.path(), port, tls);
+        let db = OwnMariadb {
+            port,
+            tls,
+            dir,
+            child,
+        };
+        db.answers().await;
+        db
+    }
+
+    /// Starts the server on its data directory (made by `start`).
+    fn spawn(dir: &std::path::Path, port: u16, tls: bool) -> Child {
+        let file = |name: &str| dir.join(name).display().to_string();
+        Command::new("mariadbd")
             .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--datadir={}", file("data")))
             .args(["--user=mysql", "--bind-address=127.0.0.1"])
             .arg(format!("--port={port}"))
-            .arg(format!("--socket={}", dir.path().join("sock").display()))
-            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
-            .arg(format!(
-                "--log-error={}",
-                dir.path().join("error.log").display()
-            ))
+            .arg(format!("--socket={}", file("sock")))
+            .arg(format!("--pid-file={}", file("pid")))
+            .arg(format!("--log-error={}", file("error.log")))
             .args(
                 tls.then(|| {
                     [
-                        format!("--ssl-cert={}", cert.display()),
-                        format!("--ssl-key={}", key.display()),
-                        format!("--ssl-ca={}", ca.display()),
+                        format!("--ssl-cert={}", file("server.crt")),
+                        format!("--ssl-key={}", file("server.key")),
+                        format!("--ssl-ca={}", file("ca.crt")),
                     ]
                 })
                 .into_iter()
@@ -502,22 +483,35 @@ impl OwnMariadb {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap();
-        let db = OwnMariadb {
-            port,
-            tls,
-            dir,
-            child,
-        };
+            .unwrap()
+    }
+
+    async fn answers(&self) {
         wait_until("the test's MariaDB", Duration::from_secs(60), || async {
-            db.client()
+            self.client()
                 .arg("-e")
                 .arg("SELECT 1")
                 .output()
                 .is_ok_and(|o| o.status.success())
         })
         .await;
-        db
+    }
+
+    /// Kills the server (kill -9, as a crash) and starts it again on its data.
+    pub async fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.dir.path(), self.port, self.tls);
+        self.answers().await;
+    }
+
+    /// A new database `db` and a user of its own over TCP: its URL, password included.
+    pub fn fresh_database(&self, db: &str) -> String {
+        self.sql(&format!(
+            "CREATE DATABASE {db}; CREATE USER '{db}'@'%' IDENTIFIED BY 'pw-{db}'; \
+             GRANT ALL ON {db}.* TO '{db}'@'%';"
+        ));
+        format!("mysql://{db}:pw-{db}@127.0.0.1:{}/{db}", self.port)
     }
 
     fn client(&self) -> Command {
