@@ -2,8 +2,10 @@
 //!
 //! Modes follow libpq's `sslmode`: `disable`; `prefer` (TLS when the server offers it, no
 //! certificate check; libpq's default); `require` (TLS or nothing, no certificate check);
-//! `verify-full` (TLS, the certificate chains to `tls_ca_file` or the system roots, and names
-//! the host connected to).
+//! `verify-full` (TLS, the certificate chains to `tls_ca_file` or, without it, the system's
+//! roots, and names the host connected to). As for the sinks and the registry, `tls_ca_file`
+//! replaces the system's roots (every certificate in it is trusted): a database behind a
+//! private CA is trusted for exactly that CA.
 
 use std::path::PathBuf;
 
@@ -16,7 +18,8 @@ pub use crate::config::TlsMode;
 pub struct TlsSettings {
     /// libpq-style `sslmode`: whether TLS is used and whether the certificate is verified.
     pub mode: TlsMode,
-    /// PEM file of the certificate authority for `verify-full`; default the system roots.
+    /// PEM file of the certificate authorities trusted for `verify-full`, instead of the
+    /// system's roots.
     pub ca_file: Option<PathBuf>,
 }
 
@@ -41,35 +44,24 @@ impl TlsSettings {
         Ok(Some(connector))
     }
 
+    /// The sinks' connector (one trust rule for every store walcast connects to).
     fn build(&self) -> Result<native_tls::TlsConnector, SourceError> {
-        let mut builder = native_tls::TlsConnector::builder();
-        if self.mode == TlsMode::VerifyFull {
-            if let Some(path) = &self.ca_file {
-                let pem = std::fs::read(path).map_err(|e| {
-                    SourceError::setup(
-                        format!("cannot read tls_ca_file {}: {e}", path.display()),
-                        "point tls_ca_file at the PEM certificate of the server's certificate authority",
-                    )
-                })?;
-                let ca = native_tls::Certificate::from_pem(&pem).map_err(|e| {
-                    SourceError::setup(
-                        format!("tls_ca_file {} is not a PEM certificate: {e}", path.display()),
-                        "point tls_ca_file at the PEM certificate of the server's certificate authority",
-                    )
-                })?;
-                builder.add_root_certificate(ca);
-            }
-        } else {
-            builder
-                .danger_accept_invalid_certs(true)
-                .danger_accept_invalid_hostnames(true);
+        let settings = connectors::tls::TlsSettings {
+            mode: self.mode,
+            ca_file: self.ca_file.clone(),
+        };
+        match settings.connector() {
+            Ok(Some(connector)) => Ok(connector),
+            Ok(None) => unreachable!("connector() returns None only when TLS is disabled"),
+            Err(e) => Err(SourceError::setup(
+                e.to_string()
+                    .split("\n  hint:")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+                "point tls_ca_file at the PEM file of the certificate authority that signed the server's certificate",
+            )),
         }
-        builder.build().map_err(|e| {
-            SourceError::setup(
-                format!("cannot set up TLS: {e}"),
-                "check the system's OpenSSL installation",
-            )
-        })
     }
 
     /// tokio-postgres's mode for the catalog connection.
