@@ -1,4 +1,4 @@
-//! The full loop into every replica store: convergence through kill -9 and store restarts, poison policies, consumer-group takeover, and contract versions.
+//! The full loop into every replica store: convergence through kill -9 and store restarts, poison policies, consumer-group takeover, contract versions, and every supported type.
 //!
 //! One test binary per area: each links librdkafka and the whole crate once.
 
@@ -6,3 +6,4 @@
 mod support;
 
 mod convergence;
+mod types;
