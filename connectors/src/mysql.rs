@@ -378,19 +378,7 @@ impl MysqlSink {
 
     /// `value` as an SQL literal.
     fn literal(&self, value: Option<&Value>) -> String {
-        let my = match value {
-            None | Some(Value::Null) => My::NULL,
-            Some(Value::Bool(b)) => My::Int(i64::from(*b)),
-            Some(Value::Long(n)) => My::Int(*n),
-            Some(Value::Double(x)) => My::Double(*x),
-            Some(Value::Bytes(b)) => My::Bytes(b.clone()),
-            Some(other) => My::Bytes(
-                crate::text::value(other, "")
-                    .unwrap_or_default()
-                    .into_bytes(),
-            ),
-        };
-        my.as_sql(self.no_backslash_escapes)
+        literal(value, self.no_backslash_escapes)
     }
 
     fn version(v: Version) -> String {
@@ -567,6 +555,27 @@ fn column_kind(data_type: &str, column_type: &str) -> ColumnKind {
     }
 }
 
+/// `value` as an SQL literal, escaped for a session with or without `NO_BACKSLASH_ESCAPES`.
+fn literal(value: Option<&Value>, no_backslash_escapes: bool) -> String {
+    let my = match value {
+        None | Some(Value::Null) => My::NULL,
+        Some(Value::Bool(b)) => My::Int(i64::from(*b)),
+        Some(Value::Long(n)) => My::Int(*n),
+        // Digits with an exponent, which MySQL reads as a DOUBLE literal (plain digits
+        // beyond 65 would be a DECIMAL one, clamped). NaN and ±Infinity go as strings
+        // (below), which a DOUBLE or FLOAT column refuses (SQLSTATE 22007): a poison
+        // record, never a wrong value.
+        Some(Value::Double(x)) if x.is_finite() => return crate::text::double(*x),
+        Some(Value::Bytes(b)) => My::Bytes(b.clone()),
+        Some(other) => My::Bytes(
+            crate::text::value(other, "")
+                .unwrap_or_default()
+                .into_bytes(),
+        ),
+    };
+    my.as_sql(no_backslash_escapes)
+}
+
 /// The column type a field is created with. Key columns need a bounded length. Arrays,
 /// maps and records are JSON (in MariaDB, a `LONGTEXT` checked to hold JSON).
 fn mysql_type(ty: &FieldType, key: bool) -> String {
@@ -731,5 +740,22 @@ impl Sink for MysqlSink {
                 next_offset,
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::literal;
+    use crate::sink::Value;
+
+    #[test]
+    fn doubles_are_double_literals_and_nan_a_string_the_column_refuses() {
+        let lit = |x: f64| literal(Some(&Value::Double(x)), false);
+        assert_eq!(lit(f64::MAX), "1.7976931348623157e+308");
+        assert_eq!(lit(5e-324), "5e-324");
+        assert_eq!(lit(f64::from(f32::MAX)), "3.4028234663852886e+38");
+        assert_eq!(lit(0.1), "0.1");
+        assert_eq!(lit(f64::NAN), "'NaN'");
+        assert_eq!(lit(f64::NEG_INFINITY), "'-Infinity'");
     }
 }

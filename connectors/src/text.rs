@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use walcast_text::{date, time, timestamp};
+use walcast_text::{date, time, timestamp, timestamp_zoned};
 
 use crate::sink::Value;
 
@@ -26,7 +26,7 @@ pub fn value(value: &Value, utc_suffix: &str) -> Option<String> {
         Value::Double(x) if x.is_infinite() => {
             s.push_str(if *x > 0.0 { "Infinity" } else { "-Infinity" })
         }
-        Value::Double(x) => s = x.to_string(),
+        Value::Double(x) => s = double(*x),
         Value::Text(t) | Value::Decimal(t) => s.push_str(t),
         Value::Bytes(b) => {
             s.push_str("\\x");
@@ -35,15 +35,28 @@ pub fn value(value: &Value, utc_suffix: &str) -> Option<String> {
             }
         }
         Value::Date(d) => date(&mut s, i64::from(*d)),
-        Value::Timestamp(us) => {
-            timestamp(&mut s, *us);
-            s.push_str(utc_suffix);
-        }
+        Value::Timestamp(us) => timestamp_zoned(&mut s, *us, utc_suffix),
         Value::LocalTimestamp(us) => timestamp(&mut s, *us),
         Value::Time(us) => time(&mut s, *us),
         Value::Array(_) | Value::Object(_) => json(&mut s, value),
     }
     Some(s)
+}
+
+/// A finite double as PostgreSQL writes one: the shortest digits that read back as the
+/// same double, with an exponent when it is below -4 or above 14 (`0.1`, `1e-05`,
+/// `1.7976931348623157e+308`). Plain digits alone would run to 309 characters, which
+/// MySQL reads as a DECIMAL literal and clamps to 65 digits.
+pub fn double(x: f64) -> String {
+    let scientific = format!("{x:e}");
+    let (mantissa, exponent) = scientific.split_once('e').expect("{:e} has an exponent");
+    let exponent: i32 = exponent.parse().expect("a decimal exponent");
+    if (-4..15).contains(&exponent) {
+        x.to_string()
+    } else {
+        let sign = if exponent < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exponent.unsigned_abs())
+    }
 }
 
 /// Appends a value's JSON form to `out`.
@@ -103,8 +116,41 @@ fn json_string(out: &mut String, text: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::value;
+    use super::{double, value};
     use crate::sink::Value;
+
+    #[test]
+    fn doubles_take_postgresql_s_shortest_form() {
+        let cases = [
+            (0.1, "0.1"),
+            (-0.5, "-0.5"),
+            (1e-4, "0.0001"),
+            (1e-5, "1e-05"),
+            (123_456_789_012_345.0, "123456789012345"),
+            (1e15, "1e+15"),
+            (f64::MAX, "1.7976931348623157e+308"),
+            (f64::from(f32::MAX), "3.4028234663852886e+38"),
+            (5e-324, "5e-324"),
+            (-2.2250738585072014e-308, "-2.2250738585072014e-308"),
+        ];
+        for (x, text) in cases {
+            assert_eq!(double(x), text);
+            assert_eq!(text.parse::<f64>().unwrap(), x, "{text} reads back");
+        }
+    }
+
+    #[test]
+    fn timestamps_before_year_1_end_in_bc_after_their_zone() {
+        let bc = Value::Timestamp(-62_135_596_800_000_001);
+        assert_eq!(
+            value(&bc, "+00").unwrap(),
+            "0001-12-31T23:59:59.999999+00 BC"
+        );
+        assert_eq!(
+            value(&Value::Array(vec![bc]), "+00").unwrap(),
+            r#"["0001-12-31T23:59:59.999999Z BC"]"#
+        );
+    }
 
     #[test]
     fn arrays_maps_and_records_are_json() {

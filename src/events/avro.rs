@@ -291,16 +291,17 @@ fn unix_micros(pg_micros: i64) -> Option<i64> {
     pg_micros.checked_add(PG_EPOCH_MICROS)
 }
 
-/// Microseconds since 2000-01-01 in ISO 8601, for every PostgreSQL timestamp (whole days
-/// are counted apart, so nothing overflows where Unix-epoch microseconds would).
-fn timestamp_text(s: &mut String, pg_micros: i64) {
+/// Microseconds since 2000-01-01 in ISO 8601 with `zone`, for every PostgreSQL timestamp
+/// (whole days are counted apart, so nothing overflows where Unix-epoch microseconds
+/// would); years before 1 end in ` BC`, after the zone, as PostgreSQL reads them.
+fn timestamp_text(s: &mut String, pg_micros: i64, zone: &str) {
     const DAY_MICROS: i64 = 86_400_000_000;
-    walcast_text::date(
+    walcast_text::date_time(
         s,
         pg_micros.div_euclid(DAY_MICROS) + i64::from(PG_EPOCH_DAYS),
+        pg_micros.rem_euclid(DAY_MICROS),
+        zone,
     );
-    s.push('T');
-    walcast_text::time(s, pg_micros.rem_euclid(DAY_MICROS));
 }
 
 /// The unscaled integer of a numeric at `scale`; refuses to drop digits.
@@ -409,11 +410,8 @@ pub fn render(value: &Value) -> String {
             let o = offset_secs.unsigned_abs();
             let _ = write!(s, "{sign}{:02}:{:02}", o / 3600, o % 3600 / 60);
         }
-        Value::Timestamp(t) => infinite(&mut s, t, |s, us| timestamp_text(s, *us)),
-        Value::TimestampTz(t) => infinite(&mut s, t, |s, us| {
-            timestamp_text(s, *us);
-            s.push('Z');
-        }),
+        Value::Timestamp(t) => infinite(&mut s, t, |s, us| timestamp_text(s, *us, "")),
+        Value::TimestampTz(t) => infinite(&mut s, t, |s, us| timestamp_text(s, *us, "Z")),
         Value::Interval {
             months,
             days,
@@ -422,7 +420,12 @@ pub fn render(value: &Value) -> String {
             let _ = write!(s, "P{}Y{}M{days}DT", months / 12, months % 12);
             let (h, rest) = (micros / 3_600_000_000, micros % 3_600_000_000);
             let (m, us) = (rest / 60_000_000, rest % 60_000_000);
-            let _ = write!(s, "{h}H{m}M{}", us / 1_000_000);
+            let _ = write!(s, "{h}H{m}M");
+            // -0.5 s has no whole seconds to carry its sign.
+            if us < 0 && us > -1_000_000 {
+                s.push('-');
+            }
+            let _ = write!(s, "{}", us / 1_000_000);
             if us % 1_000_000 != 0 {
                 let _ = write!(s, ".{:06}", (us % 1_000_000).unsigned_abs());
             }

@@ -2,6 +2,7 @@
 //! type and one key record per topic. A contract is the service's public API; the table
 //! behind it is not, which is why columns reach fields only through the mapping.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use apache_avro::schema::Schema;
@@ -78,9 +79,11 @@ impl Contract {
         let Schema::Record(record) = &schema else {
             return Err(format!("{at}: a contract must be an Avro record"));
         };
+        let names = names_of(&schema);
         let mut fields = Vec::with_capacity(record.fields.len());
         for f in &record.fields {
-            let slot = slot_of(&f.schema).map_err(|e| format!("{at}: field {}: {e}", f.name))?;
+            let slot =
+                slot_in(&f.schema, &names).map_err(|e| format!("{at}: field {}: {e}", f.name))?;
             let default = match &f.default {
                 None => None,
                 Some(json) => Some(default_bytes(&f.schema, json).map_err(|e| {
@@ -126,8 +129,48 @@ fn default_bytes(schema: &Schema, json: &serde_json::Value) -> Result<Vec<u8>, S
     Ok(bytes)
 }
 
+/// A schema's named types (records, enums, fixed), by full name: what a reference to one
+/// by name (`"items": ["null", "Mood"]`, after `Mood` was defined) stands for.
+type Names = HashMap<String, Schema>;
+
+fn names_of(schema: &Schema) -> Names {
+    fn walk(schema: &Schema, names: &mut Names) {
+        match schema {
+            Schema::Record(r) => {
+                names.insert(r.name.fullname(None), schema.clone());
+                for f in &r.fields {
+                    walk(&f.schema, names);
+                }
+            }
+            Schema::Enum(e) => {
+                names.insert(e.name.fullname(None), schema.clone());
+            }
+            Schema::Fixed(f) => {
+                names.insert(f.name.fullname(None), schema.clone());
+            }
+            Schema::Decimal(d) => walk(&d.inner, names),
+            Schema::Array(a) => walk(&a.items, names),
+            Schema::Map(m) => walk(&m.types, names),
+            Schema::Union(u) => {
+                for v in u.variants() {
+                    walk(v, names);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut names = Names::new();
+    walk(schema, &mut names);
+    names
+}
+
 /// How a field of Avro type `schema` is written.
 pub fn slot_of(schema: &Schema) -> Result<Slot, String> {
+    slot_in(schema, &names_of(schema))
+}
+
+/// [`slot_of`] for a field of a record whose named types are `names`.
+fn slot_in(schema: &Schema, names: &Names) -> Result<Slot, String> {
     if let Schema::Union(u) = schema {
         let branches = u.variants();
         let null = branches.iter().position(|b| matches!(b, Schema::Null));
@@ -135,7 +178,7 @@ pub fn slot_of(schema: &Schema) -> Result<Slot, String> {
             (2, Some(n)) => {
                 let value = 1 - n;
                 Ok(Slot {
-                    enc: enc_of(&branches[value])?,
+                    enc: enc_of(&branches[value], names)?,
                     nullable: Some((n as u32, value as u32)),
                 })
             }
@@ -143,13 +186,22 @@ pub fn slot_of(schema: &Schema) -> Result<Slot, String> {
         };
     }
     Ok(Slot {
-        enc: enc_of(schema)?,
+        enc: enc_of(schema, names)?,
         nullable: None,
     })
 }
 
-fn enc_of(schema: &Schema) -> Result<Enc, String> {
+fn enc_of(schema: &Schema, names: &Names) -> Result<Enc, String> {
     Ok(match schema {
+        Schema::Ref { name } => {
+            let named = names.get(&name.fullname(None)).ok_or_else(|| {
+                format!(
+                    "the type {} is referenced but not defined",
+                    name.fullname(None)
+                )
+            })?;
+            return enc_of(named, names);
+        }
         Schema::Boolean => Enc::Boolean,
         Schema::Int => Enc::Int,
         Schema::Long => Enc::Long,
@@ -172,7 +224,7 @@ fn enc_of(schema: &Schema) -> Result<Enc, String> {
         Schema::LocalTimestampMillis => Enc::LocalTimestampMillis,
         Schema::LocalTimestampMicros => Enc::LocalTimestampMicros,
         Schema::Enum(e) => Enc::Enum(e.symbols.clone()),
-        Schema::Array(a) => Enc::Array(Box::new(slot_of(&a.items)?)),
+        Schema::Array(a) => Enc::Array(Box::new(slot_in(&a.items, names)?)),
         other => {
             return Err(format!(
             "no column type converts to {:?}; use a type from the type map in the events module",
@@ -180,4 +232,39 @@ fn enc_of(schema: &Schema) -> Result<Enc, String> {
         ))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{names_of, slot_in, Enc, Slot};
+    use apache_avro::Schema;
+
+    #[test]
+    fn a_named_type_referenced_by_name_is_the_type_it_names() {
+        let schema = Schema::parse_str(
+            r#"{"type": "record", "name": "K", "namespace": "shop", "fields": [
+                {"name": "mood", "type": {"type": "enum", "name": "Mood", "symbols": ["sad", "ok"]}},
+                {"name": "moods", "type": ["null", {"type": "array", "items": ["null", "Mood"]}]},
+                {"name": "again", "type": "shop.Mood"}
+            ]}"#,
+        )
+        .unwrap();
+        let Schema::Record(record) = &schema else {
+            unreachable!()
+        };
+        let names = names_of(&schema);
+        let mood = Enc::Enum(vec!["sad".into(), "ok".into()]);
+        let slot = |i: usize| slot_in(&record.fields[i].schema, &names).unwrap();
+        assert_eq!(
+            slot(1),
+            Slot {
+                enc: Enc::Array(Box::new(Slot {
+                    enc: mood.clone(),
+                    nullable: Some((0, 1)),
+                })),
+                nullable: Some((0, 1)),
+            }
+        );
+        assert_eq!(slot(2).enc, mood);
+    }
 }

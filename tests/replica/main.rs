@@ -1,4 +1,4 @@
-//! The full loop into every replica store: convergence through kill -9 and store restarts, poison policies, consumer-group takeover, contract versions, and truncates.
+//! The full loop into every replica store: convergence through kill -9 and store restarts, poison policies, consumer-group takeover, contract versions, truncates, and every supported type.
 //!
 //! One test binary per area: each links librdkafka and the whole crate once.
 
@@ -6,5 +6,5 @@
 mod support;
 
 mod convergence;
-
 mod truncate;
+mod types;

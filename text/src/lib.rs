@@ -41,9 +41,34 @@ pub fn time(out: &mut String, micros: i64) {
 
 /// Microseconds since 1970-01-01 00:00:00 as `YYYY-MM-DDTHH:MM:SS[.ffffff]`.
 pub fn timestamp(out: &mut String, unix_micros: i64) {
-    date(out, unix_micros.div_euclid(86_400_000_000));
+    timestamp_zoned(out, unix_micros, "");
+}
+
+/// [`timestamp`] followed by `zone` (`Z`, `+00`, or nothing), and by ` BC` for years before
+/// 1: `4713-01-01T00:00:00Z BC`, which PostgreSQL reads (the era after the zone).
+pub fn timestamp_zoned(out: &mut String, unix_micros: i64, zone: &str) {
+    date_time(
+        out,
+        unix_micros.div_euclid(86_400_000_000),
+        unix_micros.rem_euclid(86_400_000_000),
+        zone,
+    );
+}
+
+/// A day (since 1970-01-01) and a time of day (microseconds) as [`timestamp_zoned`] writes
+/// them, for timestamps beyond what microseconds in an `i64` reach.
+pub fn date_time(out: &mut String, unix_days: i64, micros: i64, zone: &str) {
+    date(out, unix_days);
+    let bc = out.ends_with(" BC");
+    if bc {
+        out.truncate(out.len() - " BC".len());
+    }
     out.push('T');
-    time(out, unix_micros.rem_euclid(86_400_000_000));
+    time(out, micros);
+    out.push_str(zone);
+    if bc {
+        out.push_str(" BC");
+    }
 }
 
 /// An error and its causes on one line, without repeating a cause the error already printed.
@@ -76,5 +101,19 @@ mod tests {
         s.clear();
         date(&mut s, -719_163); // the day before 0001-01-01
         assert_eq!(s, "0001-12-31 BC");
+    }
+
+    #[test]
+    fn a_timestamp_before_year_1_ends_in_bc_after_its_zone() {
+        let mut s = String::new();
+        // 4713-01-01 BC (year -4712) at 00:00:00.5, and the microsecond before 0001-01-01.
+        timestamp_zoned(&mut s, -210_863_520_000_000_000 + 500_000, "Z");
+        assert_eq!(s, "4713-01-01T00:00:00.500000Z BC");
+        s.clear();
+        timestamp_zoned(&mut s, -62_135_596_800_000_001, "+00");
+        assert_eq!(s, "0001-12-31T23:59:59.999999+00 BC");
+        s.clear();
+        timestamp(&mut s, 6_249_223_180_800_000_000);
+        assert_eq!(s, "200000-01-01T00:00:00");
     }
 }

@@ -153,6 +153,29 @@ fn text_forms_follow_postgresql() {
 }
 
 #[test]
+fn text_forms_postgresql_reads_back_keep_signs_and_eras() {
+    // -00:00:00.5 has no whole second to carry its sign.
+    assert_eq!(
+        render(&Value::Interval {
+            months: -14,
+            days: 3,
+            micros: -500_000
+        }),
+        "P-1Y-2M3DT0H0M-0.500000S"
+    );
+    // 4713-01-01 BC, PostgreSQL's first day: the era follows the zone.
+    let first = -2_451_507 * 86_400_000_000;
+    assert_eq!(
+        render(&Value::TimestampTz(Infinite::Finite(first))),
+        "4713-01-01T00:00:00Z BC"
+    );
+    assert_eq!(
+        render(&Value::Timestamp(Infinite::Finite(first + 1))),
+        "4713-01-01T00:00:00.000001 BC"
+    );
+}
+
+#[test]
 fn conversions_are_decided_by_type() {
     let pg = |s| PgType::Scalar(s);
     assert!(convertible(&pg(ScalarType::Int4), &Enc::Long).is_ok());
