@@ -496,6 +496,14 @@ fn decimal_text(unscaled: &[u8], scale: usize) -> String {
     text
 }
 
+/// Milliseconds as the microseconds replicas keep; a value beyond them (past ±292,000 years,
+/// which only a foreign producer writes) is refused, never wrapped.
+fn micros(ms: i64) -> Result<i64, String> {
+    ms.checked_mul(1000).ok_or_else(|| {
+        format!("timestamp of {ms} ms since 1970 is beyond the ±292,000 years a replica holds")
+    })
+}
+
 /// An Avro value as a connector value, read by its (view's) schema: the schema gives a
 /// decimal its scale and a record its fields' schemas.
 fn convert(v: Avro, schema: &Schema, names: &Names) -> Result<Value, String> {
@@ -512,11 +520,11 @@ fn convert(v: Avro, schema: &Schema, names: &Names) -> Result<Value, String> {
         Avro::Date(d) => Value::Date(d),
         Avro::TimeMillis(ms) => Value::Time(i64::from(ms) * 1000),
         Avro::TimeMicros(us) => Value::Time(us),
-        Avro::TimestampMillis(ms) => Value::Timestamp(ms * 1000),
+        Avro::TimestampMillis(ms) => Value::Timestamp(micros(ms)?),
         Avro::TimestampMicros(us) => Value::Timestamp(us),
         // Replicas keep microseconds.
         Avro::TimestampNanos(ns) => Value::Timestamp(ns.div_euclid(1000)),
-        Avro::LocalTimestampMillis(ms) => Value::LocalTimestamp(ms * 1000),
+        Avro::LocalTimestampMillis(ms) => Value::LocalTimestamp(micros(ms)?),
         Avro::LocalTimestampMicros(us) => Value::LocalTimestamp(us),
         Avro::LocalTimestampNanos(ns) => Value::LocalTimestamp(ns.div_euclid(1000)),
         Avro::Union(i, inner) => {
@@ -618,6 +626,18 @@ mod tests {
         {"name": "homes", "type": {"type": "array", "items": "Address"}},
         {"name": "state", "type": {"type": "enum", "name": "State", "symbols": ["ON", "OFF"]}}
     ]}"#;
+
+    #[test]
+    fn a_millisecond_timestamp_beyond_microseconds_is_refused_not_wrapped() {
+        assert_eq!(super::micros(-1_500), Ok(-1_500_000));
+        assert_eq!(
+            super::micros(i64::MAX / 10),
+            Err("timestamp of 922337203685477580 ms since 1970 is beyond the ±292,000 years a replica holds".into())
+        );
+        let schema = Schema::TimestampMillis;
+        let names = super::Names::new();
+        assert!(super::convert(Avro::TimestampMillis(i64::MIN), &schema, &names).is_err());
+    }
 
     #[test]
     fn the_union_keeps_each_field_once_and_a_retyped_one_twice() {
