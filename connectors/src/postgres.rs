@@ -575,7 +575,14 @@ impl PostgresSink {
                 }
             }
         }
-        let floor = match tx.query_opt(READ_FLOOR, &[&self.replica]).await? {
+        if !self.prepared.contains_key(READ_FLOOR) {
+            let statement = tx.prepare(READ_FLOOR).await?;
+            self.prepared.insert(READ_FLOOR.to_string(), statement);
+        }
+        let floor = match tx
+            .query_opt(&self.prepared[READ_FLOOR], &[&self.replica])
+            .await?
+        {
             Some(row) => Version {
                 lsn: row.get::<_, i64>(0) as u64,
                 seq: row.get::<_, i32>(1) as u32,
