@@ -71,6 +71,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn civil_dates() {
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(19_782), (2024, 2, 29));
+        assert_eq!(civil(-719_162), (1, 1, 1));
+        assert_eq!(civil(-719_163), (0, 12, 31), "1 BC");
+        assert_eq!(civil(2_932_896), (9999, 12, 31));
+    }
+
+    #[test]
     fn iso_8601() {
         let mut s = String::new();
         timestamp(&mut s, 946_684_800_000_001);
