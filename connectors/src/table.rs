@@ -1,13 +1,15 @@
 //! What the table-shaped replicas (PostgreSQL, MySQL/MariaDB) share: which fields a replica
 //! keeps, the column each one is written to, and which change of a batch decides each key.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::connector::{Endpoint, Issue};
-use crate::sink::{Change, Field, Op, Version};
+use crate::sink::{Change, Field, Op, Value, Version};
 use crate::tls::TlsMode;
 use crate::Error;
 
@@ -257,10 +259,20 @@ impl TableSettings {
         has_column: impl Fn(&str) -> bool,
     ) -> Result<Vec<(String, String)>, Error> {
         let mut out: Vec<(String, String)> = Vec::new();
+        // The fields of the change before: a change with the same ones adds nothing.
+        type Fields<'a> = &'a [(String, Value)];
+        let mut last: Option<(Fields<'_>, Fields<'_>)> = None;
+        let same_names = |a: &[(String, Value)], b: &[(String, Value)]| {
+            a.len() == b.len() && a.iter().zip(b).all(|((x, _), (y, _))| x == y)
+        };
         for change in changes {
             let Op::Upsert(fields) = &change.op else {
                 continue;
             };
+            if last.is_some_and(|(k, f)| same_names(k, &change.key) && same_names(f, fields)) {
+                continue;
+            }
+            last = Some((&change.key, fields));
             for (field, _) in change.key.iter().chain(fields) {
                 if out.iter().any(|(f, _)| f == field) || !self.kept(field) {
                     continue;
@@ -326,16 +338,19 @@ pub fn missing_columns<'f>(
 /// truncates themselves ([`newest_truncate`] finds them). Returns the upserts and the
 /// deletes.
 pub fn latest_per_key(changes: &[Change], floor: Version) -> (Vec<&Change>, Vec<&Change>) {
-    let mut latest: HashMap<String, &Change> = HashMap::new();
+    let mut latest: HashMap<Key<'_>, &Change, BuildHasherDefault<KeyHasher>> =
+        HashMap::with_capacity_and_hasher(changes.len(), Default::default());
     for c in changes {
         if c.version <= floor || matches!(c.op, Op::Truncate) {
             continue;
         }
-        let key = format!("{:?}", c.key);
-        match latest.get(&key) {
-            Some(seen) if seen.version >= c.version => {}
-            _ => {
-                latest.insert(key, c);
+        match latest.entry(Key(&c.key)) {
+            Entry::Occupied(seen) if seen.get().version >= c.version => {}
+            Entry::Occupied(mut seen) => {
+                seen.insert(c);
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(c);
             }
         }
     }
@@ -352,6 +367,159 @@ pub fn newest_truncate(changes: &[Change]) -> Option<Version> {
         .filter(|c| matches!(c.op, Op::Truncate))
         .map(|c| c.version)
         .max()
+}
+
+/// A hash of a change's key, the same for keys [`latest_per_key`] takes as one (the same
+/// fields and values, doubles compared by their bits): which lane a key's changes take.
+pub fn key_hash(key: &[(String, Value)]) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    Key(key).hash(&mut hasher);
+    hasher.finish()
+}
+
+/// FxHash (rustc's): a multiply and a rotate a word, several times faster than SipHash for
+/// short keys. Keys come from the source database, not from an adversary.
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            self.write_u64(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+        }
+        for byte in chunks.remainder() {
+            self.write_u8(*byte);
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A change's key, compared and hashed field by field without formatting it: names and
+/// values equal, a double by its bits (so a key is always equal to itself, NaN too).
+#[derive(Debug, Clone, Copy)]
+struct Key<'a>(&'a [(String, Value)]);
+
+impl PartialEq for Key<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(other.0)
+                .all(|((a, x), (b, y))| a == b && same(x, y))
+    }
+}
+
+impl Eq for Key<'_> {}
+
+impl Hash for Key<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_usize(self.0.len());
+        for (name, value) in self.0 {
+            name.hash(state);
+            hash_value(value, state);
+        }
+    }
+}
+
+/// Values equal, doubles by their bits.
+fn same(x: &Value, y: &Value) -> bool {
+    match (x, y) {
+        (Value::Double(a), Value::Double(b)) => a.to_bits() == b.to_bits(),
+        (Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y))
+        }
+        (Value::Object(a), Value::Object(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|((m, x), (n, y))| m == n && same(x, y))
+        }
+        (Value::Double(_) | Value::Array(_) | Value::Object(_), _) => false,
+        _ => x == y,
+    }
+}
+
+fn hash_value<H: Hasher>(value: &Value, state: &mut H) {
+    std::mem::discriminant(value).hash(state);
+    match value {
+        Value::Null => {}
+        Value::Bool(b) => b.hash(state),
+        Value::Long(n) => n.hash(state),
+        Value::Double(x) => x.to_bits().hash(state),
+        Value::Text(t) | Value::Decimal(t) => t.hash(state),
+        Value::Bytes(b) => b.hash(state),
+        Value::Date(d) => d.hash(state),
+        Value::Timestamp(t) | Value::LocalTimestamp(t) | Value::Time(t) => t.hash(state),
+        Value::Array(items) => {
+            state.write_usize(items.len());
+            for item in items {
+                hash_value(item, state);
+            }
+        }
+        Value::Object(fields) => {
+            state.write_usize(fields.len());
+            for (name, item) in fields {
+                name.hash(state);
+                hash_value(item, state);
+            }
+        }
+    }
+}
+
+/// The values of `columns`' fields in a change (`None` for one it lacks), in `columns`'
+/// order, into `out`: the same values as [`field`] finds. Changes mostly carry their fields
+/// in the order [`TableSettings::upsert_columns`] found them, so each is looked for first
+/// where the one before it was found; an entry whose name an earlier column already took
+/// (a key field repeated among the fields) is stepped over. Once the order differs, the
+/// rest are searched for.
+pub fn fields_of<'a>(
+    change: &'a Change,
+    columns: &[(String, String)],
+    out: &mut Vec<Option<&'a crate::Value>>,
+) {
+    let fields = match &change.op {
+        Op::Upsert(fields) => fields.as_slice(),
+        Op::Delete | Op::Truncate => &[],
+    };
+    let mut all = change.key.iter().chain(fields).peekable();
+    let mut in_order = true;
+    out.clear();
+    for (i, (f, _)) in columns.iter().enumerate() {
+        while in_order {
+            match all.peek() {
+                Some((name, value)) if name == f => {
+                    out.push(Some(value));
+                    all.next();
+                    break;
+                }
+                Some((name, _)) if columns[..i].iter().any(|(c, _)| c == name) => {
+                    all.next();
+                }
+                _ => in_order = false,
+            }
+        }
+        if !in_order {
+            out.push(field(change, f));
+        }
+    }
 }
 
 /// The value of `field` in a change's key or fields, if it has one.
@@ -394,6 +562,100 @@ mod tests {
             ty,
             nullable: false,
         }
+    }
+
+    fn change(key: Vec<(&str, Value)>, lsn: u64, op: Op) -> Change {
+        Change {
+            key: key.into_iter().map(|(f, v)| (f.to_string(), v)).collect(),
+            op,
+            version: crate::sink::Version { lsn, seq: 0 },
+        }
+    }
+
+    #[test]
+    fn the_latest_change_of_each_key_decides_it() {
+        let k = |n: i64, s: &str| vec![("id", Value::Long(n)), ("x", Value::Text(s.into()))];
+        let changes = [
+            change(k(1, "a"), 5, Op::Upsert(vec![])),
+            change(k(1, "a"), 7, Op::Delete),
+            change(k(1, "a"), 6, Op::Upsert(vec![])),
+            change(k(1, "b"), 3, Op::Upsert(vec![])),
+            change(k(2, "a"), 9, Op::Upsert(vec![])),
+            change(k(2, "a"), 9, Op::Delete),
+            change(vec![("id", Value::Double(f64::NAN))], 1, Op::Upsert(vec![])),
+            change(vec![("id", Value::Double(f64::NAN))], 2, Op::Upsert(vec![])),
+            // A timestamp and a local timestamp of the same instant are different keys.
+            change(vec![("id", Value::Timestamp(1))], 1, Op::Upsert(vec![])),
+            change(
+                vec![("id", Value::LocalTimestamp(1))],
+                1,
+                Op::Upsert(vec![]),
+            ),
+        ];
+        let (upserts, deletes) = latest_per_key(&changes, Version { lsn: 0, seq: 0 });
+        let mut upserts: Vec<u64> = upserts.iter().map(|c| c.version.lsn).collect();
+        upserts.sort();
+        assert_eq!(
+            upserts,
+            [1, 1, 2, 3, 9],
+            "the first of equal versions stays"
+        );
+        let deletes: Vec<u64> = deletes.iter().map(|c| c.version.lsn).collect();
+        assert_eq!(deletes, [7]);
+        assert_eq!(key_hash(&changes[0].key), key_hash(&changes[2].key));
+        assert_ne!(key_hash(&changes[0].key), key_hash(&changes[3].key));
+    }
+
+    #[test]
+    fn fields_are_found_in_any_order() {
+        let c = change(
+            vec![("id", Value::Long(1))],
+            1,
+            Op::Upsert(vec![
+                ("a".into(), Value::Long(2)),
+                ("b".into(), Value::Long(3)),
+            ]),
+        );
+        let columns = |names: &[&str]| -> Vec<(String, String)> {
+            names
+                .iter()
+                .map(|n| (n.to_string(), n.to_string()))
+                .collect()
+        };
+        let mut out = Vec::new();
+        fields_of(&c, &columns(&["id", "a", "b"]), &mut out);
+        assert_eq!(
+            out,
+            [
+                Some(&Value::Long(1)),
+                Some(&Value::Long(2)),
+                Some(&Value::Long(3))
+            ]
+        );
+        // The key repeated among the fields is stepped over.
+        let mut repeated = c.clone();
+        if let Op::Upsert(fields) = &mut repeated.op {
+            fields.insert(0, ("id".into(), Value::Long(9)));
+        }
+        fields_of(&repeated, &columns(&["id", "a", "b"]), &mut out);
+        assert_eq!(
+            out,
+            [
+                Some(&Value::Long(1)),
+                Some(&Value::Long(2)),
+                Some(&Value::Long(3))
+            ]
+        );
+        fields_of(&c, &columns(&["b", "missing", "id", "a"]), &mut out);
+        assert_eq!(
+            out,
+            [
+                Some(&Value::Long(3)),
+                None,
+                Some(&Value::Long(1)),
+                Some(&Value::Long(2))
+            ]
+        );
     }
 
     #[test]

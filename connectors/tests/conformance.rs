@@ -711,6 +711,136 @@ async fn postgres_setup_errors_say_how_to_fix_them() {
     );
 }
 
+/// A change of `scalars` (in `postgres_every_scalar_type_reaches_its_column` and its MySQL
+/// twin): `user_id` and the fields given.
+fn scalars(id: i64, lsn: u64, fields: Vec<(&str, Value)>) -> Change {
+    Change {
+        key: vec![("user_id".into(), Value::Long(id))],
+        op: Op::Upsert(fields.into_iter().map(|(f, v)| (f.into(), v)).collect()),
+        version: Version { lsn, seq: 0 },
+    }
+}
+
+/// Every scalar reaches its column exactly, whether it travels as a binary array (bigint,
+/// integer, smallint, double precision, boolean, bytea, timestamptz, timestamp, date) or as
+/// text cast to the column's type (numeric beyond 64 bits, real, time, uuid, an enum, a
+/// domain, a type modifier, arrays, jsonb). NULLs too. A value its column cannot hold is
+/// refused by the server with its own error, and the next batch goes through.
+#[tokio::test]
+async fn postgres_every_scalar_type_reaches_its_column() {
+    let (h, _) = Pg::fresh("scalars").await;
+    let admin = pg_client(&h.admin_url).await;
+    admin
+        .batch_execute(
+            "CREATE TYPE mood AS ENUM ('ok', 'sad');
+             CREATE DOMAIN positive AS bigint CHECK (VALUE > 0);
+             CREATE TABLE scalars (user_id bigint PRIMARY KEY, i integer, sm smallint, d double precision,
+               r real, b boolean, raw bytea, at timestamptz, at3 timestamp(3) with time zone,
+               local timestamp, day date, t time, id uuid, big numeric(40, 0), m mood, p positive,
+               label varchar(5), tags text[], doc jsonb,
+               _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL)",
+        )
+        .await
+        .unwrap();
+    let mut settings = h.settings.clone();
+    settings.table = "scalars".into();
+    settings.columns = BTreeMap::new();
+    let mut sink = PostgresSink::connect(settings).await.unwrap();
+    let full = |id: i64, lsn: u64, i: i64| {
+        scalars(
+            id,
+            lsn,
+            vec![
+                ("i", Value::Long(i)),
+                ("sm", Value::Long(-32_768)),
+                ("d", Value::Double(0.1)),
+                ("r", Value::Double(1.5)),
+                ("b", Value::Bool(true)),
+                ("raw", Value::Bytes(vec![0, 255, b'\\', b'"'])),
+                ("at", Value::Timestamp(1_700_000_000_123_456)),
+                ("at3", Value::Timestamp(1_700_000_000_123_456)),
+                ("local", Value::LocalTimestamp(-1)),
+                ("day", Value::Date(19_782)),
+                ("t", Value::Time(3_600_000_001)),
+                (
+                    "id",
+                    Value::Text("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into()),
+                ),
+                (
+                    "big",
+                    Value::Decimal("-123456789012345678901234567890".into()),
+                ),
+                ("m", Value::Text("sad".into())),
+                ("p", Value::Long(7)),
+                ("label", Value::Text("short".into())),
+                (
+                    "tags",
+                    Value::Array(vec![Value::Text("a,\"b\"".into()), Value::Null]),
+                ),
+                (
+                    "doc",
+                    Value::Object(vec![("k".into(), Value::Decimal("1.50".into()))]),
+                ),
+            ],
+        )
+    };
+    let nulls = |id: i64, lsn: u64| {
+        let names = [
+            "i", "sm", "d", "r", "b", "raw", "at", "at3", "local", "day", "t", "id", "big", "m",
+            "p", "label", "tags", "doc",
+        ];
+        scalars(id, lsn, names.iter().map(|n| (*n, Value::Null)).collect())
+    };
+    let read = |id: i64| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_one(
+                    "SELECT concat_ws('|', i, sm, d, r, b, encode(raw, 'hex'), at AT TIME ZONE 'UTC',
+                       at3 AT TIME ZONE 'UTC', local, day, t, id, big, m, p, label, tags, doc),
+                       num_nulls(i, sm, d, r, b, raw, at, at3, local, day, t, id, big, m, p, label, tags, doc)
+                     FROM scalars WHERE user_id = $1",
+                    &[&id],
+                )
+                .await
+                .map(|row| (row.get::<_, String>(0), row.get::<_, i32>(1)))
+                .unwrap()
+        }
+    };
+    sink.apply(&batch(vec![full(1, 10, i64::from(i32::MIN)), nulls(2, 10)]))
+        .await
+        .unwrap();
+    let expected = "-2147483648|-32768|0.1|1.5|t|00ff5c22|2023-11-14 22:13:20.123456|2023-11-14 22:13:20.123|1969-12-31 23:59:59.999999|2024-02-29|01:00:00.000001|a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11|-123456789012345678901234567890|sad|7|short|{\"a,\\\"b\\\"\",NULL}|{\"k\": 1.50}";
+    assert_eq!(read(1).await, (expected.to_string(), 0));
+    assert_eq!(read(2).await, (String::new(), 18), "every field NULL");
+    // An int beyond the column's range goes as text, for the server to refuse as before.
+    let e = sink
+        .apply(&batch(vec![full(3, 20, i64::from(i32::MAX) + 1)]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "db error: ERROR: value \"2147483648\" is out of range for type integer",
+        "{e:?}"
+    );
+    assert!(!e.is_transient());
+    let e = sink
+        .apply(&batch(vec![scalars(3, 20, vec![("p", Value::Long(-1))])]))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("value for domain positive violates check constraint"),
+        "{e}"
+    );
+    // Then a batch whose columns take the other encodings, on the same connection.
+    sink.apply(&batch(vec![nulls(1, 30), full(2, 30, 5)]))
+        .await
+        .unwrap();
+    assert_eq!(read(1).await, (String::new(), 18));
+    assert_eq!(read(2).await.0, expected.replacen("-2147483648", "5", 1));
+}
+
 // ------------------------------------------------------------------ MySQL/MariaDB
 
 struct My {
@@ -845,6 +975,156 @@ async fn mysql_setup_errors_say_how_to_fix_them() {
     assert_eq!(
         e.to_string(),
         "replica table bare lacks the version column _walcast_lsn bigint; run ALTER TABLE `bare` ADD COLUMN _walcast_lsn BIGINT NOT NULL DEFAULT 0"
+    );
+}
+
+/// Every scalar reaches its MySQL/MariaDB column exactly through the prepared upsert's
+/// binary parameters, NULLs too; text keeps quotes and backslashes as they are. A batch
+/// larger than one statement's placeholders takes several; the rows that pad a statement to
+/// its prepared size change nothing, and cannot resurrect a deleted row. A value its column
+/// cannot hold is refused by the server, and the next batch goes through.
+#[tokio::test]
+async fn mysql_every_scalar_type_reaches_its_column() {
+    use mysql_async::prelude::Queryable;
+    let (h, _) = My::fresh("scalars").await;
+    let mut conn = h.pool.get_conn().await.unwrap();
+    conn.query_drop(
+        "CREATE TABLE scalars (user_id BIGINT PRIMARY KEY, i INT, d DOUBLE, b BOOLEAN, raw LONGBLOB,
+           at DATETIME(6), at3 DATETIME(3), local DATETIME(6), ts TIMESTAMP(6) NULL, day DATE, t TIME(6), id CHAR(36), big DECIMAL(40, 0), m ENUM('ok', 'sad'),
+           note TEXT, doc JSON, _walcast_lsn BIGINT NOT NULL, _walcast_seq INT NOT NULL)",
+    )
+    .await
+    .unwrap();
+    let mut settings = h.settings.clone();
+    settings.table = "scalars".into();
+    settings.columns = BTreeMap::new();
+    let mut sink = MysqlSink::connect(settings).await.unwrap();
+    let full = |id: i64, lsn: u64, i: i64| {
+        scalars(
+            id,
+            lsn,
+            vec![
+                ("i", Value::Long(i)),
+                ("d", Value::Double(0.1)),
+                ("b", Value::Bool(true)),
+                ("raw", Value::Bytes(vec![0, 255, b'\\', b'\''])),
+                ("at", Value::Timestamp(1_700_000_000_123_456)),
+                ("at3", Value::Timestamp(1_700_000_000_123_456)),
+                ("local", Value::LocalTimestamp(-1)),
+                ("ts", Value::Timestamp(1_700_000_000_123_456)),
+                ("day", Value::Date(19_782)),
+                ("t", Value::Time(3_600_000_001)),
+                (
+                    "id",
+                    Value::Text("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into()),
+                ),
+                (
+                    "big",
+                    Value::Decimal("-123456789012345678901234567890".into()),
+                ),
+                ("m", Value::Text("sad".into())),
+                ("note", Value::Text("it's a \\ \"q\" \\'".into())),
+                (
+                    "doc",
+                    Value::Object(vec![("k".into(), Value::Decimal("1.50".into()))]),
+                ),
+            ],
+        )
+    };
+    let names = [
+        "i", "d", "b", "raw", "at", "at3", "local", "ts", "day", "t", "id", "big", "m", "note",
+        "doc",
+    ];
+    let nulls =
+        |id: i64, lsn: u64| scalars(id, lsn, names.iter().map(|n| (*n, Value::Null)).collect());
+    let read = |id: i64| {
+        let pool = h.pool.clone();
+        async move {
+            let mut conn = pool.get_conn().await.unwrap();
+            conn.exec_first::<(Option<String>, i64), _, _>(
+                "SELECT CONCAT_WS('|', i, d, b, HEX(raw), at, at3, local, UNIX_TIMESTAMP(ts), day, t, id, big, m, note, doc),
+                   (i IS NULL) + (d IS NULL) + (b IS NULL) + (raw IS NULL) + (at IS NULL) + (at3 IS NULL)
+                   + (local IS NULL) + (ts IS NULL) + (day IS NULL)
+                   + (t IS NULL) + (id IS NULL) + (big IS NULL) + (m IS NULL) + (note IS NULL) + (doc IS NULL)
+                 FROM scalars WHERE user_id = ?",
+                (id,),
+            )
+            .await
+            .unwrap()
+            .map(|(text, nulls)| (text.unwrap_or_default(), nulls))
+        }
+    };
+    sink.apply(&batch(vec![full(1, 10, i64::from(i32::MIN)), nulls(2, 10)]))
+        .await
+        .unwrap();
+    let expected = "-2147483648|0.1|1|00FF5C27|2023-11-14 22:13:20.123456|2023-11-14 22:13:20.123|1969-12-31 23:59:59.999999|1700000000.123456|2024-02-29|01:00:00.000001|a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11|-123456789012345678901234567890|sad|it's a \\ \"q\" \\'|{\"k\":1.50}";
+    assert_eq!(read(1).await, Some((expected.to_string(), 0)));
+    assert_eq!(read(2).await, Some((String::new(), 15)), "every field NULL");
+    let e = sink
+        .apply(&batch(vec![full(3, 20, i64::from(i32::MAX) + 1)]))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("Out of range value for column 'i' at row 1"),
+        "{e}"
+    );
+    assert!(!e.is_transient());
+    // 4,500 rows: more than one statement's 65,535 placeholders hold (17 a row).
+    let many: Vec<Change> = (100..4_600).map(|id| full(id, 30, id)).collect();
+    sink.apply(&batch(many)).await.unwrap();
+    let (count, sum): (i64, i64) = conn
+        .query_first("SELECT COUNT(*), CAST(SUM(i) AS SIGNED) FROM scalars WHERE user_id >= 100")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((count, sum), (4_500, (100..4_600).sum::<i64>()));
+    assert_eq!(
+        read(4_599).await,
+        Some((expected.replacen("-2147483648", "4599", 1), 0))
+    );
+    // Three rows pad a statement of four with the last one again: a no-op. A late update
+    // of a deleted row stays deleted.
+    sink.apply(&batch(vec![Change {
+        key: vec![("user_id".into(), Value::Long(5))],
+        op: Op::Delete,
+        version: Version { lsn: 100, seq: 0 },
+    }]))
+    .await
+    .unwrap();
+    sink.apply(&batch(vec![full(5, 50, 5), nulls(6, 50), full(7, 50, 7)]))
+        .await
+        .unwrap();
+    assert_eq!(read(5).await, None);
+    assert_eq!(read(6).await, Some((String::new(), 15)));
+    // The tombstone check names a run of consecutive keys by its range, the others one by
+    // one: neither resurrects a deleted row.
+    let gone = |id: i64| Change {
+        key: vec![("user_id".into(), Value::Long(id))],
+        op: Op::Delete,
+        version: Version { lsn: 100, seq: 0 },
+    };
+    sink.apply(&batch(vec![gone(10), gone(13), gone(20)]))
+        .await
+        .unwrap();
+    sink.apply(&batch(
+        [10, 11, 12, 13, 20, 22].map(|id| full(id, 50, id)).to_vec(),
+    ))
+    .await
+    .unwrap();
+    for (id, kept) in [
+        (10, false),
+        (11, true),
+        (12, true),
+        (13, false),
+        (20, false),
+        (22, true),
+    ] {
+        assert_eq!(read(id).await.is_some(), kept, "key {id}");
+    }
+    assert_eq!(
+        read(7).await,
+        Some((expected.replacen("-2147483648", "7", 1), 0))
     );
 }
 

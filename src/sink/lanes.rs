@@ -23,7 +23,6 @@ use connectors::{Batch, Change, Op, Sink};
 /// leaves older positions beside newer rows: the redelivery that follows is absorbed by the
 /// versions. With one lane, rows and positions share one transaction.
 pub async fn apply_over<S: Sink>(lanes: &mut [S], batch: &Batch) -> Result<(), connectors::Error> {
-    use std::hash::{DefaultHasher, Hash, Hasher};
     if lanes.len() == 1 {
         return lanes[0].apply(batch).await;
     }
@@ -40,9 +39,7 @@ pub async fn apply_over<S: Sink>(lanes: &mut [S], batch: &Batch) -> Result<(), c
     }
     let mut parts: Vec<Batch> = lanes.iter().map(|_| Batch::default()).collect();
     for change in changes {
-        let mut hasher = DefaultHasher::new();
-        format!("{:?}", change.key).hash(&mut hasher);
-        let lane = (hasher.finish() % lanes.len() as u64) as usize;
+        let lane = (connectors::table::key_hash(&change.key) % lanes.len() as u64) as usize;
         parts[lane].changes.push(change.clone());
     }
     let writes = lanes

@@ -7,6 +7,16 @@ use std::fmt::Write as _;
 
 /// Days since 1970-01-01 as `YYYY-MM-DD` (proleptic Gregorian; years before 1 as `… BC`).
 pub fn date(out: &mut String, unix_days: i64) {
+    let (year, month, day) = civil(unix_days);
+    if year <= 0 {
+        let _ = write!(out, "{:04}-{month:02}-{day:02} BC", 1 - year);
+    } else {
+        let _ = write!(out, "{year:04}-{month:02}-{day:02}");
+    }
+}
+
+/// Days since 1970-01-01 as a proleptic Gregorian (year, month, day); year 0 is 1 BC.
+pub fn civil(unix_days: i64) -> (i64, i64, i64) {
     // Howard Hinnant's civil-from-days.
     let z = unix_days + 719_468;
     let era = z.div_euclid(146_097);
@@ -16,12 +26,7 @@ pub fn date(out: &mut String, unix_days: i64) {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    if year <= 0 {
-        let _ = write!(out, "{:04}-{month:02}-{day:02} BC", 1 - year);
-    } else {
-        let _ = write!(out, "{year:04}-{month:02}-{day:02}");
-    }
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 /// Microseconds since midnight as `HH:MM:SS[.ffffff]`.
@@ -89,6 +94,15 @@ pub fn describe(err: &(dyn StdError + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(19_782), (2024, 2, 29));
+        assert_eq!(civil(-719_162), (1, 1, 1));
+        assert_eq!(civil(-719_163), (0, 12, 31), "1 BC");
+        assert_eq!(civil(2_932_896), (9999, 12, 31));
+    }
 
     #[test]
     fn iso_8601() {
