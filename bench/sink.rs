@@ -12,7 +12,8 @@
 //! - **the server's own upsert**: the same rows staged beforehand in a table of the same
 //!   server (not timed), then, per batch of the same size, the same statement shape the
 //!   connector sends (the guarded `INSERT … ON CONFLICT` / `ON DUPLICATE KEY UPDATE`, the
-//!   tombstone check, and the offsets upsert) run from the staging table, one transaction per
+//!   tombstone check, the truncate floor read share-locked, and the offsets upsert) run from
+//!   the staging table, one transaction per
 //!   batch: everything walcast does except carrying the rows over the wire. That is the limit.
 //!   Its tombstone check selects the batch's keys by range, which the consecutive ids allow;
 //!   the MySQL connector does the same for runs of consecutive integer keys, and names the
@@ -155,6 +156,7 @@ async fn postgres(rows: usize, batch: usize) {
              CREATE TABLE server_replica (LIKE replica INCLUDING ALL);
              CREATE TABLE server_replica_walcast_tombstones (id bigint PRIMARY KEY, _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL);
              CREATE TABLE server_offsets (consumer text, topic text, partition int, next_offset bigint, PRIMARY KEY (consumer, topic, partition));
+             CREATE TABLE server_truncations (replica text PRIMARY KEY, lsn bigint NOT NULL, seq integer NOT NULL);
              CREATE TABLE stage (round int, id bigint, name text, email text, n bigint, at timestamptz, l bigint, s int, PRIMARY KEY (round, id));",
         )
         .await
@@ -175,10 +177,12 @@ async fn postgres(rows: usize, batch: usize) {
             client
                 .batch_execute(&format!(
                     "BEGIN;
+                     INSERT INTO server_truncations VALUES ('bench', 0, 0) ON CONFLICT (replica) DO NOTHING;
                      INSERT INTO server_replica AS t (id, name, email, n, at, _walcast_lsn, _walcast_seq)
                      SELECT v.id, v.name, v.email, v.n, v.at, v.l, v.s FROM stage v
                      WHERE v.round = {round} AND v.id >= {lo} AND v.id < {hi}
                        AND NOT EXISTS (SELECT 1 FROM server_replica_walcast_tombstones d WHERE d.id = v.id AND (d._walcast_lsn, d._walcast_seq) >= (v.l, v.s))
+                       AND (v.l, v.s) > (SELECT f.lsn, f.seq FROM server_truncations f WHERE f.replica = 'bench' FOR SHARE)
                      ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email, n = EXCLUDED.n, at = EXCLUDED.at,
                        _walcast_lsn = EXCLUDED._walcast_lsn, _walcast_seq = EXCLUDED._walcast_seq
                      WHERE (t._walcast_lsn, t._walcast_seq) < (EXCLUDED._walcast_lsn, EXCLUDED._walcast_seq);
@@ -240,11 +244,12 @@ async fn mysql(rows: usize, batch: usize) {
          CREATE TABLE server_replica LIKE replica;
          CREATE TABLE server_replica_walcast_tombstones (id BIGINT PRIMARY KEY, _walcast_lsn BIGINT NOT NULL, _walcast_seq INT NOT NULL);
          CREATE TABLE server_offsets (consumer VARCHAR(255), topic VARCHAR(255), `partition` INT, next_offset BIGINT, PRIMARY KEY (consumer, topic, `partition`));
-         CREATE TABLE stage (round INT, id BIGINT, name TEXT, email TEXT, n BIGINT, at DATETIME(6), l BIGINT, s INT, PRIMARY KEY (round, id));
-         SET SESSION cte_max_recursion_depth = 10000000;",
+         CREATE TABLE server_truncations (replica VARCHAR(255) PRIMARY KEY, lsn BIGINT NOT NULL, seq INT NOT NULL);
+         INSERT INTO server_truncations VALUES ('bench', 0, 0);
+         CREATE TABLE stage (round INT, id BIGINT, name TEXT, email TEXT, n BIGINT, at DATETIME(6), l BIGINT, s INT, PRIMARY KEY (round, id));",
     )
     .await
-    .unwrap_or(());
+    .unwrap();
     for round in 1..=2 {
         let mut lo = 0;
         while lo < rows {
@@ -275,6 +280,7 @@ async fn mysql(rows: usize, batch: usize) {
             let mut c = conn.lock().await;
             c.query_drop(format!(
                 "START TRANSACTION;
+                 SELECT lsn, seq FROM server_truncations WHERE replica = 'bench' LOCK IN SHARE MODE;
                  INSERT INTO server_replica (id, name, email, n, at, _walcast_lsn, _walcast_seq)
                  SELECT id, name, email, n, at, l, s FROM stage WHERE round = {round} AND id >= {lo} AND id < {hi}
                  ON DUPLICATE KEY UPDATE name = IF({NEWER}, VALUES(name), server_replica.name),

@@ -40,7 +40,7 @@
 //! ranges, with no literal at all.
 //!
 //! Figures (`bench/sink.rs`, issue #14: batches of 1,000 against the same statements run
-//! by the server from a staged table): 0.71–0.77× for inserts and 0.85–0.97× for updates.
+//! by the server from a staged table): 0.76–0.90× for inserts and 0.90–1.01× for updates.
 //! The bench's keys are consecutive; with the tombstone check naming every key, as sparse
 //! keys need, 0.66–0.73× and 0.84–0.87×. Of a batch of new rows (~2.9 ms with the key
 //! list), the upsert takes ~1.9 ms, the script ~0.7 ms (0.35 ms of it the key list) and

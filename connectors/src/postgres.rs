@@ -28,7 +28,7 @@
 //! `COMMIT` rolls back; the batch's error is the first one.
 //!
 //! Figures (`bench/sink.rs`, issue #14: batches of 1,000, against the same guarded upsert
-//! run by the server from a staged table): 0.70–0.89× for inserts and 0.78–0.83× for
+//! run by the server from a staged table): 0.73–0.82× for inserts and 0.71–0.85× for
 //! updates with one lane. Of a batch of inserts (~3.5 ms), the upsert's execution takes
 //! ~2.45 ms where the staged statement takes ~2.25 ms (its tombstone check probes the index
 //! once per row, where the staged rows, sorted, are merged), and building the arrays
