@@ -23,6 +23,36 @@ pub use table::{TableOptions, TableSettings};
 
 use walcast_text::describe;
 
+/// Runs `futures` concurrently on the current task, and returns their outputs in order. No
+/// task is spawned: the futures may borrow (a connection, a batch). A future's first poll
+/// happens in order, so requests each sends when first polled leave in that order.
+pub async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    use std::task::Poll;
+    let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(v) => *output = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
+}
+
 /// Why a store could not be reached or written.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

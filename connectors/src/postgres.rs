@@ -37,9 +37,7 @@
 //! a multi-row `VALUES` statement planned per batch ran at 0.04× of binary COPY.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 
 mod arrays;
 use arrays::Column;
@@ -641,36 +639,6 @@ fn versions<'a>(changes: &[&crate::sink::Change]) -> [Param<'a>; 2] {
     ]
 }
 
-/// Runs `futures` concurrently on the current task; their outputs, in order. Each
-/// statement's request is sent when its future is first polled, so the statements of a
-/// batch leave in one write, in order, and their answers come back together: one round trip.
-async fn pipelined<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    use std::task::Poll;
-    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(v) => *output = Some(v),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    outputs
-        .into_iter()
-        .map(|o| o.expect("every future finished"))
-        .collect()
-}
-
 /// One request of a batch's pipeline.
 enum Step<'s> {
     /// `BEGIN` or `COMMIT`.
@@ -714,7 +682,10 @@ impl Sink for PostgresSink {
                     }
                 }
             });
-            pipelined(runs.collect())
+            // Each statement's request is sent when its future is first polled, so the
+            // batch's statements leave in one write, in order, and their answers come back
+            // together: one round trip.
+            crate::join_all(runs.collect())
                 .await
                 .into_iter()
                 .collect::<Result<(), tokio_postgres::Error>>()

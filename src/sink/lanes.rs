@@ -10,10 +10,8 @@
 //! - **Truncates first.** A batch's truncates are written through the first lane before
 //!   any lane writes its changes, which then meet the raised floor.
 //!
-//! The lanes are polled concurrently on the calling task ([`join_all`]): no task is spawned
+//! The lanes are polled concurrently on the calling task ([`connectors::join_all`]): no task is spawned
 //! per batch, and the connections stay owned by the runner.
-
-use std::future::Future;
 
 use connectors::{Batch, Change, Op, Sink};
 
@@ -48,7 +46,7 @@ pub async fn apply_over<S: Sink>(lanes: &mut [S], batch: &Batch) -> Result<(), c
         .filter(|(_, part)| !part.changes.is_empty())
         .map(|(lane, part)| lane.apply(part))
         .collect();
-    for result in join_all(writes).await {
+    for result in connectors::join_all(writes).await {
         result?;
     }
     if batch.positions.is_empty() {
@@ -59,32 +57,4 @@ pub async fn apply_over<S: Sink>(lanes: &mut [S], batch: &Batch) -> Result<(), c
         positions: batch.positions.clone(),
     };
     lanes[0].apply(&positions).await
-}
-
-/// Runs `futures` concurrently on the current task; their outputs in order.
-async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    use std::task::Poll;
-    let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(v) => *output = Some(v),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    outputs
-        .into_iter()
-        .map(|o| o.expect("every future finished"))
-        .collect()
 }
