@@ -49,7 +49,7 @@ impl Contract {
         Contract::parse(path, text)
     }
 
-    /// The key record of truncate events ([`TRUNCATE_KEY`]).
+    /// The key record of truncate events: `walcast.TruncateKey {partition: int}`.
     pub fn truncate_key() -> Contract {
         Contract::parse(
             Path::new("(built in) walcast.TruncateKey"),
