@@ -246,6 +246,7 @@ fn my(value: Option<&Value>) -> My {
         Some(Value::Bool(b)) => My::Int(i64::from(*b)),
         Some(Value::Long(n)) => My::Int(*n),
         Some(Value::Double(x)) if x.is_finite() => My::Double(*x),
+        Some(Value::Float(x)) if x.is_finite() => My::Float(*x),
         // NaN and ±Infinity as strings (below), which a DOUBLE or FLOAT column refuses
         // (SQLSTATE 22007): a poison record, never a wrong value.
         Some(Value::Bytes(b)) => My::Bytes(b.clone()),
@@ -715,6 +716,7 @@ fn column_kind(data_type: &str, column_type: &str) -> ColumnKind {
 fn literal(value: Option<&Value>, no_backslash_escapes: bool) -> String {
     match value {
         Some(Value::Double(x)) if x.is_finite() => crate::text::double(*x),
+        Some(Value::Float(x)) if x.is_finite() => crate::text::float(*x),
         _ => my(value).as_sql(no_backslash_escapes),
     }
 }
@@ -1115,5 +1117,8 @@ mod tests {
             My::Bytes(b"NaN".to_vec())
         );
         assert_eq!(my(Some(&Value::Double(0.5))), My::Double(0.5));
+        // A float keeps its own digits.
+        assert_eq!(literal(Some(&Value::Float(0.1)), false), "0.1");
+        assert_eq!(my(Some(&Value::Float(0.1))), My::Float(0.1));
     }
 }

@@ -23,7 +23,10 @@ pub enum Value {
     Bool(bool),
     /// An Avro `int` or `long`.
     Long(i64),
-    /// An Avro `float` or `double`.
+    /// An Avro `float`, kept single-precision so that its text is the float's own (`0.1`,
+    /// not the `0.10000000149011612` of the same value widened).
+    Float(f32),
+    /// An Avro `double`.
     Double(f64),
     /// An Avro `string`, enum symbol, or `uuid` in its text form.
     Text(String),

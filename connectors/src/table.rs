@@ -446,13 +446,14 @@ impl Hash for Key<'_> {
 fn same(x: &Value, y: &Value) -> bool {
     match (x, y) {
         (Value::Double(a), Value::Double(b)) => a.to_bits() == b.to_bits(),
+        (Value::Float(a), Value::Float(b)) => a.to_bits() == b.to_bits(),
         (Value::Array(a), Value::Array(b)) => {
             a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y))
         }
         (Value::Object(a), Value::Object(b)) => {
             a.len() == b.len() && a.iter().zip(b).all(|((m, x), (n, y))| m == n && same(x, y))
         }
-        (Value::Double(_) | Value::Array(_) | Value::Object(_), _) => false,
+        (Value::Double(_) | Value::Float(_) | Value::Array(_) | Value::Object(_), _) => false,
         _ => x == y,
     }
 }
@@ -464,6 +465,7 @@ fn hash_value<H: Hasher>(value: &Value, state: &mut H) {
         Value::Bool(b) => b.hash(state),
         Value::Long(n) => n.hash(state),
         Value::Double(x) => x.to_bits().hash(state),
+        Value::Float(x) => x.to_bits().hash(state),
         Value::Text(t) | Value::Decimal(t) => t.hash(state),
         Value::Bytes(b) => b.hash(state),
         Value::Date(d) => d.hash(state),

@@ -23,10 +23,15 @@ pub fn value(value: &Value, utc_suffix: &str) -> Option<String> {
         Value::Bool(b) => s.push_str(if *b { "true" } else { "false" }),
         Value::Long(n) => s = n.to_string(),
         Value::Double(x) if x.is_nan() => s.push_str("NaN"),
+        Value::Float(x) if x.is_nan() => s.push_str("NaN"),
         Value::Double(x) if x.is_infinite() => {
             s.push_str(if *x > 0.0 { "Infinity" } else { "-Infinity" })
         }
+        Value::Float(x) if x.is_infinite() => {
+            s.push_str(if *x > 0.0 { "Infinity" } else { "-Infinity" })
+        }
         Value::Double(x) => s = double(*x),
+        Value::Float(x) => s = float(*x),
         Value::Text(t) | Value::Decimal(t) => s.push_str(t),
         Value::Bytes(b) => {
             s.push_str("\\x");
@@ -48,11 +53,22 @@ pub fn value(value: &Value, utc_suffix: &str) -> Option<String> {
 /// `1.7976931348623157e+308`). Plain digits alone would run to 309 characters, which
 /// MySQL reads as a DECIMAL literal and clamps to 65 digits.
 pub fn double(x: f64) -> String {
-    let scientific = format!("{x:e}");
+    shortest(format!("{x:e}"), || x.to_string())
+}
+
+/// A finite float as PostgreSQL writes a `real`: as [`double`], with the float's own shortest
+/// digits (`0.1`, `3.4028235e+38`).
+pub fn float(x: f32) -> String {
+    shortest(format!("{x:e}"), || x.to_string())
+}
+
+/// `scientific` (Rust's shortest `{:e}` form), or `plain` digits when the exponent is from
+/// -4 to 14.
+fn shortest(scientific: String, plain: impl FnOnce() -> String) -> String {
     let (mantissa, exponent) = scientific.split_once('e').expect("{:e} has an exponent");
     let exponent: i32 = exponent.parse().expect("a decimal exponent");
     if (-4..15).contains(&exponent) {
-        x.to_string()
+        plain()
     } else {
         let sign = if exponent < 0 { '-' } else { '+' };
         format!("{mantissa}e{sign}{:02}", exponent.unsigned_abs())
@@ -67,6 +83,9 @@ pub fn json(out: &mut String, value: &Value) {
             out.push_str(&self::value(value, "").unwrap_or_default())
         }
         Value::Double(x) if x.is_finite() => {
+            out.push_str(&self::value(value, "").unwrap_or_default())
+        }
+        Value::Float(x) if x.is_finite() => {
             out.push_str(&self::value(value, "").unwrap_or_default())
         }
         Value::Array(items) => {
@@ -116,8 +135,29 @@ fn json_string(out: &mut String, text: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::{double, value};
+    use super::{double, float, value};
     use crate::sink::Value;
+
+    #[test]
+    fn floats_keep_their_own_shortest_digits() {
+        for (x, text) in [
+            (0.1f32, "0.1"),
+            (f32::MAX, "3.4028235e+38"),
+            (1e-45, "1e-45"),
+            (-1.5, "-1.5"),
+        ] {
+            assert_eq!(float(x), text);
+            assert_eq!(text.parse::<f32>().unwrap(), x, "{text} reads back");
+        }
+        assert_eq!(value(&Value::Float(0.1), "").as_deref(), Some("0.1"));
+        assert_eq!(value(&Value::Float(f32::NAN), "").as_deref(), Some("NaN"));
+        let mut json = String::new();
+        super::json(
+            &mut json,
+            &Value::Array(vec![Value::Float(0.1), Value::Float(f32::NEG_INFINITY)]),
+        );
+        assert_eq!(json, r#"[0.1,"-Infinity"]"#);
+    }
 
     #[test]
     fn doubles_take_postgresql_s_shortest_form() {

@@ -512,7 +512,7 @@ fn convert(v: Avro, schema: &Schema, names: &Names) -> Result<Value, String> {
         Avro::Boolean(b) => Value::Bool(b),
         Avro::Int(n) => Value::Long(n.into()),
         Avro::Long(n) => Value::Long(n),
-        Avro::Float(x) => Value::Double(x.into()),
+        Avro::Float(x) => Value::Float(x),
         Avro::Double(x) => Value::Double(x),
         Avro::String(s) | Avro::Enum(_, s) => Value::Text(s),
         Avro::Uuid(u) => Value::Text(u.to_string()),

@@ -577,6 +577,16 @@ async fn redis_rows(url: &str, prefix: &str) -> Vec<Row> {
                 Kind::Bytes => raw.iter().map(|b| format!("{b:02x}")).collect(),
                 _ => String::from_utf8(raw.clone()).unwrap(),
             });
+            if let (Kind::F32, Some(text)) = (c.kind, &text) {
+                // The float's own digits, never those of the double it widens to
+                // (0.10000000149011612 for 0.1).
+                let x = parse_float(text) as f32;
+                assert!(
+                    !x.is_finite() || parse_float(text) == parse_float(&x.to_string()),
+                    "{}: {text:?} is not the float's own text",
+                    c.name
+                );
+            }
             row.insert(c.name.into(), value_of(c.kind, text.as_deref(), false));
         }
         rows.push(row);

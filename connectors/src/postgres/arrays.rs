@@ -147,6 +147,7 @@ impl<'a> Column<'a> {
             .map(Column::Short),
             "double precision" => all(values, |v| match v {
                 Value::Double(x) => Some(*x),
+                Value::Float(x) => Some(f64::from(*x)),
                 _ => None,
             })
             .map(Column::Double),
