@@ -74,6 +74,10 @@ impl ColumnKind {
             (C::Time, F::Time) => true,
             (C::Timestamp | C::LocalTimestamp, F::Date | F::Timestamp | F::LocalTimestamp) => true,
             (C::Uuid, F::Uuid) => true,
+            // A string may well hold a UUID, JSON, a date or a time: the column reads it.
+            (C::Uuid | C::Json | C::Date | C::Time | C::Timestamp | C::LocalTimestamp, F::Text) => {
+                true
+            }
             (C::Json, F::Json | F::Array(_)) => true,
             (C::Array(item), F::Array(field_item)) => item.holds(field_item),
             _ => false,
@@ -145,5 +149,9 @@ mod tests {
         assert!(!C::Array(Box::new(C::Int(32))).holds(&F::Array(Box::new(F::Text))));
         assert!(C::Json.holds(&F::Array(Box::new(F::Long))));
         assert!(C::Timestamp.holds(&F::Timestamp) && !C::Date.holds(&F::Timestamp));
+        assert!(
+            C::Uuid.holds(&F::Text) && C::Json.holds(&F::Text),
+            "text forms they read"
+        );
     }
 }

@@ -716,7 +716,9 @@ fn column_kind(data_type: &str, column_type: &str) -> ColumnKind {
 fn literal(value: Option<&Value>, no_backslash_escapes: bool) -> String {
     match value {
         Some(Value::Double(x)) if x.is_finite() => crate::text::double(*x),
-        Some(Value::Float(x)) if x.is_finite() => crate::text::float(*x),
+        // A float as the double it is: a FLOAT column's value compares with a literal as a
+        // double, so `0.1` would match no stored 0.1f (keys in deletes, tombstone checks).
+        Some(Value::Float(x)) if x.is_finite() => crate::text::double(f64::from(*x)),
         _ => my(value).as_sql(no_backslash_escapes),
     }
 }
@@ -835,6 +837,14 @@ fn mysql_type(ty: &FieldType, key: bool) -> String {
 
 impl Sink for MysqlSink {
     async fn apply(&mut self, batch: &Batch) -> Result<(), Error> {
+        if self.types.is_empty() && newest_truncate(&batch.changes).is_some() {
+            // The table may exist by now (another member's auto_create): a truncate must
+            // see it to delete its rows.
+            if let Err(e) = self.load_types().await {
+                self.conn = None;
+                return Err(e);
+            }
+        }
         // Every change above version 0: the replica's floor is read in the transaction,
         // while these are turned into statements; it covers some only after a truncate.
         let (upserts, deletes) = self.settings.latest_per_key(
@@ -1117,8 +1127,11 @@ mod tests {
             My::Bytes(b"NaN".to_vec())
         );
         assert_eq!(my(Some(&Value::Double(0.5))), My::Double(0.5));
-        // A float keeps its own digits.
-        assert_eq!(literal(Some(&Value::Float(0.1)), false), "0.1");
+        // A float literal is the double it is, which a FLOAT column's value equals.
+        assert_eq!(
+            literal(Some(&Value::Float(0.1)), false),
+            "0.10000000149011612"
+        );
         assert_eq!(my(Some(&Value::Float(0.1))), My::Float(0.1));
     }
 }

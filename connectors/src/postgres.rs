@@ -107,6 +107,13 @@ impl Tls {
     async fn open(&self, url: &str) -> Result<Client, Error> {
         let mut config: Config = url.parse()?;
         config.ssl_mode(self.mode);
+        // The session in UTC, as the MySQL replica's: a timestamp or date without a zone
+        // written to a timestamptz column is read as UTC, whatever the server's zone.
+        let options = match config.get_options() {
+            Some(theirs) => format!("{theirs} -c TimeZone=UTC"),
+            None => "-c TimeZone=UTC".to_string(),
+        };
+        config.options(&options);
         let connected = match &self.connector {
             None => config.connect(NoTls).await.map(|(client, connection)| {
                 // A broken connection surfaces as the next statement's error, and `is_closed`.
@@ -649,6 +656,12 @@ enum Step<'s> {
 
 impl Sink for PostgresSink {
     async fn apply(&mut self, batch: &Batch) -> Result<(), Error> {
+        if self.types.is_empty() && newest_truncate(&batch.changes).is_some() {
+            // The table may exist by now (another member's auto_create): a truncate must
+            // see it to delete its rows.
+            let loaded = self.load_types().await;
+            self.forget_broken(loaded)?;
+        }
         let statements = self.statements(batch)?;
         if self.prepared.len() > 64 {
             self.prepared.clear();
@@ -664,8 +677,10 @@ impl Sink for PostgresSink {
             }
             // BEGIN, the statements and COMMIT, sent together. Should a statement fail, the
             // ones after it fail too (the transaction is aborted) and COMMIT rolls back; the
-            // first error is the batch's.
-            let mut steps = vec![Step::Simple("BEGIN")];
+            // first error is the batch's. READ COMMITTED whatever the server's default: a
+            // truncate's DELETEs must see what a batch it waited for (on the floor's row)
+            // wrote.
+            let mut steps = vec![Step::Simple("BEGIN ISOLATION LEVEL READ COMMITTED")];
             for (sql, params) in &statements {
                 steps.push(Step::Execute(
                     &prepared[sql],
@@ -674,13 +689,27 @@ impl Sink for PostgresSink {
             }
             steps.push(Step::Simple("COMMIT"));
             let client = &*client;
+            // A statement refused before it was sent (its parameters did not encode) leaves
+            // the transaction open, not aborted: COMMIT would keep the statements around it.
+            // Futures are first polled in order, so such a refusal is known before COMMIT
+            // is sent, which then becomes ROLLBACK.
+            let unsent = std::sync::atomic::AtomicBool::new(false);
+            let unsent = &unsent;
             let runs = steps.iter().map(|step| async move {
-                match step {
+                use std::sync::atomic::Ordering::Relaxed;
+                let outcome = match step {
+                    Step::Simple("COMMIT") if unsent.load(Relaxed) => {
+                        client.batch_execute("ROLLBACK").await
+                    }
                     Step::Simple(sql) => client.batch_execute(sql).await,
                     Step::Execute(statement, params) => {
                         client.execute(*statement, params).await.map(|_| ())
                     }
+                };
+                if outcome.is_err() {
+                    unsent.store(true, Relaxed);
                 }
+                outcome
             });
             // Each statement's request is sent when its future is first polled, so the
             // batch's statements leave in one write, in order, and their answers come back

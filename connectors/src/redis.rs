@@ -12,11 +12,16 @@
 //!   error part-way through a script never records progress it did not make;
 //! - a change at or below the replica's floor, `walcast:floor:<key_template>`, is skipped.
 //!
+//! Each hash also holds `_walcast_replica`, the sink's key template: which replica wrote it.
 //! A truncate raises the floor first (one script), then scans the keys the template can
-//! make (`user:*` for `user:{user_id}`) and their tombstones, and deletes, a page at a time
-//! in one script each, the hashes and tombstones older than it. Keys that are not hashes,
-//! or hashes without `_walcast_version` (not written by walcast), are left alone. A crash
-//! part-way leaves the floor raised and the redelivered truncate finishes the scan.
+//! make (`user:*` for `user:{user_id}`) and deletes, a page at a time in one script each,
+//! the hashes of this replica older than it. Keys that are not hashes, hashes without
+//! `_walcast_version` (not walcast's), and hashes of another replica whose keys the pattern
+//! also matches (`user:{user_id}:addr:{address_id}`) are left alone. Once the scan is done,
+//! `walcast:cleared:<key_template>` records it, so the truncate's copies from the topic's
+//! other partitions do not scan again; a crash part-way leaves the floor raised, and the
+//! redelivered truncate scans again. Tombstones stay: the floor outranks those older than
+//! it, and they expire.
 //!
 //! NULL fields are left out of the hash. Values are written in their text form (times in
 //! RFC 3339, UTC with `Z`), bytes as they are.
@@ -352,13 +357,15 @@ pub struct RedisSink {
 }
 
 /// KEYS: the offsets hash, the floor, then per change its hash and its tombstone.
-/// ARGV: ttl, tombstone ttl, change count, position count; per change: op (`u`/`d`),
-/// version, field count, then field/value pairs; then per position: field, offset.
+/// ARGV: ttl, tombstone ttl, change count, position count, the replica (its key template);
+/// per change: op (`u`/`d`), version, field count, then field/value pairs; then per
+/// position: field, offset.
 const APPLY: &str = r"
 local ttl, tomb_ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local changes, positions = tonumber(ARGV[3]), tonumber(ARGV[4])
+local replica = ARGV[5]
 local floor = redis.call('GET', KEYS[2])
-local a = 5
+local a = 6
 for i = 1, changes do
   local key, tomb = KEYS[2 * i + 1], KEYS[2 * i + 2]
   local op, version, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
@@ -369,7 +376,7 @@ for i = 1, changes do
       and (not buried or buried < version) then
     redis.call('DEL', key)
     if op == 'u' then
-      local args = {'_walcast_version', version}
+      local args = {'_walcast_version', version, '_walcast_replica', replica}
       for j = 0, n - 1 do
         args[#args + 1] = ARGV[a + 2 * j]
         args[#args + 1] = ARGV[a + 2 * j + 1]
@@ -391,28 +398,40 @@ end
 return changes
 ";
 
-/// KEYS: the floor. ARGV: the truncate's version. Raises the floor to it.
+/// KEYS: the floor, then how far the replica was cleared. ARGV: the truncate's version.
+/// Raises the floor to it; returns 1 when the replica was already cleared that far (a copy
+/// of the truncate from another partition), else 0.
 const RAISE_FLOOR: &str = r"
 local floor = redis.call('GET', KEYS[1])
 if not floor or floor < ARGV[1] then redis.call('SET', KEYS[1], ARGV[1]) end
+local cleared = redis.call('GET', KEYS[2])
+if cleared and cleared >= ARGV[1] then return 1 end
+return 0
+";
+
+/// KEYS: the cleared mark. ARGV: the truncate's version. Records that every hash older
+/// than it is gone.
+const CLEARED: &str = r"
+local cleared = redis.call('GET', KEYS[1])
+if not cleared or cleared < ARGV[1] then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1
 ";
 
-/// KEYS: keys found by a scan. ARGV: the truncate's version, then what they are (`hash`:
-/// the replica's hashes, `tombstone`: their tombstones). Deletes those older than it.
+/// KEYS: keys found by a scan. ARGV: the truncate's version, the replica (its key
+/// template). Deletes the replica's hashes older than the version: hashes marked with the
+/// replica's `_walcast_replica` (or, written before the mark, with none). Anything else,
+/// another sink's hashes included, is left alone. Tombstones are not touched: the floor
+/// outranks every one older than it, and they expire.
 const CLEAR_OLDER: &str = r"
 local removed = 0
 for _, key in ipairs(KEYS) do
-  local kind = redis.call('TYPE', key).ok
-  local version
-  if ARGV[2] == 'hash' and kind == 'hash' then
-    version = redis.call('HGET', key, '_walcast_version')
-  elseif ARGV[2] == 'tombstone' and kind == 'string' then
-    version = redis.call('GET', key)
-  end
-  if version and version < ARGV[1] then
-    redis.call('DEL', key)
-    removed = removed + 1
+  if redis.call('TYPE', key).ok == 'hash' then
+    local fields = redis.call('HMGET', key, '_walcast_version', '_walcast_replica')
+    local version, owner = fields[1], fields[2]
+    if version and version < ARGV[1] and (not owner or owner == ARGV[2]) then
+      redis.call('DEL', key)
+      removed = removed + 1
+    end
   end
 end
 return removed
@@ -519,50 +538,63 @@ impl RedisSink {
         format!("walcast:floor:{}", self.settings.key_template)
     }
 
-    /// Raises the floor to `version`, then deletes every hash and tombstone of the
-    /// template's keys older than it, a scan page at a time.
+    /// How far the replica was cleared by truncates.
+    fn cleared_key(&self) -> String {
+        format!("walcast:cleared:{}", self.settings.key_template)
+    }
+
+    /// Raises the floor to `version`, then deletes the replica's hashes older than it, a
+    /// scan page at a time, unless an earlier copy of the truncate did already; records
+    /// that it did last, so a crash part-way has the redelivered copy scan again.
     async fn truncate(
         &self,
         conn: &mut MultiplexedConnection,
         version: Version,
     ) -> Result<(), ::redis::RedisError> {
         let version = version_text(version);
-        let _: i64 = Script::new(RAISE_FLOOR)
+        let done: i64 = Script::new(RAISE_FLOOR)
             .key(self.floor_key())
+            .key(self.cleared_key())
             .arg(&version)
             .invoke_async(conn)
             .await?;
+        if done == 1 {
+            return Ok(());
+        }
         let pattern = key_pattern(&self.settings.key_template);
         let clear = Script::new(CLEAR_OLDER);
-        let tombstones = format!("walcast:tombstone:{pattern}");
-        for (pattern, kind) in [(&pattern, "hash"), (&tombstones, "tombstone")] {
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, keys): (u64, Vec<String>) = ::redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(conn)
+        let mut cursor: u64 = 0;
+        loop {
+            // Keys as bytes: another application's key need not be UTF-8.
+            let (next, keys): (u64, Vec<Vec<u8>>) = ::redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(conn)
+                .await?;
+            if !keys.is_empty() {
+                let mut invocation = clear.prepare_invoke();
+                for key in &keys {
+                    invocation.key(key.as_slice());
+                }
+                let _: i64 = invocation
+                    .arg(&version)
+                    .arg(&self.settings.key_template)
+                    .invoke_async(conn)
                     .await?;
-                if !keys.is_empty() {
-                    let mut invocation = clear.prepare_invoke();
-                    for key in &keys {
-                        invocation.key(key);
-                    }
-                    let _: i64 = invocation
-                        .arg(&version)
-                        .arg(kind)
-                        .invoke_async(conn)
-                        .await?;
-                }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
             }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
+        let _: i64 = Script::new(CLEARED)
+            .key(self.cleared_key())
+            .arg(&version)
+            .invoke_async(conn)
+            .await?;
         Ok(())
     }
 
@@ -593,7 +625,8 @@ impl Sink for RedisSink {
             .arg(self.settings.ttl_secs)
             .arg(self.settings.tombstone_ttl_secs)
             .arg(upserts.len() + deletes.len())
-            .arg(batch.positions.len());
+            .arg(batch.positions.len())
+            .arg(&self.settings.key_template);
         for change in upserts.iter().chain(&deletes) {
             let key = self.key(change)?;
             invocation.key(&key).key(format!("walcast:tombstone:{key}"));

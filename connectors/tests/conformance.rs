@@ -1180,6 +1180,7 @@ impl Harness for Redis {
             format!("walcast:tombstone:{prefix}*"),
             format!("walcast:offsets:{}", settings.consumer),
             format!("walcast:floor:{prefix}*"),
+            format!("walcast:cleared:{prefix}*"),
         ] {
             let keys: Vec<String> = ::redis::cmd("KEYS")
                 .arg(pattern)
@@ -1281,6 +1282,63 @@ async fn redis_keys_and_tombstones_expire() {
         .await
         .unwrap();
     assert_eq!(version, "000000000000000a00000000");
+}
+
+/// A truncate clears its own replica's hashes only: another sink's, whose keys its pattern
+/// also matches (`…user:{user_id}:addr:{address_id}` beside `…user:{user_id}`), stay.
+#[tokio::test]
+async fn redis_a_truncate_leaves_other_replicas_hashes_alone() {
+    let (h, mut users) = Redis::fresh("trunc_other").await;
+    let mut addresses = RedisSink::connect(RedisSettings {
+        key_template: format!("{}{{user_id}}:addr:{{address_id}}", h.prefix),
+        consumer: format!("{}-addresses", h.settings.consumer),
+        ..h.settings.clone()
+    })
+    .await
+    .unwrap();
+    let address = Change {
+        key: vec![
+            ("user_id".into(), Value::Long(1)),
+            ("address_id".into(), Value::Long(7)),
+        ],
+        op: Op::Upsert(vec![("city".into(), Value::Text("Oslo".into()))]),
+        version: Version { lsn: 10, seq: 1 },
+    };
+    addresses.apply(&batch(vec![address])).await.unwrap();
+    users
+        .apply(&batch(vec![
+            upsert(1, "Ada", 10, 0),
+            upsert(2, "Grace", 40, 0),
+        ]))
+        .await
+        .unwrap();
+    users.apply(&batch(vec![truncate(30, 0)])).await.unwrap();
+
+    let client = ::redis::Client::open(h.settings.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let city: Option<String> = ::redis::cmd("HGET")
+        .arg(format!("{}1:addr:7", h.prefix))
+        .arg("city")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        city.as_deref(),
+        Some("Oslo"),
+        "another replica's hash stays"
+    );
+    let kept: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{}*", h.prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut kept: Vec<&str> = kept.iter().map(|k| &k[h.prefix.len()..]).collect();
+    kept.sort();
+    assert_eq!(
+        kept,
+        ["1:addr:7", "2"],
+        "only the users older than the truncate went"
+    );
 }
 
 // ------------------------------------------------------------------ every scenario × every store

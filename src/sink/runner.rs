@@ -33,7 +33,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use connectors::{Batch, Change, Field, Position, Sink};
+use connectors::{Batch, Change, Field, Op, Position, Sink};
 use rdkafka::message::{Headers, Message};
 use rdkafka::Offset;
 
@@ -391,6 +391,24 @@ impl<R: Records, D: Decode, S: Sink> Runner<R, D, S> {
         };
         match decoded {
             Ok(None) => {}
+            Ok(Some(change))
+                if matches!(change.op, Op::Truncate) && self.settings.topics.len() > 1 =>
+            {
+                // One replica keeps one floor: a truncate of one topic would clear the rows
+                // of the others, and hold back their changes (versions of other sources do
+                // not compare). Refused, never half-applied.
+                return Err(SinkError::Setup {
+                    sink: self.settings.name.clone(),
+                    message: format!(
+                        "a truncate event arrived on {} partition {} offset {}, and this sink writes topics {} into one replica: the truncate would clear the rows of every topic; give topic {} a sink (table or key_template) of its own, then restart",
+                        message.topic(),
+                        message.partition(),
+                        message.offset(),
+                        self.settings.topics.join(", "),
+                        message.topic()
+                    ),
+                });
+            }
             Ok(Some(change)) => {
                 if let Some(at) = commit_time(message) {
                     g.newest_commit = Some(g.newest_commit.map_or(at, |n| n.max(at)));

@@ -21,6 +21,8 @@ struct Setup {
     idle_check: Duration,
     backoff: fn() -> Backoff,
     dead_letter: bool,
+    /// Topics besides `orders` that the sink writes into the same replica.
+    more_topics: &'static [&'static str],
 }
 
 impl Default for Setup {
@@ -32,6 +34,7 @@ impl Default for Setup {
             idle_check: Duration::from_secs(3600),
             backoff: || Backoff::new(Duration::from_millis(10), Duration::from_millis(50)),
             dead_letter: false,
+            more_topics: &[],
         }
     }
 }
@@ -73,7 +76,10 @@ impl Setup {
         let runner = Runner {
             settings: Settings {
                 name: "replica".into(),
-                topics: vec![TOPIC.into()],
+                topics: std::iter::once(TOPIC)
+                    .chain(self.more_topics.iter().copied())
+                    .map(String::from)
+                    .collect(),
                 max_records: self.max_records,
                 max_wait: self.max_wait,
                 idle_check: self.idle_check,
@@ -481,6 +487,27 @@ fn a_truncate_clears_older_rows_and_no_older_change_comes_back_from_another_part
         .unwrap_or_else(|| panic!("no truncate applied alone: {entries:#?}"));
     assert!(entries[truncated].ends_with("at []"), "{entries:#?}");
     assert_eq!(sink.stop().ok(), Some(()));
+}
+
+#[test]
+fn a_truncate_into_a_replica_of_several_topics_stops_the_sink_naming_the_fix() {
+    let mut sink = Setup {
+        more_topics: &["payments"],
+        ..Setup::default()
+    }
+    .start(|log, _| {
+        log.append(TOPIC, 0, "a", Some("1"));
+        log.append(TOPIC, 0, "", Some("truncate"));
+    });
+    let error = sink.outcome().unwrap_err().to_string();
+    assert_eq!(
+        error,
+        "sink replica: a truncate event arrived on orders partition 0 offset 1, and this sink writes topics orders, payments into one replica: the truncate would clear the rows of every topic; give topic orders a sink (table or key_template) of its own, then restart"
+    );
+    assert!(
+        sink.store.rows().is_empty(),
+        "nothing of the batch was applied"
+    );
 }
 
 #[test]
