@@ -689,16 +689,15 @@ impl Pipeline {
             return Ok(());
         };
         let lsn = current.lsn;
-        let topic = mapping.spec.topic.clone();
-        // Each event, with the partition it must go to (else its key's).
-        let events: Vec<(Option<i32>, Event)> = if change.op == source::Op::Truncate {
+        let topic = &mapping.spec.topic;
+        let events: Vec<Event> = if change.op == source::Op::Truncate {
             if mapping.publishes_truncates() {
                 // On every partition: each reader of the topic, whichever partitions it
                 // holds, sees it in order with that partition's changes.
-                let partitions = self.producer.partitions(&topic).await?;
+                let partitions = self.producer.partitions(topic).await?;
                 tracing::info!(source = %self.name, table = %change.table, %lsn, %topic, partitions, "TRUNCATE published on every partition");
                 (0..partitions)
-                    .filter_map(|p| Some((Some(p), mapping.truncate_event(p)?)))
+                    .filter_map(|p| mapping.truncate_event(p))
                     .collect()
             } else if mapping.spec.skip_truncate {
                 tracing::info!(source = %self.name, table = %change.table, %lsn, "TRUNCATE not published (skip_truncate = true); replicas keep the rows");
@@ -720,9 +719,6 @@ impl Pipeline {
                     lsn,
                     message,
                 })?
-                .into_iter()
-                .map(|e| (None, e))
-                .collect()
         };
         let (lsn_text, seq_text, xid_text) = (
             lsn.to_string(),
@@ -730,7 +726,7 @@ impl Pipeline {
             current.xid.to_string(),
         );
         let ts_text = (current.commit_ts + PG_EPOCH_OFFSET_MICROS).to_string();
-        for (partition, event) in events {
+        for event in events {
             let event_id = format!("{}/{lsn_text}/{seq_text}/{}", self.name, event.part);
             let headers = OwnedHeaders::new_with_capacity(8);
             let headers = [
@@ -756,8 +752,8 @@ impl Pipeline {
                 .sent(current.tx);
             self.producer
                 .send(
-                    &topic,
-                    partition,
+                    topic,
+                    event.partition,
                     &event.key,
                     event.value.as_deref(),
                     headers,
@@ -765,7 +761,7 @@ impl Pipeline {
                 )
                 .await?;
             self.event_counts
-                .get(&self.name, &topic, &event.event_type)
+                .get(&self.name, topic, &event.event_type)
                 .inc();
         }
         if let Some(c) = self.current.as_mut() {

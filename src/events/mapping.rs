@@ -135,6 +135,8 @@ pub struct Event {
     pub op: &'static str,
     /// Distinguishes the events one change yields (a key change yields a delete first).
     pub part: u8,
+    /// The partition the event must go to; `None`: the one its key hashes to.
+    pub partition: Option<i32>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -227,6 +229,7 @@ impl Mapping {
             event_type: self.spec.truncate.as_ref()?.full_name.clone(),
             op: "truncate",
             part: 0,
+            partition: Some(partition),
         })
     }
 
@@ -289,6 +292,7 @@ impl Mapping {
                 event_type: "tombstone".into(),
                 op: "delete",
                 part: 2,
+                partition: None,
             });
         }
         Ok(())
@@ -308,6 +312,7 @@ impl Mapping {
             event_type: plan.contract.full_name.clone(),
             op,
             part,
+            partition: None,
         })
     }
 
