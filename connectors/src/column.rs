@@ -10,6 +10,11 @@
 //! a table the operator shapes by hand, the columns' types are the operator's choice (a
 //! string field may well feed an integer column): the store's own cast decides, value by
 //! value, and a value it refuses is a poison record.
+//!
+//! The check is on types, not on ranges: a column whose range is narrower than its type's
+//! (MySQL's unsigned integers, its `TIMESTAMP` of 1970–2038) is taken as its type, and the
+//! store refuses a value outside, one by one, as a poison record naming the column (the
+//! MySQL sink's sessions are strict, so such a value is never clamped).
 
 use crate::sink::{Field, FieldType};
 use crate::table::TableSettings;
@@ -22,8 +27,15 @@ pub enum ColumnKind {
     Bool,
     /// An integer column of this many bits.
     Int(u8),
-    /// An exact decimal column: total digits and digits after the point, when declared.
-    Decimal(Option<(usize, usize)>),
+    /// An exact decimal column: digits before and after the point, each `None` when the
+    /// column keeps as many as the store allows (PostgreSQL's bare `numeric`, MySQL's 65
+    /// digits or 30 places), so a wider field's values fit or not one by one.
+    Decimal {
+        /// Digits before the point.
+        whole: Option<usize>,
+        /// Digits after the point.
+        scale: Option<usize>,
+    },
     /// A floating-point column of this many bits.
     Float(u8),
     /// A character column.
@@ -61,11 +73,14 @@ impl ColumnKind {
             (C::Bool, F::Bool) => true,
             (C::Int(bits), F::Int) => *bits >= 32,
             (C::Int(bits), F::Long) => *bits >= 64,
-            (C::Decimal(None), F::Int | F::Long | F::Decimal { .. }) => true,
-            (C::Decimal(Some((p, s))), F::Int) => p.saturating_sub(*s) >= 10,
-            (C::Decimal(Some((p, s))), F::Long) => p.saturating_sub(*s) >= 19,
-            (C::Decimal(Some((p, s))), F::Decimal { precision, scale }) => {
-                s >= scale && p.saturating_sub(*s) >= precision.saturating_sub(*scale)
+            (C::Decimal { whole, scale }, ty) => {
+                let (need_whole, need_scale) = match ty {
+                    F::Int => (10, 0),
+                    F::Long => (19, 0),
+                    F::Decimal { precision, scale } => (precision.saturating_sub(*scale), *scale),
+                    _ => return false,
+                };
+                whole.is_none_or(|w| w >= need_whole) && scale.is_none_or(|s| s >= need_scale)
             }
             (C::Float(bits), F::Float) => *bits >= 32,
             (C::Float(bits), F::Double | F::Int) => *bits >= 64,
@@ -135,16 +150,17 @@ mod tests {
             "enums and domains are the store's to judge"
         );
         let money = |precision, scale| F::Decimal { precision, scale };
-        assert!(C::Decimal(Some((12, 2))).holds(&money(10, 2)));
+        let numeric = |whole, scale| C::Decimal { whole, scale };
+        assert!(numeric(Some(10), Some(2)).holds(&money(10, 2)));
+        assert!(!numeric(Some(10), Some(2)).holds(&money(10, 4)), "places lost");
+        assert!(!numeric(Some(4), Some(2)).holds(&money(10, 2)), "digits lost");
+        assert!(numeric(None, None).holds(&money(40, 10)));
         assert!(
-            !C::Decimal(Some((12, 2))).holds(&money(10, 4)),
-            "places lost"
+            !numeric(None, Some(2)).holds(&money(10, 4)),
+            "MySQL's DECIMAL(65, 2) keeps any number of digits but 2 places"
         );
-        assert!(
-            !C::Decimal(Some((6, 2))).holds(&money(10, 2)),
-            "digits lost"
-        );
-        assert!(C::Decimal(None).holds(&money(40, 10)));
+        assert!(numeric(None, Some(2)).holds(&money(80, 2)));
+        assert!(numeric(Some(19), Some(0)).holds(&F::Long) && !numeric(Some(18), None).holds(&F::Long));
         assert!(C::Array(Box::new(C::Text)).holds(&F::Array(Box::new(F::Text))));
         assert!(!C::Array(Box::new(C::Int(32))).holds(&F::Array(Box::new(F::Text))));
         assert!(C::Json.holds(&F::Array(Box::new(F::Long))));

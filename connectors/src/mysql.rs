@@ -156,7 +156,13 @@ impl Target {
             other => other,
         };
         let mut conn = conn.map_err(|e| self.classify(e))?;
-        conn.query_drop("SET time_zone = '+00:00'").await?;
+        // Strict, whatever the server's default: a value the column cannot hold is an
+        // error (a poison record naming it), never clamped or cut with a warning.
+        conn.query_drop(
+            "SET time_zone = '+00:00', sql_mode = IF(@@sql_mode = '', 'STRICT_ALL_TABLES', \
+             CONCAT(@@sql_mode, ',STRICT_ALL_TABLES'))",
+        )
+        .await?;
         Ok(conn)
     }
 
@@ -684,16 +690,21 @@ fn column_kind(data_type: &str, column_type: &str) -> ColumnKind {
         "mediumint" => ColumnKind::Int(24),
         "int" => ColumnKind::Int(32),
         "bigint" => ColumnKind::Int(64),
-        // DECIMAL(65, 30) is MySQL's widest: walcast makes it for wider decimals, whose
-        // values fit or not one by one.
-        "decimal" => ColumnKind::Decimal(
-            column_type
+        // MySQL keeps at most 65 digits and 30 places: a column at either limit is as wide
+        // as the store allows there (walcast makes one for wider decimals), and a wider
+        // field's values fit or not one by one.
+        "decimal" => {
+            let (p, s): (usize, usize) = column_type
                 .strip_prefix("decimal(")
                 .and_then(|rest| rest.split(')').next())
                 .and_then(|ps| ps.split_once(','))
                 .and_then(|(p, s)| Some((p.trim().parse().ok()?, s.trim().parse().ok()?)))
-                .filter(|&(p, s): &(usize, usize)| p < 65 && s < 30),
-        ),
+                .unwrap_or((65, 30));
+            ColumnKind::Decimal {
+                whole: (p < 65).then(|| p.saturating_sub(s)),
+                scale: (s < 30).then_some(s),
+            }
+        }
         "float" => ColumnKind::Float(32),
         "double" => ColumnKind::Float(64),
         "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" => ColumnKind::Text,
@@ -1021,6 +1032,20 @@ impl Sink for MysqlSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_decimal_at_mysqls_limits_keeps_as_many_digits_as_mysql_allows_there() {
+        let kind = |t: &str| column_kind("decimal", t);
+        let money = |precision, scale| FieldType::Decimal { precision, scale };
+        assert!(kind("decimal(12,2)").holds(&money(10, 2)));
+        assert!(!kind("decimal(12,2)").holds(&money(12, 0)), "digits lost");
+        assert!(
+            !kind("decimal(65,2)").holds(&money(10, 4)),
+            "65 digits, but places lost"
+        );
+        assert!(kind("decimal(65,2) unsigned").holds(&money(80, 2)));
+        assert!(kind("decimal(65,30)").holds(&money(70, 40)));
+    }
 
     #[test]
     fn runs_of_three_or_more_consecutive_keys_are_ranges() {

@@ -387,13 +387,17 @@ fn column_kind(declared: &str) -> ColumnKind {
         "smallint" => ColumnKind::Int(16),
         "integer" => ColumnKind::Int(32),
         "bigint" => ColumnKind::Int(64),
-        "numeric" => ColumnKind::Decimal(
-            declared
+        "numeric" => {
+            let declared: Option<(usize, usize)> = declared
                 .strip_prefix("numeric(")
                 .and_then(|rest| rest.strip_suffix(')'))
                 .and_then(|ps| ps.split_once(','))
-                .and_then(|(p, s)| Some((p.trim().parse().ok()?, s.trim().parse().ok()?))),
-        ),
+                .and_then(|(p, s)| Some((p.trim().parse().ok()?, s.trim().parse().ok()?)));
+            ColumnKind::Decimal {
+                whole: declared.map(|(p, s)| p.saturating_sub(s)),
+                scale: declared.map(|(_, s)| s),
+            }
+        }
         "real" => ColumnKind::Float(32),
         "double precision" => ColumnKind::Float(64),
         "boolean" => ColumnKind::Bool,

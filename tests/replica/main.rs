@@ -6,5 +6,6 @@
 mod support;
 
 mod convergence;
+mod strict;
 mod truncate;
 mod types;

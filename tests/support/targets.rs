@@ -437,9 +437,15 @@ impl OwnMariadb {
             .tempdir_in("/var/tmp")
             .unwrap();
         server_tls_files(dir.path(), "mysql");
+        // Temporary tables in a directory of its own: servers bootstrapping side by side
+        // in /tmp have been seen to lose each other's files there.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        run(Command::new("chown").arg("mysql:mysql").arg(&tmp));
         run(Command::new("mariadb-install-db")
             .arg("--no-defaults")
             .arg(format!("--datadir={}", dir.path().join("data").display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .args([
                 "--user=mysql",
                 "--auth-root-authentication-method=socket",
@@ -464,6 +470,7 @@ impl OwnMariadb {
         Command::new("mariadbd")
             .arg("--no-defaults")
             .arg(format!("--datadir={}", file("data")))
+            .arg(format!("--tmpdir={}", file("tmp")))
             .args(["--user=mysql", "--bind-address=127.0.0.1"])
             .arg(format!("--port={port}"))
             .arg(format!("--socket={}", file("sock")))
