@@ -152,15 +152,23 @@ mod tests {
         let money = |precision, scale| F::Decimal { precision, scale };
         let numeric = |whole, scale| C::Decimal { whole, scale };
         assert!(numeric(Some(10), Some(2)).holds(&money(10, 2)));
-        assert!(!numeric(Some(10), Some(2)).holds(&money(10, 4)), "places lost");
-        assert!(!numeric(Some(4), Some(2)).holds(&money(10, 2)), "digits lost");
+        assert!(
+            !numeric(Some(10), Some(2)).holds(&money(10, 4)),
+            "places lost"
+        );
+        assert!(
+            !numeric(Some(4), Some(2)).holds(&money(10, 2)),
+            "digits lost"
+        );
         assert!(numeric(None, None).holds(&money(40, 10)));
         assert!(
             !numeric(None, Some(2)).holds(&money(10, 4)),
             "MySQL's DECIMAL(65, 2) keeps any number of digits but 2 places"
         );
         assert!(numeric(None, Some(2)).holds(&money(80, 2)));
-        assert!(numeric(Some(19), Some(0)).holds(&F::Long) && !numeric(Some(18), None).holds(&F::Long));
+        assert!(
+            numeric(Some(19), Some(0)).holds(&F::Long) && !numeric(Some(18), None).holds(&F::Long)
+        );
         assert!(C::Array(Box::new(C::Text)).holds(&F::Array(Box::new(F::Text))));
         assert!(!C::Array(Box::new(C::Int(32))).holds(&F::Array(Box::new(F::Text))));
         assert!(C::Json.holds(&F::Array(Box::new(F::Long))));

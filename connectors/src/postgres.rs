@@ -192,8 +192,8 @@ pub struct PostgresSink {
     tombstones: String,
     /// The replica's name in `walcast_truncations`: `schema.table`, unquoted.
     replica: String,
-    /// Column name → its type as `format_type` spells it, for casts.
-    types: HashMap<String, String>,
+    /// Column name → its type for casts ([`bare_type`]) and as declared (`format_type`).
+    types: HashMap<String, (String, String)>,
     /// Statements prepared on the current connection, by their text: a batch's statements
     /// depend only on its column set, so each is planned once.
     prepared: HashMap<String, Statement>,
@@ -282,7 +282,13 @@ impl PostgresSink {
                 &[&table],
             )
             .await?;
-        self.types = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        self.types = rows
+            .iter()
+            .map(|r| {
+                let declared: String = r.get(1);
+                (r.get(0), (bare_type(&declared), declared))
+            })
+            .collect();
         // Statements were planned for the old columns.
         self.prepared.clear();
         Ok(())
@@ -290,7 +296,12 @@ impl PostgresSink {
 
     async fn check_and_create_bookkeeping(&mut self) -> Result<(), Error> {
         for (column, ty) in [("_walcast_lsn", "bigint"), ("_walcast_seq", "integer")] {
-            if self.types.get(column).map(String::as_str) != Some(ty) {
+            if self
+                .types
+                .get(column)
+                .map(|(_, declared)| declared.as_str())
+                != Some(ty)
+            {
                 return Err(Error::Setup(format!(
                     "replica table {} lacks the version column {column} {ty}; run ALTER TABLE {} ADD COLUMN {column} {ty} NOT NULL DEFAULT 0",
                     self.settings.table, self.table
@@ -302,7 +313,7 @@ impl PostgresSink {
             .existing_key_columns(|c| self.types.contains_key(c))?;
         let key_defs: Vec<String> = key_columns
             .iter()
-            .map(|c| format!("{} {}", quote(c), self.types[c]))
+            .map(|c| format!("{} {}", quote(c), self.types[c].1))
             .collect();
         let key_list: Vec<String> = key_columns.iter().map(|c| quote(c)).collect();
         let sql = format!(
@@ -316,7 +327,9 @@ impl PostgresSink {
     }
 
     fn cast(&self, column: &str) -> &str {
-        self.types.get(column).map_or("text", String::as_str)
+        self.types
+            .get(column)
+            .map_or("text", |(cast, _)| cast.as_str())
     }
 
     /// Drops the connection after a transient error, so the next call opens a new one
@@ -375,6 +388,44 @@ fn pg_type(ty: &FieldType) -> String {
         FieldType::Array(item) => format!("{}[]", pg_type(item)),
         FieldType::Json => "jsonb".into(),
     }
+}
+
+/// The type a value is cast to for a column declared `declared` (as `format_type` spells
+/// it): the same type without its modifier (`character varying(3)` → `character varying`,
+/// `character(3)[]` → `bpchar[]`). The value is then assigned to the column, which checks
+/// it: an explicit cast to `character varying(3)`, `character(3)` or `bit(3)` would cut a
+/// longer value silently, where assignment refuses it (a poison record, never a value
+/// other than the source's). A modifier that rounds (`numeric(10,2)`, `timestamp(3)`)
+/// rounds the same way on assignment.
+fn bare_type(declared: &str) -> String {
+    let (base, arrays) = match declared.find("[]") {
+        Some(at) => declared.split_at(at),
+        None => (declared, ""),
+    };
+    let mut bare = String::with_capacity(base.len());
+    let (mut quoted, mut depth) = (false, 0);
+    for c in base.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '(' if !quoted => depth += 1,
+            ')' if !quoted && depth > 0 => {
+                depth -= 1;
+                continue;
+            }
+            _ => {}
+        }
+        if depth == 0 {
+            bare.push(c);
+        }
+    }
+    let bare = bare.split_whitespace().collect::<Vec<_>>().join(" ");
+    // Without a modifier, these two spellings mean length 1.
+    let bare = match bare.as_str() {
+        "character" => "bpchar".to_string(),
+        "bit" => "\"bit\"".to_string(),
+        _ => bare,
+    };
+    bare + arrays
 }
 
 /// What a column of this type (as `format_type` spells it) holds.
@@ -731,7 +782,11 @@ impl Sink for PostgresSink {
         check_types(
             &self.settings,
             fields,
-            |c| self.types.get(c).map(|t| (column_kind(t), t.clone())),
+            |c| {
+                self.types
+                    .get(c)
+                    .map(|(_, declared)| (column_kind(declared), declared.clone()))
+            },
             |c, ty| {
                 format!(
                     "ALTER TABLE {} ALTER COLUMN {} TYPE {} USING {}::{}",
@@ -815,5 +870,31 @@ impl Sink for PostgresSink {
                 next_offset: r.get(2),
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bare_type;
+
+    #[test]
+    fn a_cast_drops_the_modifier_that_would_cut_a_value() {
+        for (declared, bare) in [
+            ("character varying(3)", "character varying"),
+            ("character(3)", "bpchar"),
+            ("character(3)[]", "bpchar[]"),
+            ("bit(3)", "\"bit\""),
+            ("bit varying(5)[][]", "bit varying[][]"),
+            ("numeric(10,2)", "numeric"),
+            ("timestamp(3) with time zone", "timestamp with time zone"),
+            ("time(0) without time zone[]", "time without time zone[]"),
+            ("interval day to second(3)", "interval day to second"),
+            ("\"odd(type)\"", "\"odd(type)\""),
+            ("public.geometry(Point,4326)", "public.geometry"),
+            ("bigint", "bigint"),
+            ("text[]", "text[]"),
+        ] {
+            assert_eq!(bare_type(declared), bare, "{declared}");
+        }
     }
 }

@@ -841,6 +841,72 @@ async fn postgres_every_scalar_type_reaches_its_column() {
     assert_eq!(read(2).await.0, expected.replacen("-2147483648", "5", 1));
 }
 
+/// A value longer than its column (`varchar(3)`, `char(3)`, `bit(3)`, as items of arrays
+/// too) is refused, never cut to fit; values that fit are stored as sent.
+#[tokio::test]
+async fn postgres_never_cuts_a_value_to_fit_its_column() {
+    let (h, _) = Pg::fresh("lengths").await;
+    let admin = pg_client(&h.admin_url).await;
+    admin
+        .batch_execute(
+            "CREATE TABLE lengths (user_id bigint PRIMARY KEY, code varchar(3), fixed char(3),
+               flags bit(3), codes varchar(3)[], _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL)",
+        )
+        .await
+        .unwrap();
+    let mut settings = h.settings.clone();
+    settings.table = "lengths".into();
+    settings.columns = BTreeMap::new();
+    let mut sink = PostgresSink::connect(settings).await.unwrap();
+    let row = |id: i64, lsn: u64, field: &str, value: Value| {
+        let mut change = upsert(id, "", lsn, 0);
+        change.op = Op::Upsert(vec![(field.into(), value)]);
+        batch(vec![change])
+    };
+    let text = |s: &str| Value::Text(s.into());
+    for (field, too_long, expected) in [
+        ("code", text("ABCD"), "character varying(3)"),
+        ("fixed", text("ABCD"), "character(3)"),
+        (
+            "flags",
+            text("1010"),
+            "bit string length 4 does not match type bit(3)",
+        ),
+        (
+            "codes",
+            Value::Array(vec![text("AB"), text("ABCD")]),
+            "character varying(3)",
+        ),
+    ] {
+        let e = sink.apply(&row(1, 10, field, too_long)).await.unwrap_err();
+        assert!(
+            e.is_poison() && e.to_string().contains(expected),
+            "{field}: {e}"
+        );
+    }
+    let stored = |id: i64| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_opt(
+                    "SELECT concat_ws('|', code, fixed || '.', flags, codes) FROM lengths WHERE user_id = $1",
+                    &[&id],
+                )
+                .await
+                .unwrap()
+                .map(|r| r.get::<_, String>(0))
+        }
+    };
+    assert_eq!(stored(1).await, None, "nothing cut to fit was stored");
+    sink.apply(&row(2, 20, "code", text("AB"))).await.unwrap();
+    sink.apply(&row(2, 21, "fixed", text("AB"))).await.unwrap();
+    sink.apply(&row(2, 22, "flags", text("101"))).await.unwrap();
+    sink.apply(&row(2, 23, "codes", Value::Array(vec![text("ABC")])))
+        .await
+        .unwrap();
+    assert_eq!(stored(2).await.as_deref(), Some("AB|AB.|101|{ABC}"));
+}
+
 // ------------------------------------------------------------------ MySQL/MariaDB
 
 struct My {

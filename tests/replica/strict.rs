@@ -52,7 +52,10 @@ async fn a_lenient_mariadb_never_stores_a_clamped_value() {
         positions: vec![],
     };
     sink.apply(&row(1, 41, "ABC", 10)).await.unwrap();
-    for (bad, column) in [(row(2, 100_000, "ABC", 20), "age"), (row(3, 7, "ABCDEF", 30), "code")] {
+    for (bad, column) in [
+        (row(2, 100_000, "ABC", 20), "age"),
+        (row(3, 7, "ABCDEF", 30), "code"),
+    ] {
         let e = sink.apply(&bad).await.unwrap_err().to_string();
         assert!(e.contains(column), "names the column {column}: {e}");
     }
