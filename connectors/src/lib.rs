@@ -72,6 +72,15 @@ pub enum Error {
     /// certificate, a refused password); the message names the key to fix. Never retried.
     #[error("{0}")]
     Security(String),
+    /// The store refused a value of the change (a data exception), and walcast named the
+    /// column the store's own message leaves out. Poison, like the error it wraps.
+    #[error("{message} ({columns})")]
+    Value {
+        /// The store's message.
+        message: String,
+        /// The column or columns it concerns, with the replica table.
+        columns: String,
+    },
 }
 
 impl Error {
@@ -101,7 +110,7 @@ impl Error {
                         BusyLoadingError | TryAgain | ClusterDown | MasterDown | ReadOnly
                     )
             }
-            Error::Setup(_) | Error::Security(_) => false,
+            Error::Setup(_) | Error::Security(_) | Error::Value { .. } => false,
         }
     }
 }
@@ -122,6 +131,7 @@ impl Error {
             Error::Mysql(_) => false,
             // The key holds another kind of value than a hash.
             Error::Redis(e) => e.code() == Some("WRONGTYPE"),
+            Error::Value { .. } => true,
             Error::Setup(_) | Error::Security(_) => false,
         }
     }

@@ -48,7 +48,7 @@ use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use crate::column::{check_types, ColumnKind};
 use crate::connector::{Connector, Endpoint, Issue};
-use crate::sink::{Batch, Position, Sink, Value, Version};
+use crate::sink::{Batch, Op, Position, Sink, Value, Version};
 use crate::sink::{Field, FieldType};
 use crate::table::{
     field, fields_of, missing_columns, newest_truncate, TableOptions, TableSettings,
@@ -326,6 +326,49 @@ impl PostgresSink {
         self.create_positions_and_floor().await
     }
 
+    /// PostgreSQL names the type of a value it refuses (`value too long for type character
+    /// varying(3)`, `invalid input syntax for type integer`, `value for domain positive
+    /// violates check constraint`), not its column: the batch's
+    /// columns of that type (or whose items are of it) are named beside it.
+    fn name_the_column(&self, e: tokio_postgres::Error, batch: &Batch) -> Error {
+        // Data exceptions and integrity violations (a domain's check).
+        let Some(db) = e
+            .as_db_error()
+            .filter(|db| matches!(&db.code().code()[..2], "22" | "23"))
+        else {
+            return Error::Postgres(e);
+        };
+        let message = db.message();
+        let mut columns: Vec<String> = Vec::new();
+        for change in &batch.changes {
+            let fields = match &change.op {
+                Op::Upsert(fields) => fields.as_slice(),
+                _ => &[],
+            };
+            let names = change.key.iter().chain(fields).map(|(f, _)| f);
+            for column in names.map(|f| self.settings.column_of(f)) {
+                let Some((_, declared)) = self.types.get(&column) else {
+                    continue;
+                };
+                let item = declared.trim_end_matches("[]");
+                if !columns.contains(&column) && names_type(message, item) {
+                    columns.push(column);
+                }
+            }
+        }
+        if columns.is_empty() {
+            return Error::Postgres(e);
+        }
+        Error::Value {
+            message: walcast_text::describe(&e),
+            columns: format!(
+                "column {} of replica table {}",
+                columns.join(", "),
+                self.settings.table
+            ),
+        }
+    }
+
     fn cast(&self, column: &str) -> &str {
         self.types
             .get(column)
@@ -388,6 +431,25 @@ fn pg_type(ty: &FieldType) -> String {
         FieldType::Array(item) => format!("{}[]", pg_type(item)),
         FieldType::Json => "jsonb".into(),
     }
+}
+
+/// Whether a server message names type `ty` (`… for type character varying(3)`, `… for
+/// domain positive …`), not merely a longer type spelled alike (`integer[]`, `bit(3)` for
+/// `bit`, `character varying` for `character`).
+fn names_type(message: &str, ty: &str) -> bool {
+    ["type ", "domain "].iter().any(|word| {
+        let spelled = format!("{word}{ty}");
+        message.match_indices(&spelled).any(|(at, _)| {
+            let rest = &message[at + spelled.len()..];
+            match rest.chars().next() {
+                None | Some(':' | ',' | ';' | '"' | ')') => true,
+                Some(' ') => !["with", "without", "varying", "precision", "to", "zone"]
+                    .iter()
+                    .any(|w| rest[1..].starts_with(w)),
+                Some(_) => false,
+            }
+        })
+    })
 }
 
 /// The type a value is cast to for a column declared `declared` (as `format_type` spells
@@ -775,7 +837,8 @@ impl Sink for PostgresSink {
                 .collect::<Result<(), tokio_postgres::Error>>()
         }
         .await;
-        self.forget_broken(result.map_err(Error::from))
+        let result = result.map_err(|e| self.name_the_column(e, batch));
+        self.forget_broken(result)
     }
 
     async fn prepare(&mut self, fields: &[Field]) -> Result<(), Error> {
@@ -875,7 +938,41 @@ impl Sink for PostgresSink {
 
 #[cfg(test)]
 mod tests {
-    use super::bare_type;
+    use super::{bare_type, names_type};
+
+    #[test]
+    fn a_message_names_a_type_only_when_spelled_whole() {
+        let too_long = "value too long for type character varying(3)";
+        assert!(names_type(too_long, "character varying(3)"));
+        assert!(!names_type(too_long, "character varying(30)"));
+        assert!(!names_type(too_long, "character"));
+        let syntax = "invalid input syntax for type integer: \"abc\"";
+        assert!(names_type(syntax, "integer") && !names_type(syntax, "int"));
+        assert!(!names_type(
+            "malformed array literal for type integer[]",
+            "integer"
+        ));
+        assert!(names_type(
+            "value for domain positive violates check constraint \"positive_check\"",
+            "positive"
+        ));
+        assert!(names_type(
+            "bit string length 4 does not match type bit(3)",
+            "bit(3)"
+        ));
+        assert!(!names_type(
+            "bit string length 4 does not match type bit(3)",
+            "bit"
+        ));
+        assert!(!names_type(
+            "out of range for type timestamp with time zone",
+            "timestamp without time zone"
+        ));
+        assert!(!names_type(
+            "out of range for type timestamp with time zone",
+            "timestamp"
+        ));
+    }
 
     #[test]
     fn a_cast_drops_the_modifier_that_would_cut_a_value() {

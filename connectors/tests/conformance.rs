@@ -820,7 +820,7 @@ async fn postgres_every_scalar_type_reaches_its_column() {
         .unwrap_err();
     assert_eq!(
         e.to_string(),
-        "db error: ERROR: value \"2147483648\" is out of range for type integer",
+        "db error: ERROR: value \"2147483648\" is out of range for type integer (column i of replica table scalars)",
         "{e:?}"
     );
     assert!(!e.is_transient());
@@ -830,7 +830,9 @@ async fn postgres_every_scalar_type_reaches_its_column() {
         .unwrap_err();
     assert!(
         e.to_string()
-            .contains("value for domain positive violates check constraint"),
+            .contains("value for domain positive violates check constraint")
+            && e.to_string()
+                .ends_with("(column p of replica table scalars)"),
         "{e}"
     );
     // Then a batch whose columns take the other encodings, on the same connection.
@@ -879,8 +881,9 @@ async fn postgres_never_cuts_a_value_to_fit_its_column() {
         ),
     ] {
         let e = sink.apply(&row(1, 10, field, too_long)).await.unwrap_err();
+        let named = format!("(column {field} of replica table lengths)");
         assert!(
-            e.is_poison() && e.to_string().contains(expected),
+            e.is_poison() && e.to_string().contains(expected) && e.to_string().ends_with(&named),
             "{field}: {e}"
         );
     }
