@@ -727,7 +727,11 @@ impl Pipeline {
         );
         let ts_text = (current.commit_ts + PG_EPOCH_OFFSET_MICROS).to_string();
         for event in events {
-            let event_id = format!("{}/{lsn_text}/{seq_text}/{}", self.name, event.part);
+            // A truncate's copies, one per partition, are distinct events.
+            let event_id = match event.partition {
+                Some(p) => format!("{}/{lsn_text}/{seq_text}/{}/p{p}", self.name, event.part),
+                None => format!("{}/{lsn_text}/{seq_text}/{}", self.name, event.part),
+            };
             let headers = OwnedHeaders::new_with_capacity(8);
             let headers = [
                 ("event_type", event.event_type.as_bytes()),

@@ -17,7 +17,8 @@
 //! (insert, update, delete), `source`, `lsn` (commit LSN, `X/Y`), `seq` (position in the
 //! transaction), `xid`, `commit_ts` (microseconds since the Unix epoch) and `event_id`:
 //! `<source>/<lsn>/<seq>/<part>`, the same for the same change every time it is delivered,
-//! so consumers can deduplicate.
+//! so consumers can deduplicate (a truncate's copy on partition P adds `/p<P>`: each copy
+//! is an event of its own).
 
 pub mod avro;
 pub mod contract;

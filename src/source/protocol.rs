@@ -40,6 +40,9 @@ const TRICKLE_BYTES: usize = 4096;
 const TRICKLE_READS: u32 = 16;
 /// How long a trickling stream is left to accumulate before the next read.
 const READ_LINGER: std::time::Duration = std::time::Duration::from_millis(1);
+/// How long a polite close waits for the server to end the stream (a walsender deep in a
+/// large transaction's decoding answers late) before it just drops the connection.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Bytes read from the socket per call.
 const SCRATCH_BYTES: usize = 1 << 16;
@@ -465,11 +468,29 @@ impl ReplicationConn {
         self.flush().await
     }
 
-    /// Ends the stream and the connection politely.
+    /// Ends the stream and the connection politely, and waits (a few seconds at most) for
+    /// the server to end its side: PostgreSQL releases the slot before it answers, so once
+    /// `close` returns, the slot is free for `walcast slot drop`, a standby or a restart,
+    /// and `walcast status` shows it inactive.
     pub async fn close(mut self) {
         frontend::copy_done(&mut self.write);
-        frontend::terminate(&mut self.write);
-        let _ = self.flush().await;
+        if self.flush().await.is_err() {
+            return;
+        }
+        let ended = async {
+            // What the server still had in flight, then its CopyDone, CommandComplete and
+            // ReadyForQuery: the slot was released before the last.
+            while let Ok(frame) = self.next_frame().await {
+                if matches!(frame, Frame::Message(backend::Message::ReadyForQuery(_))) {
+                    return true;
+                }
+            }
+            false
+        };
+        if tokio::time::timeout(CLOSE_WAIT, ended).await == Ok(true) {
+            frontend::terminate(&mut self.write);
+            let _ = self.flush().await;
+        }
     }
 
     async fn flush(&mut self) -> Result<(), SourceError> {

@@ -161,13 +161,15 @@ async fn a_broker_that_auto_creates_topics_never_creates_walcasts() {
     )
     .unwrap();
     let log = dir.path().join("walcast.log");
-    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let daemon = crate::support::KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     wait_until(
         "the sink to wait for its topic",
         Duration::from_secs(30),
@@ -184,6 +186,5 @@ async fn a_broker_that_auto_creates_topics_never_creates_walcasts() {
         None,
         "the sink created its topic"
     );
-    daemon.kill().unwrap();
-    daemon.wait().unwrap();
+    drop(daemon); // kill -9
 }

@@ -4,7 +4,9 @@ JSON line per record: partition, offset, key and value as AvroDeserializer decod
 is checked against its registered schema and printed as {}.
 
 Usage: consume_events.py REGISTRY_URL BROKERS TOPIC N
-Stops once N records arrived and the topic stayed quiet for a moment; exits 1 if fewer came.
+Stops once N distinct events arrived (by their event_id header: redeliveries of an
+at-least-once source do not count twice) and the topic stayed quiet for a moment; prints
+every record, duplicates included; exits 1 if fewer came.
 """
 
 import json
@@ -47,12 +49,13 @@ def deserialize(data, ctx):
         return {}
     return avro(data, ctx)
 records = []
+distinct = set()
 deadline = time.monotonic() + 90
 quiet_since = None
 while time.monotonic() < deadline:
     m = consumer.poll(0.2)
     if m is None:
-        if len(records) >= n:
+        if len(distinct) >= n:
             quiet_since = quiet_since or time.monotonic()
             if time.monotonic() - quiet_since > 1.5:
                 break
@@ -65,8 +68,9 @@ while time.monotonic() < deadline:
     headers = {k: v.decode() for k, v in (m.headers() or [])}
     records.append({"partition": m.partition(), "offset": m.offset(), "key": key, "value": value,
                     "headers": headers})
+    distinct.add(headers.get("event_id", (m.partition(), m.offset())))
 consumer.close()
 for r in records:
     print(json.dumps(r, default=plain))
-if len(records) < n:
-    raise SystemExit(f"only {len(records)} of {n} records of {topic} arrived")
+if len(distinct) < n:
+    raise SystemExit(f"only {len(distinct)} of {n} events of {topic} arrived")

@@ -479,14 +479,16 @@ async fn a_sink_group_member_takes_over_when_the_other_dies() {
     .unwrap();
     let member_log = daemon.dir.path().join("member.log");
     daemon.start().await;
-    let mut member = std::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
-        .args(["run", "--config"])
-        .arg(&member_config)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&member_log).unwrap())
-        .spawn()
-        .unwrap();
+    let member = crate::support::KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
+            .args(["run", "--config"])
+            .arg(&member_config)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&member_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let source = daemon.pg().await;
     let mut seed = 0x2545_F491_4F6C_DD1Du64 ^ u64::from(std::process::id());
     random_writes(&source, 5, &mut seed).await;
@@ -539,8 +541,7 @@ async fn a_sink_group_member_takes_over_when_the_other_dies() {
     random_writes(&source, 10, &mut seed).await;
     converged().await;
 
-    member.kill().unwrap();
-    member.wait().unwrap();
+    drop(member); // kill -9
     random_writes(&source, 10, &mut seed).await;
     let rows = converged().await;
     assert!(

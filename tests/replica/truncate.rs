@@ -181,6 +181,14 @@ async fn a_truncate_reaches_every_partition_and_clears_every_replica() {
             assert_eq!(e.value, Some(serde_json::json!({})), "{e:?}");
             assert_eq!(e.headers["event_type"], "com.example.users.UsersTruncated");
             assert_eq!(e.headers["lsn"], truncates[0].headers["lsn"]);
+            // Each copy its own event: a consumer deduplicating by event_id keeps all three.
+            assert_eq!(
+                e.headers["event_id"],
+                format!(
+                    "{}/{}/{}/0/p{}",
+                    e.headers["source"], e.headers["lsn"], e.headers["seq"], e.partition
+                )
+            );
             i64::from(e.partition)
         })
         .collect();

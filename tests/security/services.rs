@@ -409,7 +409,9 @@ async fn a_wrong_kafka_password_stops_the_source_with_a_named_error() {
         )
     );
     eprintln!("{connections} connection(s) to the broker");
-    assert!(connections <= 3, "{connections} connections to the broker");
+    // One or two as a rule; librdkafka reconnects about every 100 ms, so a stalled machine
+    // may see a few more. A retry storm would be hundreds.
+    assert!(connections <= 5, "{connections} connections to the broker");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -426,7 +428,9 @@ async fn an_untrusted_kafka_certificate_stops_the_source_with_a_named_error() {
         )
     );
     eprintln!("{connections} connection(s) to the broker");
-    assert!(connections <= 3, "{connections} connections to the broker");
+    // One or two as a rule; librdkafka reconnects about every 100 ms, so a stalled machine
+    // may see a few more. A retry storm would be hundreds.
+    assert!(connections <= 5, "{connections} connections to the broker");
 }
 
 /// A daemon on the stack's plaintext brokers whose registry is `registry` reached through a
@@ -733,18 +737,20 @@ fn registry_client_certificates_are_checked_before_connecting() {
 async fn client_certificates_reach_servers_that_require_them() {
     let tls = &Stack::get().kafka_sasl;
     let port = free_port();
-    let mut s_server = Command::new("openssl")
-        .args(["s_server", "-quiet", "-Verify", "1", "-www", "-cert"])
-        .arg(&tls.server_cert)
-        .arg("-key")
-        .arg(&tls.server_key)
-        .arg("-CAfile")
-        .arg(&tls.ca)
-        .args(["-accept", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let s_server = crate::support::KillOnDrop(
+        Command::new("openssl")
+            .args(["s_server", "-quiet", "-Verify", "1", "-www", "-cert"])
+            .arg(&tls.server_cert)
+            .arg("-key")
+            .arg(&tls.server_key)
+            .arg("-CAfile")
+            .arg(&tls.ca)
+            .args(["-accept", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "openssl s_server did not listen");
@@ -801,6 +807,5 @@ async fn client_certificates_reach_servers_that_require_them() {
         line(&stdout, "registry"),
         "FAIL the registry refused the TLS handshake (TLS alert certificate required); hint: the registry requires a client certificate: set registry.tls_client_cert_file and registry.tls_client_key_file"
     );
-    s_server.kill().unwrap();
-    s_server.wait().unwrap();
+    drop(s_server);
 }

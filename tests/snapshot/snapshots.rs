@@ -270,7 +270,7 @@ async fn kill_9_mid_snapshot_resumes_from_the_last_chunk_and_the_replica_converg
     let mut daemon = Daemon::prepare("snap_kill", Setup::default()).await;
     snapshots_on(
         &daemon,
-        &format!("snapshot_chunk_rows = {CHUNK}\nsnapshot_max_rows_per_sec = 10000"),
+        &format!("snapshot_chunk_rows = {CHUNK}\nsnapshot_max_rows_per_sec = 5000"),
     );
     let replica = Replica::attach(&daemon).await;
     let source = daemon.pg().await;
@@ -493,13 +493,13 @@ async fn a_snapshot_read_of_a_row_a_streamed_change_already_updated_never_wins()
     let mut daemon = Daemon::prepare("snap_order", Setup::default()).await;
     snapshots_on(
         &daemon,
-        "snapshot_chunk_rows = 1000\nsnapshot_max_rows_per_sec = 8000",
+        "snapshot_chunk_rows = 1000\nsnapshot_max_rows_per_sec = 4000",
     );
     let replica = Replica::attach(&daemon).await;
     let source = daemon.pg().await;
     seed(&source, ROWS).await;
     daemon.start().await;
-    // The last row is read last, about 2.5 s from now, in the snapshot of the slot's start:
+    // The last row is read last, about 5 s from now, in the snapshot of the slot's start:
     // with its old name.
     source
         .batch_execute(&format!(

@@ -1,4 +1,4 @@
-//! The PostgreSQL source against real clusters: streaming, authentication, refusals with their fixes, invalidated slots, large and streamed transactions, TLS, every type, and captured pgoutput (golden files).
+//! The PostgreSQL source against real clusters: streaming, authentication, refusals with their fixes, invalidated slots, streamed transactions, TLS, every type, and captured pgoutput (golden files).
 //!
 //! One test binary per area: each links librdkafka and the whole crate once.
 
@@ -10,7 +10,6 @@ mod basics;
 mod errors;
 mod golden;
 mod invalidated;
-mod large;
 mod streaming;
 mod tls;
 mod types;

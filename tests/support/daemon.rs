@@ -186,11 +186,10 @@ delete = "UserDeleted.avsc"
         }
     }
 
-    /// Starts `walcast run` and waits until its slot streams.
+    /// Starts `walcast run` and waits until its slot streams to it (not to the walsender of
+    /// a daemon just killed, which the server may not have noticed yet).
     pub async fn start(&mut self) {
-        self.spawn();
-        let pg = Stack::get().pg(&self.db).await;
-        self.wait_streaming(&pg).await;
+        self.start_with(&[]).await;
     }
 
     /// Starts `walcast run` without waiting for anything.
@@ -200,9 +199,17 @@ delete = "UserDeleted.avsc"
 
     /// [`Daemon::start`] with extra environment variables (secrets the configuration names).
     pub async fn start_with(&mut self, env: &[(&str, &str)]) {
-        self.spawn_with(env);
         let pg = Stack::get().pg(&self.db).await;
-        self.wait_streaming(&pg).await;
+        let before: Option<i32> = pg
+            .query_opt(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.name],
+            )
+            .await
+            .unwrap()
+            .and_then(|row| row.get(0));
+        self.spawn_with(env);
+        self.wait_streaming(&pg, before).await;
     }
 
     /// [`Daemon::spawn`] with extra environment variables.
@@ -224,7 +231,7 @@ delete = "UserDeleted.avsc"
         self.child = Some(child);
     }
 
-    async fn wait_streaming(&mut self, pg: &tokio_postgres::Client) {
+    async fn wait_streaming(&mut self, pg: &tokio_postgres::Client, before: Option<i32>) {
         let (name, log) = (self.name.clone(), self.log.clone());
         let child = self.child.as_mut().unwrap();
         super::wait_for(
@@ -246,8 +253,8 @@ delete = "UserDeleted.avsc"
                 async move {
                     pg.query_opt(
                         "SELECT 1 FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid \
-                         WHERE s.slot_name = $1 AND r.state = 'streaming'",
-                        &[name],
+                         WHERE s.slot_name = $1 AND r.state = 'streaming' AND r.pid IS DISTINCT FROM $2",
+                        &[name, &before],
                     )
                     .await
                     .unwrap()

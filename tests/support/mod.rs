@@ -206,6 +206,17 @@ impl Stack {
     }
 }
 
+/// A child process killed when dropped, so a failing test leaves nothing running behind
+/// it to slow the tests after it.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A loopback port free right now, for a server a test starts.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -215,9 +226,30 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A name unique to this test run, usable as a database, slot or topic name.
+/// A name unique to this test run, usable as a database, slot or topic name:
+/// `{prefix}_{run}_{pid}`. Kafka and the registry keep what earlier runs wrote, and a
+/// process id comes back, so a tag drawn once per process tells runs apart; the process
+/// id stays last, for `remove_leftovers`.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}", std::process::id())
+    format!("{prefix}_{}_{}", run_tag(), std::process::id())
+}
+
+/// Four base-36 characters drawn once per test process.
+pub fn run_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let mut n = (nanos ^ std::process::id().rotate_left(16)) % 36u32.pow(4);
+        let mut tag = String::new();
+        for _ in 0..4 {
+            tag.push(char::from_digit(n % 36, 36).unwrap());
+            n /= 36;
+        }
+        tag
+    })
 }
 
 /// The one way tests wait: polls `probe` every 50 ms until it yields a value, and returns

@@ -40,7 +40,8 @@ impl Registry {
         static N: AtomicU32 = AtomicU32::new(0);
         let topic = options.topic.clone().unwrap_or_else(|| {
             format!(
-                "_schemas_test_{}_{}",
+                "_schemas_test_{}_{}_{}",
+                super::run_tag(),
                 std::process::id(),
                 N.fetch_add(1, Ordering::SeqCst)
             )
@@ -76,20 +77,14 @@ impl Registry {
 
     async fn wait_ready(&mut self) {
         let (url, auth) = (self.url.clone(), self.auth.is_some());
+        let log = log_file(&self.config);
         let child = &mut self.child;
         super::wait_for(
             Duration::from_secs(60),
             || format!("walcast registry at {url} to serve"),
             || {
                 if let Some(status) = child.try_wait().unwrap() {
-                    let mut err = String::new();
-                    use std::io::Read;
-                    child
-                        .stderr
-                        .take()
-                        .unwrap()
-                        .read_to_string(&mut err)
-                        .unwrap();
+                    let err = std::fs::read_to_string(&log).unwrap_or_default();
                     panic!("walcast registry exited with {status} before serving:\n{err}");
                 }
                 let url = &url;
@@ -174,13 +169,24 @@ impl Drop for Registry {
     }
 }
 
+/// Where the registry's log goes, beside its configuration: a file, since a pipe nobody
+/// reads while it runs would fill and block it.
+fn log_file(config: &std::path::Path) -> PathBuf {
+    config.with_file_name("registry.log")
+}
+
 fn spawn(config: &PathBuf, auth: &Option<(String, String)>) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_file(config))
+        .unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_walcast"));
     cmd.args(["registry", "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stderr(log);
     if let Some((user, password)) = auth {
         cmd.env("TEST_REGISTRY_USER", user)
             .env("TEST_REGISTRY_PASSWORD", password);

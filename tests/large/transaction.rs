@@ -2,7 +2,7 @@
 //! server in segments while still in progress, is buffered (mostly on disk past the spill
 //! threshold), and is emitted on commit as one ordered transaction.
 //!
-//! Its own test binary, so the peak RSS measured is this test's alone.
+//! Its own test binary (see `main.rs`), so the peak RSS measured is this test's alone.
 
 use std::time::{Duration, Instant};
 
