@@ -243,6 +243,9 @@ async fn run_once(
         let (table, not_null) = catalog.describe(&spec.table).await?;
         match Mapping::compile(spec.clone(), Arc::new(table), Some(&not_null), *ids) {
             Ok(m) => {
+                for (contract, field) in m.defaulted() {
+                    tracing::warn!(source = %source.name, table = %spec.table, contract, field, "no column feeds this field, so every event carries the contract's default; map it in [[source.table]] columns if a column holds it");
+                }
                 mappings.insert(m);
             }
             Err(mut found) => issues.append(&mut found),
@@ -660,15 +663,22 @@ impl Pipeline {
         }
         let key = spec.table.clone();
         let (_, not_null) = catalog.describe(&key).await?;
-        let mapping = Mapping::compile(spec, table, Some(&not_null), ids).map_err(|issues| {
-            EventsError::Mapping {
-                source_name: self.name.clone(),
-                issues: issues
-                    .into_iter()
-                    .map(|i| format!("after a change of table {key}: {i}"))
-                    .collect(),
-            }
-        })?;
+        let located = |issues: Vec<String>| EventsError::Mapping {
+            source_name: self.name.clone(),
+            issues: issues
+                .into_iter()
+                .map(|i| format!("after a change of table {key}: {i}"))
+                .collect(),
+        };
+        let mapping = Mapping::compile(spec, table, Some(&not_null), ids).map_err(located)?;
+        if let Some(lost) = self
+            .mappings
+            .get(&mapping.table)
+            .map(|old| old.columns_lost(&mapping))
+            .filter(|lost| !lost.is_empty())
+        {
+            return Err(located(lost).into());
+        }
         self.mappings.insert(mapping);
         Ok(())
     }

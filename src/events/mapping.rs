@@ -206,6 +206,70 @@ impl Mapping {
         })
     }
 
+    /// The contracts' fields that read a column of this mapping's table, and would take
+    /// their default in `newer` (the same table after a change of its shape) because that
+    /// column is gone: a rename or a drop. Each as a sentence naming the field, the column
+    /// and the fix. Publishing the default instead would overwrite every replica's value
+    /// silently.
+    pub fn columns_lost(&self, newer: &Mapping) -> Vec<String> {
+        let pairs = [
+            (Some(&self.key), Some(&newer.key)),
+            (self.insert.as_ref(), newer.insert.as_ref()),
+            (self.update.as_ref(), newer.update.as_ref()),
+            (self.delete.as_ref(), newer.delete.as_ref()),
+            (self.snapshot.as_ref(), newer.snapshot.as_ref()),
+        ];
+        let mut lost = Vec::new();
+        for (old, new) in pairs {
+            let (Some(old), Some(new)) = (old, new) else {
+                continue;
+            };
+            for ((field, was), now) in old.contract.fields.iter().zip(&old.fields).zip(&new.fields)
+            {
+                let (Source::Column(at), Source::Default(_)) = (was, now) else {
+                    continue;
+                };
+                let column = &self.table.columns[*at].name;
+                if newer.table.column_index(column).is_some() {
+                    // Still there: the replica identity changed (a delete's old row).
+                    continue;
+                }
+                let sentence = format!(
+                    "column {}.{column}, which field {} of {} reads, is gone (renamed or dropped), and walcast never publishes a default in place of a value the column had; if it was renamed, map the field to its new name in [[source.table]] columns ({} = \"new_name\") and restart; if it was dropped on purpose, restart to publish the contract's default from now on",
+                    self.spec.table,
+                    field.name,
+                    old.contract.path.display(),
+                    field.name
+                );
+                if !lost.contains(&sentence) {
+                    lost.push(sentence);
+                }
+            }
+        }
+        lost
+    }
+
+    /// The contracts' fields that no column feeds, so every event carries the field's
+    /// default: `(contract file, field)`, once each.
+    pub fn defaulted(&self) -> Vec<(String, String)> {
+        let plans = [
+            Some(&self.key),
+            self.insert.as_ref(),
+            self.update.as_ref(),
+            self.snapshot.as_ref(),
+        ];
+        let mut out = Vec::new();
+        for plan in plans.into_iter().flatten() {
+            for (field, source) in plan.contract.fields.iter().zip(&plan.fields) {
+                let entry = (plan.contract.path.display().to_string(), field.name.clone());
+                if matches!(source, Source::Default(_)) && !out.contains(&entry) {
+                    out.push(entry);
+                }
+            }
+        }
+        out
+    }
+
     /// Whether the table publishes truncate events (it has a truncate contract).
     pub fn publishes_truncates(&self) -> bool {
         self.truncate.is_some()

@@ -304,6 +304,86 @@ async fn an_unmapped_column_added_is_ignored_and_a_breaking_change_stops_the_sou
     assert_eq!(decode(&daemon.topic, 1).await.len(), 1);
 }
 
+/// A column renamed while walcast streams, whose field has a default: the default is never
+/// published in place of the value the column had (every replica would overwrite it). The
+/// source stops naming the column and the fix; once the mapping names the new column, the
+/// values flow again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renamed_column_never_turns_its_field_into_the_default() {
+    let nullable = |name: &str, time: &str| {
+        format!(
+            r#"{{"type":"record","name":"{name}","namespace":"com.example.users","fields":[{{"name":"user_id","type":"long"}},{{"name":"name","type":"string"}},{{"name":"email","type":["null","string"],"default":null}},{{"name":"{time}","type":{{"type":"long","logicalType":"timestamp-micros"}}}}]}}"#
+        )
+    };
+    let mut daemon = Daemon::prepare(
+        "ev_rename",
+        Setup {
+            contracts: vec![
+                ("UserCreated.avsc", nullable("UserCreated", "created_at")),
+                ("UserUpdated.avsc", nullable("UserUpdated", "updated_at")),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    daemon.start().await;
+    let pg = daemon.pg().await;
+    insert_users(&pg, &["Ada"]).await;
+    let events = decode(&daemon.topic, 1).await;
+    assert_eq!(
+        events[0].value.as_ref().unwrap()["email"],
+        serde_json::json!("ada@example.com"),
+        "{events:?}"
+    );
+
+    pg.batch_execute(
+        "ALTER TABLE users RENAME COLUMN email TO contact_email; UPDATE users SET full_name = 'Ada L'",
+    )
+    .await
+    .unwrap();
+    let log = daemon.log.clone();
+    let status = crate::support::wait_for(
+        Duration::from_secs(30),
+        || {
+            format!(
+                "walcast to stop:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        },
+        || {
+            let exited = daemon.exited();
+            async move { exited }
+        },
+    )
+    .await;
+    assert_eq!(status.code(), Some(1));
+    let log = daemon.log_text();
+    assert!(
+        log.contains("after a change of table public.users: column public.users.email, which field email of UserUpdated.avsc reads, is gone (renamed or dropped), and walcast never publishes a default in place of a value the column had; if it was renamed, map the field to its new name in [[source.table]] columns (email = \"new_name\") and restart"),
+        "{log}"
+    );
+    assert_eq!(
+        decode(&daemon.topic, 1).await.len(),
+        1,
+        "nothing published after the rename"
+    );
+
+    // The fix: map the field to the column's new name, and restart.
+    let config = std::fs::read_to_string(&daemon.config).unwrap().replace(
+        "name = \"full_name\" }",
+        "name = \"full_name\", email = \"contact_email\" }",
+    );
+    std::fs::write(&daemon.config, config).unwrap();
+    daemon.start().await;
+    let events = decode(&daemon.topic, 2).await;
+    assert_eq!(
+        events[1].value.as_ref().unwrap()["email"],
+        serde_json::json!("ada@example.com"),
+        "the update carries the renamed column's value: {events:?}"
+    );
+    assert_eq!(daemon.terminate().await, Some(0));
+}
+
 /// Each mapping problem is refused before anything streams, naming the contract file, the
 /// field, the table and the column, with the fix.
 #[tokio::test(flavor = "multi_thread")]
