@@ -234,6 +234,11 @@ pub struct MysqlSink {
     tombstones: String,
     /// Column name → (`DATA_TYPE`, `COLUMN_TYPE`).
     types: HashMap<String, (String, String)>,
+    /// Column name → `CHARACTER SET … COLLATE …`, for character columns.
+    charsets: HashMap<String, String>,
+    /// The collation text key columns are made with: binary and NO PAD, so two source keys
+    /// that differ in case, accents or trailing spaces stay two rows.
+    key_collation: String,
     no_backslash_escapes: bool,
     /// The upserts of the batch before.
     last_upserts: usize,
@@ -332,6 +337,13 @@ impl MysqlSink {
             }
         };
         let sql_mode: Option<String> = conn.query_first("SELECT @@SESSION.sql_mode").await?;
+        // MySQL 8 and MariaDB each have one of these; utf8mb4_bin pads with spaces.
+        let key_collation: Option<String> = conn
+            .query_first(
+                "SELECT COLLATION_NAME FROM information_schema.COLLATIONS \
+                 WHERE COLLATION_NAME IN ('utf8mb4_0900_bin', 'utf8mb4_nopad_bin') LIMIT 1",
+            )
+            .await?;
         let mut sink = MysqlSink {
             target,
             conn: Some(conn),
@@ -344,6 +356,8 @@ impl MysqlSink {
             database: schema,
             name,
             types: HashMap::new(),
+            charsets: HashMap::new(),
+            key_collation: key_collation.unwrap_or_else(|| "utf8mb4_bin".into()),
             settings,
             no_backslash_escapes: sql_mode.is_some_and(|m| m.contains("NO_BACKSLASH_ESCAPES")),
             last_upserts: 0,
@@ -378,16 +392,33 @@ impl MysqlSink {
     /// not exist.
     async fn load_types(&mut self) -> Result<(), Error> {
         let (database, name) = (self.database.clone(), self.name.clone());
-        let rows: Vec<(String, String, String)> = self
+        type Row = (String, String, String, Option<String>, Option<String>);
+        let rows: Vec<Row> = self
             .connected()
             .await?
             .exec(
-                "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE FROM information_schema.COLUMNS \
-                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME, COLLATION_NAME \
+                 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
                 (database, name),
             )
             .await?;
-        self.types = rows.into_iter().map(|(c, d, t)| (c, (d, t))).collect();
+        self.charsets = rows
+            .iter()
+            .filter_map(|(c, _, _, set, collation)| {
+                Some((
+                    c.clone(),
+                    format!(
+                        "CHARACTER SET {} COLLATE {}",
+                        set.as_ref()?,
+                        collation.as_ref()?
+                    ),
+                ))
+            })
+            .collect();
+        self.types = rows
+            .into_iter()
+            .map(|(c, d, t, _, _)| (c, (d, t)))
+            .collect();
         Ok(())
     }
 
@@ -395,13 +426,19 @@ impl MysqlSink {
     /// every transaction has a row to lock, even before the first truncate).
     async fn create_positions_and_floor(&mut self) -> Result<(), Error> {
         let database = quote(&self.database);
+        // Names compared byte for byte: Kafka's topics and MySQL's tables on Linux are
+        // case-sensitive.
+        let name = format!(
+            "VARCHAR(255) CHARACTER SET utf8mb4 COLLATE {} NOT NULL",
+            self.key_collation
+        );
         let statements = [
             format!(
-                "CREATE TABLE IF NOT EXISTS {database}.walcast_offsets (consumer VARCHAR(255) NOT NULL, topic VARCHAR(255) NOT NULL,
+                "CREATE TABLE IF NOT EXISTS {database}.walcast_offsets (consumer {name}, topic {name},
                    `partition` INT NOT NULL, next_offset BIGINT NOT NULL, PRIMARY KEY (consumer, topic, `partition`))"
             ),
             format!(
-                "CREATE TABLE IF NOT EXISTS {database}.walcast_truncations (replica VARCHAR(255) NOT NULL PRIMARY KEY,
+                "CREATE TABLE IF NOT EXISTS {database}.walcast_truncations (replica {name} PRIMARY KEY,
                    lsn BIGINT NOT NULL, seq INT NOT NULL)"
             ),
             format!(
@@ -459,9 +496,13 @@ impl MysqlSink {
         let key_columns = self
             .settings
             .existing_key_columns(|c| self.types.contains_key(c))?;
+        self.check_key_collations(&key_columns).await?;
         let key_defs: Vec<String> = key_columns
             .iter()
-            .map(|c| format!("{} {} NOT NULL", quote(c), self.types[c].1))
+            .map(|c| {
+                let charset = self.charsets.get(c).map(String::as_str).unwrap_or_default();
+                format!("{} {} {charset} NOT NULL", quote(c), self.types[c].1)
+            })
             .collect();
         let key_list: Vec<String> = key_columns.iter().map(|c| quote(c)).collect();
         let tombstones = format!(
@@ -472,6 +513,46 @@ impl MysqlSink {
         );
         self.connected().await?.query_drop(tombstones).await?;
         self.create_positions_and_floor().await
+    }
+
+    /// Refuses character key columns, of the replica or of its tombstones, whose collation
+    /// holds two source keys as one (`Ab` and `ab`, `é` and `e`, `a` and `a `): their rows
+    /// would merge, and a delete of one would remove the other.
+    async fn check_key_collations(&mut self, key_columns: &[String]) -> Result<(), Error> {
+        let params = (
+            self.database.clone(),
+            self.name.clone(),
+            format!("{}_walcast_tombstones", self.name),
+        );
+        let rows: Vec<(String, String, String, String)> = self
+            .connected()
+            .await?
+            .exec(
+                "SELECT TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, COLLATION_NAME \
+                 FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME IN (?, ?) AND COLLATION_NAME IS NOT NULL",
+                params,
+            )
+            .await?;
+        let Some((table, column, column_type, collation)) =
+            rows.into_iter().find(|(_, c, _, l)| {
+                key_columns.contains(c) && *l != self.key_collation && !keeps_keys_apart(l)
+            })
+        else {
+            return Ok(());
+        };
+        Err(Error::Setup(format!(
+            "replica table {}: key column {column} of {table} has collation {collation}, which holds keys that differ only in case, accents or trailing spaces as one, so different source rows would merge into one replica row; run ALTER TABLE {} MODIFY {} {column_type} CHARACTER SET utf8mb4 COLLATE {} NOT NULL (on {} too), then restart",
+            self.settings.table,
+            quote(&table),
+            quote(&column),
+            self.key_collation,
+            if table == self.name {
+                quote(&format!("{}_walcast_tombstones", self.name))
+            } else {
+                quote(&self.name)
+            },
+        )))
     }
 
     /// `value` as an SQL literal.
@@ -678,6 +759,13 @@ impl MysqlSink {
         }
         Ok(out)
     }
+}
+
+/// Whether a collation compares strings byte for byte without padding, so distinct keys
+/// stay distinct: binary and NO PAD (MariaDB spells it `nopad`; every MySQL 8 `_0900_`
+/// collation is NO PAD).
+fn keeps_keys_apart(collation: &str) -> bool {
+    collation.ends_with("_bin") && (collation.contains("_nopad_") || collation.contains("_0900_"))
 }
 
 /// What a column holds, from its `DATA_TYPE` and `COLUMN_TYPE` (`BOOLEAN` is `tinyint(1)`;
@@ -957,11 +1045,18 @@ impl Sink for MysqlSink {
         // Only key columns are NOT NULL: a row may be written by an event type that lacks
         // a field another one requires (an update of a key the replica does not hold yet).
         let definition = |(f, c): &(&Field, String)| {
+            let key = is_key(c);
+            let collation = match &f.ty {
+                FieldType::Text if key => {
+                    format!(" CHARACTER SET utf8mb4 COLLATE {}", self.key_collation)
+                }
+                _ => String::new(),
+            };
             format!(
-                "{} {}{}",
+                "{} {}{collation}{}",
                 quote(c),
-                mysql_type(&f.ty, is_key(c)),
-                if is_key(c) { " NOT NULL" } else { "" }
+                mysql_type(&f.ty, key),
+                if key { " NOT NULL" } else { "" }
             )
         };
         let sql = if self.types.is_empty() {
@@ -1032,6 +1127,26 @@ impl Sink for MysqlSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_binary_no_pad_collations_keep_keys_apart() {
+        for apart in [
+            "utf8mb4_nopad_bin",
+            "utf8mb4_0900_bin",
+            "utf8mb4_uca1400_nopad_bin",
+        ] {
+            assert!(keeps_keys_apart(apart), "{apart}");
+        }
+        for merges in [
+            "utf8mb4_general_ci",
+            "utf8mb4_bin",
+            "latin1_swedish_ci",
+            "utf8mb4_0900_ai_ci",
+            "utf8mb4_nopad_general_ci",
+        ] {
+            assert!(!keeps_keys_apart(merges), "{merges}");
+        }
+    }
 
     #[test]
     fn a_decimal_at_mysqls_limits_keeps_as_many_digits_as_mysql_allows_there() {

@@ -1021,6 +1021,67 @@ async fn mysql_auto_create_and_auto_add_columns() {
     auto_create_and_auto_add_columns::<My>("auto").await;
 }
 
+/// Source keys that differ only in case, accents or trailing spaces are different rows of
+/// the source, and stay different rows of the replica: auto-created text keys compare byte
+/// for byte, and a hand-made key column whose collation would merge them is refused.
+#[tokio::test]
+async fn mysql_text_keys_that_differ_only_in_case_or_spaces_stay_apart() {
+    use mysql_async::prelude::Queryable;
+    let (h, _) = My::fresh("text_keys").await;
+    let mut settings = h.settings.clone();
+    settings.table = "coded".into();
+    settings.key = vec!["code".into()];
+    settings.columns = BTreeMap::new();
+    settings.auto_create = true;
+    let mut sink = MysqlSink::connect(settings.clone()).await.unwrap();
+    sink.prepare(&[
+        field("code", FieldType::Text, false),
+        field("name", FieldType::Text, true),
+    ])
+    .await
+    .unwrap();
+    let keys = ["Alice", "alice", "José", "Jose", "a", "a "];
+    let change = |code: &str, op: Op, lsn: u64| Change {
+        key: vec![("code".into(), Value::Text(code.into()))],
+        op,
+        version: Version { lsn, seq: 0 },
+    };
+    let named = |code: &str| Op::Upsert(vec![("name".into(), Value::Text(format!("[{code}]")))]);
+    sink.apply(&batch(
+        keys.iter()
+            .enumerate()
+            .map(|(i, k)| change(k, named(k), 10 + i as u64))
+            .collect(),
+    ))
+    .await
+    .unwrap();
+    sink.apply(&batch(vec![change("alice", Op::Delete, 20)]))
+        .await
+        .unwrap();
+    // A late upsert of a key that differs from the deleted one is no resurrection.
+    sink.apply(&batch(vec![change("Alice", named("Alice"), 19)]))
+        .await
+        .unwrap();
+    let mut conn = h.pool.get_conn().await.unwrap();
+    let mut rows: Vec<String> = conn.query("SELECT name FROM coded").await.unwrap();
+    rows.sort();
+    assert_eq!(rows, ["[Alice]", "[Jose]", "[José]", "[a ]", "[a]"]);
+
+    conn.query_drop(
+        "CREATE TABLE by_hand (code VARCHAR(40) COLLATE utf8mb4_general_ci PRIMARY KEY, name TEXT,
+           _walcast_lsn BIGINT NOT NULL, _walcast_seq INT NOT NULL)",
+    )
+    .await
+    .unwrap();
+    settings.table = "by_hand".into();
+    let e = MysqlSink::connect(settings).await.unwrap_err().to_string();
+    assert!(
+        e.starts_with("replica table by_hand: key column code of by_hand has collation utf8mb4_general_ci, which holds keys that differ only in case, accents or trailing spaces as one")
+            && e.contains("run ALTER TABLE `by_hand` MODIFY `code` varchar(40) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL (on `by_hand_walcast_tombstones` too)"),
+        "{e}"
+    );
+}
+
 /// Setup problems name the table and the fix.
 #[tokio::test]
 async fn mysql_setup_errors_say_how_to_fix_them() {
