@@ -542,7 +542,7 @@ impl MysqlSink {
             return Ok(());
         };
         Err(Error::Setup(format!(
-            "replica table {}: key column {column} of {table} has collation {collation}, which holds keys that differ only in case, accents or trailing spaces as one, so different source rows would merge into one replica row; run ALTER TABLE {} MODIFY {} {column_type} CHARACTER SET utf8mb4 COLLATE {} NOT NULL (on {} too), then restart",
+            "replica table {}: key column {column} of {table} has collation {collation}, which holds keys that differ only in case, accents or trailing spaces as one, so different source rows would merge into one replica row; run ALTER TABLE {} MODIFY {} {column_type} CHARACTER SET utf8mb4 COLLATE {} NOT NULL (and on {}, if it exists), then restart",
             self.settings.table,
             quote(&table),
             quote(&column),
