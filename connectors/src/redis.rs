@@ -133,6 +133,20 @@ impl Connector for RedisSink {
     }
 }
 
+/// The `{field}` names of a key template, in order.
+pub fn placeholders(template: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        out.push(rest[open + 1..open + close].to_string());
+        rest = &rest[open + close + 1..];
+    }
+    out
+}
+
 /// A key template has at least one `{field}` placeholder, none empty or unclosed.
 fn check_key_template(template: &str) -> Result<(), String> {
     let mut placeholders = 0;
@@ -353,6 +367,8 @@ pub struct RedisSink {
     /// `None` after an error; the next `apply` connects again.
     conn: Option<MultiplexedConnection>,
     settings: RedisSettings,
+    /// The template's `{field}` names.
+    placeholders: Vec<String>,
     script: Script,
 }
 
@@ -489,6 +505,7 @@ impl RedisSink {
         Ok(RedisSink {
             target,
             conn: Some(conn),
+            placeholders: placeholders(&settings.key_template),
             settings,
             script: Script::new(APPLY),
         })
@@ -496,6 +513,11 @@ impl RedisSink {
 
     /// The change's Redis key, from the template.
     fn key(&self, change: &Change) -> Result<String, Error> {
+        if let Some(e) = change.key_left_out(&self.placeholders, || {
+            format!("key_template {:?}", self.settings.key_template)
+        }) {
+            return Err(e);
+        }
         let mut out = String::new();
         let mut rest = self.settings.key_template.as_str();
         while let Some(open) = rest.find('{') {
@@ -704,7 +726,16 @@ impl Sink for RedisSink {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_key_template, key_pattern};
+    use super::{check_key_template, key_pattern, placeholders};
+
+    #[test]
+    fn placeholders_are_read_from_the_template() {
+        assert_eq!(
+            placeholders("user:{region}:{user_id}"),
+            ["region", "user_id"]
+        );
+        assert!(placeholders("user").is_empty());
+    }
 
     #[test]
     fn a_truncate_scans_every_key_the_template_makes_and_only_those() {

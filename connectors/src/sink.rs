@@ -2,6 +2,8 @@
 
 use std::future::Future;
 
+use crate::Error;
+
 /// A change's place in its source's total order: the commit LSN of its transaction, then
 /// its position in that transaction. Ordered; a replica keeps, per key, the highest it has
 /// applied.
@@ -148,6 +150,30 @@ pub struct Change {
     pub op: Op,
     /// The change's place in its source's order; a replica applies it only above what it holds.
     pub version: Version,
+}
+
+impl Change {
+    /// A field of the change's key that `named` (a sink's key fields, or its key template's
+    /// placeholders) leaves out, with the sink's stop error: two source rows differing only
+    /// in that field would be one replica row (or hash), each overwriting and deleting the
+    /// other. `None` when every key field is named (a truncate has no key), or when `named`
+    /// holds a name that is no key field at all, which the sink names itself.
+    pub fn key_left_out(&self, named: &[String], what: impl FnOnce() -> String) -> Option<Error> {
+        let (left_out, _) = self
+            .key
+            .iter()
+            .find(|(field, _)| !named.iter().any(|n| n == field))?;
+        if named.iter().any(|n| !self.key.iter().any(|(f, _)| f == n)) {
+            // A name that is no key field at all: the sink's own error says so first.
+            return None;
+        }
+        let fields: Vec<&str> = self.key.iter().map(|(f, _)| f.as_str()).collect();
+        Some(Error::Setup(format!(
+            "{} leaves out key field {left_out} of the events (their key fields: {}): two source rows that differ only in {left_out} would be one replica entry, each overwriting and deleting the other; name every key field",
+            what(),
+            fields.join(", ")
+        )))
+    }
 }
 
 /// How far a consumer has read one partition: the next offset to read.

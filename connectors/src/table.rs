@@ -206,6 +206,13 @@ impl TableSettings {
         table_exists: bool,
     ) -> Result<(Vec<&'c Change>, Vec<&'c Change>), Error> {
         let (upserts, deletes) = latest_per_key(changes, floor);
+        if let Some(e) = upserts.iter().chain(&deletes).find_map(|c| {
+            c.key_left_out(&self.key, || {
+                format!("key {:?} of replica table {}", self.key, self.table)
+            })
+        }) {
+            return Err(e);
+        }
         if table_exists {
             return Ok((upserts, deletes));
         }

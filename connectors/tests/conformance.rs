@@ -198,6 +198,43 @@ async fn a_truncate_clears_older_rows_and_nothing_older_comes_back<H: Harness>(n
 
 /// The runner commits Kafka offsets after `apply`; a crash in between redelivers the batch.
 /// The positions stored with the rows say where to resume, and redelivery is absorbed.
+/// Events keyed by (tenant_id, user_id) into a replica keyed by user_id alone: two tenants'
+/// users would be one entry, each overwriting and deleting the other. Nothing is written;
+/// the sink stops naming the field left out.
+async fn a_key_field_the_sink_leaves_out_stops_it<H: Harness>(name: &str) {
+    let (h, mut sink) = H::fresh(name).await;
+    let tenant = |tenant: i64, change: Change| Change {
+        key: [("tenant_id".to_string(), Value::Long(tenant))]
+            .into_iter()
+            .chain(change.key)
+            .collect(),
+        ..change
+    };
+    let e = sink
+        .apply(&batch(vec![
+            tenant(1, upsert(1, "Ada", 10, 0)),
+            tenant(2, upsert(1, "Grace", 10, 1)),
+        ]))
+        .await
+        .unwrap_err();
+    assert!(!e.is_transient() && !e.is_poison(), "{e:?}");
+    assert!(
+        e.to_string().contains(
+            "leaves out key field tenant_id of the events (their key fields: tenant_id, user_id)"
+        ),
+        "{e}"
+    );
+    let e = sink
+        .apply(&batch(vec![tenant(1, delete(1, 11, 0))]))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("leaves out key field tenant_id"),
+        "{e}"
+    );
+    assert_eq!(h.rows().await, rows(&[]), "nothing written");
+}
+
 async fn a_crash_between_write_and_offset_commit_is_absorbed<H: Harness>(name: &str) {
     let (h, mut sink) = H::fresh(name).await;
     let position = |offset| Position {
@@ -1486,6 +1523,7 @@ macro_rules! conformance {
             a_crash_between_write_and_offset_commit_is_absorbed,
             arrays_maps_and_records_round_trip,
             a_truncate_clears_older_rows_and_nothing_older_comes_back,
+            a_key_field_the_sink_leaves_out_stops_it,
         ]);
     };
     (@each $store:ident, $harness:ident, [$($scenario:ident),+ $(,)?]) => {

@@ -3,8 +3,9 @@
 //!
 //! A topic published by a source of the same configuration has known contracts: its key
 //! record and each event type's record. A sink's `key` (or, for Redis, the placeholders of
-//! `key_template`) must name fields of the key record, since every change, deletes
-//! included, carries only those; `fields` and the event fields of `columns` must name
+//! `key_template`) must name the fields of the key record, every one of them (two rows
+//! differing in one left out would be one replica entry) and nothing else (every change,
+//! deletes included, carries only those); `fields` and the event fields of `columns` must name
 //! fields of some contract of the topic. A topic no source of the file publishes is
 //! checked by no one here: its contracts are known only to the registry.
 
@@ -39,7 +40,7 @@ pub fn check(config: &Config) -> Vec<ConfigIssue> {
                 ),
                 SinkKind::Redis(r) => (
                     "key_template",
-                    placeholders(&r.key_template),
+                    connectors::redis::placeholders(&r.key_template),
                     r.fields.clone(),
                     Vec::new(),
                 ),
@@ -66,6 +67,21 @@ pub fn check(config: &Config) -> Vec<ConfigIssue> {
                     ));
                 }
             }
+            // Left out: reported once every name given is a key field (else that is the fix).
+            let named_well = key.iter().all(|k| key_fields.contains(&k.as_str()));
+            for field in key_fields
+                .iter()
+                .filter(|f| named_well && !key.iter().any(|k| k == *f))
+            {
+                issues.push(ConfigIssue::new(
+                    format!("sink[{i}].{key_key}"),
+                    format!(
+                        "sink {name}: {key_key} leaves out field {field} of topic {topic}'s key contract {} (its fields: {}): two source rows that differ only in {field} would be one replica entry, each overwriting and deleting the other; name every key field",
+                        spec.key.path.display(),
+                        key_fields.join(", ")
+                    ),
+                ));
+            }
             for field in fields.iter().flatten() {
                 if !all.contains(field.as_str()) {
                     issues.push(ConfigIssue::new(
@@ -91,32 +107,4 @@ pub fn check(config: &Config) -> Vec<ConfigIssue> {
         }
     }
     issues
-}
-
-/// The `{field}` placeholders of a key template.
-fn placeholders(template: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        let Some(close) = rest[open..].find('}') else {
-            break;
-        };
-        out.push(rest[open + 1..open + close].to_string());
-        rest = &rest[open + close + 1..];
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::placeholders;
-
-    #[test]
-    fn placeholders_are_read_from_the_template() {
-        assert_eq!(
-            placeholders("user:{region}:{user_id}"),
-            ["region", "user_id"]
-        );
-        assert!(placeholders("user").is_empty());
-    }
 }

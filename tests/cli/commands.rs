@@ -97,6 +97,75 @@ fn slot_drop_names_the_sources_when_the_source_is_unknown() {
     );
 }
 
+/// A sink whose key (or key template) leaves out a field of the events' key would hold two
+/// source rows as one: `walcast check` refuses it, naming the field.
+#[test]
+fn check_refuses_a_sink_key_that_leaves_out_a_key_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let schemas = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/users");
+    std::fs::write(
+        dir.path().join("TenantUserKey.avsc"),
+        r#"{"type":"record","name":"TenantUserKey","namespace":"com.example.users","fields":[{"name":"tenant_id","type":"long"},{"name":"user_id","type":"long"}]}"#,
+    )
+    .unwrap();
+    let file = dir.path().join("keys.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"[kafka]
+brokers = "127.0.0.1:9092"
+[registry]
+url = "http://127.0.0.1:8081"
+
+[[source]]
+name = "users"
+url = "postgres://walcast@127.0.0.1:54329/users"
+[[source.table]]
+table = "public.users"
+topic = "users.user"
+key = "TenantUserKey.avsc"
+insert = "{schemas}/UserCreated.avsc"
+columns = {{ user_id = "id", tenant_id = "tenant", name = "full_name" }}
+
+[[sink]]
+name = "replica"
+type = "postgres"
+topics = ["users.user"]
+url = "postgres://walcast@127.0.0.1:54329/orders"
+table = "user_replica"
+key = ["user_id"]
+
+[[sink]]
+name = "cache"
+type = "redis"
+topics = ["users.user"]
+url = "redis://127.0.0.1:6379/0"
+key_template = "user:{{user_id}}"
+
+[[sink]]
+name = "whole"
+type = "redis"
+topics = ["users.user"]
+url = "redis://127.0.0.1:6379/0"
+key_template = "tenant:{{tenant_id}}:user:{{user_id}}"
+"#
+        ),
+    )
+    .unwrap();
+    let out = walcast(&["check", "--config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "stdout: {}", text(&out.stdout));
+    let f = file.display();
+    let contract = "TenantUserKey.avsc";
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "{f}: sink[0].key: sink replica: key leaves out field tenant_id of topic users.user's key contract {contract} (its fields: tenant_id, user_id): two source rows that differ only in tenant_id would be one replica entry, each overwriting and deleting the other; name every key field
+{f}: sink[1].key_template: sink cache: key_template leaves out field tenant_id of topic users.user's key contract {contract} (its fields: tenant_id, user_id): two source rows that differ only in tenant_id would be one replica entry, each overwriting and deleting the other; name every key field
+"
+        )
+    );
+}
+
 /// A sink's key, `fields` and `columns` are checked, without connecting, against the
 /// contracts of a topic the same file's source publishes; each mistake names the sink, the
 /// key path and the field.
