@@ -459,12 +459,36 @@ pub fn render(value: &Value) -> String {
         }
         Value::Bit(b) | Value::VarBit(b) => s = b.to_string(),
         Value::Array(items) => {
+            // As PostgreSQL's array_out writes it, so its input reads the same elements back:
+            // an element that is empty, spells NULL, or holds a delimiter, brace, quote,
+            // backslash or space is quoted, with quotes and backslashes escaped.
             s.push('{');
             for (i, v) in items.iter().enumerate() {
                 if i > 0 {
                     s.push(',');
                 }
-                s.push_str(&render(v));
+                if *v == Value::Null {
+                    s.push_str("NULL");
+                    continue;
+                }
+                let item = render(v);
+                let quoted = item.is_empty()
+                    || item.eq_ignore_ascii_case("NULL")
+                    || item.chars().any(|c| {
+                        matches!(c, '{' | '}' | ',' | '"' | '\\') || c.is_ascii_whitespace()
+                    });
+                if !quoted {
+                    s.push_str(&item);
+                    continue;
+                }
+                s.push('"');
+                for c in item.chars() {
+                    if matches!(c, '"' | '\\') {
+                        s.push('\\');
+                    }
+                    s.push(c);
+                }
+                s.push('"');
             }
             s.push('}');
         }

@@ -194,3 +194,30 @@ fn conversions_are_decided_by_type() {
     )
     .is_ok());
 }
+
+#[test]
+fn an_array_as_a_string_is_written_as_postgresql_writes_it() {
+    let text = |t: &str| Value::Text(t.into());
+    let items = vec![
+        text("a,b"),
+        text("c"),
+        Value::Null,
+        text("NULL"),
+        text("null"),
+        text(""),
+        text("two words"),
+        text(r#"q"uote\slash"#),
+        text("{brace}"),
+    ];
+    assert_eq!(
+        render(&Value::Array(items)),
+        r#"{"a,b",c,NULL,"NULL","null","","two words","q\"uote\\slash","{brace}"}"#
+    );
+    assert_eq!(
+        render(&Value::Array(vec![Value::Bytea(
+            bytes::Bytes::from_static(&[1, 2])
+        )])),
+        r#"{"\\x0102"}"#
+    );
+    assert_eq!(render(&Value::Array(vec![])), "{}");
+}
