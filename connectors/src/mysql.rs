@@ -761,6 +761,9 @@ impl MysqlSink {
     }
 }
 
+/// The most decimal places a MySQL `DECIMAL` keeps.
+const MYSQL_MAX_SCALE: usize = 30;
+
 /// Whether a collation compares strings byte for byte without padding, so distinct keys
 /// stay distinct: binary and NO PAD (MariaDB spells it `nopad`; every MySQL 8 `_0900_`
 /// collation is NO PAD).
@@ -778,9 +781,9 @@ fn column_kind(data_type: &str, column_type: &str) -> ColumnKind {
         "mediumint" => ColumnKind::Int(24),
         "int" => ColumnKind::Int(32),
         "bigint" => ColumnKind::Int(64),
-        // MySQL keeps at most 65 digits and 30 places: a column at either limit is as wide
-        // as the store allows there (walcast makes one for wider decimals), and a wider
-        // field's values fit or not one by one.
+        // MySQL keeps at most 65 digits: a column of 65 holds as many whole digits as the
+        // store allows, and a value with more is refused one by one. Its 30 places are a
+        // hard limit: a field with more cannot have a DECIMAL column (see `prepare`).
         "decimal" => {
             let (p, s): (usize, usize) = column_type
                 .strip_prefix("decimal(")
@@ -790,7 +793,8 @@ fn column_kind(data_type: &str, column_type: &str) -> ColumnKind {
                 .unwrap_or((65, 30));
             ColumnKind::Decimal {
                 whole: (p < 65).then(|| p.saturating_sub(s)),
-                scale: (s < 30).then_some(s),
+                // Places beyond 30 are rounded away by MySQL: never unbounded.
+                scale: Some(s),
             }
         }
         "float" => ColumnKind::Float(32),
@@ -924,7 +928,11 @@ fn mysql_type(ty: &FieldType, key: bool) -> String {
         FieldType::Bytes if key => "VARBINARY(255)".into(),
         FieldType::Bytes => "LONGBLOB".into(),
         FieldType::Decimal { precision, scale } => {
-            format!("DECIMAL({}, {})", (*precision).min(65), (*scale).min(30))
+            format!(
+                "DECIMAL({}, {})",
+                (*precision).min(65),
+                (*scale).min(MYSQL_MAX_SCALE)
+            )
         }
         FieldType::Date => "DATE".into(),
         FieldType::Timestamp | FieldType::LocalTimestamp => "DATETIME(6)".into(),
@@ -1040,6 +1048,22 @@ impl Sink for MysqlSink {
         let missing = missing_columns(&self.settings, fields, |c| self.types.contains_key(c))?;
         if missing.is_empty() {
             return Ok(());
+        }
+        // MySQL would round the places beyond 30 away, with a note only.
+        if let Some((f, c)) = missing.iter().find(
+            |(f, _)| matches!(f.ty, FieldType::Decimal { scale, .. } if scale > MYSQL_MAX_SCALE),
+        ) {
+            let fix = if self.types.is_empty() {
+                format!("create the table by hand with {} TEXT", quote(c))
+            } else {
+                format!("ALTER TABLE {} ADD COLUMN {} TEXT", self.table, quote(c))
+            };
+            return Err(Error::Setup(format!(
+                "replica table {}: field {} is {}, with more decimal places than MySQL keeps ({MYSQL_MAX_SCALE}), so walcast cannot make its column {c}; give it a TEXT column, which keeps every digit ({fix}), or leave the field out of fields, then restart",
+                self.settings.table,
+                f.name,
+                f.ty.name(),
+            )));
         }
         let is_key = |c: &str| self.settings.key_columns().iter().any(|k| k == c);
         // Only key columns are NOT NULL: a row may be written by an event type that lacks
@@ -1159,7 +1183,11 @@ mod tests {
             "65 digits, but places lost"
         );
         assert!(kind("decimal(65,2) unsigned").holds(&money(80, 2)));
-        assert!(kind("decimal(65,30)").holds(&money(70, 40)));
+        assert!(kind("decimal(65,30)").holds(&money(70, 30)));
+        assert!(
+            !kind("decimal(65,30)").holds(&money(70, 40)),
+            "MySQL would round the places beyond 30 away"
+        );
     }
 
     #[test]

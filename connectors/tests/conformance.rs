@@ -1119,6 +1119,33 @@ async fn mysql_text_keys_that_differ_only_in_case_or_spaces_stay_apart() {
     );
 }
 
+/// MySQL keeps at most 30 decimal places and would round the rest away with a note:
+/// `auto_create` refuses to make such a field's column, naming the text column that keeps
+/// every digit.
+#[tokio::test]
+async fn mysql_never_makes_a_decimal_column_that_would_round_a_field() {
+    let (h, _) = My::fresh("places").await;
+    let mut sink = h.auto_sink().await;
+    let e = sink
+        .prepare(&[
+            field("user_id", FieldType::Long, false),
+            field(
+                "ratio",
+                FieldType::Decimal {
+                    precision: 40,
+                    scale: 35,
+                },
+                true,
+            ),
+        ])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "replica table auto_replica: field ratio is decimal(40, 35), with more decimal places than MySQL keeps (30), so walcast cannot make its column ratio; give it a TEXT column, which keeps every digit (create the table by hand with `ratio` TEXT), or leave the field out of fields, then restart"
+    );
+}
+
 /// Setup problems name the table and the fix.
 #[tokio::test]
 async fn mysql_setup_errors_say_how_to_fix_them() {
