@@ -390,6 +390,10 @@ pub fn render(value: &Value) -> String {
         Value::Float8(x) => s = float(*x, x.to_string()),
         Value::Numeric(n) => s = n.to_string(),
         Value::Text(t) | Value::Enum(t) | Value::Json(t) | Value::Jsonb(t) => s.push_str(t),
+        // A byte beyond ASCII is no character: PostgreSQL writes it in octal (`\303`).
+        Value::Char(c) if *c >= 0x80 => {
+            let _ = write!(s, "\\{c:03o}");
+        }
         Value::Char(c) => s.push(char::from(*c)),
         Value::Bytea(b) => {
             s.push_str("\\x");
@@ -409,6 +413,10 @@ pub fn render(value: &Value) -> String {
             let sign = if *offset_secs < 0 { '-' } else { '+' };
             let o = offset_secs.unsigned_abs();
             let _ = write!(s, "{sign}{:02}:{:02}", o / 3600, o % 3600 / 60);
+            // Rare (historical local mean times), and kept: `+05:30:15`, as PostgreSQL.
+            if o % 60 != 0 {
+                let _ = write!(s, ":{:02}", o % 60);
+            }
         }
         Value::Timestamp(t) => infinite(&mut s, t, |s, us| timestamp_text(s, *us, "")),
         Value::TimestampTz(t) => infinite(&mut s, t, |s, us| timestamp_text(s, *us, "Z")),

@@ -221,3 +221,20 @@ fn an_array_as_a_string_is_written_as_postgresql_writes_it() {
     );
     assert_eq!(render(&Value::Array(vec![])), "{}");
 }
+
+#[test]
+fn a_time_zone_offset_keeps_its_seconds() {
+    let at = |offset_secs| Value::TimeTz {
+        micros: 12 * 3_600_000_000,
+        offset_secs,
+    };
+    assert_eq!(render(&at(19_815)), "12:00:00+05:30:15");
+    assert_eq!(render(&at(19_800)), "12:00:00+05:30");
+    assert_eq!(render(&at(-3_600)), "12:00:00-01:00");
+}
+
+#[test]
+fn a_char_byte_beyond_ascii_is_written_in_octal_as_postgresql_does() {
+    assert_eq!(render(&Value::Char(b'a')), "a");
+    assert_eq!(render(&Value::Char(0xc3)), r"\303");
+}
