@@ -38,6 +38,7 @@
 //! the url's user name (ACL users) and the password from `password_env`; a refused login
 //! is permanent too.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -147,7 +148,56 @@ pub fn placeholders(template: &str) -> Vec<String> {
     out
 }
 
-/// A key template has at least one `{field}` placeholder, none empty or unclosed.
+/// Appends a key value, its `reserved` characters percent-encoded (as UTF-8 bytes).
+fn push_escaped(out: &mut String, text: &str, reserved: &[char]) {
+    if !text.contains(reserved) {
+        out.push_str(text);
+        return;
+    }
+    for c in text.chars() {
+        if reserved.contains(&c) {
+            let mut utf8 = [0; 4];
+            for byte in c.encode_utf8(&mut utf8).bytes() {
+                let _ = write!(out, "%{byte:02X}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+/// What values must not hold as they are, for a key to tell its values apart: the first
+/// character of the text between each two placeholders (a value ends where it first
+/// appears), and `%`, the escape itself. Nothing for a template of one placeholder, whose
+/// keys are always told apart.
+fn reserved(template: &str) -> Vec<char> {
+    let mut separators = Vec::new();
+    let mut rest = template;
+    let mut after_placeholder = false;
+    while let Some(open) = rest.find('{') {
+        if after_placeholder {
+            if let Some(c) = rest[..open].chars().next() {
+                if !separators.contains(&c) {
+                    separators.push(c);
+                }
+            }
+        }
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        rest = &rest[open + close + 1..];
+        after_placeholder = true;
+    }
+    if separators.is_empty() {
+        return separators;
+    }
+    let mut out = vec!['%'];
+    out.extend(separators.into_iter().filter(|&c| c != '%'));
+    out
+}
+
+/// A key template has at least one `{field}` placeholder, none empty or unclosed, and
+/// text between each two (`{a}{b}` would make one key of `xy`, `z` and `x`, `yz`).
 fn check_key_template(template: &str) -> Result<(), String> {
     let mut placeholders = 0;
     let mut rest = template;
@@ -157,6 +207,9 @@ fn check_key_template(template: &str) -> Result<(), String> {
         };
         if close == 1 {
             return Err(format!("found \"{template}\" with an empty '{{}}', expected placeholders such as {{user_id}}"));
+        }
+        if placeholders > 0 && open == 0 {
+            return Err(format!("found \"{template}\" with two placeholders side by side, which would make one key of two (\"ab\", \"c\" and \"a\", \"bc\"); put a separator between them, e.g. \"{{a}}:{{b}}\""));
         }
         placeholders += 1;
         rest = &rest[open + close + 1..];
@@ -369,6 +422,10 @@ pub struct RedisSink {
     settings: RedisSettings,
     /// The template's `{field}` names.
     placeholders: Vec<String>,
+    /// `%` and the characters of the template's own text: percent-encoded inside values,
+    /// so two different keys never make one Redis key (`{a}:{b}` of `x:y`, `z` and of `x`,
+    /// `y:z`).
+    reserved: Vec<char>,
     script: Script,
 }
 
@@ -506,6 +563,7 @@ impl RedisSink {
             target,
             conn: Some(conn),
             placeholders: placeholders(&settings.key_template),
+            reserved: reserved(&settings.key_template),
             settings,
             script: Script::new(APPLY),
         })
@@ -537,7 +595,8 @@ impl RedisSink {
                         fields.join(", ")
                     ))
                 })?;
-            out.push_str(&crate::text::value(value, "Z").unwrap_or_default());
+            let text = crate::text::value(value, "Z").unwrap_or_default();
+            push_escaped(&mut out, &text, &self.reserved);
             rest = &rest[close + 1..];
         }
         out.push_str(rest);
@@ -726,7 +785,7 @@ impl Sink for RedisSink {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_key_template, key_pattern, placeholders};
+    use super::{check_key_template, key_pattern, placeholders, push_escaped, reserved};
 
     #[test]
     fn placeholders_are_read_from_the_template() {
@@ -750,5 +809,33 @@ mod tests {
         assert!(check_key_template("user").is_err());
         assert!(check_key_template("user:{").is_err());
         assert!(check_key_template("user:{}").is_err());
+        assert!(check_key_template("{a}{b}").is_err(), "side by side");
+        assert!(check_key_template("{a}:{b}").is_ok());
+    }
+
+    #[test]
+    fn a_value_holding_the_templates_own_text_is_escaped_so_keys_never_meet() {
+        assert!(
+            reserved("user:{id}:x").is_empty(),
+            "one placeholder: keys unchanged"
+        );
+        assert_eq!(reserved("{region}/u[{id}]*"), ['%', '/']);
+        let reserved = reserved("user:{a}:{b}");
+        assert_eq!(reserved, ['%', ':']);
+        let key = |a: &str, b: &str| {
+            let mut out = String::from("user:");
+            push_escaped(&mut out, a, &reserved);
+            out.push(':');
+            push_escaped(&mut out, b, &reserved);
+            out
+        };
+        assert_eq!(key("x:y", "z"), "user:x%3Ay:z");
+        assert_eq!(key("x", "y:z"), "user:x:y%3Az");
+        assert_eq!(key("42", "7"), "user:42:7", "most values are left alone");
+        assert_eq!(key("100%", "é"), "user:100%25:é");
+        let reserved = super::reserved("{a}→{b}");
+        let mut out = String::new();
+        push_escaped(&mut out, "a→b", &reserved);
+        assert_eq!(out, "a%E2%86%92b");
     }
 }

@@ -1480,6 +1480,41 @@ async fn redis_keys_and_tombstones_expire() {
 
 /// A truncate clears its own replica's hashes only: another sink's, whose keys its pattern
 /// also matches (`…user:{user_id}:addr:{address_id}` beside `…user:{user_id}`), stay.
+/// Two keys whose values, joined by the template's text, would read the same (`x:y`, `z`
+/// and `x`, `y:z` in `…{a}:{b}`) stay two hashes: a value's separator is escaped.
+#[tokio::test]
+async fn redis_two_keys_never_make_one_hash() {
+    let (h, _) = Redis::fresh("two_keys").await;
+    let mut sink = RedisSink::connect(RedisSettings {
+        key_template: format!("{}{{a}}:{{b}}", h.prefix),
+        ..h.settings.clone()
+    })
+    .await
+    .unwrap();
+    let change = |a: &str, b: &str, lsn: u64| Change {
+        key: vec![
+            ("a".into(), Value::Text(a.into())),
+            ("b".into(), Value::Text(b.into())),
+        ],
+        op: Op::Upsert(vec![("n".into(), Value::Text(format!("{a}|{b}")))]),
+        version: Version { lsn, seq: 0 },
+    };
+    sink.apply(&batch(vec![change("x:y", "z", 10), change("x", "y:z", 11)]))
+        .await
+        .unwrap();
+    let client = ::redis::Client::open(h.settings.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for (key, n) in [("x%3Ay:z", "x:y|z"), ("x:y%3Az", "x|y:z")] {
+        let stored: Option<String> = ::redis::cmd("HGET")
+            .arg(format!("{}{key}", h.prefix))
+            .arg("n")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(stored.as_deref(), Some(n), "{key}");
+    }
+}
+
 #[tokio::test]
 async fn redis_a_truncate_leaves_other_replicas_hashes_alone() {
     let (h, mut users) = Redis::fresh("trunc_other").await;
