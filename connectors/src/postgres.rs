@@ -192,8 +192,8 @@ pub struct PostgresSink {
     tombstones: String,
     /// The replica's name in `walcast_truncations`: `schema.table`, unquoted.
     replica: String,
-    /// Column name → its type for casts ([`bare_type`]) and as declared (`format_type`).
-    types: HashMap<String, (String, String)>,
+    /// Column name → its type.
+    types: HashMap<String, ColumnType>,
     /// Statements prepared on the current connection, by their text: a batch's statements
     /// depend only on its column set, so each is planned once.
     prepared: HashMap<String, Statement>,
@@ -273,20 +273,20 @@ impl PostgresSink {
     /// The replica table's columns and their types; empty when it does not exist.
     async fn load_types(&mut self) -> Result<(), Error> {
         let table = self.table.clone();
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
-                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
-                &[&table],
-            )
-            .await?;
+        let rows = self.client().await?.query(CAST_TYPES, &[&table]).await?;
         self.types = rows
             .iter()
             .map(|r| {
-                let declared: String = r.get(1);
-                (r.get(0), (bare_type(&declared), declared))
+                let (cast, declared, base): (String, String, Option<String>) =
+                    (r.get(1), r.get(2), r.get(3));
+                (
+                    r.get(0),
+                    ColumnType {
+                        cast,
+                        declared,
+                        base,
+                    },
+                )
             })
             .collect();
         // Statements were planned for the old columns.
@@ -296,12 +296,7 @@ impl PostgresSink {
 
     async fn check_and_create_bookkeeping(&mut self) -> Result<(), Error> {
         for (column, ty) in [("_walcast_lsn", "bigint"), ("_walcast_seq", "integer")] {
-            if self
-                .types
-                .get(column)
-                .map(|(_, declared)| declared.as_str())
-                != Some(ty)
-            {
+            if self.types.get(column).map(|t| t.declared.as_str()) != Some(ty) {
                 return Err(Error::Setup(format!(
                     "replica table {} lacks the version column {column} {ty}; run ALTER TABLE {} ADD COLUMN {column} {ty} NOT NULL DEFAULT 0",
                     self.settings.table, self.table
@@ -313,7 +308,7 @@ impl PostgresSink {
             .existing_key_columns(|c| self.types.contains_key(c))?;
         let key_defs: Vec<String> = key_columns
             .iter()
-            .map(|c| format!("{} {}", quote(c), self.types[c].1))
+            .map(|c| format!("{} {}", quote(c), self.types[c].declared))
             .collect();
         let key_list: Vec<String> = key_columns.iter().map(|c| quote(c)).collect();
         let sql = format!(
@@ -347,11 +342,14 @@ impl PostgresSink {
             };
             let names = change.key.iter().chain(fields).map(|(f, _)| f);
             for column in names.map(|f| self.settings.column_of(f)) {
-                let Some((_, declared)) = self.types.get(&column) else {
+                let Some(ty) = self.types.get(&column) else {
                     continue;
                 };
-                let item = declared.trim_end_matches("[]");
-                if !columns.contains(&column) && names_type(message, item) {
+                let named = [Some(&ty.declared), ty.base.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .any(|t| names_type(message, t.trim_end_matches("[]")));
+                if !columns.contains(&column) && named {
                     columns.push(column);
                 }
             }
@@ -370,9 +368,7 @@ impl PostgresSink {
     }
 
     fn cast(&self, column: &str) -> &str {
-        self.types
-            .get(column)
-            .map_or("text", |(cast, _)| cast.as_str())
+        self.types.get(column).map_or("text", |t| t.cast.as_str())
     }
 
     /// Drops the connection after a transient error, so the next call opens a new one
@@ -452,43 +448,34 @@ fn names_type(message: &str, ty: &str) -> bool {
     })
 }
 
-/// The type a value is cast to for a column declared `declared` (as `format_type` spells
-/// it): the same type without its modifier (`character varying(3)` → `character varying`,
-/// `character(3)[]` → `bpchar[]`). The value is then assigned to the column, which checks
-/// it: an explicit cast to `character varying(3)`, `character(3)` or `bit(3)` would cut a
-/// longer value silently, where assignment refuses it (a poison record, never a value
-/// other than the source's). A modifier that rounds (`numeric(10,2)`, `timestamp(3)`)
-/// rounds the same way on assignment.
-fn bare_type(declared: &str) -> String {
-    let (base, arrays) = match declared.find("[]") {
-        Some(at) => declared.split_at(at),
-        None => (declared, ""),
-    };
-    let mut bare = String::with_capacity(base.len());
-    let (mut quoted, mut depth) = (false, 0);
-    for c in base.chars() {
-        match c {
-            '"' => quoted = !quoted,
-            '(' if !quoted => depth += 1,
-            ')' if !quoted && depth > 0 => {
-                depth -= 1;
-                continue;
-            }
-            _ => {}
-        }
-        if depth == 0 {
-            bare.push(c);
-        }
-    }
-    let bare = bare.split_whitespace().collect::<Vec<_>>().join(" ");
-    // Without a modifier, these two spellings mean length 1.
-    let bare = match bare.as_str() {
-        "character" => "bpchar".to_string(),
-        "bit" => "\"bit\"".to_string(),
-        _ => bare,
-    };
-    bare + arrays
+/// A replica column's type, as `format_type` spells it.
+#[derive(Debug, Clone)]
+struct ColumnType {
+    /// What a value is cast to before it is assigned to the column: the declared type,
+    /// but for the types whose modifier cuts a value on an explicit cast (`character
+    /// varying(3)`, `character(3)`, `bit(3)`, `bit varying(3)`, arrays of them and domains
+    /// over them), the base type without its modifier. Assignment then refuses a value
+    /// too long, where the cast would cut it silently. Modifiers that round (`numeric(10,
+    /// 2)`, `timestamp(3)`) stay: the same rounding happens on assignment anyway, and key
+    /// comparisons (deletes, tombstones) must round as the stored keys were.
+    cast: String,
+    /// The column's type as declared.
+    declared: String,
+    /// A domain's base type as declared (PostgreSQL's errors name it, not the domain).
+    base: Option<String>,
 }
+
+/// Each column of a table (`$1`): name, cast type, declared type, a domain's base type.
+/// The oids are `bpchar`, `varchar`, `bit`, `varbit` and their arrays.
+const CAST_TYPES: &str = "SELECT a.attname::text,
+       CASE WHEN coalesce(nullif(t.typbasetype, 0), a.atttypid)
+                 IN (1042, 1043, 1560, 1562, 1014, 1015, 1561, 1563)
+            THEN format_type(coalesce(nullif(t.typbasetype, 0), a.atttypid), -1)
+            ELSE format_type(a.atttypid, a.atttypmod) END,
+       format_type(a.atttypid, a.atttypmod),
+       CASE WHEN t.typbasetype <> 0 THEN format_type(t.typbasetype, t.typtypmod) END
+  FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+ WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped";
 
 /// What a column of this type (as `format_type` spells it) holds.
 fn column_kind(declared: &str) -> ColumnKind {
@@ -848,7 +835,7 @@ impl Sink for PostgresSink {
             |c| {
                 self.types
                     .get(c)
-                    .map(|(_, declared)| (column_kind(declared), declared.clone()))
+                    .map(|t| (column_kind(&t.declared), t.declared.clone()))
             },
             |c, ty| {
                 format!(
@@ -938,7 +925,41 @@ impl Sink for PostgresSink {
 
 #[cfg(test)]
 mod tests {
-    use super::{bare_type, names_type};
+    use super::names_type;
+
+    #[test]
+    fn a_message_names_a_type_only_when_spelled_whole() {
+        let too_long = "value too long for type character varying(3)";
+        assert!(names_type(too_long, "character varying(3)"));
+        assert!(!names_type(too_long, "character varying(30)"));
+        assert!(!names_type(too_long, "character"));
+        let syntax = "invalid input syntax for type integer: \"abc\"";
+        assert!(names_type(syntax, "integer") && !names_type(syntax, "int"));
+        assert!(!names_type(
+            "malformed array literal for type integer[]",
+            "integer"
+        ));
+        assert!(names_type(
+            "value for domain positive violates check constraint \"positive_check\"",
+            "positive"
+        ));
+        assert!(names_type(
+            "bit string length 4 does not match type bit(3)",
+            "bit(3)"
+        ));
+        assert!(!names_type(
+            "bit string length 4 does not match type bit(3)",
+            "bit"
+        ));
+        assert!(!names_type(
+            "out of range for type timestamp with time zone",
+            "timestamp without time zone"
+        ));
+        assert!(!names_type(
+            "out of range for type timestamp with time zone",
+            "timestamp"
+        ));
+    }
 
     #[test]
     fn a_message_names_a_type_only_when_spelled_whole() {

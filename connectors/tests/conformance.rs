@@ -888,8 +888,10 @@ async fn postgres_never_cuts_a_value_to_fit_its_column() {
     let admin = pg_client(&h.admin_url).await;
     admin
         .batch_execute(
-            "CREATE TABLE lengths (user_id bigint PRIMARY KEY, code varchar(3), fixed char(3),
-               flags bit(3), codes varchar(3)[], _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL)",
+            "CREATE DOMAIN code3 AS varchar(3);
+             CREATE TABLE lengths (user_id bigint PRIMARY KEY, code varchar(3), fixed char(3),
+               flags bit(3), codes varchar(3)[], short code3,
+               _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL)",
         )
         .await
         .unwrap();
@@ -916,6 +918,7 @@ async fn postgres_never_cuts_a_value_to_fit_its_column() {
             Value::Array(vec![text("AB"), text("ABCD")]),
             "character varying(3)",
         ),
+        ("short", text("ABCD"), "character varying(3)"),
     ] {
         let e = sink.apply(&row(1, 10, field, too_long)).await.unwrap_err();
         let named = format!("(column {field} of replica table lengths)");
@@ -929,7 +932,7 @@ async fn postgres_never_cuts_a_value_to_fit_its_column() {
         async move {
             admin
                 .query_opt(
-                    "SELECT concat_ws('|', code, fixed || '.', flags, codes) FROM lengths WHERE user_id = $1",
+                    "SELECT concat_ws('|', code, fixed || '.', flags, codes, short) FROM lengths WHERE user_id = $1",
                     &[&id],
                 )
                 .await
@@ -944,7 +947,54 @@ async fn postgres_never_cuts_a_value_to_fit_its_column() {
     sink.apply(&row(2, 23, "codes", Value::Array(vec![text("ABC")])))
         .await
         .unwrap();
-    assert_eq!(stored(2).await.as_deref(), Some("AB|AB.|101|{ABC}"));
+    sink.apply(&row(2, 24, "short", text("XYZ"))).await.unwrap();
+    assert_eq!(stored(2).await.as_deref(), Some("AB|AB.|101|{ABC}|XYZ"));
+}
+
+/// A key column that rounds (`numeric(10,2)` fed `1.234`, stored `1.23`): its delete and
+/// tombstone compare as the column rounds, so the delete finds the row and a late upsert
+/// does not bring it back.
+#[tokio::test]
+async fn postgres_a_rounding_key_column_is_compared_as_it_rounds() {
+    let (h, _) = Pg::fresh("rounded").await;
+    pg_client(&h.admin_url)
+        .await
+        .batch_execute(
+            "CREATE TABLE rounded (k numeric(10,2) PRIMARY KEY, name text,
+               _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL)",
+        )
+        .await
+        .unwrap();
+    let mut settings = h.settings.clone();
+    settings.table = "rounded".into();
+    settings.key = vec!["k".into()];
+    settings.columns = BTreeMap::new();
+    let mut sink = PostgresSink::connect(settings).await.unwrap();
+    let key = || vec![("k".to_string(), Value::Decimal("1.234".into()))];
+    let upsert = |lsn| Change {
+        key: key(),
+        op: Op::Upsert(vec![("name".into(), Value::Text("Ada".into()))]),
+        version: Version { lsn, seq: 0 },
+    };
+    sink.apply(&batch(vec![upsert(10)])).await.unwrap();
+    let count = || async {
+        pg_client(&h.admin_url)
+            .await
+            .query_one("SELECT count(*) FROM rounded", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(count().await, 1);
+    let delete = Change {
+        key: key(),
+        op: Op::Delete,
+        version: Version { lsn: 20, seq: 0 },
+    };
+    sink.apply(&batch(vec![delete])).await.unwrap();
+    assert_eq!(count().await, 0, "the delete found the rounded key");
+    sink.apply(&batch(vec![upsert(15)])).await.unwrap();
+    assert_eq!(count().await, 0, "the tombstone holds the late upsert off");
 }
 
 // ------------------------------------------------------------------ MySQL/MariaDB
