@@ -337,11 +337,13 @@ impl MysqlSink {
             }
         };
         let sql_mode: Option<String> = conn.query_first("SELECT @@SESSION.sql_mode").await?;
-        // MySQL 8 and MariaDB each have one of these; utf8mb4_bin pads with spaces.
+        // MySQL 8 and MariaDB each have one of these (MariaDB's own first: newer ones also
+        // know MySQL's names); utf8mb4_bin, all MySQL before 8.0.17 has, pads with spaces.
         let key_collation: Option<String> = conn
             .query_first(
                 "SELECT COLLATION_NAME FROM information_schema.COLLATIONS \
-                 WHERE COLLATION_NAME IN ('utf8mb4_0900_bin', 'utf8mb4_nopad_bin') LIMIT 1",
+                 WHERE COLLATION_NAME IN ('utf8mb4_0900_bin', 'utf8mb4_nopad_bin') \
+                 ORDER BY COLLATION_NAME = 'utf8mb4_nopad_bin' DESC LIMIT 1",
             )
             .await?;
         let mut sink = MysqlSink {
@@ -534,9 +536,14 @@ impl MysqlSink {
                 params,
             )
             .await?;
+        // ENUM and SET values are the column's own constants: nothing to merge.
         let Some((table, column, column_type, collation)) =
-            rows.into_iter().find(|(_, c, _, l)| {
-                key_columns.contains(c) && *l != self.key_collation && !keeps_keys_apart(l)
+            rows.into_iter().find(|(_, c, t, l)| {
+                key_columns.contains(c)
+                    && !t.starts_with("enum(")
+                    && !t.starts_with("set(")
+                    && *l != self.key_collation
+                    && !keeps_keys_apart(l)
             })
         else {
             return Ok(());
@@ -916,14 +923,26 @@ async fn begin_and_read_floor(conn: &mut Conn, begin: String) -> Result<Version,
 
 /// The column type a field is created with. Key columns need a bounded length. Arrays,
 /// maps and records are JSON (in MariaDB, a `LONGTEXT` checked to hold JSON).
-fn mysql_type(ty: &FieldType, key: bool) -> String {
+/// The column type walcast makes for a field; `key` gives a key column's collation.
+/// Character key columns compare byte for byte ([`keeps_keys_apart`]). A decimal of more
+/// places than MySQL keeps is TEXT, which keeps every digit: a DECIMAL would round the
+/// rest away with a note only.
+fn mysql_type(ty: &FieldType, key: Option<&str>) -> String {
+    let collated = |ty: &str| match key {
+        Some(collation) => format!("{ty} CHARACTER SET utf8mb4 COLLATE {collation}"),
+        None => ty.to_string(),
+    };
+    let key = key.is_some();
     match ty {
         FieldType::Bool => "BOOLEAN".into(),
         FieldType::Int => "INT".into(),
         FieldType::Long => "BIGINT".into(),
         FieldType::Float => "FLOAT".into(),
         FieldType::Double => "DOUBLE".into(),
-        FieldType::Text if key => "VARCHAR(255)".into(),
+        FieldType::Decimal { scale, .. } if *scale > MYSQL_MAX_SCALE => {
+            collated(if key { "VARCHAR(255)" } else { "TEXT" })
+        }
+        FieldType::Text if key => collated("VARCHAR(255)"),
         FieldType::Text => "TEXT".into(),
         FieldType::Bytes if key => "VARBINARY(255)".into(),
         FieldType::Bytes => "LONGBLOB".into(),
@@ -937,7 +956,7 @@ fn mysql_type(ty: &FieldType, key: bool) -> String {
         FieldType::Date => "DATE".into(),
         FieldType::Timestamp | FieldType::LocalTimestamp => "DATETIME(6)".into(),
         FieldType::Time => "TIME(6)".into(),
-        FieldType::Uuid => "CHAR(36)".into(),
+        FieldType::Uuid => collated("CHAR(36)"),
         FieldType::Array(_) | FieldType::Json => "JSON".into(),
     }
 }
@@ -1041,7 +1060,13 @@ impl Sink for MysqlSink {
                     "ALTER TABLE {} MODIFY COLUMN {} {}",
                     self.table,
                     quote(c),
-                    mysql_type(ty, key_columns.iter().any(|k| k == c))
+                    mysql_type(
+                        ty,
+                        key_columns
+                            .iter()
+                            .any(|k| k == c)
+                            .then_some(self.key_collation.as_str()),
+                    )
                 )
             },
         )?;
@@ -1049,37 +1074,15 @@ impl Sink for MysqlSink {
         if missing.is_empty() {
             return Ok(());
         }
-        // MySQL would round the places beyond 30 away, with a note only.
-        if let Some((f, c)) = missing.iter().find(
-            |(f, _)| matches!(f.ty, FieldType::Decimal { scale, .. } if scale > MYSQL_MAX_SCALE),
-        ) {
-            let fix = if self.types.is_empty() {
-                format!("create the table by hand with {} TEXT", quote(c))
-            } else {
-                format!("ALTER TABLE {} ADD COLUMN {} TEXT", self.table, quote(c))
-            };
-            return Err(Error::Setup(format!(
-                "replica table {}: field {} is {}, with more decimal places than MySQL keeps ({MYSQL_MAX_SCALE}), so walcast cannot make its column {c}; give it a TEXT column, which keeps every digit ({fix}), or leave the field out of fields, then restart",
-                self.settings.table,
-                f.name,
-                f.ty.name(),
-            )));
-        }
         let is_key = |c: &str| self.settings.key_columns().iter().any(|k| k == c);
         // Only key columns are NOT NULL: a row may be written by an event type that lacks
         // a field another one requires (an update of a key the replica does not hold yet).
         let definition = |(f, c): &(&Field, String)| {
             let key = is_key(c);
-            let collation = match &f.ty {
-                FieldType::Text if key => {
-                    format!(" CHARACTER SET utf8mb4 COLLATE {}", self.key_collation)
-                }
-                _ => String::new(),
-            };
             format!(
-                "{} {}{collation}{}",
+                "{} {}{}",
                 quote(c),
-                mysql_type(&f.ty, key),
+                mysql_type(&f.ty, key.then_some(self.key_collation.as_str())),
                 if key { " NOT NULL" } else { "" }
             )
         };
@@ -1106,7 +1109,7 @@ impl Sink for MysqlSink {
                     format!(
                         "ADD COLUMN IF NOT EXISTS {} {}",
                         quote(c),
-                        mysql_type(&f.ty, false)
+                        mysql_type(&f.ty, None)
                     )
                 })
                 .collect();

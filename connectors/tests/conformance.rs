@@ -1169,30 +1169,48 @@ async fn mysql_text_keys_that_differ_only_in_case_or_spaces_stay_apart() {
     );
 }
 
-/// MySQL keeps at most 30 decimal places and would round the rest away with a note:
-/// `auto_create` refuses to make such a field's column, naming the text column that keeps
-/// every digit.
+/// MySQL keeps at most 30 decimal places and would round the rest away with a note only:
+/// `auto_create` gives a decimal of more places a TEXT column, which keeps every digit,
+/// and a uuid key a column that compares byte for byte like a text key.
 #[tokio::test]
-async fn mysql_never_makes_a_decimal_column_that_would_round_a_field() {
+async fn mysql_auto_create_keeps_every_digit_and_makes_uuid_keys_exact() {
+    use mysql_async::prelude::Queryable;
     let (h, _) = My::fresh("places").await;
-    let mut sink = h.auto_sink().await;
-    let e = sink
-        .prepare(&[
-            field("user_id", FieldType::Long, false),
-            field(
-                "ratio",
-                FieldType::Decimal {
-                    precision: 40,
-                    scale: 35,
-                },
-                true,
-            ),
-        ])
-        .await
-        .unwrap_err();
+    let mut settings = h.settings.clone();
+    settings.table = "places".into();
+    settings.key = vec!["id".into()];
+    settings.columns = BTreeMap::new();
+    settings.auto_create = true;
+    let mut sink = MysqlSink::connect(settings).await.unwrap();
+    let ratio = FieldType::Decimal {
+        precision: 40,
+        scale: 35,
+    };
+    sink.prepare(&[
+        field("id", FieldType::Uuid, false),
+        field("ratio", ratio, true),
+    ])
+    .await
+    .unwrap();
+    let digits = "0.12345678901234567890123456789012345";
+    sink.apply(&batch(vec![Change {
+        key: vec![(
+            "id".into(),
+            Value::Text("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into()),
+        )],
+        op: Op::Upsert(vec![("ratio".into(), Value::Decimal(digits.into()))]),
+        version: Version { lsn: 10, seq: 0 },
+    }]))
+    .await
+    .unwrap();
+    let mut conn = h.pool.get_conn().await.unwrap();
+    let stored: Vec<(String, String)> = conn.query("SELECT id, ratio FROM places").await.unwrap();
     assert_eq!(
-        e.to_string(),
-        "replica table auto_replica: field ratio is decimal(40, 35), with more decimal places than MySQL keeps (30), so walcast cannot make its column ratio; give it a TEXT column, which keeps every digit (create the table by hand with `ratio` TEXT), or leave the field out of fields, then restart"
+        stored,
+        [(
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".to_string(),
+            digits.to_string()
+        )]
     );
 }
 
