@@ -208,6 +208,9 @@ fn check_key_template(template: &str) -> Result<(), String> {
         if close == 1 {
             return Err(format!("found \"{template}\" with an empty '{{}}', expected placeholders such as {{user_id}}"));
         }
+        if placeholders > 0 && rest.starts_with('%') {
+            return Err(format!("found \"{template}\" with '%' right after a placeholder; '%' escapes the separators inside values, so it cannot be one: use another character, e.g. \"{{a}}:{{b}}\""));
+        }
         if placeholders > 0 && open == 0 {
             return Err(format!("found \"{template}\" with two placeholders side by side, which would make one key of two (\"ab\", \"c\" and \"a\", \"bc\"); put a separator between them, e.g. \"{{a}}:{{b}}\""));
         }
@@ -811,6 +814,8 @@ mod tests {
         assert!(check_key_template("user:{}").is_err());
         assert!(check_key_template("{a}{b}").is_err(), "side by side");
         assert!(check_key_template("{a}:{b}").is_ok());
+        assert!(check_key_template("{a}%{b}").is_err(), "'%' escapes");
+        assert!(check_key_template("%{a}:{b}%").is_ok());
     }
 
     #[test]

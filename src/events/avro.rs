@@ -483,7 +483,9 @@ pub fn render(value: &Value) -> String {
                 let quoted = item.is_empty()
                     || item.eq_ignore_ascii_case("NULL")
                     || item.chars().any(|c| {
-                        matches!(c, '{' | '}' | ',' | '"' | '\\') || c.is_ascii_whitespace()
+                        // PostgreSQL's array_isspace counts the vertical tab too.
+                        matches!(c, '{' | '}' | ',' | '"' | '\\' | '\x0B')
+                            || c.is_ascii_whitespace()
                     });
                 if !quoted {
                     s.push_str(&item);

@@ -208,10 +208,11 @@ fn an_array_as_a_string_is_written_as_postgresql_writes_it() {
         text("two words"),
         text(r#"q"uote\slash"#),
         text("{brace}"),
+        text("\x0Bvtab"),
     ];
     assert_eq!(
         render(&Value::Array(items)),
-        r#"{"a,b",c,NULL,"NULL","null","","two words","q\"uote\\slash","{brace}"}"#
+        "{\"a,b\",c,NULL,\"NULL\",\"null\",\"\",\"two words\",\"q\\\"uote\\\\slash\",\"{brace}\",\"\x0Bvtab\"}"
     );
     assert_eq!(
         render(&Value::Array(vec![Value::Bytea(
