@@ -237,6 +237,7 @@ async fn run_once(
     part.set(crate::daemon::PartState::Running);
     let ids = crate::events::register(registry, &specs, config.registry.compatibility).await?;
     let mut mappings = Mappings::default();
+    let mut defaulted_at_start = Vec::new();
     let mut issues = Vec::new();
     let specs: Vec<(Arc<TableSpec>, SchemaIds)> = specs.into_iter().zip(ids).collect();
     for (spec, ids) in &specs {
@@ -245,6 +246,7 @@ async fn run_once(
             Ok(m) => {
                 for (contract, field) in m.defaulted() {
                     tracing::warn!(source = %source.name, table = %spec.table, contract, field, "no column feeds this field, so every event carries the contract's default; map it in [[source.table]] columns if a column holds it");
+                    defaulted_at_start.push((spec.table.to_string(), contract, field));
                 }
                 mappings.insert(m);
             }
@@ -329,6 +331,7 @@ async fn run_once(
         name: source.name.clone(),
         specs,
         mappings,
+        defaulted_at_start,
         current: None,
         watermark,
         producer,
@@ -464,6 +467,11 @@ struct Pipeline {
     name: String,
     specs: Vec<(Arc<TableSpec>, SchemaIds)>,
     mappings: Mappings,
+    /// `(table, contract file, field)` that no column fed when the source started: the
+    /// operator accepted their default (a column dropped on purpose, then a restart), so a
+    /// replayed shape from before that drop bringing the column back and away again is no
+    /// loss to report.
+    defaulted_at_start: Vec<(String, String, String)>,
     current: Option<Current>,
     watermark: Arc<Mutex<Watermark>>,
     producer: SourceProducer,
@@ -674,7 +682,13 @@ impl Pipeline {
         if let Some(lost) = self
             .mappings
             .get(&mapping.table)
-            .map(|old| old.columns_lost(&mapping))
+            .map(|old| {
+                old.columns_lost(&mapping, |contract, field| {
+                    self.defaulted_at_start
+                        .iter()
+                        .any(|(t, c, f)| *t == key.to_string() && c == contract && f == field)
+                })
+            })
             .filter(|lost| !lost.is_empty())
         {
             return Err(located(lost).into());
