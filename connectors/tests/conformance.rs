@@ -196,8 +196,6 @@ async fn a_truncate_clears_older_rows_and_nothing_older_comes_back<H: Harness>(n
     assert_eq!(h.rows().await, rows(&[(7, "after")]));
 }
 
-/// The runner commits Kafka offsets after `apply`; a crash in between redelivers the batch.
-/// The positions stored with the rows say where to resume, and redelivery is absorbed.
 /// Events keyed by (tenant_id, user_id) into a replica keyed by user_id alone: two tenants'
 /// users would be one entry, each overwriting and deleting the other. Nothing is written;
 /// the sink stops naming the field left out.
@@ -235,6 +233,8 @@ async fn a_key_field_the_sink_leaves_out_stops_it<H: Harness>(name: &str) {
     assert_eq!(h.rows().await, rows(&[]), "nothing written");
 }
 
+/// The runner commits Kafka offsets after `apply`; a crash in between redelivers the batch.
+/// The positions stored with the rows say where to resume, and redelivery is absorbed.
 async fn a_crash_between_write_and_offset_commit_is_absorbed<H: Harness>(name: &str) {
     let (h, mut sink) = H::fresh(name).await;
     let position = |offset| Position {
@@ -1546,8 +1546,6 @@ async fn redis_keys_and_tombstones_expire() {
     assert_eq!(version, "000000000000000a00000000");
 }
 
-/// A truncate clears its own replica's hashes only: another sink's, whose keys its pattern
-/// also matches (`…user:{user_id}:addr:{address_id}` beside `…user:{user_id}`), stay.
 /// Two keys whose values, joined by the template's text, would read the same (`x:y`, `z`
 /// and `x`, `y:z` in `…{a}:{b}`) stay two hashes: a value's separator is escaped.
 #[tokio::test]
@@ -1583,6 +1581,8 @@ async fn redis_two_keys_never_make_one_hash() {
     }
 }
 
+/// A truncate clears its own replica's hashes only: another sink's, whose keys its pattern
+/// also matches (`…user:{user_id}:addr:{address_id}` beside `…user:{user_id}`), stay.
 #[tokio::test]
 async fn redis_a_truncate_leaves_other_replicas_hashes_alone() {
     let (h, mut users) = Redis::fresh("trunc_other").await;
