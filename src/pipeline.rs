@@ -236,6 +236,7 @@ async fn run_once(
     }
     part.set(crate::daemon::PartState::Running);
     let ids = crate::events::register(registry, &specs, config.registry.compatibility).await?;
+    let started_at = catalog.current_wal_lsn().await?;
     let mut mappings = Mappings::default();
     let mut defaulted_at_start = Vec::new();
     let mut issues = Vec::new();
@@ -244,8 +245,10 @@ async fn run_once(
         let (table, not_null) = catalog.describe(&spec.table).await?;
         match Mapping::compile(spec.clone(), Arc::new(table), Some(&not_null), *ids) {
             Ok(m) => {
-                for (contract, field) in m.defaulted() {
-                    tracing::warn!(source = %source.name, table = %spec.table, contract, field, "no column feeds this field, so every event carries the contract's default; map it in [[source.table]] columns if a column holds it");
+                for (contract, field, warn) in m.defaulted() {
+                    if warn {
+                        tracing::warn!(source = %source.name, table = %spec.table, contract, field, "no column feeds this field, so every event carries the contract's default; map it in [[source.table]] columns if a column holds it");
+                    }
                     defaulted_at_start.push((spec.table.to_string(), contract, field));
                 }
                 mappings.insert(m);
@@ -332,6 +335,7 @@ async fn run_once(
         specs,
         mappings,
         defaulted_at_start,
+        started_at,
         current: None,
         watermark,
         producer,
@@ -470,8 +474,11 @@ struct Pipeline {
     /// `(table, contract file, field)` that no column fed when the source started: the
     /// operator accepted their default (a column dropped on purpose, then a restart), so a
     /// replayed shape from before that drop bringing the column back and away again is no
-    /// loss to report.
+    /// loss to report. Only for transactions committed before `started_at`: a column
+    /// dropped again later is a loss like any other.
     defaulted_at_start: Vec<(String, String, String)>,
+    /// Where the server's WAL ended when the source started.
+    started_at: Lsn,
     current: Option<Current>,
     watermark: Arc<Mutex<Watermark>>,
     producer: SourceProducer,
@@ -679,17 +686,19 @@ impl Pipeline {
                 .collect(),
         };
         let mapping = Mapping::compile(spec, table, Some(&not_null), ids).map_err(located)?;
-        if let Some(lost) = self
-            .mappings
-            .get(&mapping.table)
-            .map(|old| {
-                old.columns_lost(&mapping, |contract, field| {
-                    self.defaulted_at_start
-                        .iter()
-                        .any(|(t, c, f)| *t == key.to_string() && c == contract && f == field)
+        if let Some(lost) =
+            self.mappings
+                .get(&mapping.table)
+                .map(|old| {
+                    let replayed = self.current.is_some_and(|c| c.lsn < self.started_at);
+                    old.columns_lost(&mapping, |contract, field| {
+                        replayed
+                            && self.defaulted_at_start.iter().any(|(t, c, f)| {
+                                *t == key.to_string() && c == contract && f == field
+                            })
+                    })
                 })
-            })
-            .filter(|lost| !lost.is_empty())
+                .filter(|lost| !lost.is_empty())
         {
             return Err(located(lost).into());
         }

@@ -239,6 +239,10 @@ pub struct MysqlSink {
     /// The collation text key columns are made with: binary and NO PAD, so two source keys
     /// that differ in case, accents or trailing spaces stay two rows.
     key_collation: String,
+    /// Per key field, the type its literals are cast to when the key column rounds what it
+    /// stores (`DECIMAL(10,2)`, `DATETIME(0)`, `TIME(3)`): deletes and the tombstone check
+    /// then compare as the stored keys were rounded.
+    key_casts: Vec<Option<String>>,
     no_backslash_escapes: bool,
     /// The upserts of the batch before.
     last_upserts: usize,
@@ -360,6 +364,7 @@ impl MysqlSink {
             types: HashMap::new(),
             charsets: HashMap::new(),
             key_collation: key_collation.unwrap_or_else(|| "utf8mb4_bin".into()),
+            key_casts: Vec::new(),
             settings,
             no_backslash_escapes: sql_mode.is_some_and(|m| m.contains("NO_BACKSLASH_ESCAPES")),
             last_upserts: 0,
@@ -420,6 +425,15 @@ impl MysqlSink {
         self.types = rows
             .into_iter()
             .map(|(c, d, t, _, _)| (c, (d, t)))
+            .collect();
+        self.key_casts = self
+            .settings
+            .key_columns()
+            .iter()
+            .map(|c| {
+                let (data_type, column_type) = self.types.get(c)?;
+                rounding_cast(data_type, column_type)
+            })
             .collect();
         Ok(())
     }
@@ -536,14 +550,10 @@ impl MysqlSink {
                 params,
             )
             .await?;
-        // ENUM and SET values are the column's own constants: nothing to merge.
+        // ENUM and SET columns too: an incoming string finds its member by the collation.
         let Some((table, column, column_type, collation)) =
-            rows.into_iter().find(|(_, c, t, l)| {
-                key_columns.contains(c)
-                    && !t.starts_with("enum(")
-                    && !t.starts_with("set(")
-                    && *l != self.key_collation
-                    && !keeps_keys_apart(l)
+            rows.into_iter().find(|(_, c, _, l)| {
+                key_columns.contains(c) && *l != self.key_collation && !keeps_keys_apart(l)
             })
         else {
             return Ok(());
@@ -571,6 +581,15 @@ impl MysqlSink {
         format!("{}, {}", v.lsn, v.seq)
     }
 
+    /// The literal of key field `i`'s value, cast as its column stores it when the column
+    /// rounds ([`rounding_cast`]).
+    fn key_literal(&self, i: usize, value: Option<&Value>) -> String {
+        match self.key_casts.get(i).and_then(Option::as_ref) {
+            Some(ty) => format!("CAST({} AS {ty})", self.literal(value)),
+            None => self.literal(value),
+        }
+    }
+
     /// `(k1, k2)` of a change, as literals.
     fn key_tuple(&self, change: &Change) -> String {
         let mut out = String::from("(");
@@ -589,7 +608,7 @@ impl MysqlSink {
                 Some(Value::Long(n)) => {
                     let _ = write!(out, "{n}");
                 }
-                value => out.push_str(&self.literal(value)),
+                value => out.push_str(&self.key_literal(i, value)),
             }
         }
     }
@@ -709,7 +728,7 @@ impl MysqlSink {
                         .key
                         .iter()
                         .enumerate()
-                        .map(|(i, k)| format!("{} AS k{i}", self.literal(field(c, k))))
+                        .map(|(i, k)| format!("{} AS k{i}", self.key_literal(i, field(c, k))))
                         .collect();
                     format!(
                         "SELECT {}, {} AS l, {} AS s",
@@ -765,6 +784,28 @@ impl MysqlSink {
             )));
         }
         Ok(out)
+    }
+}
+
+/// The type to cast a key literal to for a column of this `DATA_TYPE` and `COLUMN_TYPE`
+/// that rounds or cuts what it stores: a decimal at its scale, a time or datetime of fewer
+/// than 6 fractional digits. `None` when the column keeps the value as sent.
+fn rounding_cast(data_type: &str, column_type: &str) -> Option<String> {
+    let digits = || {
+        column_type
+            .split_once('(')
+            .and_then(|(_, rest)| rest.split(')').next())
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    match data_type {
+        "decimal" => {
+            let declared = column_type.split(')').next()?;
+            Some(format!("{})", declared.to_uppercase()))
+        }
+        "datetime" | "timestamp" if digits() < 6 => Some(format!("DATETIME({})", digits())),
+        "time" if digits() < 6 => Some(format!("TIME({})", digits())),
+        _ => None,
     }
 }
 
@@ -1154,6 +1195,26 @@ impl Sink for MysqlSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_literals_are_cast_as_a_rounding_column_stores_them() {
+        assert_eq!(
+            rounding_cast("decimal", "decimal(10,2) unsigned").as_deref(),
+            Some("DECIMAL(10,2)")
+        );
+        assert_eq!(
+            rounding_cast("datetime", "datetime").as_deref(),
+            Some("DATETIME(0)")
+        );
+        assert_eq!(
+            rounding_cast("timestamp", "timestamp(3)").as_deref(),
+            Some("DATETIME(3)")
+        );
+        assert_eq!(rounding_cast("datetime", "datetime(6)"), None);
+        assert_eq!(rounding_cast("time", "time(1)").as_deref(), Some("TIME(1)"));
+        assert_eq!(rounding_cast("varchar", "varchar(20)"), None);
+        assert_eq!(rounding_cast("bigint", "bigint(20)"), None);
+    }
 
     #[test]
     fn only_binary_no_pad_collations_keep_keys_apart() {

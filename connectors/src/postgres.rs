@@ -465,17 +465,26 @@ struct ColumnType {
     base: Option<String>,
 }
 
-/// Each column of a table (`$1`): name, cast type, declared type, a domain's base type.
+/// Each column of a table (`$1`): name, cast type, declared type, a domain's base type
+/// (through domains over domains).
 /// The oids are `bpchar`, `varchar`, `bit`, `varbit` and their arrays.
-const CAST_TYPES: &str = "SELECT a.attname::text,
-       CASE WHEN coalesce(nullif(t.typbasetype, 0), a.atttypid)
-                 IN (1042, 1043, 1560, 1562, 1014, 1015, 1561, 1563)
-            THEN format_type(coalesce(nullif(t.typbasetype, 0), a.atttypid), -1)
-            ELSE format_type(a.atttypid, a.atttypmod) END,
-       format_type(a.atttypid, a.atttypmod),
-       CASE WHEN t.typbasetype <> 0 THEN format_type(t.typbasetype, t.typtypmod) END
-  FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
- WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped";
+const CAST_TYPES: &str = "WITH RECURSIVE c (attname, atttypid, atttypmod, cur, curmod) AS (
+    SELECT a.attname::text, a.atttypid, a.atttypmod, a.atttypid, a.atttypmod
+      FROM pg_attribute a
+     WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+    UNION ALL
+    -- Down a domain (over a domain, …) to its base type.
+    SELECT c.attname, c.atttypid, c.atttypmod, t.typbasetype, t.typtypmod
+      FROM c JOIN pg_type t ON t.oid = c.cur
+     WHERE t.typtype = 'd')
+SELECT c.attname,
+       CASE WHEN c.cur IN (1042, 1043, 1560, 1562, 1014, 1015, 1561, 1563)
+            THEN format_type(c.cur, -1)
+            ELSE format_type(c.atttypid, c.atttypmod) END,
+       format_type(c.atttypid, c.atttypmod),
+       CASE WHEN c.cur <> c.atttypid THEN format_type(c.cur, c.curmod) END
+  FROM c JOIN pg_type t ON t.oid = c.cur
+ WHERE t.typtype <> 'd'";
 
 /// What a column of this type (as `format_type` spells it) holds.
 fn column_kind(declared: &str) -> ColumnKind {

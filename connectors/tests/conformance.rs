@@ -888,9 +888,9 @@ async fn postgres_never_cuts_a_value_to_fit_its_column() {
     let admin = pg_client(&h.admin_url).await;
     admin
         .batch_execute(
-            "CREATE DOMAIN code3 AS varchar(3);
+            "CREATE DOMAIN code3 AS varchar(3); CREATE DOMAIN code3_again AS code3;
              CREATE TABLE lengths (user_id bigint PRIMARY KEY, code varchar(3), fixed char(3),
-               flags bit(3), codes varchar(3)[], short code3,
+               flags bit(3), codes varchar(3)[], short code3, shorter code3_again,
                _walcast_lsn bigint NOT NULL, _walcast_seq integer NOT NULL)",
         )
         .await
@@ -919,6 +919,7 @@ async fn postgres_never_cuts_a_value_to_fit_its_column() {
             "character varying(3)",
         ),
         ("short", text("ABCD"), "character varying(3)"),
+        ("shorter", text("ABCD"), "character varying(3)"),
     ] {
         let e = sink.apply(&row(1, 10, field, too_long)).await.unwrap_err();
         let named = format!("(column {field} of replica table lengths)");
@@ -1211,6 +1212,61 @@ async fn mysql_auto_create_keeps_every_digit_and_makes_uuid_keys_exact() {
             "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".to_string(),
             digits.to_string()
         )]
+    );
+}
+
+/// Key columns that round or cut what they store (`DECIMAL(10,2)` fed `1.005`, stored
+/// `1.01`; `DATETIME(0)` fed `.6` s): the delete finds the row, and its tombstone holds a
+/// late upsert off.
+#[tokio::test]
+async fn mysql_a_rounding_key_column_is_compared_as_it_stores() {
+    use mysql_async::prelude::Queryable;
+    let (h, _) = My::fresh("rounded").await;
+    let mut conn = h.pool.get_conn().await.unwrap();
+    conn.query_drop(
+        "CREATE TABLE rounded (n DECIMAL(10,2) NOT NULL, at DATETIME(0) NOT NULL, name TEXT,
+           _walcast_lsn BIGINT NOT NULL, _walcast_seq INT NOT NULL, PRIMARY KEY (n, at))",
+    )
+    .await
+    .unwrap();
+    let mut settings = h.settings.clone();
+    settings.table = "rounded".into();
+    settings.key = vec!["n".into(), "at".into()];
+    settings.columns = BTreeMap::new();
+    let mut sink = MysqlSink::connect(settings).await.unwrap();
+    let key = || {
+        vec![
+            ("n".to_string(), Value::Decimal("1.005".into())),
+            (
+                "at".to_string(),
+                Value::LocalTimestamp(1_600_000_000_600_000),
+            ),
+        ]
+    };
+    let upsert = |lsn| Change {
+        key: key(),
+        op: Op::Upsert(vec![("name".into(), Value::Text("Ada".into()))]),
+        version: Version { lsn, seq: 0 },
+    };
+    sink.apply(&batch(vec![upsert(10)])).await.unwrap();
+    const COUNT: &str = "SELECT count(*) FROM rounded";
+    assert_eq!(conn.query_first::<i64, _>(COUNT).await.unwrap(), Some(1));
+    let delete = Change {
+        key: key(),
+        op: Op::Delete,
+        version: Version { lsn: 20, seq: 0 },
+    };
+    sink.apply(&batch(vec![delete])).await.unwrap();
+    assert_eq!(
+        conn.query_first::<i64, _>(COUNT).await.unwrap(),
+        Some(0),
+        "the delete found the rounded key"
+    );
+    sink.apply(&batch(vec![upsert(15)])).await.unwrap();
+    assert_eq!(
+        conn.query_first::<i64, _>(COUNT).await.unwrap(),
+        Some(0),
+        "the tombstone holds the late upsert off"
     );
 }
 

@@ -255,22 +255,33 @@ impl Mapping {
         lost
     }
 
-    /// The contracts' fields that no column feeds, so every event carries the field's
-    /// default: `(contract file, field)`, once each.
-    pub fn defaulted(&self) -> Vec<(String, String)> {
+    /// The contracts' fields that carry their default: `(contract file, field, whether no
+    /// column feeds it)`, once each. A delete contract's field whose column is outside the
+    /// replica identity is listed too, but not as unfed: its column exists.
+    pub fn defaulted(&self) -> Vec<(String, String, bool)> {
         let plans = [
             Some(&self.key),
             self.insert.as_ref(),
             self.update.as_ref(),
             self.snapshot.as_ref(),
+            self.delete.as_ref(),
         ];
-        let mut out = Vec::new();
+        let mut out: Vec<(String, String, bool)> = Vec::new();
         for plan in plans.into_iter().flatten() {
             for (field, source) in plan.contract.fields.iter().zip(&plan.fields) {
-                let entry = (plan.contract.path.display().to_string(), field.name.clone());
-                if matches!(source, Source::Default(_)) && !out.contains(&entry) {
-                    out.push(entry);
+                let contract = plan.contract.path.display().to_string();
+                if !matches!(source, Source::Default(_))
+                    || out
+                        .iter()
+                        .any(|(c, f, _)| *c == contract && *f == field.name)
+                {
+                    continue;
                 }
+                let unfed = self
+                    .table
+                    .column_index(self.spec.column_of(&field.name))
+                    .is_none();
+                out.push((contract, field.name.clone(), unfed));
             }
         }
         out
