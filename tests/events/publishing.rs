@@ -279,21 +279,7 @@ async fn an_unmapped_column_added_is_ignored_and_a_breaking_change_stops_the_sou
         .await
         .unwrap();
     pg.batch_execute("INSERT INTO users (display_name, email, password_hash) VALUES ('Grace', 'g@example.com', 'x')").await.unwrap();
-    let log = daemon.log.clone();
-    let status = crate::support::wait_for(
-        Duration::from_secs(30),
-        || {
-            format!(
-                "walcast to stop after a breaking change:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        },
-        || {
-            let exited = daemon.exited();
-            async move { exited }
-        },
-    )
-    .await;
+    let status = daemon.stops("after a breaking change").await;
     assert_eq!(status.code(), Some(1));
     let log = daemon.log_text();
     assert!(
@@ -341,21 +327,7 @@ async fn a_renamed_column_never_turns_its_field_into_the_default() {
     )
     .await
     .unwrap();
-    let log = daemon.log.clone();
-    let status = crate::support::wait_for(
-        Duration::from_secs(30),
-        || {
-            format!(
-                "walcast to stop:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        },
-        || {
-            let exited = daemon.exited();
-            async move { exited }
-        },
-    )
-    .await;
+    let status = daemon.stops("on the breaking change").await;
     assert_eq!(status.code(), Some(1));
     let log = daemon.log_text();
     assert!(
@@ -559,21 +531,7 @@ async fn a_truncate_stops_the_source_unless_the_table_says_to_skip_it() {
     let pg = daemon.pg().await;
     insert_users(&pg, &["Ada"]).await;
     pg.batch_execute("TRUNCATE users").await.unwrap();
-    let log = daemon.log.clone();
-    let status = crate::support::wait_for(
-        Duration::from_secs(30),
-        || {
-            format!(
-                "walcast to stop on the TRUNCATE:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        },
-        || {
-            let exited = daemon.exited();
-            async move { exited }
-        },
-    )
-    .await;
+    let status = daemon.stops("on the TRUNCATE").await;
     assert_eq!(status.code(), Some(1));
     let text = daemon.log_text();
     assert!(

@@ -310,6 +310,26 @@ delete = "UserDeleted.avsc"
         self.child.as_mut().and_then(|c| c.try_wait().unwrap())
     }
 
+    /// Waits (30 s at most) for the daemon to exit on its own, as it must after `why`;
+    /// its exit status.
+    pub async fn stops(&mut self, why: &str) -> std::process::ExitStatus {
+        let log = self.log.clone();
+        super::wait_for(
+            Duration::from_secs(30),
+            || {
+                format!(
+                    "walcast to stop {why}:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            },
+            || {
+                let exited = self.exited();
+                async move { exited }
+            },
+        )
+        .await
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
