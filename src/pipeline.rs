@@ -238,18 +238,14 @@ async fn run_once(
     let ids = crate::events::register(registry, &specs, config.registry.compatibility).await?;
     let started_at = catalog.current_wal_lsn().await?;
     let mut mappings = Mappings::default();
-    let mut defaulted_at_start = Vec::new();
     let mut issues = Vec::new();
     let specs: Vec<(Arc<TableSpec>, SchemaIds)> = specs.into_iter().zip(ids).collect();
     for (spec, ids) in &specs {
         let (table, not_null) = catalog.describe(&spec.table).await?;
         match Mapping::compile(spec.clone(), Arc::new(table), Some(&not_null), *ids) {
             Ok(m) => {
-                for (contract, field, warn) in m.defaulted() {
-                    if warn {
-                        tracing::warn!(source = %source.name, table = %spec.table, contract, field, "no column feeds this field, so every event carries the contract's default; map it in [[source.table]] columns if a column holds it");
-                    }
-                    defaulted_at_start.push((spec.table.to_string(), contract, field));
+                for (contract, field) in m.defaulted() {
+                    tracing::warn!(source = %source.name, table = %spec.table, contract, field, "no column feeds this field, so every event carries the contract's default; map it in [[source.table]] columns if a column holds it");
                 }
                 mappings.insert(m);
             }
@@ -334,7 +330,6 @@ async fn run_once(
         name: source.name.clone(),
         specs,
         mappings,
-        defaulted_at_start,
         started_at,
         current: None,
         watermark,
@@ -471,13 +466,8 @@ struct Pipeline {
     name: String,
     specs: Vec<(Arc<TableSpec>, SchemaIds)>,
     mappings: Mappings,
-    /// `(table, contract file, field)` that no column fed when the source started: the
-    /// operator accepted their default (a column dropped on purpose, then a restart), so a
-    /// replayed shape from before that drop bringing the column back and away again is no
-    /// loss to report. Only for transactions committed before `started_at`: a column
-    /// dropped again later is a loss like any other.
-    defaulted_at_start: Vec<(String, String, String)>,
-    /// Where the server's WAL ended when the source started.
+    /// Where the server's WAL ended when the source started: a change of a table's shape
+    /// in a transaction committed after it is live, and a column it loses is reported.
     started_at: Lsn,
     current: Option<Current>,
     watermark: Arc<Mutex<Watermark>>,
@@ -686,19 +676,17 @@ impl Pipeline {
                 .collect(),
         };
         let mapping = Mapping::compile(spec, table, Some(&not_null), ids).map_err(located)?;
-        if let Some(lost) =
-            self.mappings
-                .get(&mapping.table)
-                .map(|old| {
-                    let replayed = self.current.is_some_and(|c| c.lsn < self.started_at);
-                    old.columns_lost(&mapping, |contract, field| {
-                        replayed
-                            && self.defaulted_at_start.iter().any(|(t, c, f)| {
-                                *t == key.to_string() && c == contract && f == field
-                            })
-                    })
-                })
-                .filter(|lost| !lost.is_empty())
+        // Only a live change of shape is judged: WAL committed before the source started
+        // is history replayed (the stop it caused, a column added since, dropped on purpose
+        // before a restart), which the shape the source started from, read from today's
+        // catalog, does not precede.
+        let live = self.current.is_some_and(|c| c.lsn >= self.started_at);
+        if let Some(lost) = self
+            .mappings
+            .get(&mapping.table)
+            .filter(|_| live)
+            .map(|old| old.columns_lost(&mapping))
+            .filter(|lost| !lost.is_empty())
         {
             return Err(located(lost).into());
         }

@@ -210,13 +210,8 @@ impl Mapping {
     /// their default in `newer` (the same table after a change of its shape) because that
     /// column is gone: a rename or a drop. Each as a sentence naming the field, the column
     /// and the fix. Publishing the default instead would overwrite every replica's value
-    /// silently. `accepted(contract file, field)` leaves out fields whose default the
-    /// operator accepted.
-    pub fn columns_lost(
-        &self,
-        newer: &Mapping,
-        accepted: impl Fn(&str, &str) -> bool,
-    ) -> Vec<String> {
+    /// silently.
+    pub fn columns_lost(&self, newer: &Mapping) -> Vec<String> {
         let pairs = [
             (Some(&self.key), Some(&newer.key)),
             (self.insert.as_ref(), newer.insert.as_ref()),
@@ -235,8 +230,7 @@ impl Mapping {
                     continue;
                 };
                 let column = &self.table.columns[*at].name;
-                let contract = old.contract.path.display().to_string();
-                if newer.table.column_index(column).is_some() || accepted(&contract, &field.name) {
+                if newer.table.column_index(column).is_some() {
                     // Still there: the replica identity changed (a delete's old row).
                     continue;
                 }
@@ -255,33 +249,22 @@ impl Mapping {
         lost
     }
 
-    /// The contracts' fields that carry their default: `(contract file, field, whether no
-    /// column feeds it)`, once each. A delete contract's field whose column is outside the
-    /// replica identity is listed too, but not as unfed: its column exists.
-    pub fn defaulted(&self) -> Vec<(String, String, bool)> {
+    /// The contracts' fields that no column feeds, so every event carries the field's
+    /// default: `(contract file, field)`, once each.
+    pub fn defaulted(&self) -> Vec<(String, String)> {
         let plans = [
             Some(&self.key),
             self.insert.as_ref(),
             self.update.as_ref(),
             self.snapshot.as_ref(),
-            self.delete.as_ref(),
         ];
-        let mut out: Vec<(String, String, bool)> = Vec::new();
+        let mut out = Vec::new();
         for plan in plans.into_iter().flatten() {
             for (field, source) in plan.contract.fields.iter().zip(&plan.fields) {
-                let contract = plan.contract.path.display().to_string();
-                if !matches!(source, Source::Default(_))
-                    || out
-                        .iter()
-                        .any(|(c, f, _)| *c == contract && *f == field.name)
-                {
-                    continue;
+                let entry = (plan.contract.path.display().to_string(), field.name.clone());
+                if matches!(source, Source::Default(_)) && !out.contains(&entry) {
+                    out.push(entry);
                 }
-                let unfed = self
-                    .table
-                    .column_index(self.spec.column_of(&field.name))
-                    .is_none();
-                out.push((contract, field.name.clone(), unfed));
             }
         }
         out

@@ -356,6 +356,51 @@ async fn a_renamed_column_never_turns_its_field_into_the_default() {
     assert_eq!(daemon.terminate().await, Some(0));
 }
 
+/// Rows written before a column was added, replayed after a restart (the source was
+/// stopped meanwhile), come with the table's shape of their time: the field takes its
+/// default there, and that is history, not a column lost. Rows after carry the column.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_written_before_a_column_was_added_replay_with_the_default() {
+    let mut daemon = Daemon::prepare("ev_added", Setup::default()).await;
+    daemon.start().await;
+    assert_eq!(daemon.terminate().await, Some(0));
+    let pg = daemon.pg().await;
+    insert_users(&pg, &["Ada"]).await;
+    pg.batch_execute("ALTER TABLE users ADD COLUMN tier text NOT NULL DEFAULT 'gold'")
+        .await
+        .unwrap();
+    let tier = r#"{"name": "tier", "type": "string", "default": "standard"}"#;
+    for file in ["UserCreated.avsc", "UserUpdated.avsc"] {
+        let path = daemon.dir.path().join(file);
+        let v1 = std::fs::read_to_string(&path).unwrap();
+        let at = v1.rfind(']').unwrap();
+        std::fs::write(
+            &path,
+            format!("{},\n    {tier}\n  {}", v1[..at].trim_end(), &v1[at..]),
+        )
+        .unwrap();
+    }
+    daemon.start().await;
+    insert_users(&pg, &["Grace"]).await;
+    let events = decode(&daemon.topic, 2).await;
+    let mut tiers: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            let v = e.value.as_ref().unwrap();
+            (v["name"].as_str().unwrap(), v["tier"].as_str().unwrap())
+        })
+        .collect();
+    tiers.sort();
+    assert_eq!(
+        tiers,
+        [("Ada", "standard"), ("Grace", "gold")],
+        "{}",
+        daemon.log_text()
+    );
+    assert!(daemon.exited().is_none(), "{}", daemon.log_text());
+    assert_eq!(daemon.terminate().await, Some(0));
+}
+
 /// Each mapping problem is refused before anything streams, naming the contract file, the
 /// field, the table and the column, with the fix.
 #[tokio::test(flavor = "multi_thread")]
