@@ -74,8 +74,11 @@ impl Decoder {
         }
     }
 
-    /// The change a record carries; `None` for a compaction tombstone, whose delete event
-    /// came before it.
+    /// The change a record carries. A compaction tombstone of walcast's (headers `op =
+    /// delete`, `lsn`, `seq`) is the delete it follows, at the same version: compaction
+    /// keeps the tombstone and removes the delete event, so a replica reading the topic
+    /// later, or a table without a delete contract, has only the tombstone to go by.
+    /// `None` for a null record without walcast's headers.
     pub(super) fn change<M: Message>(&mut self, m: &M) -> Result<Option<Change>, DecodeError> {
         let poison = |reason: String| DecodeError::Poison(reason);
         let header = |name: &str| -> Option<String> {
@@ -85,9 +88,10 @@ impl Decoder {
                 .and_then(|h| h.value)
                 .map(|v| String::from_utf8_lossy(v).into_owned())
         };
-        let Some(payload) = m.payload() else {
+        let payload = m.payload();
+        if payload.is_none() && header("op").as_deref() != Some("delete") {
             return Ok(None);
-        };
+        }
         let lsn: Lsn = header("lsn")
             .ok_or_else(|| poison("no lsn header; only walcast's events can be applied".into()))?
             .parse()
@@ -101,7 +105,7 @@ impl Decoder {
         if header("op").as_deref() == Some("truncate") {
             // Keyed by the built-in truncate key, not the topic's: only the value, the
             // table's truncate contract, is read (and must be readable).
-            self.record(payload, topic, false)?;
+            self.record(payload.unwrap_or_default(), topic, false)?;
             return Ok(Some(Change {
                 key: Vec::new(),
                 op: Op::Truncate,
@@ -112,6 +116,7 @@ impl Decoder {
         let op = match header("op").as_deref() {
             Some("delete") => Op::Delete,
             Some("insert" | "update" | "snapshot") => {
+                let payload = payload.ok_or_else(|| poison("an upsert without a value".into()))?;
                 let fields = self.record(payload, topic, false)?;
                 self.note_view(topic, key_bytes, payload)?;
                 Op::Upsert(fields)

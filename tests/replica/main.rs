@@ -7,5 +7,6 @@ mod support;
 
 mod convergence;
 mod strict;
+mod tombstones;
 mod truncate;
 mod types;

@@ -15,7 +15,7 @@ type Rows = Vec<(i64, String)>;
 const TRUNCATED: &str = r#"{"type": "record", "name": "UsersTruncated", "namespace": "com.example.users",
   "doc": "Every user was removed at once (TRUNCATE).", "fields": []}"#;
 
-async fn source_rows(pg: &tokio_postgres::Client) -> Rows {
+pub(crate) async fn source_rows(pg: &tokio_postgres::Client) -> Rows {
     pg.query("SELECT id, full_name FROM users ORDER BY id", &[])
         .await
         .unwrap()
@@ -24,7 +24,7 @@ async fn source_rows(pg: &tokio_postgres::Client) -> Rows {
         .collect()
 }
 
-async fn postgres_rows(url: &str) -> Rows {
+pub(crate) async fn postgres_rows(url: &str) -> Rows {
     let Ok((client, conn)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await else {
         return vec![];
     };
@@ -51,7 +51,7 @@ async fn mysql_rows(url: &str) -> Rows {
     rows
 }
 
-async fn redis_rows(url: &str, prefix: &str) -> Rows {
+pub(crate) async fn redis_rows(url: &str, prefix: &str) -> Rows {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
