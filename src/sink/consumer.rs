@@ -76,7 +76,10 @@ impl Consumer {
         let consumer = client_config
             .set("group.id", sink.common.group_id())
             .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
+            // Every partition is assigned at an explicit position (the replica's, or the
+            // log's start). One that is out of range means records are gone: an error the
+            // sink stops on, never a silent jump to the log's start.
+            .set("auto.offset.reset", "error")
             // Only what committed Kafka transactions hold (exactly_once sources); records of
             // aborted ones are never applied. librdkafka's default, stated because it matters.
             .set("isolation.level", "read_committed")
@@ -86,6 +89,32 @@ impl Consumer {
             consumer,
             rebalances,
         })
+    }
+
+    /// What a consumer error on the queue means. librdkafka puts its client-wide errors
+    /// there too: a broker restarting (transport failure, all brokers down) is reported,
+    /// then recovered from by librdkafka itself, so the sink goes on. A position no longer
+    /// in the topic stops the sink: the records between it and the log's start were
+    /// removed (retention) before the replica had them, and reading on would skip them.
+    fn consumption_error(&self, code: RDKafkaErrorCode) -> Polled<BorrowedMessage<'_>> {
+        use RDKafkaErrorCode as E;
+        match code {
+            E::UnknownTopicOrPartition => Polled::TopicMissing,
+            E::AutoOffsetReset | E::OffsetOutOfRange => Polled::Failed(format!(
+                "{code}: a position of this sink's replica is no longer in its topic (retention removed records the replica never applied); nothing was skipped. Read the source table again into the replica (walcast snapshot --source S --table T), or set the replica's positions in walcast_offsets to where it should resume"
+            )),
+            E::TopicAuthorizationFailed
+            | E::GroupAuthorizationFailed
+            | E::SaslAuthenticationFailed
+            | E::Authentication => Polled::Failed(code.to_string()),
+            _ => {
+                // Also the poll interval exceeded (a long store outage): the member left
+                // the group, and the revocation that follows drops what was gathered.
+                tracing::warn!(sink = %self.sink, error = %code, "Kafka reported an error; the client recovers from it by itself");
+                self.next_rebalance()
+                    .map_or(Polled::Idle, Polled::Rebalanced)
+            }
+        }
     }
 
     fn next_rebalance(&self) -> Option<Rebalance> {
@@ -144,9 +173,7 @@ impl Records for Consumer {
         }
         match self.consumer.poll(timeout) {
             Some(Ok(message)) => Polled::Record(message),
-            Some(Err(KafkaError::MessageConsumption(
-                RDKafkaErrorCode::UnknownTopicOrPartition,
-            ))) => Polled::TopicMissing,
+            Some(Err(KafkaError::MessageConsumption(code))) => self.consumption_error(code),
             Some(Err(e)) => Polled::Failed(e.to_string()),
             None => self
                 .next_rebalance()

@@ -222,6 +222,16 @@ async fn broker_dies_mid_stream(exactly_once: bool) {
         },
     )
     .await;
+    // A sink in the same daemon reads through the broker's death too: a broker restarting
+    // is Kafka's to recover from, never a reason for the sink to stop.
+    let prefix = format!("{}:user:", daemon.name);
+    let mut config = std::fs::read_to_string(&daemon.config).unwrap();
+    config.push_str(&format!(
+        "\n[[sink]]\nname = \"cache\"\ntype = \"redis\"\ntopics = [\"{}\"]\nurl = \"{}\"\nkey_template = \"{prefix}{{user_id}}\"\nfields = [\"name\"]\nbatch_max_wait_ms = 50\n",
+        daemon.topic,
+        crate::support::Stack::get().redis_url
+    ));
+    std::fs::write(&daemon.config, config).unwrap();
     daemon.start().await;
     let stop = Arc::new(AtomicBool::new(false));
     let (written, task) = writer(daemon.pg().await, stop.clone());
@@ -262,6 +272,30 @@ async fn broker_dies_mid_stream(exactly_once: bool) {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     stop.store(true, Ordering::Relaxed);
     task.await.unwrap();
+    let users: i64 = pg
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let redis = ::redis::Client::open(crate::support::Stack::get().redis_url.as_str()).unwrap();
+    let cache = redis.get_multiplexed_async_connection().await.unwrap();
+    wait_until(
+        "the sink to hold every user after the broker came back",
+        Duration::from_secs(90),
+        || {
+            let (mut cache, prefix) = (cache.clone(), &prefix);
+            async move {
+                let keys: Vec<String> = ::redis::cmd("KEYS")
+                    .arg(format!("{prefix}*"))
+                    .query_async(&mut cache)
+                    .await
+                    .unwrap();
+                keys.len() as i64 == users
+            }
+        },
+    )
+    .await;
+    assert!(daemon.exited().is_none(), "{}", daemon.log_text());
     if exactly_once {
         assert_exactly_once(&daemon, &written).await;
     } else {
