@@ -22,6 +22,19 @@ pub(super) enum DecodeError {
     Poison(String),
     /// The registry could not be asked; retry.
     Unavailable(ClientError),
+    /// The registry refused the sink (credentials, TLS, an answer that is no registry's):
+    /// no record is to blame, so none is rejected; the sink stops naming the fix.
+    Refused(ClientError),
+}
+
+/// A registry error met while reading a record's schema (`what`): only a schema or subject
+/// the registry does not know makes the record itself bad.
+fn registry_error(e: ClientError, what: impl FnOnce() -> String) -> DecodeError {
+    match &e {
+        _ if e.is_transient() => DecodeError::Unavailable(e),
+        ClientError::Api { status: 404, .. } => DecodeError::Poison(format!("{}: {e}", what())),
+        _ => DecodeError::Refused(e),
+    }
 }
 
 /// A writer's schema and the view its records are read in.
@@ -170,13 +183,8 @@ impl Decoder {
     /// The fields of the latest version of each subject of `topic` (`<topic>-key` and
     /// `<topic>-<record full name>`).
     fn topic_fields(&self, topic: &str) -> Result<Vec<Vec<Field>>, DecodeError> {
-        let unavailable = |e: ClientError| {
-            if e.is_transient() {
-                DecodeError::Unavailable(e)
-            } else {
-                DecodeError::Poison(format!("listing the subjects of topic {topic}: {e}"))
-            }
-        };
+        let unavailable =
+            |e: ClientError| registry_error(e, || format!("listing the subjects of topic {topic}"));
         let prefix = format!("{topic}-");
         let subjects = self
             .runtime
@@ -254,11 +262,7 @@ impl Decoder {
 
     fn resolve(&self, id: u32, topic: &str, key: bool) -> Result<Resolution, DecodeError> {
         fn fetch<T>(id: u32, r: Result<T, ClientError>) -> Result<T, DecodeError> {
-            match r {
-                Ok(v) => Ok(v),
-                Err(e) if e.is_transient() => Err(DecodeError::Unavailable(e)),
-                Err(e) => Err(DecodeError::Poison(format!("schema id {id}: {e}"))),
-            }
+            r.map_err(|e| registry_error(e, || format!("schema id {id}")))
         }
         let text = fetch(id, self.runtime.block_on(self.registry.schema(id)))?;
         let writer = Schema::parse_str(&text)

@@ -422,6 +422,17 @@ impl<R: Records, D: Decode, S: Sink> Runner<R, D, S> {
             Err(DecodeError::Poison(reason)) => {
                 self.reject(&Origin::of(message), &Raw::of(message), "decode", reason)?;
             }
+            Err(DecodeError::Refused(e)) => {
+                return Err(SinkError::Setup {
+                    sink: self.settings.name.clone(),
+                    message: format!(
+                        "reading {} partition {} offset {}: {e}",
+                        message.topic(),
+                        message.partition(),
+                        message.offset()
+                    ),
+                });
+            }
             Err(DecodeError::Unavailable(_)) => unreachable!("retried above"),
         }
         Ok(true)

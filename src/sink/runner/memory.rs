@@ -238,6 +238,16 @@ impl super::Decode for Plain {
         if payload.starts_with("undecodable") {
             return Err(DecodeError::Poison("not a plain record".into()));
         }
+        if payload.starts_with("registry-refused") {
+            return Err(DecodeError::Refused(
+                crate::registry::client::ClientError::Unauthorized {
+                    url: "http://registry".into(),
+                    status: 401,
+                    message: "Unauthorized".into(),
+                    hint: "check the registry's credentials",
+                },
+            ));
+        }
         let (key, op) = match payload.as_str() {
             "truncate" => (Vec::new(), Op::Truncate),
             "delete" => (key(m), Op::Delete),

@@ -291,6 +291,33 @@ fn an_undecodable_record_stops_the_sink_before_its_batch_is_applied() {
     assert!(sink.store.positions().is_empty());
 }
 
+/// A registry that refuses the sink (credentials, TLS) says nothing about the record: even
+/// with a dead-letter topic, the record is not rejected; the sink stops before it.
+#[test]
+fn a_registry_that_refuses_the_sink_stops_it_without_rejecting_a_record() {
+    let mut sink = Setup {
+        dead_letter: true,
+        ..Setup::default()
+    }
+    .start(|log, _| {
+        log.append(TOPIC, 0, "a", Some("1"));
+        log.append(TOPIC, 0, "b", Some("registry-refused"));
+    });
+
+    let error = sink.outcome().expect_err("the sink stops");
+    assert!(
+        error.to_string().contains(
+            "reading orders partition 0 offset 1: schema registry http://registry: Unauthorized (HTTP 401)"
+        ),
+        "{error}"
+    );
+    assert!(
+        sink.dead_letters.lock().unwrap().is_empty(),
+        "nothing dead-lettered"
+    );
+    assert!(sink.store.positions().is_empty(), "no position past it");
+}
+
 #[test]
 fn with_a_dead_letter_topic_poison_is_sent_there_and_the_rest_applied() {
     let mut sink = Setup {
