@@ -640,7 +640,8 @@ async fn check_connect_names_tls_and_authentication_failures() {
     );
 }
 
-/// `walcast check` refuses what walcast cannot use before connecting to anything.
+/// `walcast check` refuses what walcast cannot use before connecting to anything (and the
+/// group settings its sinks cannot work under).
 #[test]
 fn check_refuses_unusable_schemes_and_secrets_in_the_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -654,6 +655,8 @@ brokers = "127.0.0.1:9092"
 "sasl.mechanism" = "GSSAPI"
 "sasl.password" = "hunter2"
 "ssl.ca.location" = "missing-ca.pem"
+"partition.assignment.strategy" = "cooperative-sticky"
+"group.protocol" = "consumer"
 [registry]
 url = "ftp://registry.example:8081"
 tls_ca_file = "missing-registry-ca.pem"
@@ -672,6 +675,8 @@ tls_ca_file = "missing-registry-ca.pem"
         stderr.trim_end(),
         format!(
             r#"{dir}/walcast.toml: kafka.properties."sasl.password": is a secret, and secrets never sit in the file; name the environment variable holding it in [kafka.properties_env] instead ("sasl.password" = "KAFKA_SASL_PASSWORD")
+{dir}/walcast.toml: kafka.properties."partition.assignment.strategy": walcast's sinks use an eager assignment strategy (range or roundrobin); drop cooperative-sticky
+{dir}/walcast.toml: kafka.properties."group.protocol": walcast's sinks use the classic group protocol; drop the key or set "classic"
 {dir}/walcast.toml: kafka.properties."security.protocol": found "sasl_tls", expected one of: plaintext, ssl, sasl_plaintext, sasl_ssl
 {dir}/walcast.toml: kafka.properties."sasl.mechanism": found "GSSAPI", but walcast is built without Kerberos; expected one of: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER
 {dir}/walcast.toml: kafka.properties."ssl.ca.location": file missing-ca.pem does not exist (looked for {dir}/missing-ca.pem); expected a PEM file

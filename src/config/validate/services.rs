@@ -105,6 +105,22 @@ impl Validator<'_> {
                 );
             }
         }
+        // Sinks assign what a rebalance hands them whole (eager protocol): under an
+        // incremental one they would read nothing.
+        if value(kafka, "partition.assignment.strategy").is_some_and(|s| s.contains("cooperative"))
+        {
+            self.push(
+                "kafka.properties.\"partition.assignment.strategy\"",
+                "walcast's sinks use an eager assignment strategy (range or roundrobin); drop cooperative-sticky".to_string(),
+            );
+        }
+        if value(kafka, "group.protocol").is_some_and(|p| p != "classic") {
+            self.push(
+                "kafka.properties.\"group.protocol\"",
+                "walcast's sinks use the classic group protocol; drop the key or set \"classic\""
+                    .to_string(),
+            );
+        }
         let protocol = value(kafka, "security.protocol");
         if let Some(p) = &protocol {
             if !matches!(
