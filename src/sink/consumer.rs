@@ -100,9 +100,9 @@ impl Consumer {
         use RDKafkaErrorCode as E;
         match code {
             E::UnknownTopicOrPartition => Polled::TopicMissing,
-            E::AutoOffsetReset | E::OffsetOutOfRange => Polled::Failed(format!(
-                "{code}: a position of this sink's replica is no longer in its topic (retention removed records the replica never applied); nothing was skipped. Read the source table again into the replica (walcast snapshot --source S --table T), or set the replica's positions in walcast_offsets to where it should resume"
-            )),
+            E::AutoOffsetReset | E::OffsetOutOfRange => {
+                Polled::Failed(format!("{code}: a position of {GONE}"))
+            }
             E::TopicAuthorizationFailed
             | E::GroupAuthorizationFailed
             | E::SaslAuthenticationFailed
@@ -189,6 +189,27 @@ impl Records for Consumer {
         let mut tpl = TopicPartitionList::new();
         for elem in assignment.elements() {
             let offset = start(positions, elem.topic(), elem.partition());
+            if let Offset::Offset(at) = offset {
+                // Below the log's start, the records in between are gone: say so, rather
+                // than let the client jump over them (or fail obscurely).
+                let (low, _) = self
+                    .consumer
+                    .fetch_watermarks(elem.topic(), elem.partition(), Duration::from_secs(10))
+                    .map_err(|e| {
+                        format!(
+                            "reading where {} partition {} starts: {e}",
+                            elem.topic(),
+                            elem.partition()
+                        )
+                    })?;
+                if at < low {
+                    return Err(format!(
+                        "{} partition {}: the position {at} of {GONE} (the partition now starts at {low})",
+                        elem.topic(),
+                        elem.partition()
+                    ));
+                }
+            }
             let _ = tpl.add_partition_offset(elem.topic(), elem.partition(), offset);
         }
         if tpl.count() == 0 {
@@ -221,6 +242,9 @@ impl Records for Consumer {
             .map_err(|e| e.to_string())
     }
 }
+
+/// Why a sink stops at a position its topic no longer holds.
+const GONE: &str = "this sink's replica is no longer in its topic (retention removed records the replica never applied); nothing was skipped. Read the source table again into the replica (walcast snapshot --source S --table T), or set the replica's positions in walcast_offsets to where it should resume";
 
 /// Where a partition starts: its position, or the topic's start when there is none.
 fn start(positions: &HashMap<(String, i32), i64>, topic: &str, partition: i32) -> Offset {

@@ -6,6 +6,7 @@
 mod support;
 
 mod convergence;
+mod retention;
 mod strict;
 mod tombstones;
 mod truncate;

@@ -1,0 +1,121 @@
+//! A replica whose positions are older than what its topic still holds (restored from a
+//! backup older than the topic's retention) would skip the records retention removed: the
+//! sink stops naming the fix, and nothing is skipped. The source goes on.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::support::daemon::{Daemon, Setup};
+use crate::support::{unique, wait_until, Stack};
+use crate::truncate::postgres_rows;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn positions_older_than_the_topic_stop_the_sink_rather_than_skip() {
+    let stack = Stack::get();
+    let mut daemon = Daemon::prepare("rep_retained", Setup::default()).await;
+    let pg_db = stack
+        .fresh_pg_database(&unique("rep_retained_orders"))
+        .await;
+    let pg_url = stack.pg_url_for("postgres", &pg_db);
+    let mut config = std::fs::read_to_string(&daemon.config).unwrap();
+    config.push_str(&format!(
+        "\n[[sink]]\nname = \"pg\"\ntype = \"postgres\"\ntopics = [\"{}\"]\nurl = \"{pg_url}\"\ntable = \"user_replica\"\nkey = [\"user_id\"]\nfields = [\"user_id\", \"name\"]\nauto_create = true\nbatch_max_wait_ms = 50\n",
+        daemon.topic
+    ));
+    std::fs::write(&daemon.config, config).unwrap();
+    daemon.start().await;
+    let source = daemon.pg().await;
+    source
+        .batch_execute(
+            "INSERT INTO users (full_name, email, password_hash)
+               SELECT 'user ' || i, 'u' || i || '@example.com', 'x' FROM generate_series(1, 30) i",
+        )
+        .await
+        .unwrap();
+    wait_until(
+        "the replica to hold 30 rows",
+        Duration::from_secs(60),
+        || async { postgres_rows(&pg_url).await.len() == 30 },
+    )
+    .await;
+    assert_eq!(daemon.terminate().await, Some(0));
+
+    // Retention removes every record; the replica comes back from a backup that had none.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka_brokers)
+        .create()
+        .unwrap();
+    let mut gone = TopicPartitionList::new();
+    for p in 0..3 {
+        let (_, high) = consumer
+            .fetch_watermarks(&daemon.topic, p, Duration::from_secs(10))
+            .unwrap();
+        gone.add_partition_offset(&daemon.topic, p, Offset::Offset(high))
+            .unwrap();
+    }
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka_brokers)
+        .create()
+        .unwrap();
+    admin
+        .delete_records(&gone, &AdminOptions::new())
+        .await
+        .unwrap();
+    let replica = stack.pg(&pg_db).await;
+    replica
+        .batch_execute("DELETE FROM user_replica; UPDATE walcast_offsets SET next_offset = 0")
+        .await
+        .unwrap();
+
+    daemon.start().await;
+    crate::support::wait_for(
+        Duration::from_secs(60),
+        || format!("the sink to stop:\n{}", daemon.log_text()),
+        || {
+            let log = daemon.log_text();
+            async move { log.contains("is no longer in its topic").then_some(()) }
+        },
+    )
+    .await;
+    let log = daemon.log_text();
+    assert!(
+        log.contains(&format!("{} partition ", daemon.topic))
+            && log.contains(": the position 0 of this sink's replica is no longer in its topic (retention removed records the replica never applied); nothing was skipped. Read the source table again into the replica (walcast snapshot --source S --table T)")
+            && log.contains("(the partition now starts at "),
+        "{log}"
+    );
+    assert!(
+        postgres_rows(&pg_url).await.is_empty(),
+        "nothing applied past the gap"
+    );
+    // The source is a part of its own: it goes on.
+    source
+        .batch_execute("INSERT INTO users (full_name, email, password_hash) VALUES ('Ada', 'a@example.com', 'x')")
+        .await
+        .unwrap();
+    let end: String = source
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    wait_until("the source to publish on", Duration::from_secs(30), || {
+        let (source, end, slot) = (&source, &end, &daemon.name);
+        async move {
+            source
+                .query_one(
+                    "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
+                    &[end, slot],
+                )
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
+        }
+    })
+    .await;
+    assert!(daemon.exited().is_none(), "{log}");
+    assert_eq!(daemon.terminate().await, Some(0));
+}
