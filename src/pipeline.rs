@@ -589,8 +589,15 @@ impl Pipeline {
                             .expect("watermark lock")
                             .commit(current.tx, end_lsn);
                         if current.skipped {
-                            // Already in Kafka: safe to confirm, in stream order.
-                            self.producer.acknowledge(end_lsn);
+                            // Already in Kafka: safe to confirm, in stream order. But one
+                            // resent (the replication connection came back) while it sits in
+                            // the open Kafka transaction is in Kafka only once that commits,
+                            // which confirms it then.
+                            let in_open_transaction = self.producer.is_transactional()
+                                && self.last_end.is_some_and(|open| end_lsn <= open);
+                            if !in_open_transaction {
+                                self.producer.acknowledge(end_lsn);
+                            }
                         } else if self.producer.is_transactional() {
                             // Whole in the open Kafka transaction: if the stream restarts,
                             // it is not published twice; if that transaction aborts, the
