@@ -103,17 +103,14 @@ impl Consumer {
             E::AutoOffsetReset | E::OffsetOutOfRange => {
                 Polled::Failed(format!("{code}: a position of {GONE}"))
             }
-            E::TopicAuthorizationFailed
-            | E::GroupAuthorizationFailed
-            | E::SaslAuthenticationFailed
-            | E::Authentication => Polled::Failed(code.to_string()),
-            _ => {
-                // Also the poll interval exceeded (a long store outage): the member left
-                // the group, and the revocation that follows drops what was gathered.
+            code if recovers_by_itself(code) => {
                 tracing::warn!(sink = %self.sink, error = %code, "Kafka reported an error; the client recovers from it by itself");
                 self.next_rebalance()
                     .map_or(Polled::Idle, Polled::Rebalanced)
             }
+            // Anything else (authorization, TLS, a corrupt record the client would step
+            // over) stops the sink: going on could skip records.
+            _ => Polled::Failed(code.to_string()),
         }
     }
 
@@ -191,17 +188,19 @@ impl Records for Consumer {
             let offset = start(positions, elem.topic(), elem.partition());
             if let Offset::Offset(at) = offset {
                 // Below the log's start, the records in between are gone: say so, rather
-                // than let the client jump over them (or fail obscurely).
-                let (low, _) = self
-                    .consumer
-                    .fetch_watermarks(elem.topic(), elem.partition(), Duration::from_secs(10))
-                    .map_err(|e| {
-                        format!(
-                            "reading where {} partition {} starts: {e}",
-                            elem.topic(),
-                            elem.partition()
-                        )
-                    })?;
+                // than let the client fail obscurely. Without a broker to ask, the client's
+                // own out-of-range error (auto.offset.reset = error) still stops the sink.
+                let low = match self.consumer.fetch_watermarks(
+                    elem.topic(),
+                    elem.partition(),
+                    Duration::from_secs(10),
+                ) {
+                    Ok((low, _)) => low,
+                    Err(e) => {
+                        tracing::warn!(sink = %self.sink, topic = elem.topic(), partition = elem.partition(), error = %e, "could not read where the partition starts; seeking anyway");
+                        0
+                    }
+                };
                 if at < low {
                     return Err(format!(
                         "{} partition {}: the position {at} of {GONE} (the partition now starts at {low})",
@@ -243,8 +242,31 @@ impl Records for Consumer {
     }
 }
 
+/// The consumer errors librdkafka reports and then recovers from itself, the sink waiting:
+/// brokers restarting or moving leadership, the group coordinator moving, and the poll
+/// interval exceeded during a long store outage (the member left the group; the revocation
+/// that follows drops what was gathered, and it joins again).
+fn recovers_by_itself(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as E;
+    matches!(
+        code,
+        E::BrokerTransportFailure
+            | E::AllBrokersDown
+            | E::Resolve
+            | E::OperationTimedOut
+            | E::PollExceeded
+            | E::RequestTimedOut
+            | E::NetworkException
+            | E::LeaderNotAvailable
+            | E::NotLeaderForPartition
+            | E::CoordinatorLoadInProgress
+            | E::CoordinatorNotAvailable
+            | E::NotCoordinator
+    )
+}
+
 /// Why a sink stops at a position its topic no longer holds.
-const GONE: &str = "this sink's replica is no longer in its topic (retention removed records the replica never applied); nothing was skipped. Read the source table again into the replica (walcast snapshot --source S --table T), or set the replica's positions in walcast_offsets to where it should resume";
+const GONE: &str = "this sink's replica is no longer in its topic (retention removed records the replica never applied, or the topic was made again); nothing was skipped. Read the source table again into the replica (walcast snapshot --source S --table T), or set the replica's positions (walcast_offsets in a table store, walcast:offsets:<group> in Redis) to where it should resume";
 
 /// Where a partition starts: its position, or the topic's start when there is none.
 fn start(positions: &HashMap<(String, i32), i64>, topic: &str, partition: i32) -> Offset {
@@ -323,6 +345,33 @@ impl ConsumerContext for Rebalances {
         };
         if let Err(e) = outcome {
             tracing::error!(error = %e, "applying a rebalance failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::recovers_by_itself;
+    use rdkafka::types::RDKafkaErrorCode as E;
+
+    #[test]
+    fn only_errors_the_client_recovers_from_let_the_sink_wait() {
+        for code in [
+            E::BrokerTransportFailure,
+            E::AllBrokersDown,
+            E::PollExceeded,
+        ] {
+            assert!(recovers_by_itself(code), "{code:?}");
+        }
+        for code in [
+            E::BadMessage,
+            E::SSL,
+            E::TopicAuthorizationFailed,
+            E::ClusterAuthorizationFailed,
+            E::InconsistentGroupProtocol,
+            E::AutoOffsetReset,
+        ] {
+            assert!(!recovers_by_itself(code), "{code:?}");
         }
     }
 }

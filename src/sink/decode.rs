@@ -32,7 +32,12 @@ pub(super) enum DecodeError {
 fn registry_error(e: ClientError, what: impl FnOnce() -> String) -> DecodeError {
     match &e {
         _ if e.is_transient() => DecodeError::Unavailable(e),
-        ClientError::Api { status: 404, .. } => DecodeError::Poison(format!("{}: {e}", what())),
+        // Confluent's "subject not found", "version not found", "schema not found": a bare
+        // 404 (a proxy, a wrong path) says nothing about the record.
+        ClientError::Api {
+            code: 40401..=40403,
+            ..
+        } => DecodeError::Poison(format!("{}: {e}", what())),
         _ => DecodeError::Refused(e),
     }
 }
