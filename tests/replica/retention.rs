@@ -84,7 +84,7 @@ async fn positions_older_than_the_topic_stop_the_sink_rather_than_skip() {
     let log = daemon.log_text();
     assert!(
         log.contains(&format!("{} partition ", daemon.topic))
-            && log.contains(": the position 0 of this sink's replica is no longer in its topic (retention removed records the replica never applied); nothing was skipped. Read the source table again into the replica (walcast snapshot --source S --table T)")
+            && log.contains(": the position 0 of this sink's replica is no longer in its topic (retention removed records the replica never applied, or the topic was made again); nothing was skipped. Read the source table again into the replica (walcast snapshot --source S --table T)")
             && log.contains("(the partition now starts at "),
         "{log}"
     );
