@@ -240,6 +240,19 @@ impl Records for Consumer {
             .commit_consumer_state(CommitMode::Sync)
             .map_err(|e| e.to_string())
     }
+
+    fn read_positions(&self) -> Vec<(String, i32, i64)> {
+        let Ok(read) = self.consumer.position() else {
+            return Vec::new();
+        };
+        read.elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(n) => Some((e.topic().to_string(), e.partition(), n)),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// The consumer errors librdkafka reports and then recovers from itself, the sink waiting:

@@ -105,6 +105,10 @@ pub(super) trait Records: Send + Sync {
     /// Commits the offsets of what was read (for lag monitoring: the replica's positions
     /// decide where reading resumes).
     fn commit(&self) -> Result<(), String>;
+
+    /// Where the client stands in each assigned partition: past the markers of Kafka
+    /// transactions, which it steps over without handing them over.
+    fn read_positions(&self) -> Vec<(String, i32, i64)>;
 }
 
 /// Records → changes.
@@ -604,6 +608,7 @@ impl<R: Records, D: Decode, S: Sink> Runner<R, D, S> {
                         .any(|(k, v)| stored.get(k).is_none_or(|s| s < v))
                 };
                 if !behind {
+                    self.store_read_positions();
                     return Ok(true);
                 }
                 tracing::warn!(sink = %self.settings.name, "the store holds older positions than were applied (it lost data, or was restored); rewinding to them");
@@ -614,6 +619,46 @@ impl<R: Records, D: Decode, S: Sink> Runner<R, D, S> {
             Err(e) => return Err(self.store_error(e)),
         }
         self.rewind()
+    }
+
+    /// librdkafka steps over the markers of Kafka transactions (exactly-once topics)
+    /// without handing them over, so a replica's position stays on its partition's last
+    /// marker. While idle, a partition the client has read past what the replica holds
+    /// (nothing but markers can lie between) has its position stored: once retention
+    /// removes the marker, a rewind still finds the position in the topic. A failure is
+    /// left to the next idle check.
+    fn store_read_positions(&mut self) {
+        let advanced: Vec<Position> = {
+            let applied = self.positions.lock().expect("positions lock");
+            self.records
+                .read_positions()
+                .into_iter()
+                .filter(|(t, p, n)| applied.get(&(t.clone(), *p)).is_some_and(|a| n > a))
+                .map(|(topic, partition, next_offset)| Position {
+                    topic,
+                    partition,
+                    next_offset,
+                })
+                .collect()
+        };
+        if advanced.is_empty() {
+            return;
+        }
+        let batch = Batch {
+            changes: Vec::new(),
+            positions: advanced.clone(),
+        };
+        match self.runtime.block_on(self.lanes[0].apply(&batch)) {
+            Ok(()) => {
+                let mut applied = self.positions.lock().expect("positions lock");
+                for p in advanced {
+                    applied.insert((p.topic, p.partition), p.next_offset);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(sink = %self.settings.name, error = %e, "storing the positions past transaction markers; tried again when next idle");
+            }
+        }
     }
 
     /// Re-reads the replica's positions and seeks every assigned partition to them.

@@ -119,3 +119,114 @@ async fn positions_older_than_the_topic_stop_the_sink_rather_than_skip() {
     assert!(daemon.exited().is_none(), "{log}");
     assert_eq!(daemon.terminate().await, Some(0));
 }
+
+/// On an exactly-once topic each Kafka transaction ends in a marker the client steps over
+/// without handing it over. Once retention removed everything, markers included, a
+/// replica that applied every record is not behind: the idle sink stored its place past
+/// the markers, and after a restart it reads on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_that_applied_everything_survives_retention_of_its_markers() {
+    let stack = Stack::get();
+    let mut daemon = Daemon::prepare(
+        "rep_markers",
+        Setup {
+            exactly_once: true,
+            ..Setup::default()
+        },
+    )
+    .await;
+    let pg_db = stack.fresh_pg_database(&unique("rep_markers_orders")).await;
+    let pg_url = stack.pg_url_for("postgres", &pg_db);
+    let mut config = std::fs::read_to_string(&daemon.config).unwrap();
+    config.push_str(&format!(
+        "\n[[sink]]\nname = \"pg\"\ntype = \"postgres\"\ntopics = [\"{}\"]\nurl = \"{pg_url}\"\ntable = \"user_replica\"\nkey = [\"user_id\"]\nfields = [\"user_id\", \"name\"]\nauto_create = true\nbatch_max_wait_ms = 50\n",
+        daemon.topic
+    ));
+    std::fs::write(&daemon.config, config).unwrap();
+    daemon.start().await;
+    let source = daemon.pg().await;
+    source
+        .batch_execute(
+            "INSERT INTO users (full_name, email, password_hash)
+               SELECT 'user ' || i, 'u' || i || '@example.com', 'x' FROM generate_series(1, 30) i",
+        )
+        .await
+        .unwrap();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka_brokers)
+        .create()
+        .unwrap();
+    let topic = daemon.topic.clone();
+    let ends = || -> Vec<i64> {
+        (0..3)
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                    .unwrap()
+                    .1
+            })
+            .collect()
+    };
+    let replica = stack.pg(&pg_db).await;
+    // Every record applied, and the idle sink's positions past the last markers.
+    crate::support::wait_for(
+        Duration::from_secs(60),
+        || {
+            format!(
+                "the replica's positions to reach the partitions' ends:\n{}",
+                daemon.log_text()
+            )
+        },
+        || {
+            let (replica, want) = (&replica, ends());
+            async move {
+                let stored: Vec<i64> = replica
+                    .query(
+                        "SELECT next_offset FROM walcast_offsets ORDER BY partition",
+                        &[],
+                    )
+                    .await
+                    .ok()?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                (stored == want).then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(postgres_rows(&pg_url).await.len(), 30);
+    assert_eq!(daemon.terminate().await, Some(0));
+
+    let mut gone = TopicPartitionList::new();
+    for (p, high) in ends().into_iter().enumerate() {
+        gone.add_partition_offset(&topic, p as i32, Offset::Offset(high))
+            .unwrap();
+    }
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka_brokers)
+        .create()
+        .unwrap();
+    admin
+        .delete_records(&gone, &AdminOptions::new())
+        .await
+        .unwrap();
+
+    daemon.start().await;
+    source
+        .batch_execute("INSERT INTO users (full_name, email, password_hash) VALUES ('Ada', 'a@example.com', 'x')")
+        .await
+        .unwrap();
+    wait_until(
+        "the replica to hold the new row",
+        Duration::from_secs(60),
+        || async { postgres_rows(&pg_url).await.len() == 31 },
+    )
+    .await;
+    assert!(
+        !daemon.log_text().contains("is no longer in its topic"),
+        "{}",
+        daemon.log_text()
+    );
+    assert_eq!(daemon.terminate().await, Some(0));
+}
