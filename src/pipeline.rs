@@ -238,6 +238,7 @@ async fn run_once(
     let ids = crate::events::register(registry, &specs, config.registry.compatibility).await?;
     let started_at = catalog.current_wal_lsn().await?;
     let mut mappings = Mappings::default();
+    let mut defaulted_at_start = Vec::new();
     let mut issues = Vec::new();
     let specs: Vec<(Arc<TableSpec>, SchemaIds)> = specs.into_iter().zip(ids).collect();
     for (spec, ids) in &specs {
@@ -246,6 +247,7 @@ async fn run_once(
             Ok(m) => {
                 for (contract, field) in m.defaulted() {
                     tracing::warn!(source = %source.name, table = %spec.table, contract, field, "no column feeds this field, so every event carries the contract's default; map it in [[source.table]] columns if a column holds it");
+                    defaulted_at_start.push((spec.table.to_string(), contract, field));
                 }
                 mappings.insert(m);
             }
@@ -326,11 +328,14 @@ async fn run_once(
     )
     .await?;
 
+    let from_start = specs.iter().map(|(s, _)| s.table.to_string()).collect();
     let mut pipeline = Pipeline {
         name: source.name.clone(),
         specs,
         mappings,
         started_at,
+        from_start,
+        defaulted_at_start,
         current: None,
         watermark,
         producer,
@@ -467,8 +472,13 @@ struct Pipeline {
     specs: Vec<(Arc<TableSpec>, SchemaIds)>,
     mappings: Mappings,
     /// Where the server's WAL ended when the source started: a change of a table's shape
-    /// in a transaction committed after it is live, and a column it loses is reported.
+    /// in a transaction committed after it is live; before it, history replayed.
     started_at: Lsn,
+    /// The tables whose mapping is still the one compiled from the catalog at start.
+    from_start: std::collections::HashSet<String>,
+    /// `(table, contract file, field)` no column fed at start: a default the operator let
+    /// be (a column dropped on purpose, then a restart), not reported lost in history.
+    defaulted_at_start: Vec<(String, String, String)>,
     current: Option<Current>,
     watermark: Arc<Mutex<Watermark>>,
     producer: SourceProducer,
@@ -683,16 +693,28 @@ impl Pipeline {
                 .collect(),
         };
         let mapping = Mapping::compile(spec, table, Some(&not_null), ids).map_err(located)?;
-        // Only a live change of shape is judged: WAL committed before the source started
-        // is history replayed (the stop it caused, a column added since, dropped on purpose
-        // before a restart), which the shape the source started from, read from today's
-        // catalog, does not precede.
-        let live = self.current.is_some_and(|c| c.lsn >= self.started_at);
+        // A live change of shape (committed after the source started) is judged against
+        // the shape before it. In history replayed, the first shape of a table is not: the
+        // one the source started from was read from today's catalog, which comes after it
+        // (a column added since). Later changes in history are judged, but a field no column
+        // fed at start keeps its default (dropped on purpose, then a restart).
+        let table_key = key.to_string();
+        let live = self.current.is_none_or(|c| c.lsn >= self.started_at);
+        let first_in_history = !live && self.from_start.contains(&table_key);
+        self.from_start.remove(&table_key);
         if let Some(lost) = self
             .mappings
             .get(&mapping.table)
-            .filter(|_| live)
-            .map(|old| old.columns_lost(&mapping))
+            .filter(|_| !first_in_history)
+            .map(|old| {
+                old.columns_lost(&mapping, |contract, field| {
+                    !live
+                        && self
+                            .defaulted_at_start
+                            .iter()
+                            .any(|(t, c, f)| *t == table_key && c == contract && f == field)
+                })
+            })
             .filter(|lost| !lost.is_empty())
         {
             return Err(located(lost).into());

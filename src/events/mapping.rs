@@ -210,8 +210,13 @@ impl Mapping {
     /// their default in `newer` (the same table after a change of its shape) because that
     /// column is gone: a rename or a drop. Each as a sentence naming the field, the column
     /// and the fix. Publishing the default instead would overwrite every replica's value
-    /// silently.
-    pub fn columns_lost(&self, newer: &Mapping) -> Vec<String> {
+    /// silently. `accepted(contract file, field)` leaves out the defaults the operator let
+    /// be.
+    pub fn columns_lost(
+        &self,
+        newer: &Mapping,
+        accepted: impl Fn(&str, &str) -> bool,
+    ) -> Vec<String> {
         let pairs = [
             (Some(&self.key), Some(&newer.key)),
             (self.insert.as_ref(), newer.insert.as_ref()),
@@ -230,7 +235,8 @@ impl Mapping {
                     continue;
                 };
                 let column = &self.table.columns[*at].name;
-                if newer.table.column_index(column).is_some() {
+                let contract = old.contract.path.display().to_string();
+                if newer.table.column_index(column).is_some() || accepted(&contract, &field.name) {
                     // Still there: the replica identity changed (a delete's old row).
                     continue;
                 }
