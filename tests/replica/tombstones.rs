@@ -1,12 +1,13 @@
 //! A compacted topic keeps a deleted key's tombstone and drops the delete event before it:
 //! the tombstone (headers `op = delete`, `lsn`, `seq`) is the delete for a sink that reads
-//! the topic after compaction, or for a table without a delete contract.
+//! the topic after compaction, or for a table without a delete contract. In PostgreSQL,
+//! MariaDB and Redis.
 
 use std::time::Duration;
 
 use crate::support::daemon::{Daemon, Setup};
 use crate::support::{unique, wait_for, Stack};
-use crate::truncate::{postgres_rows, redis_rows, source_rows};
+use crate::truncate::{mysql_rows, postgres_rows, redis_rows, source_rows};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tombstone_alone_deletes_the_row_from_every_replica() {
@@ -21,16 +22,18 @@ async fn a_tombstone_alone_deletes_the_row_from_every_replica() {
     .await;
     let pg_db = stack.fresh_pg_database(&unique("rep_tomb_orders")).await;
     let pg_url = stack.pg_url_for("postgres", &pg_db);
+    let mysql_url = stack
+        .fresh_mysql_database(&unique("rep_tomb_shipping"))
+        .await;
     let prefix = format!("{}:user:", daemon.name);
     let topic = daemon.topic.clone();
     // No delete contract: a delete publishes only its tombstone.
-    let mut config = std::fs::read_to_string(&daemon.config).unwrap().replacen(
-        "delete = \"UserDeleted.avsc\"\n",
-        "",
-        1,
-    );
+    let original = std::fs::read_to_string(&daemon.config).unwrap();
+    let mut config = original.replacen("delete = \"UserDeleted.avsc\"\n", "", 1);
+    assert_ne!(config, original, "the delete contract is left out");
     config.push_str(&format!(
         "\n[[sink]]\nname = \"pg\"\ntype = \"postgres\"\ntopics = [\"{topic}\"]\nurl = \"{pg_url}\"\ntable = \"user_replica\"\nkey = [\"user_id\"]\nfields = [\"user_id\", \"name\"]\nauto_create = true\nbatch_max_wait_ms = 50\n\
+         \n[[sink]]\nname = \"my\"\ntype = \"mysql\"\ntopics = [\"{topic}\"]\nurl = \"{mysql_url}\"\ntable = \"user_replica\"\nkey = [\"user_id\"]\nfields = [\"user_id\", \"name\"]\nauto_create = true\nbatch_max_wait_ms = 50\n\
          \n[[sink]]\nname = \"cache\"\ntype = \"redis\"\ntopics = [\"{topic}\"]\nurl = \"{}\"\nkey_template = \"{prefix}{{user_id}}\"\nfields = [\"name\"]\nbatch_max_wait_ms = 50\n",
         stack.redis_url
     ));
@@ -53,9 +56,10 @@ async fn a_tombstone_alone_deletes_the_row_from_every_replica() {
         || async {
             let got = (
                 postgres_rows(&pg_url).await,
+                mysql_rows(&mysql_url).await,
                 redis_rows(&stack.redis_url, &prefix).await,
             );
-            (got.0 == want && got.1 == want).then_some(())
+            (got.0 == want && got.1 == want && got.2 == want).then_some(())
         },
     )
     .await;

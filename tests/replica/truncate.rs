@@ -39,7 +39,7 @@ pub(crate) async fn postgres_rows(url: &str) -> Rows {
         .unwrap_or_default()
 }
 
-async fn mysql_rows(url: &str) -> Rows {
+pub(crate) async fn mysql_rows(url: &str) -> Rows {
     let Ok(mut conn) = mysql_async::Conn::from_url(url).await else {
         return vec![];
     };
