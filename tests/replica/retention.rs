@@ -13,12 +13,13 @@ use crate::support::daemon::{Daemon, Setup};
 use crate::support::{unique, wait_until, Stack};
 use crate::truncate::postgres_rows;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn positions_older_than_the_topic_stop_the_sink_rather_than_skip() {
+/// A daemon over the users table with a PostgreSQL replica (`pg`), 30 users written and
+/// applied: the daemon, the replica's database and URL.
+async fn thirty_users_replicated(prefix: &str, setup: Setup) -> (Daemon, String, String) {
     let stack = Stack::get();
-    let mut daemon = Daemon::prepare("rep_retained", Setup::default()).await;
+    let mut daemon = Daemon::prepare(prefix, setup).await;
     let pg_db = stack
-        .fresh_pg_database(&unique("rep_retained_orders"))
+        .fresh_pg_database(&unique(&format!("{prefix}_orders")))
         .await;
     let pg_url = stack.pg_url_for("postgres", &pg_db);
     let mut config = std::fs::read_to_string(&daemon.config).unwrap();
@@ -28,8 +29,9 @@ async fn positions_older_than_the_topic_stop_the_sink_rather_than_skip() {
     ));
     std::fs::write(&daemon.config, config).unwrap();
     daemon.start().await;
-    let source = daemon.pg().await;
-    source
+    daemon
+        .pg()
+        .await
         .batch_execute(
             "INSERT INTO users (full_name, email, password_hash)
                SELECT 'user ' || i, 'u' || i || '@example.com', 'x' FROM generate_series(1, 30) i",
@@ -42,29 +44,51 @@ async fn positions_older_than_the_topic_stop_the_sink_rather_than_skip() {
         || async { postgres_rows(&pg_url).await.len() == 30 },
     )
     .await;
-    assert_eq!(daemon.terminate().await, Some(0));
+    (daemon, pg_db, pg_url)
+}
 
-    // Retention removes every record; the replica comes back from a backup that had none.
+/// Where each of the topic's 3 partitions ends.
+fn ends(topic: &str) -> Vec<i64> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &stack.kafka_brokers)
+        .set("bootstrap.servers", &Stack::get().kafka_brokers)
         .create()
         .unwrap();
+    (0..3)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .collect()
+}
+
+/// What retention does to an old topic: every record gone (DeleteRecords to each end).
+async fn remove_every_record(topic: &str) {
     let mut gone = TopicPartitionList::new();
-    for p in 0..3 {
-        let (_, high) = consumer
-            .fetch_watermarks(&daemon.topic, p, Duration::from_secs(10))
-            .unwrap();
-        gone.add_partition_offset(&daemon.topic, p, Offset::Offset(high))
+    for (p, high) in ends(topic).into_iter().enumerate() {
+        gone.add_partition_offset(topic, p as i32, Offset::Offset(high))
             .unwrap();
     }
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &stack.kafka_brokers)
+        .set("bootstrap.servers", &Stack::get().kafka_brokers)
         .create()
         .unwrap();
     admin
         .delete_records(&gone, &AdminOptions::new())
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn positions_older_than_the_topic_stop_the_sink_rather_than_skip() {
+    let stack = Stack::get();
+    let (mut daemon, pg_db, pg_url) =
+        thirty_users_replicated("rep_retained", Setup::default()).await;
+    assert_eq!(daemon.terminate().await, Some(0));
+    // Retention removes every record; the replica comes back from a backup that had none.
+    remove_every_record(&daemon.topic).await;
+    let source = daemon.pg().await;
     let replica = stack.pg(&pg_db).await;
     replica
         .batch_execute("DELETE FROM user_replica; UPDATE walcast_offsets SET next_offset = 0")
@@ -127,48 +151,13 @@ async fn positions_older_than_the_topic_stop_the_sink_rather_than_skip() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replica_that_applied_everything_survives_retention_of_its_markers() {
     let stack = Stack::get();
-    let mut daemon = Daemon::prepare(
-        "rep_markers",
-        Setup {
-            exactly_once: true,
-            ..Setup::default()
-        },
-    )
-    .await;
-    let pg_db = stack.fresh_pg_database(&unique("rep_markers_orders")).await;
-    let pg_url = stack.pg_url_for("postgres", &pg_db);
-    let mut config = std::fs::read_to_string(&daemon.config).unwrap();
-    config.push_str(&format!(
-        "\n[[sink]]\nname = \"pg\"\ntype = \"postgres\"\ntopics = [\"{}\"]\nurl = \"{pg_url}\"\ntable = \"user_replica\"\nkey = [\"user_id\"]\nfields = [\"user_id\", \"name\"]\nauto_create = true\nbatch_max_wait_ms = 50\n",
-        daemon.topic
-    ));
-    std::fs::write(&daemon.config, config).unwrap();
-    daemon.start().await;
-    let source = daemon.pg().await;
-    source
-        .batch_execute(
-            "INSERT INTO users (full_name, email, password_hash)
-               SELECT 'user ' || i, 'u' || i || '@example.com', 'x' FROM generate_series(1, 30) i",
-        )
-        .await
-        .unwrap();
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &stack.kafka_brokers)
-        .create()
-        .unwrap();
-    let topic = daemon.topic.clone();
-    let ends = || -> Vec<i64> {
-        (0..3)
-            .map(|p| {
-                consumer
-                    .fetch_watermarks(&topic, p, Duration::from_secs(10))
-                    .unwrap()
-                    .1
-            })
-            .collect()
+    let setup = Setup {
+        exactly_once: true,
+        ..Setup::default()
     };
+    let (mut daemon, pg_db, pg_url) = thirty_users_replicated("rep_markers", setup).await;
     let replica = stack.pg(&pg_db).await;
-    // Every record applied, and the idle sink's positions past the last markers.
+    // The idle sink's positions reach past the last markers.
     crate::support::wait_for(
         Duration::from_secs(60),
         || {
@@ -178,7 +167,7 @@ async fn a_replica_that_applied_everything_survives_retention_of_its_markers() {
             )
         },
         || {
-            let (replica, want) = (&replica, ends());
+            let (replica, want) = (&replica, ends(&daemon.topic));
             async move {
                 let stored: Vec<i64> = replica
                     .query(
@@ -195,25 +184,13 @@ async fn a_replica_that_applied_everything_survives_retention_of_its_markers() {
         },
     )
     .await;
-    assert_eq!(postgres_rows(&pg_url).await.len(), 30);
     assert_eq!(daemon.terminate().await, Some(0));
-
-    let mut gone = TopicPartitionList::new();
-    for (p, high) in ends().into_iter().enumerate() {
-        gone.add_partition_offset(&topic, p as i32, Offset::Offset(high))
-            .unwrap();
-    }
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &stack.kafka_brokers)
-        .create()
-        .unwrap();
-    admin
-        .delete_records(&gone, &AdminOptions::new())
-        .await
-        .unwrap();
+    remove_every_record(&daemon.topic).await;
 
     daemon.start().await;
-    source
+    daemon
+        .pg()
+        .await
         .batch_execute("INSERT INTO users (full_name, email, password_hash) VALUES ('Ada', 'a@example.com', 'x')")
         .await
         .unwrap();
