@@ -357,25 +357,8 @@ async fn a_slot_behind_what_kafka_holds_publishes_nothing_twice() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, Ordering::Relaxed);
     task.await.unwrap();
-    let end: String = pg
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
     // Everything written is in Kafka and confirmed.
-    wait_until("the slot to confirm every write", Duration::from_secs(30), || {
-        let (pg, end, slot) = (&pg, &end, &daemon.name);
-        async move {
-            pg.query_one(
-                "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
-                &[end, slot],
-            )
-            .await
-            .unwrap()
-            .get::<_, bool>(0)
-        }
-    })
-    .await;
+    crate::support::wait_confirmed_to_now(&pg, &daemon.name).await;
     daemon.kill9();
     // The slot forgets it confirmed anything since the copy.
     wait_until("the slot to be released", Duration::from_secs(30), || {

@@ -9,7 +9,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::support::daemon::{Daemon, Setup};
+use crate::support::daemon::{user_replica_sink, Daemon, Setup};
 use crate::support::{unique, wait_until, Stack};
 use crate::truncate::postgres_rows;
 
@@ -23,10 +23,7 @@ async fn thirty_users_replicated(prefix: &str, setup: Setup) -> (Daemon, String,
         .await;
     let pg_url = stack.pg_url_for("postgres", &pg_db);
     let mut config = std::fs::read_to_string(&daemon.config).unwrap();
-    config.push_str(&format!(
-        "\n[[sink]]\nname = \"pg\"\ntype = \"postgres\"\ntopics = [\"{}\"]\nurl = \"{pg_url}\"\ntable = \"user_replica\"\nkey = [\"user_id\"]\nfields = [\"user_id\", \"name\"]\nauto_create = true\nbatch_max_wait_ms = 50\n",
-        daemon.topic
-    ));
+    config.push_str(&user_replica_sink("pg", "postgres", &daemon.topic, &pg_url));
     std::fs::write(&daemon.config, config).unwrap();
     daemon.start().await;
     daemon
@@ -121,25 +118,7 @@ async fn positions_older_than_the_topic_stop_the_sink_rather_than_skip() {
         .batch_execute("INSERT INTO users (full_name, email, password_hash) VALUES ('Ada', 'a@example.com', 'x')")
         .await
         .unwrap();
-    let end: String = source
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    wait_until("the source to publish on", Duration::from_secs(30), || {
-        let (source, end, slot) = (&source, &end, &daemon.name);
-        async move {
-            source
-                .query_one(
-                    "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
-                    &[end, slot],
-                )
-                .await
-                .unwrap()
-                .get::<_, bool>(0)
-        }
-    })
-    .await;
+    crate::support::wait_confirmed_to_now(&source, &daemon.name).await;
     assert!(daemon.exited().is_none(), "{log}");
     assert_eq!(daemon.terminate().await, Some(0));
 }

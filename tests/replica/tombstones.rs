@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::support::daemon::{Daemon, Setup};
+use crate::support::daemon::{user_replica_sink, Daemon, Setup};
 use crate::support::{unique, wait_for, Stack};
 use crate::truncate::{mysql_rows, postgres_rows, redis_rows, source_rows};
 
@@ -31,10 +31,10 @@ async fn a_tombstone_alone_deletes_the_row_from_every_replica() {
     let original = std::fs::read_to_string(&daemon.config).unwrap();
     let mut config = original.replacen("delete = \"UserDeleted.avsc\"\n", "", 1);
     assert_ne!(config, original, "the delete contract is left out");
+    config.push_str(&user_replica_sink("pg", "postgres", &topic, &pg_url));
+    config.push_str(&user_replica_sink("my", "mysql", &topic, &mysql_url));
     config.push_str(&format!(
-        "\n[[sink]]\nname = \"pg\"\ntype = \"postgres\"\ntopics = [\"{topic}\"]\nurl = \"{pg_url}\"\ntable = \"user_replica\"\nkey = [\"user_id\"]\nfields = [\"user_id\", \"name\"]\nauto_create = true\nbatch_max_wait_ms = 50\n\
-         \n[[sink]]\nname = \"my\"\ntype = \"mysql\"\ntopics = [\"{topic}\"]\nurl = \"{mysql_url}\"\ntable = \"user_replica\"\nkey = [\"user_id\"]\nfields = [\"user_id\", \"name\"]\nauto_create = true\nbatch_max_wait_ms = 50\n\
-         \n[[sink]]\nname = \"cache\"\ntype = \"redis\"\ntopics = [\"{topic}\"]\nurl = \"{}\"\nkey_template = \"{prefix}{{user_id}}\"\nfields = [\"name\"]\nbatch_max_wait_ms = 50\n",
+        "\n[[sink]]\nname = \"cache\"\ntype = \"redis\"\ntopics = [\"{topic}\"]\nurl = \"{}\"\nkey_template = \"{prefix}{{user_id}}\"\nfields = [\"name\"]\nbatch_max_wait_ms = 50\n",
         stack.redis_url
     ));
     std::fs::write(&daemon.config, config).unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 
-use crate::support::daemon::{decode, Daemon, Setup};
+use crate::support::daemon::{decode, user_replica_sink, Daemon, Setup};
 use crate::support::{unique, wait_for, Stack};
 
 type Rows = Vec<(i64, String)>;
@@ -99,11 +99,8 @@ async fn a_truncate_reaches_every_partition_and_clears_every_replica() {
     let prefix = format!("{}:user:", daemon.name);
     let mut config = std::fs::read_to_string(&daemon.config).unwrap();
     let topic = daemon.topic.clone();
-    for (name, kind, url) in [("pg", "postgres", &pg_url), ("my", "mysql", &mysql_url)] {
-        config.push_str(&format!(
-            "\n[[sink]]\nname = \"{name}\"\ntype = \"{kind}\"\ntopics = [\"{topic}\"]\nurl = \"{url}\"\ntable = \"user_replica\"\nkey = [\"user_id\"]\nfields = [\"user_id\", \"name\"]\nauto_create = true\nbatch_max_wait_ms = 50\n"
-        ));
-    }
+    config.push_str(&user_replica_sink("pg", "postgres", &topic, &pg_url));
+    config.push_str(&user_replica_sink("my", "mysql", &topic, &mysql_url));
     config.push_str(&format!(
         "\n[[sink]]\nname = \"cache\"\ntype = \"redis\"\ntopics = [\"{topic}\"]\nurl = \"{}\"\nkey_template = \"{prefix}{{user_id}}\"\nfields = [\"name\"]\nbatch_max_wait_ms = 50\n",
         stack.redis_url

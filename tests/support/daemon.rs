@@ -18,6 +18,15 @@ pub const USERS_DDL: &str = "CREATE TABLE users (
   updated_at    timestamptz NOT NULL DEFAULT now()
 )";
 
+/// A `[[sink]]` of `kind` (postgres or mysql) named `name`, reading `topic` into table
+/// `user_replica` at `url`, keyed by `user_id`, keeping `user_id` and `name`, created by
+/// the sink.
+pub fn user_replica_sink(name: &str, kind: &str, topic: &str, url: &str) -> String {
+    format!(
+        "\n[[sink]]\nname = \"{name}\"\ntype = \"{kind}\"\ntopics = [\"{topic}\"]\nurl = \"{url}\"\ntable = \"user_replica\"\nkey = [\"user_id\"]\nfields = [\"user_id\", \"name\"]\nauto_create = true\nbatch_max_wait_ms = 50\n"
+    )
+}
+
 /// A daemon under test.
 pub struct Daemon {
     pub name: String,

@@ -589,6 +589,33 @@ pub async fn streamed_transactions(pg: &tokio_postgres::Client, slot: &str) -> i
     .get(0)
 }
 
+/// Waits until `slot` has confirmed everything written so far: what was written is in
+/// Kafka (walcast confirms nothing before).
+pub async fn wait_confirmed_to_now(pg: &tokio_postgres::Client, slot: &str) {
+    let end: String = pg
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    wait_until(
+        &format!("slot {slot} to confirm {end}"),
+        Duration::from_secs(30),
+        || {
+            let end = &end;
+            async move {
+                pg.query_one(
+                    "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
+                    &[end, &slot],
+                )
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
+            }
+        },
+    )
+    .await;
+}
+
 /// The slot's confirmed_flush_lsn.
 pub async fn confirmed_flush(pg: &tokio_postgres::Client, slot: &str) -> walcast::lsn::Lsn {
     let lsn: Option<String> = pg
