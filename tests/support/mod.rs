@@ -19,8 +19,15 @@ use std::time::{Duration, Instant};
 /// Addresses of the stack's servers, read from `$WALCAST_STACK_DIR/stack.env`.
 #[derive(Debug, Clone)]
 pub struct Stack {
+    /// The cluster the tests of this run use: the stack's PostgreSQL 15, or the major that
+    /// `WALCAST_TEST_PG` names (16, 17 or 18), as `postgres://postgres@host:port`.
     pub pg_url: String,
+    /// PostgreSQL 15's client tools (psql, pg_recvlogical), which speak to every newer server.
     pub pg_bin: PathBuf,
+    /// The major of the cluster at `pg_url`.
+    pub pg_major: u32,
+    /// Every major the stack runs: its URL and its server binaries (initdb, pg_ctl, postgres).
+    pub pg_majors: Vec<PgMajor>,
     pub kafka_brokers: String,
     /// The classpath of the stack's Apache Kafka, for brokers a test starts itself.
     pub kafka_libs: PathBuf,
@@ -34,6 +41,16 @@ pub struct Stack {
     pub kafka_sasl: KafkaSasl,
     /// The CA that signed the stack's PostgreSQL certificate.
     pub pg_ca: PathBuf,
+}
+
+/// One PostgreSQL major the stack runs.
+#[derive(Debug, Clone)]
+pub struct PgMajor {
+    pub major: u32,
+    /// `postgres://postgres@host:port` (no database).
+    pub url: String,
+    /// The server binaries: initdb, pg_ctl, postgres (the builds for 16+ have no client tools).
+    pub server_bin: PathBuf,
 }
 
 /// The stack's SASL_SSL listener: TLS with a CA of its own, a SCRAM user.
@@ -79,9 +96,51 @@ impl Stack {
                     .unwrap_or_else(|| panic!("{} lacks {k}", file.display()))
                     .to_string()
             };
+            let pg_majors: Vec<PgMajor> = var("WALCAST_PG_MAJORS")
+                .split_whitespace()
+                .map(|m| {
+                    let major: u32 = m.parse().expect("WALCAST_PG_MAJORS lists numbers");
+                    if major == 15 {
+                        PgMajor {
+                            major,
+                            url: var("WALCAST_PG_URL"),
+                            server_bin: PathBuf::from(var("WALCAST_PG_BIN")),
+                        }
+                    } else {
+                        PgMajor {
+                            major,
+                            url: var(&format!("WALCAST_PG{major}_URL")),
+                            server_bin: PathBuf::from(var(&format!(
+                                "WALCAST_PG{major}_SERVER_BIN"
+                            ))),
+                        }
+                    }
+                })
+                .collect();
+            let pg_major: u32 = std::env::var("WALCAST_TEST_PG")
+                .ok()
+                .filter(|m| !m.is_empty())
+                .map_or(15, |m| {
+                    m.parse()
+                        .expect("WALCAST_TEST_PG is a major: 15, 16, 17 or 18")
+                });
+            let pg_url = pg_majors
+                .iter()
+                .find(|m| m.major == pg_major)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "WALCAST_TEST_PG={pg_major}, but the stack runs PostgreSQL {}; \
+                         run `scripts/stack up` (WALCAST_PG_MAJORS picks the majors)",
+                        var("WALCAST_PG_MAJORS")
+                    )
+                })
+                .url
+                .clone();
             let stack = Stack {
-                pg_url: var("WALCAST_PG_URL"),
+                pg_url,
                 pg_bin: PathBuf::from(var("WALCAST_PG_BIN")),
+                pg_major,
+                pg_majors,
                 kafka_brokers: var("WALCAST_KAFKA_BROKERS"),
                 kafka_libs: PathBuf::from(var("WALCAST_KAFKA_LIBS")),
                 mysql_url: var("WALCAST_MYSQL_URL"),
@@ -140,6 +199,21 @@ impl Stack {
                 psql(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"));
             }
         }
+    }
+
+    /// The stack's cluster of `major` (15 to 18), whatever `WALCAST_TEST_PG` says.
+    pub fn pg_of(&self, major: u32) -> &PgMajor {
+        self.pg_majors
+            .iter()
+            .find(|m| m.major == major)
+            .unwrap_or_else(|| {
+                panic!("the stack runs no PostgreSQL {major}; run `scripts/stack up`")
+            })
+    }
+
+    /// The server binaries (initdb, pg_ctl, postgres) of the major at `pg_url`.
+    pub fn pg_server_bin(&self) -> &std::path::Path {
+        &self.pg_of(self.pg_major).server_bin
     }
 
     /// `postgres://user@host:port/db` on the stack's cluster.

@@ -18,16 +18,22 @@ fn run(cmd: &mut Command) {
     );
 }
 
-/// A PostgreSQL 15 cluster of the test's own, run as the postgres user.
+/// A PostgreSQL cluster of the test's own, run as the postgres user: of the major the run
+/// tests (`WALCAST_TEST_PG`, 15 by default), or of the one [`OwnPostgres::start_major`] names.
 pub struct OwnPostgres {
     pub port: u16,
-    data: PathBuf,
-    bin: PathBuf,
+    pub data: PathBuf,
+    pub bin: PathBuf,
 }
 
 impl OwnPostgres {
     pub async fn start(name: &str) -> OwnPostgres {
-        let bin = Stack::get().pg_bin.clone();
+        Self::start_major(name, Stack::get().pg_major).await
+    }
+
+    /// A cluster of PostgreSQL `major` (15 to 18).
+    pub async fn start_major(name: &str, major: u32) -> OwnPostgres {
+        let bin = Stack::get().pg_of(major).server_bin.clone();
         let data = PathBuf::from(format!("/var/tmp/walcast-stack/targets/{name}"));
         let _ = std::fs::remove_dir_all(&data);
         run(Command::new("install")
