@@ -10,7 +10,11 @@ use walcast::lsn::Lsn;
 
 /// Addresses of the stack's servers, from `$WALCAST_STACK_DIR/stack.env`.
 pub struct Stack {
+    /// The cluster the benchmark drains: PostgreSQL 15, or the major `WALCAST_BENCH_PG`
+    /// names (16, 17 or 18), as `postgres://postgres@host:port`.
     pub pg_url: String,
+    /// The major of `pg_url`.
+    pub pg_major: u32,
     pub pg_bin: String,
     pub host: String,
     pub port: String,
@@ -26,11 +30,34 @@ pub fn stack() -> Stack {
     let text =
         std::fs::read_to_string(format!("{dir}/stack.env")).expect("run scripts/stack up first");
     let vars: HashMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
+    let pg_major: u32 = std::env::var("WALCAST_BENCH_PG")
+        .ok()
+        .filter(|m| !m.is_empty())
+        .map_or(15, |m| {
+            m.parse().expect("WALCAST_BENCH_PG is 15, 16, 17 or 18")
+        });
+    let pg_url: String = if pg_major == 15 {
+        vars["WALCAST_PG_URL"].into()
+    } else {
+        vars.get(format!("WALCAST_PG{pg_major}_URL").as_str())
+            .unwrap_or_else(|| {
+                panic!("the stack runs no PostgreSQL {pg_major}; run scripts/stack up")
+            })
+            .to_string()
+    };
+    // pg_recvlogical (PostgreSQL 15's) speaks to every newer server.
+    let (host, port) = pg_url
+        .rsplit_once('@')
+        .and_then(|(_, hp)| hp.split_once(':'))
+        .map(|(h, p)| (h.to_string(), p.to_string()))
+        .expect("the stack's URL is postgres://user@host:port");
+    eprintln!("bench: PostgreSQL {pg_major} at {host}:{port}");
     Stack {
-        pg_url: vars["WALCAST_PG_URL"].into(),
+        pg_url,
+        pg_major,
         pg_bin: vars["WALCAST_PG_BIN"].into(),
-        host: vars["WALCAST_PG_HOST"].into(),
-        port: vars["WALCAST_PG_PORT"].into(),
+        host,
+        port,
         brokers: vars["WALCAST_KAFKA_BROKERS"].into(),
         registry: vars["WALCAST_REGISTRY_URL"].into(),
         mysql_url: vars["WALCAST_MYSQL_URL"].into(),

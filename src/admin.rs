@@ -1,7 +1,7 @@
 //! The admin endpoint on `[admin] listen`: `/healthz`, `/readyz` and `/metrics`.
 //!
 //! - `/healthz` answers 200 while the process serves at all: a liveness probe.
-//! - `/readyz` answers 200 when every part of the daemon ([`crate::daemon::Parts`]: each
+//! - `/readyz` answers 200 when every part of the daemon ([`crate::parts::Parts`]: each
 //!   source, each sink, the embedded registry) is running, 503 otherwise; the JSON body names
 //!   each part, its state and its error, so the answer to "why not ready" is in the probe.
 //! - `/metrics` is the Prometheus (OpenMetrics) text of [`crate::metrics`].
@@ -20,7 +20,7 @@ use hyper::{header, Method, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::daemon::{PartState, Parts};
+use crate::parts::{PartState, Parts};
 
 /// Why the admin endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -104,16 +104,11 @@ fn respond(parts: &Parts, req: &hyper::Request<Incoming>) -> Response<Full<Bytes
 /// `{"ready": bool, "parts": [{"part", "state", "error"}]}`.
 fn readiness(parts: &Parts) -> (bool, serde_json::Value) {
     let parts = parts.snapshot();
-    let ready = parts.iter().all(|(_, state)| *state == PartState::Running);
+    let ready = !parts.is_empty() && parts.iter().all(|(_, state)| *state == PartState::Running);
     let list: Vec<_> = parts
         .iter()
         .map(|(name, state)| {
-            let (state, error) = match state {
-                PartState::Running => ("running", None),
-                PartState::Standby => ("standby", None),
-                PartState::Stopped => ("stopped", None),
-                PartState::Failed(e) => ("failed", Some(e.as_str())),
-            };
+            let (state, error) = state.describe();
             serde_json::json!({ "part": name, "state": state, "error": error })
         })
         .collect();
@@ -137,6 +132,11 @@ fn reply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_part_yet_is_not_ready() {
+        assert!(!readiness(&Parts::default()).0);
+    }
 
     #[test]
     fn ready_only_when_every_part_runs() {

@@ -24,7 +24,7 @@
 //! non-zero and a supervisor restarts or alerts.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -80,62 +80,7 @@ fn failed_parts(failed: &[String]) -> String {
     }
 }
 
-/// What a part is doing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PartState {
-    /// Started, and not failed or stopped since.
-    Running,
-    /// A source waiting while another instance streams from its slot; it takes over when
-    /// the slot is released.
-    Standby,
-    /// Stopped cleanly (on shutdown).
-    Stopped,
-    /// Stopped by a permanent error, or a panic: the message says which.
-    Failed(String),
-}
-
-/// Every part's state, by name (`source users`, `sink orders-cache`, `registry`), in the
-/// order the configuration lists them. Cheap to clone; shared with whoever reports them.
-#[derive(Debug, Clone, Default)]
-pub struct Parts(Arc<Mutex<Vec<(String, PartState)>>>);
-
-impl Parts {
-    /// Every part and its state, in configuration order.
-    pub fn snapshot(&self) -> Vec<(String, PartState)> {
-        self.0.lock().expect("parts lock").clone()
-    }
-
-    pub(crate) fn set(&self, part: &str, state: PartState) {
-        let mut parts = self.0.lock().expect("parts lock");
-        match parts.iter_mut().find(|(name, _)| name == part) {
-            Some((_, s)) => *s = state,
-            None => parts.push((part.to_string(), state)),
-        }
-    }
-
-    /// Whether any part is still running.
-    pub fn any_running(&self) -> bool {
-        self.snapshot()
-            .iter()
-            .any(|(_, state)| *state == PartState::Running)
-    }
-}
-
-/// One part's way to report what it is doing, while it runs.
-#[derive(Debug, Clone, Default)]
-pub struct PartHandle {
-    parts: Parts,
-    name: String,
-}
-
-impl PartHandle {
-    /// Sets this part's state (standby or running; the daemon sets stopped and failed).
-    pub fn set(&self, state: PartState) {
-        if !self.name.is_empty() {
-            self.parts.set(&self.name, state);
-        }
-    }
-}
+pub use crate::parts::{PartHandle, PartState, Parts};
 
 /// Runs every part until `shutdown` completes (then returns `Ok` once they all stopped), or
 /// until no part is left running; see the module docs.
@@ -153,6 +98,17 @@ pub async fn run_with(
     parts: Parts,
 ) -> Result<(), DaemonError> {
     crate::metrics::get().declare(&config);
+    // Every part is known, as starting, before the admin endpoint answers: readiness is never
+    // claimed for parts not yet spawned.
+    if config.registry.embedded {
+        parts.set("registry", PartState::Starting);
+    }
+    for source in &config.sources {
+        parts.set(&format!("source {}", source.name), PartState::Starting);
+    }
+    for sink in &config.sinks {
+        parts.set(&format!("sink {}", sink.name()), PartState::Starting);
+    }
     // The admin endpoint first: an address in use stops the daemon before anything starts.
     let listener = crate::admin::bind(config.admin.listen).await?;
     tracing::info!(address = %listener.local_addr().unwrap_or(config.admin.listen), "admin endpoint: /healthz /readyz /metrics");
@@ -168,7 +124,7 @@ pub async fn run_with(
         |tasks: &mut JoinSet<_>,
          name: String,
          part: std::pin::Pin<Box<dyn Future<Output = Result<(), DaemonError>> + Send>>| {
-            parts.set(&name, PartState::Running);
+            parts.set(&name, PartState::Starting);
             let id = tasks
                 .spawn({
                     let name = name.clone();
@@ -197,7 +153,9 @@ pub async fn run_with(
                 .map_err(DaemonError::from)
             }),
         );
-        if ready.await.is_err() {
+        if ready.await.is_ok() {
+            parts.set("registry", PartState::Running);
+        } else {
             // The registry ended before serving: its error is the answer.
             return match tasks.join_next_with_id().await {
                 Some(Ok((_, (_, Err(e))))) => Err(e),
@@ -213,10 +171,7 @@ pub async fn run_with(
     for (index, source) in config.sources.iter().enumerate() {
         let (cfg, reg, done) = (config.clone(), registry.clone(), signal.clone());
         let name = format!("source {}", source.name);
-        let part = PartHandle {
-            parts: parts.clone(),
-            name: name.clone(),
-        };
+        let part = parts.handle(&name);
         spawn(
             &mut tasks,
             name,
@@ -229,11 +184,13 @@ pub async fn run_with(
     }
     for (index, sink) in config.sinks.iter().enumerate() {
         let (cfg, reg, done) = (config.clone(), registry.clone(), signal.clone());
+        let name = format!("sink {}", sink.name());
+        let part = parts.handle(&name);
         spawn(
             &mut tasks,
-            format!("sink {}", sink.name()),
+            name,
             Box::pin(async move {
-                crate::sink::run(cfg, index, reg, done)
+                crate::sink::run(cfg, index, reg, done, part)
                     .await
                     .map_err(DaemonError::from)
             }),
@@ -276,7 +233,7 @@ pub async fn run_with(
                         failed.push(item);
                     }
                 }
-                if !*stop.borrow() && !parts.any_running() {
+                if !*stop.borrow() && !parts.any_alive() {
                     break;
                 }
             }

@@ -53,6 +53,7 @@ pub mod events;
 pub mod kafka;
 pub mod lsn;
 pub mod metrics;
+pub mod parts;
 pub mod pipeline;
 pub mod redact;
 pub mod registry;

@@ -26,7 +26,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::config::Config;
-use crate::daemon::{PartState, Parts};
+use crate::parts::{PartState, Parts};
 
 /// One label: `(name, value)`.
 type Label = (&'static str, String);

@@ -144,7 +144,7 @@ pub async fn run(
     index: usize,
     registry: Arc<Client>,
     mut shutdown: Shutdown,
-    part: crate::daemon::PartHandle,
+    part: crate::parts::PartHandle,
 ) -> Result<(), PipelineError> {
     let source = &config.sources[index];
     let mut backoff = Backoff::new(
@@ -164,7 +164,7 @@ pub async fn run(
             // takeover after its death takes seconds, not a grown backoff.
             if !standby {
                 tracing::info!(source = %source.name, pid, "standby: another process streams from the slot; this instance takes over when it is released");
-                part.set(crate::daemon::PartState::Standby);
+                part.set(crate::parts::PartState::Standby);
                 standby = true;
             }
             tokio::select! {
@@ -178,6 +178,9 @@ pub async fn run(
         }
         let delay = backoff.next_delay();
         tracing::warn!(source = %source.name, error = %error, "pipeline interrupted; restarting in {delay:?}");
+        part.waiting(format_args!(
+            "pipeline interrupted: {error}; restarting in {delay:?}"
+        ));
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.wait() => return Ok(()),
@@ -199,13 +202,14 @@ async fn run_once(
     source: &SourceConfig,
     registry: &Client,
     mut shutdown: Shutdown,
-    part: &crate::daemon::PartHandle,
+    part: &crate::parts::PartHandle,
 ) -> Result<(), PipelineError> {
     let specs = crate::events::specs(config, source)?;
     // A wrong CA or password stops the source here, before anything is read or published.
     crate::kafka::security::connect_async(&config.kafka, crate::kafka::security::CONNECT_TIMEOUT)
         .await?;
     let mut settings = SourceSettings::from_config(source);
+    settings.part = part.clone();
     // Only mapped columns are ever decoded, so only they need a supported type.
     settings.read_columns = Some(
         specs
@@ -234,7 +238,8 @@ async fn run_once(
             .into());
         }
     }
-    part.set(crate::daemon::PartState::Running);
+    // Out of standby, if it was; running only once the source streams from its slot.
+    part.set(crate::parts::PartState::Starting);
     let ids = crate::events::register(registry, &specs, config.registry.compatibility).await?;
     let started_at = catalog.current_wal_lsn().await?;
     let mut mappings = Mappings::default();

@@ -57,6 +57,7 @@ use std::time::Duration;
 use connectors::{Connector, Sink};
 
 use crate::config::{Config, OnError, SinkConfig, StoreVisitor};
+use crate::parts::PartHandle;
 use crate::registry::client::Client;
 use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
@@ -133,6 +134,7 @@ pub async fn run(
     index: usize,
     registry: Arc<Client>,
     shutdown: Shutdown,
+    part: PartHandle,
 ) -> Result<(), SinkError> {
     let kind = &config.sinks[index].kind;
     kind.visit(RunStore {
@@ -140,6 +142,7 @@ pub async fn run(
         index,
         registry,
         shutdown,
+        part,
     })
     .await
 }
@@ -150,6 +153,7 @@ struct RunStore {
     index: usize,
     registry: Arc<Client>,
     shutdown: Shutdown,
+    part: PartHandle,
 }
 
 impl StoreVisitor for RunStore {
@@ -166,6 +170,7 @@ impl StoreVisitor for RunStore {
                 self.index,
                 self.registry,
                 self.shutdown,
+                self.part,
                 lanes,
                 move || {
                     let (store, url, consumer) = (store.clone(), url.clone(), consumer.clone());
@@ -184,6 +189,7 @@ async fn drive<S, F, Fut>(
     index: usize,
     registry: Arc<Client>,
     mut shutdown: Shutdown,
+    part: PartHandle,
     parallelism: usize,
     connect: F,
 ) -> Result<(), SinkError>
@@ -208,6 +214,9 @@ where
             Err(e) if e.is_transient() => {
                 let delay = backoff.next_delay();
                 tracing::warn!(sink = %name, error = %e, "Kafka unreachable; retrying in {delay:?}");
+                part.waiting(format_args!(
+                    "Kafka unreachable: {e}; retrying in {delay:?}"
+                ));
                 if shutdown.wait_timeout(delay).await {
                     return Ok(());
                 }
@@ -228,6 +237,9 @@ where
             Err(e) if e.is_transient() => {
                 let delay = backoff.next_delay();
                 tracing::warn!(sink = %name, error = %e, "store unreachable; retrying in {delay:?}");
+                part.waiting(format_args!(
+                    "store unreachable: {e}; retrying in {delay:?}"
+                ));
                 if shutdown.wait_timeout(delay).await {
                     return Ok(());
                 }
@@ -260,6 +272,7 @@ where
             max_wait: Duration::from_millis(sink_config.common.batch_max_wait_ms),
             idle_check: IDLE_CHECK,
             backoff: self::backoff,
+            part,
         },
         records: Arc::new(consumer),
         decoder: Decoder::new(registry, runtime.clone()),

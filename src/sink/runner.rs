@@ -41,6 +41,7 @@ use super::dead_letter::Raw;
 use super::decode::DecodeError;
 use super::lanes::apply_over;
 use super::SinkError;
+use crate::parts::PartState;
 use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
 
@@ -221,6 +222,9 @@ pub(super) struct Settings {
     pub(super) idle_check: Duration,
     /// The backoff for store and registry outages.
     pub(super) backoff: fn() -> Backoff,
+    /// Where the runner reports its state: running once it holds its partitions, waiting
+    /// while it rides out an outage.
+    pub(super) part: crate::parts::PartHandle,
 }
 
 /// One sink's runner: see the module docs.
@@ -275,6 +279,13 @@ impl<R: Records, D: Decode, S: Sink> Runner<R, D, S> {
         Ok(())
     }
 
+    /// After an outage: the store answered again, so the part runs again.
+    fn recovered(&self) {
+        if matches!(self.settings.part.state(), PartState::Waiting(_)) {
+            self.settings.part.set(PartState::Running);
+        }
+    }
+
     fn store_error(&self, source: connectors::Error) -> SinkError {
         SinkError::Store {
             sink: self.settings.name.clone(),
@@ -308,6 +319,9 @@ impl<R: Records, D: Decode, S: Sink> Runner<R, D, S> {
                 Err(e) if e.is_transient() => {
                     let delay = backoff.next_delay();
                     tracing::warn!(sink = %self.settings.name, error = %e, "reading the replica's positions failed; retrying in {delay:?}");
+                    self.settings.part.waiting(format_args!(
+                        "reading the replica's positions failed: {e}; retrying in {delay:?}"
+                    ));
                     if !self.stop.pause(delay) {
                         return Ok(false);
                     }
@@ -352,6 +366,7 @@ impl<R: Records, D: Decode, S: Sink> Runner<R, D, S> {
             // Not applied, not committed: whoever owns the partitions now reads it again.
             g = Gathering::default();
             if rebalance == Rebalance::Assigned {
+                self.settings.part.set(PartState::Running);
                 // Start where the replica stands now, not where it stood when last read.
                 if !self.rewind()? {
                     return Ok(None);
@@ -386,6 +401,9 @@ impl<R: Records, D: Decode, S: Sink> Runner<R, D, S> {
                 Err(DecodeError::Unavailable(e)) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(sink = %self.settings.name, error = %e, "schema registry unavailable; retrying in {delay:?}");
+                    self.settings.part.waiting(format_args!(
+                        "schema registry unavailable: {e}; retrying in {delay:?}"
+                    ));
                     if !self.stop.pause(delay) {
                         return Ok(false);
                     }
@@ -490,6 +508,9 @@ impl<R: Records, D: Decode, S: Sink> Runner<R, D, S> {
                     Ok(()) => {}
                     Err(e) if e.is_transient() => {
                         tracing::warn!(sink = %self.settings.name, error = %e, "store unavailable while preparing the replica table; rewinding");
+                        self.settings
+                            .part
+                            .waiting(format_args!("store unavailable: {e}"));
                         // The views are seen again when their records are read again.
                         self.decoder.forget_views();
                         return self.back_off_and_rewind(&mut backoff);
@@ -516,6 +537,7 @@ impl<R: Records, D: Decode, S: Sink> Runner<R, D, S> {
                     if let Some(at) = g.newest_commit {
                         metrics.sink_applied_commit(&self.settings.name, at);
                     }
+                    self.recovered();
                     let mut map = self.positions.lock().expect("positions lock");
                     for p in &g.batch.positions {
                         map.insert((p.topic.clone(), p.partition), p.next_offset);
@@ -524,6 +546,9 @@ impl<R: Records, D: Decode, S: Sink> Runner<R, D, S> {
                 }
                 Err(e) if e.is_transient() => {
                     tracing::warn!(sink = %self.settings.name, error = %e, "store unavailable; rewinding to the replica's positions and retrying");
+                    self.settings
+                        .part
+                        .waiting(format_args!("store unavailable: {e}"));
                     return self.back_off_and_rewind(&mut backoff);
                 }
                 Err(e) if e.is_poison() => {
@@ -615,6 +640,9 @@ impl<R: Records, D: Decode, S: Sink> Runner<R, D, S> {
             }
             Err(e) if e.is_transient() => {
                 tracing::warn!(sink = %self.settings.name, error = %e, "store unavailable; rewinding to the replica's positions");
+                self.settings
+                    .part
+                    .waiting(format_args!("store unavailable: {e}"));
             }
             Err(e) => return Err(self.store_error(e)),
         }

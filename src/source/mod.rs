@@ -91,6 +91,9 @@ pub struct SourceSettings {
     /// The columns anything downstream reads, per table; `None` means all of them. Only
     /// these must have a type walcast decodes: an unmapped column is never decoded.
     pub read_columns: Option<std::collections::HashMap<TableName, Vec<String>>>,
+    /// Where the source reports its state: running once it streams from its slot, waiting
+    /// while it reconnects.
+    pub part: crate::parts::PartHandle,
 }
 
 impl SourceSettings {
@@ -126,6 +129,7 @@ impl SourceSettings {
                 ca_file: c.tls_ca_file.clone(),
             },
             read_columns: None,
+            part: crate::parts::PartHandle::default(),
         }
     }
 }
@@ -201,6 +205,9 @@ pub async fn run(
                 }
                 let delay = backoff.next_delay();
                 tracing::warn!(source = %settings.name, error = %e, "replication interrupted; reconnecting in {delay:?}");
+                settings.part.waiting(format_args!(
+                    "replication interrupted: {e}; reconnecting in {delay:?}"
+                ));
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = &mut shutdown => return Ok(()),
@@ -279,6 +286,8 @@ impl<'a> Session<'a> {
         )
         .await?;
         tracing::info!(source = %s.name, slot = %s.slot, "streaming");
+        // Running means capturing: only now is every later write certain to reach the stream.
+        s.part.set(crate::parts::PartState::Running);
 
         let mut decoder = pgoutput::Decoder::new();
         let mut assembler = Assembler::new(s.spill_threshold_bytes, s.spill_dir.clone());

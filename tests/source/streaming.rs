@@ -93,10 +93,14 @@ async fn streamed_transactions_emit_on_commit_and_aborts_emit_nothing() {
     assert_eq!(txns[1].changes.iter().map(id).collect::<Vec<_>>(), [9999]);
     assert!(txns[0].commit_lsn < txns[1].commit_lsn);
 
+    // PostgreSQL 18 no longer streams a transaction it already knows aborted, so there only
+    // the committed one is streamed.
     let streamed = crate::support::streamed_transactions(&pg, &name).await;
+    let large = if stack.pg_major >= 18 { 1 } else { 2 };
     assert!(
-        streamed >= 2,
-        "the server streamed the large transactions ({streamed})"
+        streamed >= large,
+        "the server streamed the large transactions ({streamed}, expected {large} or more on PostgreSQL {})",
+        stack.pg_major
     );
     source.stop().await.unwrap();
 }

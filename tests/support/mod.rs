@@ -8,6 +8,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod daemon;
+pub mod proxy;
 pub mod registry;
 pub mod targets;
 
@@ -483,6 +484,7 @@ pub fn source_settings(
         heartbeat_table: None,
         tls: Default::default(),
         read_columns: None,
+        part: Default::default(),
     }
 }
 

@@ -84,6 +84,7 @@ impl Setup {
                 max_wait: self.max_wait,
                 idle_check: self.idle_check,
                 backoff: self.backoff,
+                part: Default::default(),
             },
             records: log.clone(),
             decoder: Plain,
