@@ -73,6 +73,10 @@ fn catalog_error(e: tokio_postgres::Error) -> SourceError {
             code: Some(db.code().code().to_string()),
             message: format!("{} (SQLSTATE {})", db.message(), db.code().code()),
         },
+        // A connection cut mid-handshake is the network's: retried, as any lost connection.
+        None if e.to_string().contains("TLS") && super::tls::network_cause(&e).is_some() => {
+            SourceError::catalog(walcast_text::describe(&e))
+        }
         None if e.to_string().contains("TLS") => SourceError::setup(
             walcast_text::describe(&e),
             "check tls_ca_file and that the server certificate names this host, or use tls_mode = \"require\" to skip verification",

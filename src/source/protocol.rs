@@ -610,6 +610,13 @@ async fn negotiate_tls(
                 .connect(host, buffered)
                 .await
                 .map_err(|e| {
+                    // A connection cut mid-handshake is the network's, retried like any other.
+                    if let Some(source) = super::tls::network_cause(&e) {
+                        return SourceError::Io {
+                            target: target.to_string(),
+                            source,
+                        };
+                    }
                     SourceError::setup(
                         format!("TLS handshake with {target} failed: {e}"),
                         "check tls_ca_file and that the server certificate names this host, or use tls_mode = \"require\" to skip verification",

@@ -79,3 +79,53 @@ impl TlsSettings {
         matches!(self.mode, TlsMode::Require | TlsMode::VerifyFull)
     }
 }
+
+/// The network failure under a failed TLS handshake, if that is what it was: the peer reset
+/// or closed the connection, or it timed out. Such a handshake is worth retrying (a
+/// flapping path, a server restarting); any other failure (an untrusted certificate, a name
+/// that does not match, a refused protocol) stays until the configuration changes.
+pub(crate) fn network_cause(error: &(dyn std::error::Error + 'static)) -> Option<std::io::Error> {
+    use std::io::ErrorKind::*;
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof | TimedOut
+            ) {
+                return Some(std::io::Error::new(io.kind(), error.to_string()));
+            }
+        }
+        cause = e.source();
+    }
+    // OpenSSL reports a peer that hung up mid-handshake as an EOF without an io::Error.
+    let text = error.to_string();
+    [
+        "Broken pipe",
+        "Connection reset",
+        "unexpected EOF",
+        "unexpected eof",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+    .then(|| std::io::Error::new(UnexpectedEof, text))
+}
+
+#[cfg(test)]
+mod network_cause_tests {
+    use super::network_cause;
+
+    #[test]
+    fn a_reset_during_the_handshake_is_a_network_failure_and_a_bad_certificate_is_not() {
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        assert!(network_cause(&reset).is_some());
+        let pipe = std::io::Error::other(
+            "error performing TLS handshake: Broken pipe (os error 32) (unable to get local issuer certificate)",
+        );
+        assert!(network_cause(&pipe).is_some());
+        let untrusted = std::io::Error::other(
+            "error performing TLS handshake: certificate verify failed (unable to get local issuer certificate)",
+        );
+        assert!(network_cause(&untrusted).is_none());
+    }
+}

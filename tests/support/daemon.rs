@@ -63,6 +63,11 @@ pub struct Setup {
     pub admin: bool,
     /// Extra `[admin]` keys, e.g. `log_format = "json"`.
     pub admin_keys: String,
+    /// The source reaches PostgreSQL at this `host:port` (a fault proxy) instead of the
+    /// stack's address.
+    pub pg_addr: Option<String>,
+    /// Another registry URL than the stack's (a fault proxy in front of it).
+    pub registry_url: Option<String>,
 }
 
 impl Daemon {
@@ -110,10 +115,11 @@ impl Daemon {
                 format!("url = \"{url}\"\nembedded = true\ntopic = \"_schemas_{name}\"\n"),
             )
         } else {
-            (
-                stack.registry_url.clone(),
-                format!("url = \"{}\"\n", stack.registry_url),
-            )
+            let url = setup
+                .registry_url
+                .clone()
+                .unwrap_or_else(|| stack.registry_url.clone());
+            (url.clone(), format!("url = \"{url}\"\n"))
         };
         let brokers = setup
             .brokers
@@ -157,7 +163,10 @@ update = "UserUpdated.avsc"
 delete = "UserDeleted.avsc"
 {table_keys}
 "#,
-                url = stack.pg_url_for("walcast", &db),
+                url = match &setup.pg_addr {
+                    Some(addr) => format!("postgres://walcast@{addr}/{db}"),
+                    None => stack.pg_url_for("walcast", &db),
+                },
             ),
         )
         .unwrap();

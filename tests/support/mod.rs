@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod proxy;
 pub mod registry;
 pub mod targets;
+pub mod workload;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

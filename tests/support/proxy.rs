@@ -1,7 +1,8 @@
 //! A TCP proxy that a spec puts between walcast and one server, to bring the faults that
 //! production networks bring: latency, a stall (the connection stays open and nothing
 //! moves), a reset of every connection, one direction cut while the other flows; and then a
-//! heal. Bytes are never reordered or altered: a fault only delays, holds, drops or closes.
+//! heal. Bytes are never reordered, altered or dropped: a fault only delays, holds or closes,
+//! as TCP over a real network does.
 //!
 //! ```ignore
 //! let proxy = FaultProxy::start("127.0.0.1:54329").await;
@@ -30,9 +31,11 @@ pub enum Fault {
     /// Connections stay open, and nothing is forwarded either way; new connections are
     /// accepted and never answered. What arrives meanwhile is held and forwarded on heal.
     Stall,
-    /// Bytes from the client to the server are dropped; the other way flows.
+    /// Nothing reaches the server; the other way flows. As on a real path that loses every
+    /// packet one way, TCP delivers what was sent once the path heals: bytes are held, never
+    /// dropped (a gap in a stream is no fault a network can bring).
     CutToServer,
-    /// Bytes from the server to the client are dropped; the other way flows.
+    /// Nothing reaches the client; the other way flows (held as for [`Fault::CutToServer`]).
     CutToClient,
 }
 
@@ -169,6 +172,16 @@ enum Direction {
     ToClient,
 }
 
+/// Whether `fault` holds the bytes going `direction`.
+fn blocks(fault: Fault, direction: Direction) -> bool {
+    match fault {
+        Fault::Stall => true,
+        Fault::CutToServer => direction == Direction::ToServer,
+        Fault::CutToClient => direction == Direction::ToClient,
+        Fault::None | Fault::Latency(_) => false,
+    }
+}
+
 /// Forwards `from` to `to` under the proxy's current fault, until either side closes.
 /// On a reset the caller drops this future: the sockets close, with RST (linger 0).
 async fn pump(
@@ -181,7 +194,7 @@ async fn pump(
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // A stall stops reading too, so the sender's window fills as on a real stalled path.
-        if fault.wait_for(|f| *f != Fault::Stall).await.is_err() {
+        if fault.wait_for(|f| !blocks(*f, direction)).await.is_err() {
             return;
         }
         let n = match from.read(&mut buf).await {
@@ -192,17 +205,12 @@ async fn pump(
             Ok(n) => n,
         };
         let now = *fault.borrow();
-        match now {
-            Fault::Latency(d) => tokio::time::sleep(d).await,
-            Fault::CutToServer if direction == Direction::ToServer => continue,
-            Fault::CutToClient if direction == Direction::ToClient => continue,
-            // Read just before the stall began: hold it until heal.
-            Fault::Stall => {
-                if fault.wait_for(|f| *f != Fault::Stall).await.is_err() {
-                    return;
-                }
-            }
-            _ => {}
+        if let Fault::Latency(d) = now {
+            tokio::time::sleep(d).await;
+        }
+        // Read just before the fault began: hold it until heal.
+        if fault.wait_for(|f| !blocks(*f, direction)).await.is_err() {
+            return;
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;

@@ -195,19 +195,53 @@ impl OwnKafka {
     /// With `auto_create`, the broker creates a topic the first time a client names it (with
     /// one partition), as Kafka does by default.
     pub async fn start_with(auto_create: bool) -> OwnKafka {
+        Self::start_configured(auto_create, None).await
+    }
+
+    /// A broker whose clients reach it through `proxy` (a [`super::proxy::FaultProxy`] to
+    /// [`OwnKafka::client_port`]): its metadata sends them back to the proxy, while the
+    /// broker's own traffic takes a listener of its own, so a fault cuts the clients only.
+    pub async fn start_behind(client_port: u16, proxy_port: u16) -> OwnKafka {
+        Self::start_configured(false, Some((client_port, proxy_port))).await
+    }
+
+    async fn start_configured(auto_create: bool, proxied: Option<(u16, u16)>) -> OwnKafka {
         let stack = Stack::get();
         let dir = tempfile::tempdir().unwrap();
-        let (port, controller) = (free_port(), free_port());
+        let controller = free_port();
         let data = dir.path().join("data");
+        let (port, listeners) = match proxied {
+            None => {
+                let port = free_port();
+                (
+                    port,
+                    format!(
+                        "listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n\
+                         advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+                         inter.broker.listener.name=PLAINTEXT\n\
+                         listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n"
+                    ),
+                )
+            }
+            Some((client, proxy)) => {
+                let internal = free_port();
+                (
+                    proxy,
+                    format!(
+                        "listeners=INTERNAL://127.0.0.1:{internal},EXTERNAL://127.0.0.1:{client},CONTROLLER://127.0.0.1:{controller}\n\
+                         advertised.listeners=INTERNAL://127.0.0.1:{internal},EXTERNAL://127.0.0.1:{proxy}\n\
+                         inter.broker.listener.name=INTERNAL\n\
+                         listener.security.protocol.map=INTERNAL:PLAINTEXT,EXTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT\n"
+                    ),
+                )
+            }
+        };
         std::fs::write(
             dir.path().join("server.properties"),
             format!(
                 "process.roles=broker,controller\nnode.id=1\n\
                  controller.quorum.voters=1@127.0.0.1:{controller}\n\
-                 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n\
-                 advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
-                 controller.listener.names=CONTROLLER\ninter.broker.listener.name=PLAINTEXT\n\
-                 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+                 {listeners}controller.listener.names=CONTROLLER\n\
                  log.dirs={}\noffsets.topic.replication.factor=1\n\
                  transaction.state.log.replication.factor=1\ntransaction.state.log.min.isr=1\n\
                  share.coordinator.state.topic.replication.factor=1\n\
