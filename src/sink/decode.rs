@@ -96,8 +96,10 @@ impl Decoder {
     /// delete`, `lsn`, `seq`) is the delete it follows, at the same version: compaction
     /// keeps the tombstone and removes the delete event, so a replica reading the topic
     /// later, or a table without a delete contract, has only the tombstone to go by.
-    /// `None` for a null record without walcast's headers.
-    pub(super) fn change<M: Message>(&mut self, m: &M) -> Result<Option<Change>, DecodeError> {
+    /// Anything else walcast did not write is poison, a null record without walcast's
+    /// headers included: only a record whose schemas are registered versions of the
+    /// topic's subjects is applied ([`Decoder::resolve`]).
+    pub(super) fn change<M: Message>(&mut self, m: &M) -> Result<Change, DecodeError> {
         let poison = |reason: String| DecodeError::Poison(reason);
         let header = |name: &str| -> Option<String> {
             m.headers()?
@@ -108,7 +110,9 @@ impl Decoder {
         };
         let payload = m.payload();
         if payload.is_none() && header("op").as_deref() != Some("delete") {
-            return Ok(None);
+            return Err(poison(
+                "a tombstone (null value) without walcast's op = delete header: walcast did not write it, so it is not applied".into(),
+            ));
         }
         let lsn: Lsn = header("lsn")
             .ok_or_else(|| poison("no lsn header; only walcast's events can be applied".into()))?
@@ -124,11 +128,11 @@ impl Decoder {
             // Keyed by the built-in truncate key, not the topic's: only the value, the
             // table's truncate contract, is read (and must be readable).
             self.record(payload.unwrap_or_default(), topic, false)?;
-            return Ok(Some(Change {
+            return Ok(Change {
                 key: Vec::new(),
                 op: Op::Truncate,
                 version,
-            }));
+            });
         }
         let key = self.record(key_bytes, topic, true)?;
         let op = match header("op").as_deref() {
@@ -145,7 +149,7 @@ impl Decoder {
                 )))
             }
         };
-        Ok(Some(Change { key, op, version }))
+        Ok(Change { key, op, version })
     }
 
     /// For each view (key and value contract versions) that appeared since the last call,
@@ -277,6 +281,24 @@ impl Decoder {
             Schema::Record(r) => format!("{topic}-{}", r.name.fullname(None)),
             _ => format!("{topic}-value"),
         };
+        // Only a registered version of one of the topic's subjects is walcast's: a schema
+        // of another subject (another topic's, anyone's) would be read into the replica as
+        // NULLs for every field it lacks.
+        let foreign = |why: &str| {
+            DecodeError::Poison(format!(
+                "the record's {} schema (id {id}) {why}, so it is none of topic {topic}'s contracts and walcast did not write it; it is not applied",
+                if key { "key" } else { "value" }
+            ))
+        };
+        if !key && !matches!(writer, Schema::Record(_)) {
+            return Err(foreign("is not a record"));
+        }
+        let registered = self.registry.is_version_of(&subject, &text);
+        if !fetch(id, self.runtime.block_on(registered))? {
+            return Err(foreign(&format!(
+                "is not a registered version of subject {subject}"
+            )));
+        }
         let latest = fetch(id, self.runtime.block_on(self.registry.latest(&subject)))?;
         let reader = match latest {
             Some(latest) if latest != text => Some(Schema::parse_str(&latest).map_err(|e| {
@@ -297,7 +319,7 @@ impl Decoder {
 }
 
 impl super::runner::Decode for Decoder {
-    fn change<M: Message>(&mut self, record: &M) -> Result<Option<Change>, DecodeError> {
+    fn change<M: Message>(&mut self, record: &M) -> Result<Change, DecodeError> {
         Decoder::change(self, record)
     }
 

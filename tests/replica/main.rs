@@ -6,6 +6,7 @@
 mod support;
 
 mod convergence;
+mod foreign;
 mod retention;
 mod strict;
 mod tombstones;
