@@ -1,5 +1,5 @@
-//! Records → changes: Confluent framing, Avro resolved from the writer's schema to the
-//! subject's latest, and walcast's headers (`op`, `lsn`, `seq`).
+//! Records → changes: Confluent framing, Avro read in the writer's schema and projected
+//! onto the subject's latest ([`project`]), and walcast's headers (`op`, `lsn`, `seq`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use rdkafka::message::{Headers, Message};
 
 use crate::lsn::Lsn;
 use crate::registry::client::{Client, ClientError};
+use project::Projection;
 
 /// The full name of the built-in key of truncate events, which is no replica column.
 const TRUNCATE_KEY: &str = "walcast.TruncateKey";
@@ -42,12 +43,16 @@ fn registry_error(e: ClientError, what: impl FnOnce() -> String) -> DecodeError 
     }
 }
 
-/// A writer's schema and the view its records are read in.
+/// A writer's schema and the view its records are projected onto ([`project`]).
 struct Resolution {
     writer: Schema,
-    reader: Option<Schema>,
-    /// Each field's schema in the view, and the view's named types: what values convert by
-    /// (a decimal's scale, a map's or record's layout).
+    /// How the writer's fields are projected onto the view, when the view is not the
+    /// writer's schema itself.
+    projection: Option<Projection>,
+    /// Each field's schema in the writer's schema, and its named types: what the values as
+    /// written convert by (a decimal's scale, a map's or record's layout).
+    written: View,
+    /// The same of the view: what defaults convert by.
     view: View,
     /// The view's fields, for replicas that create or extend their tables.
     fields: Vec<Field>,
@@ -55,10 +60,11 @@ struct Resolution {
 
 /// Decodes records, caching schemas by (id, topic, role).
 ///
-/// Ids are global: one schema text has one id in every subject that registered it. The
-/// view a record is read in is the latest version of the subject its producer registered
-/// it under, which walcast's events name by TopicRecordNameStrategy: `<topic>-key` for
-/// keys, `<topic>-<record full name>` for values.
+/// Ids are global: one schema text has one id in every subject that registered it. A
+/// record is decoded in its writer's schema, which must be a registered version of the
+/// subject walcast's events name by TopicRecordNameStrategy (`<topic>-key` for keys,
+/// `<topic>-<record full name>` for values), and projected onto the view, that subject's
+/// latest version ([`project`]).
 pub(super) struct Decoder {
     registry: Arc<Client>,
     schemas: HashMap<(u32, String), Resolution>,
@@ -246,27 +252,9 @@ impl Decoder {
             let resolution = self.resolve(id, topic, key)?;
             self.schemas.insert(cache_key.clone(), resolution);
         }
-        let Resolution {
-            writer,
-            reader,
-            view,
-            ..
-        } = &self.schemas[&cache_key];
-        let value = apache_avro::from_avro_datum(writer, &mut &bytes[5..], reader.as_ref())
-            .map_err(|e| DecodeError::Poison(format!("undecodable with schema id {id}: {e}")))?;
-        let Avro::Record(fields) = value else {
-            return Err(DecodeError::Poison(format!(
-                "schema id {id} is not a record"
-            )));
-        };
-        fields
-            .into_iter()
-            .map(|(name, v)| {
-                view.convert(&name, v)
-                    .map(|v| (name.clone(), v))
-                    .map_err(|e| DecodeError::Poison(format!("field {name}: {e}")))
-            })
-            .collect()
+        self.schemas[&cache_key]
+            .read(id, &bytes[5..])
+            .map_err(DecodeError::Poison)
     }
 
     fn resolve(&self, id: u32, topic: &str, key: bool) -> Result<Resolution, DecodeError> {
@@ -300,21 +288,67 @@ impl Decoder {
             )));
         }
         let latest = fetch(id, self.runtime.block_on(self.registry.latest(&subject)))?;
-        let reader = match latest {
-            Some(latest) if latest != text => Some(Schema::parse_str(&latest).map_err(|e| {
-                DecodeError::Poison(format!("latest schema of id {id}'s subject: {e}"))
-            })?),
-            _ => None,
-        };
+        Resolution::new(writer, &text, latest.as_deref()).map_err(|why| foreign(&why))
+    }
+}
+
+impl Resolution {
+    /// How records of `writer` (whose text is `text`) are read, given the latest version
+    /// of their subject (`None`: the subject has none). `Err` says why the latest version
+    /// cannot read them, as the compatibility check finds.
+    fn new(writer: Schema, text: &str, latest: Option<&str>) -> Result<Resolution, String> {
+        let reader =
+            match latest {
+                Some(latest) if latest != text => Some(Schema::parse_str(latest).map_err(|e| {
+                    format!("has a subject whose latest version does not parse ({e})")
+                })?),
+                _ => None,
+            };
+        if let Some(reader) = &reader {
+            // The registry's own rules decide what the view can read.
+            let problems = crate::registry::compat::check(reader, &writer);
+            if !problems.is_empty() {
+                let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                return Err(format!(
+                    "cannot be read in the latest version of its subject ({}); register the contracts compatibly",
+                    problems.join("; ")
+                ));
+            }
+        }
         let view = reader.as_ref().unwrap_or(&writer);
         let fields = view_fields(view);
-        let view = View::of(view);
+        let view_schema = View::of(view);
+        let written = View::of(&writer);
+        let projection = reader.map(|r| Projection::new(&writer, &r));
         Ok(Resolution {
             writer,
-            reader,
-            view,
+            projection,
+            written,
+            view: view_schema,
             fields,
         })
+    }
+
+    /// A record's Avro body (after the framing): decoded in the writer's schema, the values
+    /// exactly as written, then projected onto the view. `id` is the schema's, for errors.
+    fn read(&self, id: u32, mut body: &[u8]) -> Result<Vec<(String, Value)>, String> {
+        let value = apache_avro::from_avro_datum(&self.writer, &mut body, None)
+            .map_err(|e| format!("undecodable with schema id {id}: {e}"))?;
+        let Avro::Record(fields) = value else {
+            return Err(format!("schema id {id} is not a record"));
+        };
+        match &self.projection {
+            None => fields
+                .into_iter()
+                .map(|(name, v)| {
+                    self.written
+                        .convert(&name, v)
+                        .map(|v| (name.clone(), v))
+                        .map_err(|e| format!("field {name}: {e}"))
+                })
+                .collect(),
+            Some(projection) => projection.apply(fields, &self.written, &self.view),
+        }
     }
 }
 
@@ -640,12 +674,14 @@ fn convert(v: Avro, schema: &Schema, names: &Names) -> Result<Value, String> {
     })
 }
 
+mod project;
+
 #[cfg(test)]
 mod roundtrip;
 
 #[cfg(test)]
 mod tests {
-    use super::{decimal_text, merge, view_fields, View};
+    use super::{decimal_text, merge, view_fields, Resolution, View};
     use apache_avro::types::Value as Avro;
     use apache_avro::Schema;
     use connectors::{Field, FieldType, Value};
@@ -662,6 +698,88 @@ mod tests {
         {"name": "homes", "type": {"type": "array", "items": "Address"}},
         {"name": "state", "type": {"type": "enum", "name": "State", "symbols": ["ON", "OFF"]}}
     ]}"#;
+
+    /// Version 1 of a contract, and version 2, its subject's latest: an enum that swapped a
+    /// symbol for a default one, a `long` widened to `double`, a field added with a default.
+    const V1: &str = r#"{"type": "record", "name": "E", "namespace": "shop", "fields": [
+        {"name": "id", "type": "long"},
+        {"name": "state", "type": {"type": "enum", "name": "State", "symbols": ["ON", "OFF", "PAUSED"]}},
+        {"name": "amount", "type": "long"}
+    ]}"#;
+    const V2: &str = r#"{"type": "record", "name": "E", "namespace": "shop", "fields": [
+        {"name": "id", "type": "long"},
+        {"name": "state", "type": {"type": "enum", "name": "State", "symbols": ["ON", "OFF", "UNKNOWN"], "default": "UNKNOWN"}},
+        {"name": "amount", "type": "double"},
+        {"name": "tier", "type": "string", "default": "standard"}
+    ]}"#;
+
+    fn v1_record() -> Vec<u8> {
+        let writer = Schema::parse_str(V1).unwrap();
+        apache_avro::to_avro_datum(
+            &writer,
+            Avro::Record(vec![
+                ("id".into(), Avro::Long(7)),
+                ("state".into(), Avro::Enum(2, "PAUSED".into())),
+                ("amount".into(), Avro::Long(9_007_199_254_740_993)),
+            ]),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_record_is_read_in_its_writers_schema_with_its_values_as_written() {
+        let body = v1_record();
+        // What Avro's resolution into the latest version reads: other values.
+        let resolved = apache_avro::from_avro_datum(
+            &Schema::parse_str(V1).unwrap(),
+            &mut &body[..],
+            Some(&Schema::parse_str(V2).unwrap()),
+        )
+        .unwrap();
+        let Avro::Record(resolved) = resolved else {
+            panic!("{resolved:?}")
+        };
+        assert_eq!(resolved[1].1, Avro::Enum(2, "UNKNOWN".into()));
+        assert_eq!(resolved[2].1, Avro::Double(9_007_199_254_740_992.0));
+
+        let resolution = Resolution::new(Schema::parse_str(V1).unwrap(), V1, Some(V2)).unwrap();
+        assert_eq!(
+            resolution.read(3, &body).unwrap(),
+            [
+                ("id".to_string(), Value::Long(7)),
+                ("state".to_string(), Value::Text("PAUSED".into())),
+                ("amount".to_string(), Value::Long(9_007_199_254_740_993)),
+                ("tier".to_string(), Value::Text("standard".into())),
+            ]
+        );
+        // The replica prepares for the latest version's fields.
+        assert_eq!(
+            resolution.fields,
+            view_fields(&Schema::parse_str(V2).unwrap())
+        );
+        // The latest version itself: read as it is.
+        let latest = Resolution::new(Schema::parse_str(V1).unwrap(), V1, Some(V1)).unwrap();
+        assert_eq!(
+            latest.read(3, &body).unwrap()[1].1,
+            Value::Text("PAUSED".into())
+        );
+    }
+
+    #[test]
+    fn a_writer_the_compatibility_check_refuses_is_not_read() {
+        let v2_without_default = V2.replace(r#", "default": "standard""#, "");
+        let e = Resolution::new(
+            Schema::parse_str(V1).unwrap(),
+            V1,
+            Some(&v2_without_default),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            e,
+            "cannot be read in the latest version of its subject (READER_FIELD_MISSING_DEFAULT_VALUE at /fields/3: field tier of record shop.E has no default value and is missing from the writer's schema); register the contracts compatibly"
+        );
+    }
 
     #[test]
     fn a_millisecond_timestamp_beyond_microseconds_is_refused_not_wrapped() {
