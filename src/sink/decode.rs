@@ -13,9 +13,6 @@ use crate::lsn::Lsn;
 use crate::registry::client::{Client, ClientError};
 use project::Projection;
 
-/// The full name of the built-in key of truncate events, which is no replica column.
-const TRUNCATE_KEY: &str = "walcast.TruncateKey";
-
 /// Why a record did not decode.
 #[derive(Debug)]
 pub(super) enum DecodeError {
@@ -26,6 +23,9 @@ pub(super) enum DecodeError {
     /// The registry refused the sink (credentials, TLS, an answer that is no registry's):
     /// no record is to blame, so none is rejected; the sink stops naming the fix.
     Refused(ClientError),
+    /// The sink's settings do not fit the topic's contracts (a field it names is in none):
+    /// no record is to blame; the sink stops naming the fix.
+    Setup(String),
 }
 
 /// A registry error met while reading a record's schema (`what`): only a schema or subject
@@ -74,6 +74,16 @@ pub(super) struct Decoder {
     /// For each view first seen since the last `take_new_views`: the union of its fields
     /// and those of every contract on its topic.
     new_views: Vec<Vec<Field>>,
+    /// Topics whose contracts were not registered when the sink started: the sink's
+    /// `fields` and `columns` are checked against them at their first record.
+    unchecked: Option<Unchecked>,
+}
+
+/// The sink, and its topics not checked yet ([`super::fields`]).
+pub(super) struct Unchecked {
+    pub(super) config: Arc<crate::config::Config>,
+    pub(super) index: usize,
+    pub(super) topics: Vec<String>,
 }
 
 /// Adds to `union` the fields of `fields` it lacks, by (name, type): a field with two types
@@ -95,6 +105,38 @@ impl Decoder {
             runtime,
             views: HashSet::new(),
             new_views: Vec::new(),
+            unchecked: None,
+        }
+    }
+
+    /// Checks the sink's `fields` and `columns` against these topics' contracts at their
+    /// first record (they had none registered when the sink started).
+    pub(super) fn check_later(&mut self, unchecked: Unchecked) {
+        self.unchecked = (!unchecked.topics.is_empty()).then_some(unchecked);
+    }
+
+    /// The check of [`Decoder::check_later`], for `topic`, if still due.
+    fn check_fields(&mut self, topic: &str) -> Result<(), DecodeError> {
+        let Some(u) = &mut self.unchecked else {
+            return Ok(());
+        };
+        if !u.topics.iter().any(|t| t == topic) {
+            return Ok(());
+        }
+        let sink = &u.config.sinks[u.index];
+        match self
+            .runtime
+            .block_on(super::fields::check(&self.registry, sink, topic))
+        {
+            Ok(true) => {
+                u.topics.retain(|t| t != topic);
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(super::fields::CheckError::Unknown(message)) => Err(DecodeError::Setup(message)),
+            Err(super::fields::CheckError::Registry(e)) => Err(registry_error(e, || {
+                format!("listing the subjects of topic {topic}")
+            })),
         }
     }
 
@@ -114,6 +156,7 @@ impl Decoder {
                 .and_then(|h| h.value)
                 .map(|v| String::from_utf8_lossy(v).into_owned())
         };
+        self.check_fields(m.topic())?;
         let payload = m.payload();
         if payload.is_none() && header("op").as_deref() != Some("delete") {
             return Err(poison(
@@ -198,40 +241,11 @@ impl Decoder {
     /// The fields of the latest version of each subject of `topic` (`<topic>-key` and
     /// `<topic>-<record full name>`).
     fn topic_fields(&self, topic: &str) -> Result<Vec<Vec<Field>>, DecodeError> {
-        let unavailable =
-            |e: ClientError| registry_error(e, || format!("listing the subjects of topic {topic}"));
-        let prefix = format!("{topic}-");
-        let subjects = self
+        let contracts = self
             .runtime
-            .block_on(self.registry.subjects())
-            .map_err(unavailable)?;
-        let mut out = Vec::new();
-        for subject in subjects.iter().filter(|s| s.starts_with(&prefix)) {
-            let latest = self
-                .runtime
-                .block_on(self.registry.latest(subject))
-                .map_err(unavailable)?;
-            // A subject of another topic whose name starts with this one's (`users-eu`) has
-            // records of another name; its schema is read all the same, but only a record
-            // whose subject is exactly `<topic>-<full name>` counts.
-            let Some(text) = latest else { continue };
-            let Ok(schema) = Schema::parse_str(&text) else {
-                continue;
-            };
-            // The truncate key is walcast's, not a contract of the table's rows.
-            let own = match &schema {
-                Schema::Record(r) => {
-                    let name = r.name.fullname(None);
-                    subject == &format!("{topic}-key")
-                        || (subject == &format!("{topic}-{name}") && name != TRUNCATE_KEY)
-                }
-                _ => false,
-            };
-            if own {
-                out.push(view_fields(&schema));
-            }
-        }
-        Ok(out)
+            .block_on(super::fields::contracts(&self.registry, topic))
+            .map_err(|e| registry_error(e, || format!("listing the subjects of topic {topic}")))?;
+        Ok(contracts.iter().map(|(_, s)| view_fields(s)).collect())
     }
 
     /// A Confluent-framed Avro record, read in its subject's latest view.

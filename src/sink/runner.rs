@@ -434,6 +434,12 @@ impl<R: Records, D: Decode, S: Sink> Runner<R, D, S> {
                     ),
                 });
             }
+            Err(DecodeError::Setup(message)) => {
+                return Err(SinkError::Setup {
+                    sink: self.settings.name.clone(),
+                    message,
+                });
+            }
             Err(DecodeError::Unavailable(_)) => unreachable!("retried above"),
         }
         Ok(true)

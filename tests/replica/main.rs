@@ -7,6 +7,7 @@ mod support;
 
 mod convergence;
 mod foreign;
+mod named;
 mod retention;
 mod strict;
 mod tombstones;
