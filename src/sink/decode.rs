@@ -346,6 +346,8 @@ impl Resolution {
     /// A record's Avro body (after the framing): decoded in the writer's schema, the values
     /// exactly as written, then projected onto the view. `id` is the schema's, for errors.
     fn read(&self, id: u32, mut body: &[u8]) -> Result<Vec<(String, Value)>, String> {
+        bounds::check(&self.writer, &self.written.names, body)
+            .map_err(|e| format!("undecodable with schema id {id}: {e}"))?;
         let value = apache_avro::from_avro_datum(&self.writer, &mut body, None)
             .map_err(|e| format!("undecodable with schema id {id}: {e}"))?;
         let Avro::Record(fields) = value else {
@@ -688,6 +690,7 @@ fn convert(v: Avro, schema: &Schema, names: &Names) -> Result<Value, String> {
     })
 }
 
+mod bounds;
 mod project;
 
 #[cfg(test)]
