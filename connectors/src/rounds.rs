@@ -294,6 +294,118 @@ mod tests {
         );
     }
 
+    /// A key's replica state in a model of the table stores: the row's version and
+    /// fields, and the tombstone's version.
+    #[derive(Debug, Clone, Default, PartialEq)]
+    struct Model {
+        row: Option<(Version, std::collections::BTreeMap<String, String>)>,
+        tomb: Option<Version>,
+    }
+
+    impl Model {
+        /// One change, under the stale guard: an upsert writes the kept fields it carries.
+        fn apply(&mut self, c: &Change, kept: &impl Fn(&str) -> bool) {
+            let newer = |v: Option<Version>| v.is_none_or(|v| v < c.version);
+            match &c.op {
+                Op::Upsert(fields) => {
+                    if !newer(self.row.as_ref().map(|r| r.0)) || !newer(self.tomb) {
+                        return;
+                    }
+                    let mut row = self.row.take().map(|r| r.1).unwrap_or_default();
+                    for (f, v) in fields.iter().filter(|(f, _)| kept(f)) {
+                        row.insert(f.clone(), format!("{v:?}"));
+                    }
+                    self.row = Some((c.version, row));
+                }
+                Op::Delete => {
+                    if self.row.as_ref().is_some_and(|r| r.0 < c.version) {
+                        self.row = None;
+                    }
+                    self.tomb = self.tomb.max(Some(c.version));
+                }
+                Op::Truncate => {}
+            }
+        }
+    }
+
+    /// Property: writing a batch in rounds leaves every key as writing its changes one by
+    /// one, in version order, would: whatever fields each carries, whatever the replica held.
+    #[test]
+    fn rounds_leave_every_key_as_its_changes_one_by_one_would() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let names = ["a", "b", "c"];
+        for case in 0..3_000 {
+            let kept_b = next() % 2 == 0;
+            let kept = move |f: &str| kept_b || f != "b";
+            let mut changes = Vec::new();
+            // Distinct versions (one change each), in any order.
+            let n = next() % 12;
+            let mut lsns: Vec<u64> = (1..=n).collect();
+            for i in (1..lsns.len()).rev() {
+                lsns.swap(i, (next() % (i as u64 + 1)) as usize);
+            }
+            for lsn in lsns {
+                let id = (next() % 3) as i64;
+                let version = Version { lsn, seq: 0 };
+                let op = if next() % 4 == 0 {
+                    Op::Delete
+                } else {
+                    let mut fields = Vec::new();
+                    for f in names {
+                        if next() % 2 == 0 {
+                            fields.push((f.to_string(), Value::Long((next() % 100) as i64)));
+                        }
+                    }
+                    Op::Upsert(fields)
+                };
+                changes.push(Change {
+                    key: vec![("id".into(), Value::Long(id))],
+                    op,
+                    version,
+                });
+            }
+            let floor = Version {
+                lsn: next() % 3,
+                seq: 0,
+            };
+            // What the replica held before, per key.
+            let before: Vec<Model> = (0..3)
+                .map(|_| {
+                    let mut m = Model::default();
+                    for c in &changes {
+                        if next() % 5 == 0 {
+                            m.apply(c, &kept);
+                        }
+                    }
+                    m
+                })
+                .collect();
+            let id_of = |c: &Change| match c.key[0].1 {
+                Value::Long(n) => n as usize,
+                _ => unreachable!(),
+            };
+            let mut expected = before.clone();
+            let mut sorted: Vec<&Change> = changes.iter().filter(|c| c.version > floor).collect();
+            sorted.sort_by_key(|c| c.version);
+            for c in sorted {
+                expected[id_of(c)].apply(c, &kept);
+            }
+            let mut got = before.clone();
+            for round in rounds(&changes, floor, kept) {
+                for c in round.upserts.iter().chain(&round.deletes) {
+                    got[id_of(c)].apply(c, &kept);
+                }
+            }
+            assert_eq!(got, expected, "case {case}: {changes:#?}");
+        }
+    }
+
     #[test]
     fn upserts_are_grouped_by_the_fields_they_carry() {
         let changes = [
