@@ -19,9 +19,90 @@
 
 use apache_avro::types::Value as Avro;
 use apache_avro::Schema;
-use connectors::Value;
+use connectors::{Field, Value};
 
-use super::View;
+use super::{bounds, view_fields, View};
+
+/// A writer's schema and the view its records are projected onto (this module).
+pub(super) struct Resolution {
+    writer: Schema,
+    /// How the writer's fields are projected onto the view, when the view is not the
+    /// writer's schema itself.
+    projection: Option<Projection>,
+    /// Each field's schema in the writer's schema, and its named types: what the values as
+    /// written convert by (a decimal's scale, a map's or record's layout).
+    written: View,
+    /// The same of the view: what defaults convert by.
+    view: View,
+    /// The view's fields, for replicas that create or extend their tables.
+    pub(super) fields: Vec<Field>,
+}
+
+impl Resolution {
+    /// How records of `writer` (whose text is `text`) are read, given the latest version
+    /// of their subject (`None`: the subject has none). `Err` says why the latest version
+    /// cannot read them, as the compatibility check finds.
+    pub(super) fn new(
+        writer: Schema,
+        text: &str,
+        latest: Option<&str>,
+    ) -> Result<Resolution, String> {
+        let reader =
+            match latest {
+                Some(latest) if latest != text => Some(Schema::parse_str(latest).map_err(|e| {
+                    format!("has a subject whose latest version does not parse ({e})")
+                })?),
+                _ => None,
+            };
+        if let Some(reader) = &reader {
+            // The registry's own rules decide what the view can read.
+            let problems = crate::registry::compat::check(reader, &writer);
+            if !problems.is_empty() {
+                let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                return Err(format!(
+                    "cannot be read in the latest version of its subject ({}); register the contracts compatibly",
+                    problems.join("; ")
+                ));
+            }
+        }
+        let view = reader.as_ref().unwrap_or(&writer);
+        let fields = view_fields(view);
+        let view_schema = View::of(view);
+        let written = View::of(&writer);
+        let projection = reader.map(|r| Projection::new(&writer, &r));
+        Ok(Resolution {
+            writer,
+            projection,
+            written,
+            view: view_schema,
+            fields,
+        })
+    }
+
+    /// A record's Avro body (after the framing): decoded in the writer's schema, the values
+    /// exactly as written, then projected onto the view. `id` is the schema's, for errors.
+    pub(super) fn read(&self, id: u32, mut body: &[u8]) -> Result<Vec<(String, Value)>, String> {
+        bounds::check(&self.writer, &self.written.names, body)
+            .map_err(|e| format!("undecodable with schema id {id}: {e}"))?;
+        let value = apache_avro::from_avro_datum(&self.writer, &mut body, None)
+            .map_err(|e| format!("undecodable with schema id {id}: {e}"))?;
+        let Avro::Record(fields) = value else {
+            return Err(format!("schema id {id} is not a record"));
+        };
+        match &self.projection {
+            None => fields
+                .into_iter()
+                .map(|(name, v)| {
+                    self.written
+                        .convert(&name, v)
+                        .map(|v| (name.clone(), v))
+                        .map_err(|e| format!("field {name}: {e}"))
+                })
+                .collect(),
+            Some(projection) => projection.apply(fields, &self.written, &self.view),
+        }
+    }
+}
 
 /// Where each view field's value comes from.
 pub(super) struct Projection {
@@ -145,6 +226,88 @@ impl Projection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Version 1 of a contract, and version 2, its subject's latest: an enum that swapped a
+    /// symbol for a default one, a `long` widened to `double`, a field added with a default.
+    const V1: &str = r#"{"type": "record", "name": "E", "namespace": "shop", "fields": [
+        {"name": "id", "type": "long"},
+        {"name": "state", "type": {"type": "enum", "name": "State", "symbols": ["ON", "OFF", "PAUSED"]}},
+        {"name": "amount", "type": "long"}
+    ]}"#;
+    const V2: &str = r#"{"type": "record", "name": "E", "namespace": "shop", "fields": [
+        {"name": "id", "type": "long"},
+        {"name": "state", "type": {"type": "enum", "name": "State", "symbols": ["ON", "OFF", "UNKNOWN"], "default": "UNKNOWN"}},
+        {"name": "amount", "type": "double"},
+        {"name": "tier", "type": "string", "default": "standard"}
+    ]}"#;
+
+    fn v1_record() -> Vec<u8> {
+        let writer = Schema::parse_str(V1).unwrap();
+        apache_avro::to_avro_datum(
+            &writer,
+            Avro::Record(vec![
+                ("id".into(), Avro::Long(7)),
+                ("state".into(), Avro::Enum(2, "PAUSED".into())),
+                ("amount".into(), Avro::Long(9_007_199_254_740_993)),
+            ]),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_record_is_read_in_its_writers_schema_with_its_values_as_written() {
+        let body = v1_record();
+        // What Avro's resolution into the latest version reads: other values.
+        let resolved = apache_avro::from_avro_datum(
+            &Schema::parse_str(V1).unwrap(),
+            &mut &body[..],
+            Some(&Schema::parse_str(V2).unwrap()),
+        )
+        .unwrap();
+        let Avro::Record(resolved) = resolved else {
+            panic!("{resolved:?}")
+        };
+        assert_eq!(resolved[1].1, Avro::Enum(2, "UNKNOWN".into()));
+        assert_eq!(resolved[2].1, Avro::Double(9_007_199_254_740_992.0));
+
+        let resolution = Resolution::new(Schema::parse_str(V1).unwrap(), V1, Some(V2)).unwrap();
+        assert_eq!(
+            resolution.read(3, &body).unwrap(),
+            [
+                ("id".to_string(), Value::Long(7)),
+                ("state".to_string(), Value::Text("PAUSED".into())),
+                ("amount".to_string(), Value::Long(9_007_199_254_740_993)),
+                ("tier".to_string(), Value::Text("standard".into())),
+            ]
+        );
+        // The replica prepares for the latest version's fields.
+        assert_eq!(
+            resolution.fields,
+            view_fields(&Schema::parse_str(V2).unwrap())
+        );
+        // The latest version itself: read as it is.
+        let latest = Resolution::new(Schema::parse_str(V1).unwrap(), V1, Some(V1)).unwrap();
+        assert_eq!(
+            latest.read(3, &body).unwrap()[1].1,
+            Value::Text("PAUSED".into())
+        );
+    }
+
+    #[test]
+    fn a_writer_the_compatibility_check_refuses_is_not_read() {
+        let v2_without_default = V2.replace(r#", "default": "standard""#, "");
+        let e = Resolution::new(
+            Schema::parse_str(V1).unwrap(),
+            V1,
+            Some(&v2_without_default),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            e,
+            "cannot be read in the latest version of its subject (READER_FIELD_MISSING_DEFAULT_VALUE at /fields/3: field tier of record shop.E has no default value and is missing from the writer's schema); register the contracts compatibly"
+        );
+    }
 
     const WRITER: &str = r#"{"type": "record", "name": "E", "namespace": "shop", "fields": [
         {"name": "id", "type": "long"},
