@@ -211,3 +211,33 @@ fn hostile_bytes_never_panic_the_pgoutput_decoder() {
         let _ = decoder.decode(Bytes::from(input));
     }
 }
+
+#[test]
+fn hostile_bytes_never_panic_the_value_decoder() {
+    use super::value::{decode_binary, decode_text, PgType};
+    let seed = seed("WALCAST_HOSTILE_SEED");
+    let mut rng = Rng::new(seed);
+    let types: Vec<PgType> = (0..4_000).filter_map(PgType::builtin).collect();
+    assert!(types.len() > 40, "{} builtin types", types.len());
+    // An int4 array header of one dimension, to mutate into hostile dimensions and counts.
+    let mut array = Vec::new();
+    array.put_i32(1);
+    array.put_i32(0);
+    array.put_u32(23);
+    array.put_i32(2);
+    array.put_i32(1);
+    for n in [7i32, 8] {
+        array.put_i32(4);
+        array.put_i32(n);
+    }
+    for _ in 0..cases("WALCAST_HOSTILE_CASES") {
+        let ty = &types[rng.below(types.len() as u64) as usize];
+        let raw = Bytes::from(match rng.below(3) {
+            0 => rng.bytes(40),
+            1 => rng.mutated(&array),
+            _ => rng.mutated(&[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]),
+        });
+        let _ = decode_binary(ty, &raw);
+        let _ = decode_text(ty, &raw);
+    }
+}
