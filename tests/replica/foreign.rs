@@ -1,8 +1,9 @@
 //! Records walcast did not write are never applied: a record is applied only when its
 //! schemas are registered versions of the topic's subjects. A tombstone without walcast's
-//! headers, and a record framed with another subject's schema (even with walcast-like
-//! `op`, `lsn` and `seq` headers, and the topic's own key), take the poison path: here the
-//! dead-letter topic, while the replica's rows keep their values.
+//! headers, a record framed with another subject's schema (even with walcast-like `op`,
+//! `lsn` and `seq` headers, and the topic's own key), and a delete keyed by another
+//! subject's key schema take the poison path: here the dead-letter topic, while the
+//! replica's rows keep their values.
 
 use std::time::Duration;
 
@@ -154,9 +155,44 @@ async fn records_walcast_did_not_write_are_dead_lettered_and_never_applied() {
     producer
         .send(rdkafka::producer::BaseRecord::<[u8], [u8]>::to(&daemon.topic).key(&key[..]))
         .unwrap();
+    // A delete of Ada, keyed by another subject's key schema of the same shape.
+    let foreign_key_text = r#"{"type": "record", "name": "CustomerKey", "namespace": "crm", "fields": [{"name": "user_id", "type": "long"}]}"#;
+    let foreign_key_id = registry(
+        "POST",
+        &format!("/subjects/{}.crm-key/versions", daemon.name),
+        Some(serde_json::json!({ "schema": foreign_key_text })),
+    )
+    .await["id"]
+        .as_u64()
+        .unwrap();
+    let foreign_key = framed(
+        foreign_key_id,
+        &Schema::parse_str(foreign_key_text).unwrap(),
+        Avro::Record(vec![("user_id".into(), Avro::Long(ada))]),
+    );
+    let delete_headers = rdkafka::message::OwnedHeaders::new()
+        .insert(rdkafka::message::Header {
+            key: "op",
+            value: Some("delete"),
+        })
+        .insert(rdkafka::message::Header {
+            key: "lsn",
+            value: Some("FFFF/0"),
+        })
+        .insert(rdkafka::message::Header {
+            key: "seq",
+            value: Some("1"),
+        });
+    producer
+        .send(
+            rdkafka::producer::BaseRecord::<[u8], [u8]>::to(&daemon.topic)
+                .key(&foreign_key[..])
+                .headers(delete_headers),
+        )
+        .unwrap();
     rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).unwrap();
 
-    let records = consume_from_start(&stack.kafka_brokers, &dlq, 2).await;
+    let records = consume_from_start(&stack.kafka_brokers, &dlq, 3).await;
     let header = |r: &crate::support::Record, name: &str| {
         r.headers
             .iter()
@@ -183,6 +219,10 @@ async fn records_walcast_did_not_write_are_dead_lettered_and_never_applied() {
             ),
             (
                 "decode".to_string(),
+                format!("the record's key schema (id {foreign_key_id}) is not a registered version of subject {}-key, so it is none of topic {}'s contracts and walcast did not write it; it is not applied", daemon.topic, daemon.topic)
+            ),
+            (
+                "decode".to_string(),
                 format!("the record's value schema (id {foreign_id}) is not a registered version of subject {}-crm.Customer, so it is none of topic {}'s contracts and walcast did not write it; it is not applied", daemon.topic, daemon.topic)
             ),
         ]
@@ -190,7 +230,7 @@ async fn records_walcast_did_not_write_are_dead_lettered_and_never_applied() {
     assert_eq!(
         row().await,
         stored,
-        "Ada's row keeps its values and version: the foreign record was not applied"
+        "Ada's row keeps its values and version: neither foreign record was applied"
     );
     assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
 }
