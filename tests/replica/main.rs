@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod carried;
 mod convergence;
 mod foreign;
 mod named;
