@@ -288,7 +288,12 @@ impl Decoder {
             )));
         }
         let latest = fetch(id, self.runtime.block_on(self.registry.latest(&subject)))?;
-        Resolution::new(writer, &text, latest.as_deref()).map_err(|why| foreign(&why))
+        Resolution::new(writer, &text, latest.as_deref()).map_err(|why| {
+            DecodeError::Poison(format!(
+                "the record's {} schema (id {id}, subject {subject}) {why}",
+                if key { "key" } else { "value" }
+            ))
+        })
     }
 }
 

@@ -47,13 +47,12 @@ impl Resolution {
         text: &str,
         latest: Option<&str>,
     ) -> Result<Resolution, String> {
-        let reader =
-            match latest {
-                Some(latest) if latest != text => Some(Schema::parse_str(latest).map_err(|e| {
-                    format!("has a subject whose latest version does not parse ({e})")
-                })?),
-                _ => None,
-            };
+        let reader = match latest {
+            Some(latest) if latest != text => Some(Schema::parse_str(latest).map_err(|e| {
+                format!("cannot be read: the latest version of its subject does not parse ({e})")
+            })?),
+            _ => None,
+        };
         if let Some(reader) = &reader {
             // The registry's own rules decide what the view can read.
             let problems = crate::registry::compat::check(reader, &writer);
