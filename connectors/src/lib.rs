@@ -12,6 +12,7 @@ pub mod connector;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;
+pub mod rounds;
 pub mod sink;
 pub mod table;
 pub mod text;

@@ -57,6 +57,7 @@ use mysql_async::{Conn, DriverError, Opts, OptsBuilder, SslOpts, Value as My};
 
 use crate::column::{check_types, ColumnKind};
 use crate::connector::{Connector, Endpoint, Issue};
+use crate::rounds::Round;
 use crate::sink::{Batch, Change, Position, Sink, Value, Version};
 use crate::sink::{Field, FieldType};
 use crate::table::{
@@ -656,47 +657,43 @@ impl MysqlSink {
         format!("({}) IN ({})", qualified.join(", "), tuples.join(", "))
     }
 
-    /// The statements that apply `batch`, in order. Needs the tombstones of the batch's
-    /// upserted keys, read in the same transaction.
-    fn statements(
+    /// The prepared statements that upsert `upserts` (each of another key, all carrying the
+    /// same kept fields), into `out`.
+    fn upsert(
         &self,
         upserts: &[&Change],
-        deletes: &[&Change],
-        positions: &[Position],
+        key_columns: &[String],
         repeated: bool,
-    ) -> Result<Vec<Statement>, Error> {
-        let mut out = Vec::new();
-        let key_columns = self.settings.key_columns();
-        let keys: Vec<String> = key_columns.iter().map(|k| quote(k)).collect();
-        if !upserts.is_empty() {
-            let columns = self
-                .settings
-                .upsert_columns(upserts, |c| self.types.contains_key(c))?;
-            let target: Vec<String> = columns.iter().map(|(_, c)| quote(c)).collect();
-            let mut updates: Vec<String> = columns
-                .iter()
-                .filter(|(_, c)| !key_columns.contains(c))
-                .map(|(_, c)| format!("{0} = IF({NEWER}, VALUES({0}), {0})", quote(c)))
-                .collect();
-            updates.push(format!(
-                "_walcast_seq = IF({NEWER}, VALUES(_walcast_seq), _walcast_seq)"
-            ));
-            updates.push("_walcast_lsn = GREATEST(_walcast_lsn, VALUES(_walcast_lsn))".into());
-            let row = format!("({})", vec!["?"; columns.len() + 2].join(", "));
-            let types: Vec<&str> = columns
-                .iter()
-                .map(|(_, c)| self.types[c].0.as_str())
-                .collect();
-            let mut values = Vec::with_capacity(columns.len());
-            for (chunk, rows) in chunks(upserts, columns.len() + 2, repeated) {
-                let mut params = Vec::with_capacity(rows * (columns.len() + 2));
-                for c in padded(chunk, rows) {
-                    fields_of(c, &columns, &mut values);
-                    params.extend(values.iter().zip(&types).map(|(v, ty)| param(*v, ty)));
-                    params.push(My::UInt(c.version.lsn));
-                    params.push(My::UInt(u64::from(c.version.seq)));
-                }
-                out.push(Statement::Prepared(
+        out: &mut Vec<Statement>,
+    ) -> Result<(), Error> {
+        let columns = self
+            .settings
+            .upsert_columns(upserts, |c| self.types.contains_key(c))?;
+        let target: Vec<String> = columns.iter().map(|(_, c)| quote(c)).collect();
+        let mut updates: Vec<String> = columns
+            .iter()
+            .filter(|(_, c)| !key_columns.contains(c))
+            .map(|(_, c)| format!("{0} = IF({NEWER}, VALUES({0}), {0})", quote(c)))
+            .collect();
+        updates.push(format!(
+            "_walcast_seq = IF({NEWER}, VALUES(_walcast_seq), _walcast_seq)"
+        ));
+        updates.push("_walcast_lsn = GREATEST(_walcast_lsn, VALUES(_walcast_lsn))".into());
+        let row = format!("({})", vec!["?"; columns.len() + 2].join(", "));
+        let types: Vec<&str> = columns
+            .iter()
+            .map(|(_, c)| self.types[c].0.as_str())
+            .collect();
+        let mut values = Vec::with_capacity(columns.len());
+        for (chunk, rows) in chunks(upserts, columns.len() + 2, repeated) {
+            let mut params = Vec::with_capacity(rows * (columns.len() + 2));
+            for c in padded(chunk, rows) {
+                fields_of(c, &columns, &mut values);
+                params.extend(values.iter().zip(&types).map(|(v, ty)| param(*v, ty)));
+                params.push(My::UInt(c.version.lsn));
+                params.push(My::UInt(u64::from(c.version.seq)));
+            }
+            out.push(Statement::Prepared(
                     format!(
                         "INSERT INTO {} ({}, _walcast_lsn, _walcast_seq) VALUES {} ON DUPLICATE KEY UPDATE {}",
                         self.table,
@@ -706,63 +703,89 @@ impl MysqlSink {
                     ),
                     params,
                 ));
-            }
-            out.push(Statement::Text(format!(
-                "DELETE t FROM {} AS t JOIN {} AS d ON {} WHERE {} \
-                 AND (d._walcast_lsn, d._walcast_seq) >= (t._walcast_lsn, t._walcast_seq)",
-                self.table,
-                self.tombstones,
-                keys.iter()
-                    .map(|k| format!("t.{k} = d.{k}"))
-                    .collect::<Vec<_>>()
-                    .join(" AND "),
-                self.keys_among(upserts, &keys),
-            )));
         }
-        if !deletes.is_empty() {
-            let selects: Vec<String> = deletes
-                .iter()
-                .map(|c| {
-                    let parts: Vec<String> = self
-                        .settings
-                        .key
-                        .iter()
-                        .enumerate()
-                        .map(|(i, k)| format!("{} AS k{i}", self.key_literal(i, field(c, k))))
-                        .collect();
-                    format!(
-                        "SELECT {}, {} AS l, {} AS s",
-                        parts.join(", "),
-                        c.version.lsn,
-                        c.version.seq
-                    )
-                })
-                .collect();
-            let on: Vec<String> = keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| format!("t.{k} = v.k{i}"))
-                .collect();
-            out.push(Statement::Text(format!(
-                "DELETE t FROM {} AS t JOIN ({}) AS v ON {} WHERE (t._walcast_lsn, t._walcast_seq) < (v.l, v.s)",
-                self.table,
-                selects.join(" UNION ALL "),
-                on.join(" AND ")
-            )));
-            let rows: Vec<String> = deletes
-                .iter()
-                .map(|c| {
-                    let key = self.key_tuple(c);
-                    format!("{}, {})", &key[..key.len() - 1], Self::version(c.version))
-                })
-                .collect();
-            out.push(Statement::Text(format!(
-                "INSERT INTO {} ({}, _walcast_lsn, _walcast_seq) VALUES {} ON DUPLICATE KEY UPDATE \
-                 _walcast_seq = IF({NEWER}, VALUES(_walcast_seq), _walcast_seq), _walcast_lsn = GREATEST(_walcast_lsn, VALUES(_walcast_lsn))",
-                self.tombstones,
-                keys.join(", "),
-                rows.join(", ")
-            )));
+        Ok(())
+    }
+
+    /// The statements that apply a batch's [`Round`]s, in order: each round's upserts
+    /// (prepared, a statement per group of upserts carrying the same fields, so each writes
+    /// only the fields it carries), its tombstone check, its deletes, then `positions`.
+    /// Needs the tombstones of the batch's upserted keys, read in the same transaction.
+    fn statements(
+        &self,
+        rounds: &[Round<'_>],
+        positions: &[Position],
+        repeated: bool,
+    ) -> Result<Vec<Statement>, Error> {
+        let mut out = Vec::new();
+        let key_columns = self.settings.key_columns();
+        let keys: Vec<String> = key_columns.iter().map(|k| quote(k)).collect();
+        for round in rounds {
+            let (upserts, deletes) = (&round.upserts[..], &round.deletes[..]);
+            if !upserts.is_empty() {
+                let groups = self.settings.by_fields(upserts);
+                // Statements sized to the batch only in the steady stream's shape.
+                let repeated = repeated && rounds.len() == 1 && groups.len() == 1;
+                for group in &groups {
+                    self.upsert(group, &key_columns, repeated, &mut out)?;
+                }
+                out.push(Statement::Text(format!(
+                    "DELETE t FROM {} AS t JOIN {} AS d ON {} WHERE {} \
+                     AND (d._walcast_lsn, d._walcast_seq) >= (t._walcast_lsn, t._walcast_seq)",
+                    self.table,
+                    self.tombstones,
+                    keys.iter()
+                        .map(|k| format!("t.{k} = d.{k}"))
+                        .collect::<Vec<_>>()
+                        .join(" AND "),
+                    self.keys_among(upserts, &keys),
+                )));
+            }
+            if !deletes.is_empty() {
+                let selects: Vec<String> = deletes
+                    .iter()
+                    .map(|c| {
+                        let parts: Vec<String> = self
+                            .settings
+                            .key
+                            .iter()
+                            .enumerate()
+                            .map(|(i, k)| format!("{} AS k{i}", self.key_literal(i, field(c, k))))
+                            .collect();
+                        format!(
+                            "SELECT {}, {} AS l, {} AS s",
+                            parts.join(", "),
+                            c.version.lsn,
+                            c.version.seq
+                        )
+                    })
+                    .collect();
+                let on: Vec<String> = keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| format!("t.{k} = v.k{i}"))
+                    .collect();
+                out.push(Statement::Text(format!(
+                    "DELETE t FROM {} AS t JOIN ({}) AS v ON {} WHERE (t._walcast_lsn, t._walcast_seq) < (v.l, v.s)",
+                    self.table,
+                    selects.join(" UNION ALL "),
+                    on.join(" AND ")
+                )));
+                let rows: Vec<String> = deletes
+                    .iter()
+                    .map(|c| {
+                        let key = self.key_tuple(c);
+                        format!("{}, {})", &key[..key.len() - 1], Self::version(c.version))
+                    })
+                    .collect();
+                out.push(Statement::Text(format!(
+                    "INSERT INTO {} ({}, _walcast_lsn, _walcast_seq) VALUES {} ON DUPLICATE KEY UPDATE \
+                     _walcast_seq = IF({NEWER}, VALUES(_walcast_seq), _walcast_seq), _walcast_lsn = GREATEST(_walcast_lsn, VALUES(_walcast_lsn))",
+                    self.tombstones,
+                    keys.join(", "),
+                    rows.join(", ")
+                )));
+            }
         }
         if !positions.is_empty() {
             let rows: Vec<String> = positions
@@ -1014,7 +1037,7 @@ impl Sink for MysqlSink {
         }
         // Every change above version 0: the replica's floor is read in the transaction,
         // while these are turned into statements; it covers some only after a truncate.
-        let (upserts, deletes) = self.settings.latest_per_key(
+        let rounds = self.settings.rounds(
             &batch.changes,
             Version { lsn: 0, seq: 0 },
             !self.types.is_empty(),
@@ -1024,8 +1047,9 @@ impl Sink for MysqlSink {
             self.conn = Some(self.target.open().await?);
         }
         let mut conn = self.conn.take().expect("connected");
-        let repeated = upserts.len() == self.last_upserts;
-        self.last_upserts = upserts.len();
+        let upserts: usize = rounds.iter().map(|r| r.upserts.len()).sum();
+        let repeated = upserts == self.last_upserts;
+        self.last_upserts = upserts;
         let result = async {
             // READ COMMITTED takes no gap locks, so lanes writing different keys of one
             // table do not deadlock each other; every guard reads the row it locks. The
@@ -1049,25 +1073,32 @@ impl Sink for MysqlSink {
             let (floor, statements) = tokio::join!(
                 biased;
                 begin_and_read_floor(&mut conn, begin),
-                async { self.statements(&upserts, &deletes, &batch.positions, repeated) }
+                async { self.statements(&rounds, &batch.positions, repeated) }
             );
             let floor = floor?;
             // Changes the floor covers (only ever after a truncate): sorted again without them.
             let statements = if batch.changes.iter().any(|c| c.version <= floor) {
-                let (upserts, deletes) =
-                    self.settings
-                        .latest_per_key(&batch.changes, floor, !self.types.is_empty())?;
-                self.statements(&upserts, &deletes, &batch.positions, repeated)?
+                let rounds = self
+                    .settings
+                    .rounds(&batch.changes, floor, !self.types.is_empty())?;
+                self.statements(&rounds, &batch.positions, repeated)?
             } else {
                 statements?
             };
-            // The prepared statements, then the text ones and COMMIT in one script: the
-            // server stops a script at its first error, and a connection that failed is
-            // dropped, which rolls the transaction back.
+            // The statements in order, the text ones between two prepared ones (and those
+            // after the last, with COMMIT) in one script: the server stops a script at its
+            // first error, and a connection that failed is dropped, which rolls the
+            // transaction back. A batch of one round sends its prepared statements, then one
+            // script.
             let mut script = String::new();
             for statement in statements {
                 match statement {
-                    Statement::Prepared(sql, params) => conn.exec_drop(sql, params).await?,
+                    Statement::Prepared(sql, params) => {
+                        if !script.is_empty() {
+                            conn.query_drop(std::mem::take(&mut script)).await?;
+                        }
+                        conn.exec_drop(sql, params).await?
+                    }
                     Statement::Text(sql) => {
                         script.push_str(&sql);
                         script.push_str(";\n");

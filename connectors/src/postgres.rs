@@ -48,7 +48,7 @@ use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use crate::column::{check_types, ColumnKind};
 use crate::connector::{Connector, Endpoint, Issue};
-use crate::sink::{Batch, Op, Position, Sink, Value, Version};
+use crate::sink::{Batch, Change, Op, Position, Sink, Value, Version};
 use crate::sink::{Field, FieldType};
 use crate::table::{
     field, fields_of, missing_columns, newest_truncate, TableOptions, TableSettings,
@@ -535,17 +535,16 @@ impl PostgresSink {
     }
 
     /// The statements that apply one batch, each with its parameters: its truncate first,
-    /// if any, then the changes above the replica's floor.
+    /// if any, then the changes above the replica's floor, round after round
+    /// ([`crate::rounds`]): each upsert writes only the fields it carries.
     fn statements<'b>(&self, batch: &'b Batch) -> Result<Vec<(String, Vec<Param<'b>>)>, Error> {
         // The floor leaves out what it covers in SQL (the upsert reads it locked), so no
         // round trip waits for it.
-        let (upserts, deletes) = self.settings.latest_per_key(
+        let rounds = self.settings.rounds(
             &batch.changes,
             Version { lsn: 0, seq: 0 },
             !self.types.is_empty(),
         )?;
-        let key_columns = self.settings.key_columns();
-        let keys: Vec<String> = key_columns.iter().map(|k| quote(k)).collect();
         let mut out = Vec::new();
         if let Some(version) = newest_truncate(&batch.changes) {
             let (lsn, seq) = (version.lsn as i64, version.seq as i32);
@@ -567,116 +566,20 @@ impl PostgresSink {
                     ));
                 }
             }
-        } else if !upserts.is_empty() {
+        } else if rounds.iter().any(|r| !r.upserts.is_empty()) {
             // The floor's row, should it be gone: the upsert's floor must be a row.
             out.push((
                 ENSURE_FLOOR.to_string(),
                 vec![Param::One(self.replica.clone())],
             ));
         }
-        if !upserts.is_empty() {
-            let columns = self
-                .settings
-                .upsert_columns(&upserts, |c| self.types.contains_key(c))?;
-            let names: Vec<String> = columns.iter().map(|(_, c)| c.clone()).collect();
-            // Row by row (the fields in the order the changes mostly carry them), then
-            // column by column.
-            let width = columns.len();
-            let mut cells: Vec<Option<&Value>> = Vec::with_capacity(upserts.len() * width);
-            let mut row = Vec::with_capacity(width);
-            for change in &upserts {
-                fields_of(change, &columns, &mut row);
-                cells.extend(&row);
+        for round in &rounds {
+            for group in self.settings.by_fields(&round.upserts) {
+                out.push(self.upsert(&group)?);
             }
-            let arrays: Vec<Column<'b>> = columns
-                .iter()
-                .enumerate()
-                .map(|(j, (_, c))| {
-                    let values: Vec<Option<&Value>> =
-                        cells.iter().skip(j).step_by(width).copied().collect();
-                    Column::encode(&values, self.cast(c))
-                })
-                .collect();
-            let mut tomb_match = Vec::with_capacity(key_columns.len());
-            for k in &key_columns {
-                // A key column no change carries: the sink's `key` names a field the events'
-                // key does not have. Refused, never guessed.
-                let Some(at) = names.iter().position(|c| c == k) else {
-                    return Err(Error::Setup(format!(
-                        "replica table {}: key column {k} is written by no field of the events (the sink's key is {:?}); set key to the key contract's fields",
-                        self.settings.table, self.settings.key
-                    )));
-                };
-                tomb_match.push(format!(
-                    "d.{} = {}",
-                    quote(k),
-                    arrays[at].typed(&format!("v.c{at}"), self.cast(k))
-                ));
+            if !round.deletes.is_empty() {
+                out.extend(self.delete(&round.deletes));
             }
-            let target: Vec<String> = names.iter().map(|c| quote(c)).collect();
-            let updates: Vec<String> = target
-                .iter()
-                .map(String::as_str)
-                .chain(["_walcast_lsn", "_walcast_seq"])
-                .map(|c| format!("{c} = EXCLUDED.{c}"))
-                .collect();
-            let sql = format!(
-                "INSERT INTO {table} AS t ({target}, _walcast_lsn, _walcast_seq)
-                     SELECT {selected}, v.l, v.s FROM {rows}
-                     WHERE NOT EXISTS (SELECT 1 FROM {tomb} d WHERE {tomb_match} AND (d._walcast_lsn, d._walcast_seq) >= (v.l, v.s))
-                     AND (v.l, v.s) > (SELECT f.lsn, f.seq FROM walcast_truncations f WHERE f.replica = ${floor} FOR SHARE)
-                     ON CONFLICT ({keys}) DO UPDATE SET {updates}
-                     WHERE (t._walcast_lsn, t._walcast_seq) < (EXCLUDED._walcast_lsn, EXCLUDED._walcast_seq)",
-                table = self.table,
-                target = target.join(", "),
-                selected = self.typed(&arrays, &names, "c").join(", "),
-                rows = rows(&arrays, "c"),
-                tomb = self.tombstones,
-                tomb_match = tomb_match.join(" AND "),
-                keys = keys.join(", "),
-                updates = updates.join(", "),
-                floor = names.len() + 3,
-            );
-            let mut params: Vec<Param> = arrays.into_iter().map(Param::Column).collect();
-            params.extend(versions(&upserts));
-            params.push(Param::One(self.replica.clone()));
-            out.push((sql, params));
-        }
-        if !deletes.is_empty() {
-            let arrays: Vec<Column<'b>> = self
-                .settings
-                .key
-                .iter()
-                .zip(&key_columns)
-                .map(|(f, c)| self.column(&deletes, f, c))
-                .collect();
-            let values = rows(&arrays, "k");
-            let matches: Vec<String> = key_columns
-                .iter()
-                .zip(self.typed(&arrays, &key_columns, "k"))
-                .map(|(k, v)| format!("t.{} = {v}", quote(k)))
-                .collect();
-            let selected = self.typed(&arrays, &key_columns, "k").join(", ");
-            let mut params: Vec<Param> = arrays.into_iter().map(Param::Column).collect();
-            params.extend(versions(&deletes));
-            out.push((
-                format!(
-                    "DELETE FROM {} AS t USING {values} WHERE {} AND (t._walcast_lsn, t._walcast_seq) < (v.l, v.s)",
-                    self.table,
-                    matches.join(" AND ")
-                ),
-                params.clone(),
-            ));
-            out.push((
-                format!(
-                    "INSERT INTO {tomb} AS d ({keys}, _walcast_lsn, _walcast_seq) SELECT {selected}, v.l, v.s FROM {values}
-                     ON CONFLICT ({keys}) DO UPDATE SET _walcast_lsn = EXCLUDED._walcast_lsn, _walcast_seq = EXCLUDED._walcast_seq
-                     WHERE (d._walcast_lsn, d._walcast_seq) < (EXCLUDED._walcast_lsn, EXCLUDED._walcast_seq)",
-                    tomb = self.tombstones,
-                    keys = keys.join(", "),
-                ),
-                params,
-            ));
         }
         if !batch.positions.is_empty() {
             out.push((
@@ -695,6 +598,123 @@ impl PostgresSink {
             ));
         }
         Ok(out)
+    }
+
+    /// The statement that upserts `upserts` (each of another key, all carrying the same
+    /// kept fields): its columns are those fields, so none is written for a change that
+    /// lacks it.
+    fn upsert<'b>(&self, upserts: &[&'b Change]) -> Result<(String, Vec<Param<'b>>), Error> {
+        let key_columns = self.settings.key_columns();
+        let keys: Vec<String> = key_columns.iter().map(|k| quote(k)).collect();
+        let columns = self
+            .settings
+            .upsert_columns(upserts, |c| self.types.contains_key(c))?;
+        let names: Vec<String> = columns.iter().map(|(_, c)| c.clone()).collect();
+        // Row by row (the fields in the order the changes mostly carry them), then
+        // column by column.
+        let width = columns.len();
+        let mut cells: Vec<Option<&Value>> = Vec::with_capacity(upserts.len() * width);
+        let mut row = Vec::with_capacity(width);
+        for change in upserts {
+            fields_of(change, &columns, &mut row);
+            cells.extend(&row);
+        }
+        let arrays: Vec<Column<'b>> = columns
+            .iter()
+            .enumerate()
+            .map(|(j, (_, c))| {
+                let values: Vec<Option<&Value>> =
+                    cells.iter().skip(j).step_by(width).copied().collect();
+                Column::encode(&values, self.cast(c))
+            })
+            .collect();
+        let mut tomb_match = Vec::with_capacity(key_columns.len());
+        for k in &key_columns {
+            // A key column no change carries: the sink's `key` names a field the events'
+            // key does not have. Refused, never guessed.
+            let Some(at) = names.iter().position(|c| c == k) else {
+                return Err(Error::Setup(format!(
+                    "replica table {}: key column {k} is written by no field of the events (the sink's key is {:?}); set key to the key contract's fields",
+                    self.settings.table, self.settings.key
+                )));
+            };
+            tomb_match.push(format!(
+                "d.{} = {}",
+                quote(k),
+                arrays[at].typed(&format!("v.c{at}"), self.cast(k))
+            ));
+        }
+        let target: Vec<String> = names.iter().map(|c| quote(c)).collect();
+        let updates: Vec<String> = target
+            .iter()
+            .map(String::as_str)
+            .chain(["_walcast_lsn", "_walcast_seq"])
+            .map(|c| format!("{c} = EXCLUDED.{c}"))
+            .collect();
+        let sql = format!(
+            "INSERT INTO {table} AS t ({target}, _walcast_lsn, _walcast_seq)
+                 SELECT {selected}, v.l, v.s FROM {rows}
+                 WHERE NOT EXISTS (SELECT 1 FROM {tomb} d WHERE {tomb_match} AND (d._walcast_lsn, d._walcast_seq) >= (v.l, v.s))
+                 AND (v.l, v.s) > (SELECT f.lsn, f.seq FROM walcast_truncations f WHERE f.replica = ${floor} FOR SHARE)
+                 ON CONFLICT ({keys}) DO UPDATE SET {updates}
+                 WHERE (t._walcast_lsn, t._walcast_seq) < (EXCLUDED._walcast_lsn, EXCLUDED._walcast_seq)",
+            table = self.table,
+            target = target.join(", "),
+            selected = self.typed(&arrays, &names, "c").join(", "),
+            rows = rows(&arrays, "c"),
+            tomb = self.tombstones,
+            tomb_match = tomb_match.join(" AND "),
+            keys = keys.join(", "),
+            updates = updates.join(", "),
+            floor = names.len() + 3,
+        );
+        let mut params: Vec<Param> = arrays.into_iter().map(Param::Column).collect();
+        params.extend(versions(upserts));
+        params.push(Param::One(self.replica.clone()));
+        Ok((sql, params))
+    }
+
+    /// The statements that delete `deletes` (each of another key) and leave their
+    /// tombstones.
+    fn delete<'b>(&self, deletes: &[&'b Change]) -> [(String, Vec<Param<'b>>); 2] {
+        let key_columns = self.settings.key_columns();
+        let keys: Vec<String> = key_columns.iter().map(|k| quote(k)).collect();
+        let arrays: Vec<Column<'b>> = self
+            .settings
+            .key
+            .iter()
+            .zip(&key_columns)
+            .map(|(f, c)| self.column(deletes, f, c))
+            .collect();
+        let values = rows(&arrays, "k");
+        let matches: Vec<String> = key_columns
+            .iter()
+            .zip(self.typed(&arrays, &key_columns, "k"))
+            .map(|(k, v)| format!("t.{} = {v}", quote(k)))
+            .collect();
+        let selected = self.typed(&arrays, &key_columns, "k").join(", ");
+        let mut params: Vec<Param> = arrays.into_iter().map(Param::Column).collect();
+        params.extend(versions(deletes));
+        [
+            (
+                format!(
+                    "DELETE FROM {} AS t USING {values} WHERE {} AND (t._walcast_lsn, t._walcast_seq) < (v.l, v.s)",
+                    self.table,
+                    matches.join(" AND ")
+                ),
+                params.clone(),
+            ),
+            (
+                format!(
+                    "INSERT INTO {tomb} AS d ({keys}, _walcast_lsn, _walcast_seq) SELECT {selected}, v.l, v.s FROM {values}
+                     ON CONFLICT ({keys}) DO UPDATE SET _walcast_lsn = EXCLUDED._walcast_lsn, _walcast_seq = EXCLUDED._walcast_seq
+                     WHERE (d._walcast_lsn, d._walcast_seq) < (EXCLUDED._walcast_lsn, EXCLUDED._walcast_seq)",
+                    tomb = self.tombstones,
+                    keys = keys.join(", "),
+                ),
+                params,
+            ),
+        ]
     }
 
     /// `v.c0, v.c1::numeric, …`: each staged column as a value of its replica column's type.

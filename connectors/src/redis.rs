@@ -3,8 +3,10 @@
 //! A key's hash holds the fields kept and `_walcast_version`, the source version it was
 //! written at, as 24 hex digits (`lsn` then `seq`, fixed width, so text order is version
 //! order). A batch is one Lua script, which Redis runs atomically:
-//! - an upsert replaces the hash only if its version is higher than both the stored one and
-//!   the key's tombstone, and sets the key's TTL when one is configured;
+//! - an upsert writes the hash only if its version is higher than both the stored one and
+//!   the key's tombstone: it sets the fields it carries, removes those it carries as NULL,
+//!   leaves the others as they are (another event type's fields), and sets the key's TTL
+//!   when one is configured;
 //! - a delete removes the hash under the same guard and leaves its version in
 //!   `walcast:tombstone:<key>` for `tombstone_ttl_secs`, so a late update cannot resurrect
 //!   the key within that window;
@@ -48,8 +50,9 @@ use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Script};
 use serde::Deserialize;
 
 use crate::connector::{Connector, Endpoint, Issue};
+use crate::rounds::rounds;
 use crate::sink::{Batch, Change, Op, Position, Sink, Value, Version};
-use crate::table::{check_ca_file, latest_per_key, newest_truncate};
+use crate::table::{check_ca_file, newest_truncate};
 use crate::tls::{explain, refused_login, TlsMode, TlsSettings};
 use crate::Error;
 
@@ -434,8 +437,9 @@ pub struct RedisSink {
 
 /// KEYS: the offsets hash, the floor, then per change its hash and its tombstone.
 /// ARGV: ttl, tombstone ttl, change count, position count, the replica (its key template);
-/// per change: op (`u`/`d`), version, field count, then field/value pairs; then per
-/// position: field, offset.
+/// per change: op (`u`/`d`), version, field count, null count, then field/value pairs, then
+/// the null fields' names; then per position: field, offset. An upsert sets the fields it
+/// carries and removes those it carries as NULL: the others stay as they are.
 const APPLY: &str = r"
 local ttl, tomb_ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local changes, positions = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -444,28 +448,34 @@ local floor = redis.call('GET', KEYS[2])
 local a = 6
 for i = 1, changes do
   local key, tomb = KEYS[2 * i + 1], KEYS[2 * i + 2]
-  local op, version, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-  a = a + 3
+  local op, version = ARGV[a], ARGV[a + 1]
+  local n, nulls = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  a = a + 4
   local stored = redis.call('HGET', key, '_walcast_version')
   local buried = redis.call('GET', tomb)
   if (not floor or floor < version) and (not stored or stored < version)
       and (not buried or buried < version) then
-    redis.call('DEL', key)
     if op == 'u' then
       local args = {'_walcast_version', version, '_walcast_replica', replica}
       for j = 0, n - 1 do
         args[#args + 1] = ARGV[a + 2 * j]
         args[#args + 1] = ARGV[a + 2 * j + 1]
       end
+      if nulls > 0 then
+        redis.call('HDEL', key, unpack(ARGV, a + 2 * n, a + 2 * n + nulls - 1))
+      end
       redis.call('HSET', key, unpack(args))
       if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-    elseif tomb_ttl > 0 then
-      redis.call('SET', tomb, version, 'EX', tomb_ttl)
     else
-      redis.call('SET', tomb, version)
+      redis.call('DEL', key)
+      if tomb_ttl > 0 then
+        redis.call('SET', tomb, version, 'EX', tomb_ttl)
+      else
+        redis.call('SET', tomb, version)
+      end
     end
   end
-  a = a + 2 * n
+  a = a + 2 * n + nulls
 end
 for i = 1, positions do
   redis.call('HSET', KEYS[1], ARGV[a], ARGV[a + 1])
@@ -699,8 +709,14 @@ impl Sink for RedisSink {
                 return Err(e.into());
             }
         }
-        // The script itself skips what the floor covers.
-        let (upserts, deletes) = latest_per_key(&batch.changes, Version { lsn: 0, seq: 0 });
+        // The script itself skips what the floor covers. It writes the changes in order:
+        // round after round, so a key's changes in version order ([`crate::rounds`]).
+        let rounds = rounds(&batch.changes, Version { lsn: 0, seq: 0 }, |f| self.kept(f));
+        let changes: Vec<&Change> = rounds
+            .iter()
+            .flat_map(|r| r.upserts.iter().chain(&r.deletes))
+            .copied()
+            .collect();
         let script = self.script.clone();
         let mut invocation = script.prepare_invoke();
         invocation
@@ -708,27 +724,28 @@ impl Sink for RedisSink {
             .key(self.floor_key())
             .arg(self.settings.ttl_secs)
             .arg(self.settings.tombstone_ttl_secs)
-            .arg(upserts.len() + deletes.len())
+            .arg(changes.len())
             .arg(batch.positions.len())
             .arg(&self.settings.key_template);
-        for change in upserts.iter().chain(&deletes) {
+        for change in changes {
             let key = self.key(change)?;
             invocation.key(&key).key(format!("walcast:tombstone:{key}"));
-            let kept: Vec<(&String, Vec<u8>)> = match &change.op {
-                Op::Upsert(fields) => {
-                    let extra = fields
-                        .iter()
-                        .filter(|(f, _)| field_of(&change.key, f).is_none());
-                    change
-                        .key
-                        .iter()
-                        .chain(extra)
-                        .filter(|(f, _)| self.kept(f))
-                        .filter_map(|(f, v)| Some((f, bytes(v)?)))
-                        .collect()
+            let mut kept: Vec<(&String, Vec<u8>)> = Vec::new();
+            let mut nulls: Vec<&String> = Vec::new();
+            if let Op::Upsert(fields) = &change.op {
+                let extra = fields
+                    .iter()
+                    .filter(|(f, _)| field_of(&change.key, f).is_none());
+                for (f, v) in change.key.iter().chain(extra) {
+                    if !self.kept(f) {
+                        continue;
+                    }
+                    match bytes(v) {
+                        Some(v) => kept.push((f, v)),
+                        None => nulls.push(f),
+                    }
                 }
-                Op::Delete | Op::Truncate => Vec::new(),
-            };
+            }
             let op = if matches!(change.op, Op::Delete) {
                 "d"
             } else {
@@ -737,9 +754,13 @@ impl Sink for RedisSink {
             invocation
                 .arg(op)
                 .arg(version_text(change.version))
-                .arg(kept.len());
+                .arg(kept.len())
+                .arg(nulls.len());
             for (f, v) in kept {
                 invocation.arg(f.as_str()).arg(v);
+            }
+            for f in nulls {
+                invocation.arg(f.as_str());
             }
         }
         for p in &batch.positions {

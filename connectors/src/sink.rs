@@ -203,6 +203,10 @@ pub struct Batch {
 ///   changes of different keys may arrive in any order. `apply` must be idempotent.
 /// - **Versions decide.** A change is applied only if its [`Version`] is higher than what
 ///   the replica holds for its key. A stale or duplicate change never overwrites newer data.
+/// - **A change writes only the fields it carries.** Event types of a topic carry different
+///   fields; a field a change lacks keeps what the replica holds, whatever else shares the
+///   batch (a field carried as NULL is cleared). A key's changes within a batch take effect
+///   in version order ([`crate::rounds`]).
 /// - **Deletes leave a tombstone version**, so a late upsert older than the delete cannot
 ///   resurrect the row.
 /// - **Truncates leave a floor.** An [`Op::Truncate`] removes every row older than it and

@@ -1,14 +1,14 @@
 //! What the table-shaped replicas (PostgreSQL, MySQL/MariaDB) share: which fields a replica
 //! keeps, the column each one is written to, and which change of a batch decides each key.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::connector::{Endpoint, Issue};
+use crate::rounds::Round;
 use crate::sink::{Change, Field, Op, Value, Version};
 use crate::tls::TlsMode;
 use crate::Error;
@@ -196,33 +196,43 @@ impl TableSettings {
         self.key.iter().map(|f| self.column_of(f)).collect()
     }
 
-    /// The upserts and deletes above `floor` that decide each key's state ([`latest_per_key`]), for a
+    /// The changes above `floor` a replica writes, in [`Round`]s ([`crate::rounds`]), for a
     /// table that exists or not: a missing one (auto_create, no contract version prepared
     /// yet) has nothing to delete, and cannot take upserts.
-    pub fn latest_per_key<'c>(
+    pub fn rounds<'c>(
         &self,
         changes: &'c [Change],
         floor: Version,
         table_exists: bool,
-    ) -> Result<(Vec<&'c Change>, Vec<&'c Change>), Error> {
-        let (upserts, deletes) = latest_per_key(changes, floor);
-        if let Some(e) = upserts.iter().chain(&deletes).find_map(|c| {
-            c.key_left_out(&self.key, || {
-                format!("key {:?} of replica table {}", self.key, self.table)
+    ) -> Result<Vec<Round<'c>>, Error> {
+        let mut rounds = crate::rounds::rounds(changes, floor, |f| self.kept(f));
+        if let Some(e) = rounds
+            .iter()
+            .flat_map(|r| r.upserts.iter().chain(&r.deletes))
+            .find_map(|c| {
+                c.key_left_out(&self.key, || {
+                    format!("key {:?} of replica table {}", self.key, self.table)
+                })
             })
-        }) {
+        {
             return Err(e);
         }
         if table_exists {
-            return Ok((upserts, deletes));
+            return Ok(rounds);
         }
-        if !upserts.is_empty() {
+        if rounds.iter().any(|r| !r.upserts.is_empty()) {
             return Err(Error::Setup(format!(
                 "replica table {} was not created: no contract version was prepared",
                 self.table
             )));
         }
-        Ok((upserts, Vec::new()))
+        rounds.iter_mut().for_each(|r| r.deletes.clear());
+        Ok(rounds)
+    }
+
+    /// A round's upserts in groups that carry the same kept fields ([`crate::rounds::by_fields`]).
+    pub fn by_fields<'c>(&self, upserts: &[&'c Change]) -> Vec<Vec<&'c Change>> {
+        crate::rounds::by_fields(upserts, |f| self.kept(f))
     }
 
     /// The key's replica columns, each checked to exist.
@@ -340,32 +350,6 @@ pub fn missing_columns<'f>(
     Ok(out)
 }
 
-/// Keeps, per key, only the change with the highest version: it decides the key's state.
-/// Changes at or below `floor` (the replica's last truncate) are left out, and so are
-/// truncates themselves ([`newest_truncate`] finds them). Returns the upserts and the
-/// deletes.
-pub fn latest_per_key(changes: &[Change], floor: Version) -> (Vec<&Change>, Vec<&Change>) {
-    let mut latest: HashMap<Key<'_>, &Change, BuildHasherDefault<KeyHasher>> =
-        HashMap::with_capacity_and_hasher(changes.len(), Default::default());
-    for c in changes {
-        if c.version <= floor || matches!(c.op, Op::Truncate) {
-            continue;
-        }
-        match latest.entry(Key(&c.key)) {
-            Entry::Occupied(seen) if seen.get().version >= c.version => {}
-            Entry::Occupied(mut seen) => {
-                seen.insert(c);
-            }
-            Entry::Vacant(slot) => {
-                slot.insert(c);
-            }
-        }
-    }
-    latest
-        .into_values()
-        .partition(|c| matches!(c.op, Op::Upsert(_)))
-}
-
 /// The version of the newest truncate among `changes`: the one a replica applies (an
 /// older one is implied by it).
 pub fn newest_truncate(changes: &[Change]) -> Option<Version> {
@@ -376,7 +360,7 @@ pub fn newest_truncate(changes: &[Change]) -> Option<Version> {
         .max()
 }
 
-/// A hash of a change's key, the same for keys [`latest_per_key`] takes as one (the same
+/// A hash of a change's key, the same for keys [`crate::rounds::rounds`] takes as one (the same
 /// fields and values, doubles compared by their bits): which lane a key's changes take.
 pub fn key_hash(key: &[(String, Value)]) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
@@ -387,7 +371,7 @@ pub fn key_hash(key: &[(String, Value)]) -> u64 {
 /// FxHash (rustc's): a multiply and a rotate a word, several times faster than SipHash for
 /// short keys. Keys come from the source database, not from an adversary.
 #[derive(Debug, Default, Clone, Copy)]
-struct KeyHasher(u64);
+pub(crate) struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     fn write(&mut self, bytes: &[u8]) {
@@ -424,7 +408,7 @@ impl Hasher for KeyHasher {
 /// A change's key, compared and hashed field by field without formatting it: names and
 /// values equal, a double by its bits (so a key is always equal to itself, NaN too).
 #[derive(Debug, Clone, Copy)]
-struct Key<'a>(&'a [(String, Value)]);
+pub(crate) struct Key<'a>(pub(crate) &'a [(String, Value)]);
 
 impl PartialEq for Key<'_> {
     fn eq(&self, other: &Self) -> bool {
@@ -601,7 +585,9 @@ mod tests {
                 Op::Upsert(vec![]),
             ),
         ];
-        let (upserts, deletes) = latest_per_key(&changes, Version { lsn: 0, seq: 0 });
+        let rounds = crate::rounds::rounds(&changes, Version { lsn: 0, seq: 0 }, |_| true);
+        assert_eq!(rounds.len(), 1);
+        let (upserts, deletes) = (&rounds[0].upserts, &rounds[0].deletes);
         let mut upserts: Vec<u64> = upserts.iter().map(|c| c.version.lsn).collect();
         upserts.sort();
         assert_eq!(

@@ -309,6 +309,91 @@ async fn schema_evolution_keeps_both_versions_applicable<H: Harness>(name: &str)
     );
 }
 
+/// A change writes only the fields it carries, whatever shares its batch. `UserCreated`
+/// carries `email`, `UserUpdated` only `name`: one source transaction updates users and
+/// creates others in between, and no update clears the email it does not carry. Within the
+/// batch a key's changes take effect in version order: an update after an insert keeps the
+/// insert's email, a row deleted and created again without an email has none, and a field
+/// carried as NULL is cleared.
+async fn a_change_writes_only_the_fields_it_carries<H: Harness>(name: &str) {
+    let (h, mut sink) = H::fresh(name).await;
+    let created = |id: i64, name: &str, email: Option<&str>, lsn: u64, seq: u32| Change {
+        key: vec![("user_id".into(), Value::Long(id))],
+        op: Op::Upsert(vec![
+            ("name".into(), Value::Text(name.into())),
+            (
+                "email".into(),
+                email.map_or(Value::Null, |e| Value::Text(e.into())),
+            ),
+        ]),
+        version: Version { lsn, seq },
+    };
+    let updated = upsert;
+    sink.apply(&batch(
+        (1..=4)
+            .map(|id| created(id, "v1", Some(&format!("{id}@example.com")), 10, id as u32))
+            .collect(),
+    ))
+    .await
+    .unwrap();
+    // One source transaction.
+    let transaction = batch(vec![
+        updated(1, "Ada", 20, 0),
+        created(5, "Barbara", Some("5@example.com"), 20, 1),
+        updated(3, "Edsger", 20, 2),
+        delete(2, 20, 3),
+        updated(2, "Grace again", 20, 4),
+        updated(4, "renamed", 20, 5),
+        created(4, "Linus", Some("4@new.example.com"), 20, 6),
+        created(7, "Ken", Some("7@example.com"), 20, 7),
+        updated(7, "Ken T.", 20, 8),
+        updated(5, "Barbara L.", 20, 9),
+        updated(7, "Ken Thompson", 20, 10),
+    ]);
+    let names = rows(&[
+        (1, "Ada"),
+        (2, "Grace again"),
+        (3, "Edsger"),
+        (4, "Linus"),
+        (5, "Barbara L."),
+        (7, "Ken Thompson"),
+    ]);
+    let emails = rows(&[
+        (1, "1@example.com"),
+        (2, ""),
+        (3, "3@example.com"),
+        (4, "4@new.example.com"),
+        (5, "5@example.com"),
+        (7, "7@example.com"),
+    ]);
+    sink.apply(&transaction).await.unwrap();
+    assert_eq!(h.rows().await, names);
+    assert_eq!(
+        h.emails().await,
+        emails,
+        "an update that does not carry email left it as it was"
+    );
+    // Redelivered, and in another order: the same.
+    sink.apply(&transaction).await.unwrap();
+    let mut reversed = transaction.clone();
+    reversed.changes.reverse();
+    sink.apply(&reversed).await.unwrap();
+    assert_eq!(h.rows().await, names);
+    assert_eq!(h.emails().await, emails);
+    // A field carried as NULL is cleared; a stale change writes nothing.
+    sink.apply(&batch(vec![
+        created(1, "Ada", None, 30, 0),
+        created(3, "stale", None, 15, 0),
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(h.emails().await.get(&1).map(String::as_str), Some(""));
+    assert_eq!(
+        h.emails().await.get(&3).map(String::as_str),
+        Some("3@example.com")
+    );
+}
+
 /// Arrays (of text with every character an array literal quotes, and of decimals), maps and
 /// records (nested arrays and decimals) are stored and read back as the same JSON in every
 /// store: PostgreSQL arrays of the element type and jsonb, MySQL JSON, Redis JSON text.
@@ -1706,6 +1791,7 @@ macro_rules! conformance {
             a_stale_update_never_overwrites_a_newer_one,
             a_late_update_cannot_resurrect_a_deleted_row,
             schema_evolution_keeps_both_versions_applicable,
+            a_change_writes_only_the_fields_it_carries,
             a_crash_between_write_and_offset_commit_is_absorbed,
             arrays_maps_and_records_round_trip,
             a_truncate_clears_older_rows_and_nothing_older_comes_back,

@@ -460,10 +460,23 @@ pub fn render(value: &Value) -> String {
         }
         Value::MacAddr(b) => s = hex_colon(b),
         Value::MacAddr8(b) => s = hex_colon(b),
-        Value::Money(cents) => {
-            let sign = if *cents < 0 { "-" } else { "" };
-            let c = cents.unsigned_abs();
-            let _ = write!(s, "{sign}{}.{:02}", c / 100, c % 100);
+        Value::Money { units, digits } => {
+            let sign = if *units < 0 { "-" } else { "" };
+            let c = units.unsigned_abs();
+            // PostgreSQL keeps lc_monetary's fractional digits within 0..=10.
+            let digits = u32::from((*digits).min(10));
+            let unit = 10u64.pow(digits);
+            let _ = if digits == 0 {
+                write!(s, "{sign}{c}")
+            } else {
+                write!(
+                    s,
+                    "{sign}{}.{:0width$}",
+                    c / unit,
+                    c % unit,
+                    width = digits as usize
+                )
+            };
         }
         Value::Bit(b) | Value::VarBit(b) => s = b.to_string(),
         Value::Array(items) => {

@@ -221,6 +221,23 @@ impl Client {
         }
     }
 
+    /// Whether `schema` is a version of `subject`, soft-deleted versions included (records
+    /// written before a version was deleted are still the subject's).
+    pub async fn is_version_of(&self, subject: &str, schema: &str) -> Result<bool, ClientError> {
+        match self
+            .call(
+                "POST",
+                &format!("/subjects/{}?deleted=true", segment(subject)),
+                Some(json!({ "schema": schema })),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(e.code(), Some(40401 | 40403)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The schema text of `id`, from cache when known.
     pub async fn schema(&self, id: u32) -> Result<String, ClientError> {
         if let Some(s) = self.schemas.lock().expect("cache lock").get(&id) {

@@ -1,5 +1,5 @@
-//! Records → changes: Confluent framing, Avro resolved from the writer's schema to the
-//! subject's latest, and walcast's headers (`op`, `lsn`, `seq`).
+//! Records → changes: Confluent framing, Avro read in the writer's schema and projected
+//! onto the subject's latest ([`project`]), and walcast's headers (`op`, `lsn`, `seq`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -11,9 +11,7 @@ use rdkafka::message::{Headers, Message};
 
 use crate::lsn::Lsn;
 use crate::registry::client::{Client, ClientError};
-
-/// The full name of the built-in key of truncate events, which is no replica column.
-const TRUNCATE_KEY: &str = "walcast.TruncateKey";
+use project::Resolution;
 
 /// Why a record did not decode.
 #[derive(Debug)]
@@ -25,6 +23,9 @@ pub(super) enum DecodeError {
     /// The registry refused the sink (credentials, TLS, an answer that is no registry's):
     /// no record is to blame, so none is rejected; the sink stops naming the fix.
     Refused(ClientError),
+    /// The sink's settings do not fit the topic's contracts (a field it names is in none):
+    /// no record is to blame; the sink stops naming the fix.
+    Setup(String),
 }
 
 /// A registry error met while reading a record's schema (`what`): only a schema or subject
@@ -42,23 +43,13 @@ fn registry_error(e: ClientError, what: impl FnOnce() -> String) -> DecodeError 
     }
 }
 
-/// A writer's schema and the view its records are read in.
-struct Resolution {
-    writer: Schema,
-    reader: Option<Schema>,
-    /// Each field's schema in the view, and the view's named types: what values convert by
-    /// (a decimal's scale, a map's or record's layout).
-    view: View,
-    /// The view's fields, for replicas that create or extend their tables.
-    fields: Vec<Field>,
-}
-
 /// Decodes records, caching schemas by (id, topic, role).
 ///
-/// Ids are global: one schema text has one id in every subject that registered it. The
-/// view a record is read in is the latest version of the subject its producer registered
-/// it under, which walcast's events name by TopicRecordNameStrategy: `<topic>-key` for
-/// keys, `<topic>-<record full name>` for values.
+/// Ids are global: one schema text has one id in every subject that registered it. A
+/// record is decoded in its writer's schema, which must be a registered version of the
+/// subject walcast's events name by TopicRecordNameStrategy (`<topic>-key` for keys,
+/// `<topic>-<record full name>` for values), and projected onto the view, that subject's
+/// latest version ([`project`]).
 pub(super) struct Decoder {
     registry: Arc<Client>,
     schemas: HashMap<(u32, String), Resolution>,
@@ -68,6 +59,16 @@ pub(super) struct Decoder {
     /// For each view first seen since the last `take_new_views`: the union of its fields
     /// and those of every contract on its topic.
     new_views: Vec<Vec<Field>>,
+    /// Topics whose contracts were not registered when the sink started: the sink's
+    /// `fields` and `columns` are checked against them at their first record.
+    unchecked: Option<Unchecked>,
+}
+
+/// The sink, and its topics not checked yet ([`super::fields`]).
+pub(super) struct Unchecked {
+    pub(super) config: Arc<crate::config::Config>,
+    pub(super) index: usize,
+    pub(super) topics: Vec<String>,
 }
 
 /// Adds to `union` the fields of `fields` it lacks, by (name, type): a field with two types
@@ -89,6 +90,38 @@ impl Decoder {
             runtime,
             views: HashSet::new(),
             new_views: Vec::new(),
+            unchecked: None,
+        }
+    }
+
+    /// Checks the sink's `fields` and `columns` against these topics' contracts at their
+    /// first record (they had none registered when the sink started).
+    pub(super) fn check_later(&mut self, unchecked: Unchecked) {
+        self.unchecked = (!unchecked.topics.is_empty()).then_some(unchecked);
+    }
+
+    /// The check of [`Decoder::check_later`], for `topic`, if still due.
+    fn check_fields(&mut self, topic: &str) -> Result<(), DecodeError> {
+        let Some(u) = &mut self.unchecked else {
+            return Ok(());
+        };
+        if !u.topics.iter().any(|t| t == topic) {
+            return Ok(());
+        }
+        let sink = &u.config.sinks[u.index];
+        match self
+            .runtime
+            .block_on(super::fields::check(&self.registry, sink, topic))
+        {
+            Ok(true) => {
+                u.topics.retain(|t| t != topic);
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(super::fields::CheckError::Unknown(message)) => Err(DecodeError::Setup(message)),
+            Err(super::fields::CheckError::Registry(e)) => Err(registry_error(e, || {
+                format!("listing the subjects of topic {topic}")
+            })),
         }
     }
 
@@ -96,8 +129,10 @@ impl Decoder {
     /// delete`, `lsn`, `seq`) is the delete it follows, at the same version: compaction
     /// keeps the tombstone and removes the delete event, so a replica reading the topic
     /// later, or a table without a delete contract, has only the tombstone to go by.
-    /// `None` for a null record without walcast's headers.
-    pub(super) fn change<M: Message>(&mut self, m: &M) -> Result<Option<Change>, DecodeError> {
+    /// Anything else walcast did not write is poison, a null record without walcast's
+    /// headers included: only a record whose schemas are registered versions of the
+    /// topic's subjects is applied ([`Decoder::resolve`]).
+    pub(super) fn change<M: Message>(&mut self, m: &M) -> Result<Change, DecodeError> {
         let poison = |reason: String| DecodeError::Poison(reason);
         let header = |name: &str| -> Option<String> {
             m.headers()?
@@ -106,9 +141,12 @@ impl Decoder {
                 .and_then(|h| h.value)
                 .map(|v| String::from_utf8_lossy(v).into_owned())
         };
+        self.check_fields(m.topic())?;
         let payload = m.payload();
         if payload.is_none() && header("op").as_deref() != Some("delete") {
-            return Ok(None);
+            return Err(poison(
+                "a tombstone (null value) without walcast's op = delete header: walcast did not write it, so it is not applied".into(),
+            ));
         }
         let lsn: Lsn = header("lsn")
             .ok_or_else(|| poison("no lsn header; only walcast's events can be applied".into()))?
@@ -124,11 +162,11 @@ impl Decoder {
             // Keyed by the built-in truncate key, not the topic's: only the value, the
             // table's truncate contract, is read (and must be readable).
             self.record(payload.unwrap_or_default(), topic, false)?;
-            return Ok(Some(Change {
+            return Ok(Change {
                 key: Vec::new(),
                 op: Op::Truncate,
                 version,
-            }));
+            });
         }
         let key = self.record(key_bytes, topic, true)?;
         let op = match header("op").as_deref() {
@@ -145,7 +183,7 @@ impl Decoder {
                 )))
             }
         };
-        Ok(Some(Change { key, op, version }))
+        Ok(Change { key, op, version })
     }
 
     /// For each view (key and value contract versions) that appeared since the last call,
@@ -188,43 +226,15 @@ impl Decoder {
     /// The fields of the latest version of each subject of `topic` (`<topic>-key` and
     /// `<topic>-<record full name>`).
     fn topic_fields(&self, topic: &str) -> Result<Vec<Vec<Field>>, DecodeError> {
-        let unavailable =
-            |e: ClientError| registry_error(e, || format!("listing the subjects of topic {topic}"));
-        let prefix = format!("{topic}-");
-        let subjects = self
+        let contracts = self
             .runtime
-            .block_on(self.registry.subjects())
-            .map_err(unavailable)?;
-        let mut out = Vec::new();
-        for subject in subjects.iter().filter(|s| s.starts_with(&prefix)) {
-            let latest = self
-                .runtime
-                .block_on(self.registry.latest(subject))
-                .map_err(unavailable)?;
-            // A subject of another topic whose name starts with this one's (`users-eu`) has
-            // records of another name; its schema is read all the same, but only a record
-            // whose subject is exactly `<topic>-<full name>` counts.
-            let Some(text) = latest else { continue };
-            let Ok(schema) = Schema::parse_str(&text) else {
-                continue;
-            };
-            // The truncate key is walcast's, not a contract of the table's rows.
-            let own = match &schema {
-                Schema::Record(r) => {
-                    let name = r.name.fullname(None);
-                    subject == &format!("{topic}-key")
-                        || (subject == &format!("{topic}-{name}") && name != TRUNCATE_KEY)
-                }
-                _ => false,
-            };
-            if own {
-                out.push(view_fields(&schema));
-            }
-        }
-        Ok(out)
+            .block_on(super::fields::contracts(&self.registry, topic))
+            .map_err(|e| registry_error(e, || format!("listing the subjects of topic {topic}")))?;
+        Ok(contracts.iter().map(|(_, s)| view_fields(s)).collect())
     }
 
-    /// A Confluent-framed Avro record, read in its subject's latest view.
+    /// A Confluent-framed Avro record, decoded in its writer's schema and projected onto
+    /// its subject's latest version.
     fn record(
         &mut self,
         bytes: &[u8],
@@ -242,27 +252,9 @@ impl Decoder {
             let resolution = self.resolve(id, topic, key)?;
             self.schemas.insert(cache_key.clone(), resolution);
         }
-        let Resolution {
-            writer,
-            reader,
-            view,
-            ..
-        } = &self.schemas[&cache_key];
-        let value = apache_avro::from_avro_datum(writer, &mut &bytes[5..], reader.as_ref())
-            .map_err(|e| DecodeError::Poison(format!("undecodable with schema id {id}: {e}")))?;
-        let Avro::Record(fields) = value else {
-            return Err(DecodeError::Poison(format!(
-                "schema id {id} is not a record"
-            )));
-        };
-        fields
-            .into_iter()
-            .map(|(name, v)| {
-                view.convert(&name, v)
-                    .map(|v| (name.clone(), v))
-                    .map_err(|e| DecodeError::Poison(format!("field {name}: {e}")))
-            })
-            .collect()
+        self.schemas[&cache_key]
+            .read(id, &bytes[5..])
+            .map_err(DecodeError::Poison)
     }
 
     fn resolve(&self, id: u32, topic: &str, key: bool) -> Result<Resolution, DecodeError> {
@@ -277,27 +269,36 @@ impl Decoder {
             Schema::Record(r) => format!("{topic}-{}", r.name.fullname(None)),
             _ => format!("{topic}-value"),
         };
-        let latest = fetch(id, self.runtime.block_on(self.registry.latest(&subject)))?;
-        let reader = match latest {
-            Some(latest) if latest != text => Some(Schema::parse_str(&latest).map_err(|e| {
-                DecodeError::Poison(format!("latest schema of id {id}'s subject: {e}"))
-            })?),
-            _ => None,
+        // Only a registered version of one of the topic's subjects is walcast's: a schema
+        // of another subject (another topic's, anyone's) would be read into the replica as
+        // NULLs for every field it lacks.
+        let foreign = |why: &str| {
+            DecodeError::Poison(format!(
+                "the record's {} schema (id {id}) {why}, so it is none of topic {topic}'s contracts and walcast did not write it; it is not applied",
+                if key { "key" } else { "value" }
+            ))
         };
-        let view = reader.as_ref().unwrap_or(&writer);
-        let fields = view_fields(view);
-        let view = View::of(view);
-        Ok(Resolution {
-            writer,
-            reader,
-            view,
-            fields,
+        if !key && !matches!(writer, Schema::Record(_)) {
+            return Err(foreign("is not a record"));
+        }
+        let registered = self.registry.is_version_of(&subject, &text);
+        if !fetch(id, self.runtime.block_on(registered))? {
+            return Err(foreign(&format!(
+                "is not a registered version of subject {subject}"
+            )));
+        }
+        let latest = fetch(id, self.runtime.block_on(self.registry.latest(&subject)))?;
+        Resolution::new(writer, &text, latest.as_deref()).map_err(|why| {
+            DecodeError::Poison(format!(
+                "the record's {} schema (id {id}, subject {subject}) {why}",
+                if key { "key" } else { "value" }
+            ))
         })
     }
 }
 
 impl super::runner::Decode for Decoder {
-    fn change<M: Message>(&mut self, record: &M) -> Result<Option<Change>, DecodeError> {
+    fn change<M: Message>(&mut self, record: &M) -> Result<Change, DecodeError> {
         Decoder::change(self, record)
     }
 
@@ -617,6 +618,9 @@ fn convert(v: Avro, schema: &Schema, names: &Names) -> Result<Value, String> {
         }
     })
 }
+
+mod bounds;
+mod project;
 
 #[cfg(test)]
 mod roundtrip;

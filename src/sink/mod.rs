@@ -25,9 +25,10 @@
 //!   `dead_letter` sends it to the dead-letter topic with the error in its headers, waits
 //!   for the broker's acknowledgement, and goes on.
 //!
-//! Records are decoded with the writer's schema (by the id in their framing) resolved to the
-//! latest registered version of the same subject, so every registered version of a contract
-//! decodes into one view, with defaults for fields the writer did not have.
+//! Records are decoded in the writer's schema (by the id in their framing), which must be a
+//! registered version of the topic's subject, and projected onto the latest version of that
+//! subject: every registered version of a contract decodes into one view, with the values
+//! as written and defaults for fields the writer did not have.
 //!
 //! # Layout
 //! - `mod.rs`: [`run`], [`SinkError`], and the wiring: the store's lanes connected (retrying
@@ -66,6 +67,7 @@ mod consumer;
 pub mod contracts;
 mod dead_letter;
 mod decode;
+mod fields;
 mod lanes;
 mod runner;
 
@@ -230,6 +232,40 @@ where
         }
     }
     backoff.reset();
+    // The fields the sink names, against the contracts registered for its topics; topics
+    // with none yet are checked at their first record.
+    let mut unchecked = Vec::new();
+    for topic in &sink_config.common.topics {
+        loop {
+            match fields::check(&registry, sink_config, topic).await {
+                Ok(true) => break,
+                Ok(false) => {
+                    unchecked.push(topic.clone());
+                    break;
+                }
+                Err(fields::CheckError::Unknown(message)) => {
+                    return Err(SinkError::Setup {
+                        sink: name.clone(),
+                        message,
+                    })
+                }
+                Err(fields::CheckError::Registry(e)) if e.is_transient() => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(sink = %name, error = %e, "schema registry unavailable; retrying in {delay:?}");
+                    if shutdown.wait_timeout(delay).await {
+                        return Ok(());
+                    }
+                }
+                Err(fields::CheckError::Registry(e)) => {
+                    return Err(SinkError::Setup {
+                        sink: name.clone(),
+                        message: format!("reading the contracts of topic {topic}: {e}"),
+                    })
+                }
+            }
+        }
+    }
+    backoff.reset();
     let mut lanes = Vec::with_capacity(parallelism);
     while lanes.len() < parallelism {
         match connect().await {
@@ -275,7 +311,15 @@ where
             part,
         },
         records: Arc::new(consumer),
-        decoder: Decoder::new(registry, runtime.clone()),
+        decoder: {
+            let mut decoder = Decoder::new(registry, runtime.clone());
+            decoder.check_later(decode::Unchecked {
+                config: config.clone(),
+                index,
+                topics: unchecked,
+            });
+            decoder
+        },
         lanes,
         dead_letter,
         positions,

@@ -114,9 +114,9 @@ pub(super) trait Records: Send + Sync {
 
 /// Records → changes.
 pub(super) trait Decode {
-    /// The change a record carries; `None` for a record that carries none (a compaction
-    /// tombstone).
-    fn change<M: Message>(&mut self, record: &M) -> Result<Option<Change>, DecodeError>;
+    /// The change a record carries. Every record carries one or is poison: none is
+    /// skipped unseen (a tombstone walcast did not write included).
+    fn change<M: Message>(&mut self, record: &M) -> Result<Change, DecodeError>;
 
     /// The fields of contract versions first seen since the last call; the store prepares
     /// for them before their changes are applied.
@@ -412,10 +412,7 @@ impl<R: Records, D: Decode, S: Sink> Runner<R, D, S> {
             }
         };
         match decoded {
-            Ok(None) => {}
-            Ok(Some(change))
-                if matches!(change.op, Op::Truncate) && self.settings.topics.len() > 1 =>
-            {
+            Ok(change) if matches!(change.op, Op::Truncate) && self.settings.topics.len() > 1 => {
                 // One replica keeps one floor: a truncate of one topic would clear the rows
                 // of the others, and hold back their changes (versions of other sources do
                 // not compare). Refused, never half-applied.
@@ -431,7 +428,7 @@ impl<R: Records, D: Decode, S: Sink> Runner<R, D, S> {
                     ),
                 });
             }
-            Ok(Some(change)) => {
+            Ok(change) => {
                 if let Some(at) = commit_time(message) {
                     g.newest_commit = Some(g.newest_commit.map_or(at, |n| n.max(at)));
                 }
@@ -453,6 +450,12 @@ impl<R: Records, D: Decode, S: Sink> Runner<R, D, S> {
                         message.partition(),
                         message.offset()
                     ),
+                });
+            }
+            Err(DecodeError::Setup(message)) => {
+                return Err(SinkError::Setup {
+                    sink: self.settings.name.clone(),
+                    message,
                 });
             }
             Err(DecodeError::Unavailable(_)) => unreachable!("retried above"),

@@ -54,6 +54,8 @@ pub struct Catalog {
     client: Client,
     source: String,
     types: HashMap<u32, (String, PgType)>,
+    /// The fractional digits of the database's currency, once asked.
+    money_digits: Option<u8>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -113,6 +115,7 @@ impl Catalog {
             client,
             source: source.to_string(),
             types: HashMap::new(),
+            money_digits: None,
         })
     }
 
@@ -461,8 +464,36 @@ impl Catalog {
                 .map(|r| r.get(0))
                 .unwrap_or_else(|| format!("oid {oid}")),
         };
+        let resolved = match resolved {
+            PgType::Scalar(ScalarType::Money(_)) => {
+                PgType::Scalar(ScalarType::Money(self.money_digits().await?))
+            }
+            PgType::Array(ScalarType::Money(_)) => {
+                PgType::Array(ScalarType::Money(self.money_digits().await?))
+            }
+            other => other,
+        };
         self.types.insert(oid, (name.clone(), resolved.clone()));
         Ok((name, resolved))
+    }
+
+    /// How many fractional digits `money` has in this database: its `lc_monetary`
+    /// currency's (2 for dollars, 0 for yen). A money value is a count of the currency's
+    /// smallest unit, so a fixed two would read yen 100 times too small. The server says:
+    /// `1::money` as numeric has exactly that scale.
+    pub async fn money_digits(&mut self) -> Result<u8, SourceError> {
+        if let Some(digits) = self.money_digits {
+            return Ok(digits);
+        }
+        let scale: i32 = self
+            .client
+            .query_one("SELECT scale(1::money::numeric)", &[])
+            .await
+            .map_err(catalog_error)?
+            .get(0);
+        let digits = u8::try_from(scale.clamp(0, 10)).unwrap_or(2);
+        self.money_digits = Some(digits);
+        Ok(digits)
     }
 
     /// The table as the catalog describes it now, with the names of its NOT NULL columns:

@@ -29,6 +29,8 @@ pub mod catalog;
 pub mod change;
 pub mod error;
 pub mod frame;
+#[cfg(test)]
+pub(crate) mod hostile;
 pub mod pgoutput;
 pub mod protocol;
 pub mod spill;

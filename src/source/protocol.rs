@@ -52,6 +52,9 @@ const SCRATCH_BYTES: usize = 1 << 16;
 /// ~16 KiB record).
 const READ_CHUNK: usize = 1 << 18;
 
+/// The most a frame's declared length reserves ahead of the bytes read so far.
+const RESERVE_AHEAD: usize = 64 << 20;
+
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
@@ -519,9 +522,11 @@ impl ReplicationConn {
                 Split::Frame(frame) => return Ok(frame),
                 Split::Incomplete {
                     frame_len: Some(frame_len),
-                } => self
-                    .read
-                    .reserve((frame_len - self.read.len()).max(READ_CHUNK)),
+                } => self.read.reserve(
+                    // What the frame says it needs, but never far ahead of the bytes that
+                    // arrived: a claim of a gigabyte reserves it as it comes.
+                    (frame_len - self.read.len()).clamp(READ_CHUNK, RESERVE_AHEAD),
+                ),
                 Split::Incomplete { frame_len: None } => {
                     if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {
                         self.read.reserve(READ_CHUNK);

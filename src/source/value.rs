@@ -79,8 +79,10 @@ pub enum ScalarType {
     MacAddr,
     /// `macaddr8`, 8 bytes (EUI-64).
     MacAddr8,
-    /// `money`, a 64-bit count of the currency's smallest unit.
-    Money,
+    /// `money`, a 64-bit count of the currency's smallest unit, and how many fractional
+    /// digits the database's currency has (`lc_monetary`: 2 for dollars, 0 for yen), which
+    /// the catalog asks the server ([`crate::source::catalog`]).
+    Money(u8),
     /// `bit(n)`, fixed length.
     Bit,
     /// `varbit(n)`, variable length.
@@ -119,7 +121,7 @@ impl PgType {
             650 => scalar(Cidr),
             829 => scalar(MacAddr),
             774 => scalar(MacAddr8),
-            790 => scalar(Money),
+            790 => scalar(Money(2)),
             1560 => scalar(Bit),
             1562 => scalar(VarBit),
             1000 => array(Bool),
@@ -146,7 +148,7 @@ impl PgType {
             651 => array(Cidr),
             1040 => array(MacAddr),
             775 => array(MacAddr8),
-            791 => array(Money),
+            791 => array(Money(2)),
             1561 => array(Bit),
             1563 => array(VarBit),
             _ => None,
@@ -234,8 +236,14 @@ pub enum Value {
     MacAddr([u8; 6]),
     /// `macaddr8`, 8 bytes.
     MacAddr8([u8; 8]),
-    /// In the smallest unit of the database's currency (cents).
-    Money(i64),
+    /// A count of the smallest unit of the database's currency (cents), and the currency's
+    /// fractional digits: 1234 with 2 digits is 12.34, with 0 digits 1234.
+    Money {
+        /// The count of the smallest unit.
+        units: i64,
+        /// Fractional digits of the currency (0 to 10, as PostgreSQL allows).
+        digits: u8,
+    },
     /// `bit(n)`.
     Bit(BitString),
     /// `varbit(n)`.
@@ -396,7 +404,10 @@ fn decode_scalar(ty: ScalarType, raw: Bytes) -> Result<Value, ValueError> {
         T::Oid => Value::Oid(u32::from_be_bytes(fixed(&raw, "oid")?)),
         T::Float4 => Value::Float4(f32::from_be_bytes(fixed(&raw, "float4")?)),
         T::Float8 => Value::Float8(f64::from_be_bytes(fixed(&raw, "float8")?)),
-        T::Money => Value::Money(i64::from_be_bytes(fixed(&raw, "money")?)),
+        T::Money(digits) => Value::Money {
+            units: i64::from_be_bytes(fixed(&raw, "money")?),
+            digits,
+        },
         T::Numeric => Value::Numeric(numeric(raw)?),
         T::Text => Value::Text(utf8(raw, "text")?),
         T::Enum => Value::Enum(utf8(raw, "an enum label")?),

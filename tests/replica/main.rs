@@ -5,7 +5,10 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod carried;
 mod convergence;
+mod foreign;
+mod named;
 mod retention;
 mod strict;
 mod tombstones;

@@ -193,7 +193,13 @@ async fn every_supported_type_round_trips_to_its_exact_value() {
             "c_macaddr8",
             Value::MacAddr8([0x08, 0x00, 0x2b, 0x01, 0x02, 0x03, 0x04, 0x05]),
         ),
-        ("c_money", Value::Money(123_456)),
+        (
+            "c_money",
+            Value::Money {
+                units: 123_456,
+                digits: 2,
+            },
+        ),
         ("c_enum", Value::Enum("happy".into())),
         ("c_domain", Value::Int4(42)),
         (
@@ -313,4 +319,33 @@ async fn an_unchanged_toast_value_is_explicit_never_null() {
     assert_eq!(get(&changes[1], "title"), Value::Text("second".into()));
     assert_eq!(get(&changes[1], "body"), Value::UnchangedToast);
     source.stop().await.unwrap();
+}
+
+/// `money` is a count of the currency's smallest unit: the source asks the server how many
+/// fractional digits its `lc_monetary` currency has, rather than taking two (a currency
+/// without minor units would read 100 times too small). The answer agrees with how the
+/// server itself writes `1::money`.
+#[tokio::test]
+async fn money_takes_the_fractional_digits_of_the_databases_currency() {
+    let stack = Stack::get();
+    let db = stack.fresh_pg_database(&unique("src_money")).await;
+    let url = stack.pg_url_for("postgres", &db);
+    let mut catalog =
+        walcast::source::catalog::Catalog::connect(&url, "money", &Default::default())
+            .await
+            .unwrap();
+    let shown: String = stack
+        .pg(&db)
+        .await
+        .query_one("SELECT 1::money::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // "$1.00", "1,00 €", "￥1": the digits after the one.
+    let fractional = shown.chars().filter(char::is_ascii_digit).count() - 1;
+    assert_eq!(
+        usize::from(catalog.money_digits().await.unwrap()),
+        fractional,
+        "{shown}"
+    );
 }

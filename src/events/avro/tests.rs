@@ -140,7 +140,12 @@ fn text_forms_follow_postgresql() {
         render(&Value::Uuid([0xab; 16])),
         "abababab-abab-abab-abab-abababababab"
     );
-    assert_eq!(render(&Value::Money(-1234)), "-12.34");
+    let money = |units, digits| Value::Money { units, digits };
+    assert_eq!(render(&money(-1234, 2)), "-12.34");
+    // A currency without minor units (yen) is not read 100 times too small.
+    assert_eq!(render(&money(1234, 0)), "1234");
+    assert_eq!(render(&money(-5, 3)), "-0.005");
+    assert_eq!(render(&money(i64::MIN, 2)), "-92233720368547758.08");
     assert_eq!(
         render(&Value::Interval {
             months: 14,

@@ -13,7 +13,6 @@ use apache_avro::Schema;
 use bytes::Bytes;
 use connectors::Value as Sink;
 
-use super::View;
 use crate::events::avro::{convertible, encode, Slot};
 use crate::events::contract::slot_of;
 use crate::source::value::{Infinite, Numeric, PgType, ScalarType, Value};
@@ -104,20 +103,16 @@ struct Case {
 }
 
 /// The sink's decoding of a record body whose writer's schema is `schema` (the part of
-/// `Decoder::record` after the registry lookup).
-fn sink_decode(schema: &Schema, mut body: &[u8]) -> Result<Vec<(String, Sink)>, String> {
-    let view = View::of(schema);
-    let value = apache_avro::from_avro_datum(schema, &mut body, None).map_err(|e| e.to_string())?;
-    if !body.is_empty() {
-        return Err(format!("{} byte(s) left over", body.len()));
+/// `Decoder::record` after the registry lookup: [`super::Resolution::read`], which walks
+/// the body's bounds first, so every publishable value must pass them).
+fn sink_decode(schema: &Schema, body: &[u8]) -> Result<Vec<(String, Sink)>, String> {
+    let mut rest = body;
+    apache_avro::from_avro_datum(schema, &mut rest, None).map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        return Err(format!("{} byte(s) left over", rest.len()));
     }
-    let Avro::Record(fields) = value else {
-        return Err(format!("not a record: {value:?}"));
-    };
-    fields
-        .into_iter()
-        .map(|(name, v)| view.convert(&name, v).map(|v| (name, v)))
-        .collect()
+    let text = schema.canonical_form();
+    super::Resolution::new(schema.clone(), &text, None)?.read(1, body)
 }
 
 fn source_type(value: &Value) -> Option<PgType> {

@@ -234,11 +234,11 @@ impl Records for Log {
 pub(super) struct Plain;
 
 impl super::Decode for Plain {
-    fn change<M: Message>(&mut self, m: &M) -> Result<Option<Change>, DecodeError> {
+    fn change<M: Message>(&mut self, m: &M) -> Result<Change, DecodeError> {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         let key = |m: &M| vec![("id".into(), Value::Text(text(m.key().unwrap_or_default())))];
         let Some(payload) = m.payload().map(text) else {
-            return Ok(None);
+            return Err(DecodeError::Poison("a tombstone".into()));
         };
         if payload.starts_with("undecodable") {
             return Err(DecodeError::Poison("not a plain record".into()));
@@ -258,14 +258,14 @@ impl super::Decode for Plain {
             "delete" => (key(m), Op::Delete),
             _ => (key(m), Op::Upsert(vec![("v".into(), Value::Text(payload))])),
         };
-        Ok(Some(Change {
+        Ok(Change {
             key,
             op,
             version: Version {
                 lsn: m.offset() as u64 + 1,
                 seq: 0,
             },
-        }))
+        })
     }
 
     fn take_new_views(&mut self) -> Vec<Vec<Field>> {

@@ -352,6 +352,36 @@ fn with_a_dead_letter_topic_poison_is_sent_there_and_the_rest_applied() {
     assert_eq!(sink.stop().ok(), Some(()));
 }
 
+/// No record is skipped unseen: one the decoder finds no change in (here a tombstone)
+/// takes the poison path like any other, and the records around it are applied.
+#[test]
+fn a_record_without_a_change_is_dead_lettered_not_skipped() {
+    let mut sink = Setup {
+        dead_letter: true,
+        ..Setup::default()
+    }
+    .start(|log, _| {
+        log.append(TOPIC, 0, "a", Some("1"));
+        log.append(TOPIC, 0, "b", None);
+        log.append(TOPIC, 0, "c", Some("3"));
+    });
+    sink.wait_for("commit");
+    let at = Origin {
+        topic: TOPIC.into(),
+        partition: 0,
+        offset: 1,
+    };
+    sink.journal.wait_until("the tombstone dead-lettered", |_| {
+        !sink.dead_letters.lock().unwrap().is_empty()
+    });
+    assert_eq!(
+        *sink.dead_letters.lock().unwrap(),
+        [(at, "decode".to_string())]
+    );
+    assert_eq!(sink.store.rows(), rows(&[("a", "1"), ("c", "3")]));
+    assert_eq!(sink.stop().ok(), Some(()));
+}
+
 #[test]
 fn a_revocation_drops_the_batch_being_gathered() {
     let mut sink = Setup {
