@@ -7,6 +7,7 @@
 // binaries' modules, not a library API.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cleanup;
 pub mod daemon;
 pub mod proxy;
 pub mod registry;
@@ -241,7 +242,8 @@ impl Stack {
         client
     }
 
-    /// A fresh PostgreSQL database for one test, dropped first if a previous run left it.
+    /// A fresh PostgreSQL database for one test, dropped first if a previous run left it,
+    /// and dropped with its slots when the test ends ([`cleanup`]).
     pub async fn fresh_pg_database(&self, name: &str) -> String {
         let admin = self.pg("postgres").await;
         // Separate statements: a multi-statement string runs as one transaction.
@@ -253,6 +255,7 @@ impl Stack {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .unwrap();
+        cleanup::on_thread_end(self.pg_bin.join("psql"), &self.pg_url, name);
         name.to_string()
     }
 
