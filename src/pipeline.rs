@@ -222,6 +222,15 @@ async fn run_once(
     );
 
     let mut catalog = Catalog::connect(&settings.url, &settings.name, &settings.tls).await?;
+    // Before anything is compiled or read: a snapshot would publish a generated column's
+    // values that streamed changes cannot carry.
+    catalog
+        .check_generated_columns(
+            &settings.publication,
+            &settings.tables,
+            settings.read_columns.as_ref(),
+        )
+        .await?;
     // Standby: while another instance streams from the slot, this one waits before touching
     // anything it shares (above all the transactional ids, which would fence the active one).
     if let Some(state) = catalog.slot_state(&settings.slot).await? {

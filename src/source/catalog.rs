@@ -64,7 +64,7 @@ impl std::fmt::Debug for Catalog {
     }
 }
 
-fn catalog_error(e: tokio_postgres::Error) -> SourceError {
+pub(super) fn catalog_error(e: tokio_postgres::Error) -> SourceError {
     match e.as_db_error() {
         Some(db) if matches!(db.code().code(), "28P01" | "28000") => {
             SourceError::Auth(db.message().to_string())
@@ -115,6 +115,11 @@ impl Catalog {
     /// The ordinary (non-replication) connection, for queries outside this type.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The name of the source, for messages.
+    pub fn source_name(&self) -> &str {
+        &self.source
     }
 
     /// wal_level and the REPLICATION attribute.
@@ -190,7 +195,9 @@ impl Catalog {
         Ok(())
     }
 
-    /// Creates the publication for exactly `tables` when missing; verifies it when present.
+    /// Creates the publication for exactly `tables` when missing, with the options of
+    /// [`Catalog::publication_options`]; verifies it when present, never altering it (see
+    /// [`super::publication`]).
     pub async fn ensure_publication(
         &self,
         publication: &str,
@@ -211,8 +218,9 @@ impl Catalog {
             .join(", ");
         if exists.is_none() {
             let sql = format!(
-                "CREATE PUBLICATION {} FOR TABLE {list}",
-                quote_ident(publication)
+                "CREATE PUBLICATION {} FOR TABLE {list} {}",
+                quote_ident(publication),
+                self.publication_options().await?
             );
             return self.client.batch_execute(&sql).await.map_err(|e| {
                 let why = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
@@ -222,6 +230,8 @@ impl Catalog {
                 )
             });
         }
+        // Before the list: without the root setting, the list names partitions.
+        self.check_partition_root(publication, tables).await?;
         let rows = self
             .client
             .query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1", &[&publication])

@@ -31,6 +31,7 @@ pub mod error;
 pub mod frame;
 pub mod pgoutput;
 pub mod protocol;
+pub mod publication;
 pub mod spill;
 pub mod tls;
 pub mod value;
@@ -165,6 +166,13 @@ pub async fn prepare(settings: &SourceSettings) -> Result<Catalog, SourceError> 
             format!("leave {column} out of the table's event mapping, or change its type (e.g. ALTER TABLE {table} ALTER COLUMN {column} TYPE text)"),
         ));
     }
+    catalog
+        .check_generated_columns(
+            &settings.publication,
+            &settings.tables,
+            settings.read_columns.as_ref(),
+        )
+        .await?;
     // The slot first: a refusal should leave nothing behind.
     if let Some(state) = catalog.slot_state(&settings.slot).await? {
         catalog.check_slot(&settings.slot, &state).await?;

@@ -8,4 +8,5 @@ mod support;
 mod admin;
 mod broker;
 mod exactly_once;
+mod generated;
 mod publishing;

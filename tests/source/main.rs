@@ -10,6 +10,7 @@ mod basics;
 mod errors;
 mod golden;
 mod invalidated;
+mod partitions;
 mod streaming;
 mod tls;
 mod types;
