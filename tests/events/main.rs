@@ -10,3 +10,4 @@ mod broker;
 mod exactly_once;
 mod generated;
 mod publishing;
+mod relations;
