@@ -6,6 +6,7 @@
 mod support;
 
 mod convergence;
+mod partitions;
 mod retention;
 mod strict;
 mod tombstones;
