@@ -155,3 +155,84 @@ async fn a_renamed_or_moved_table_stops_the_source_and_loses_nothing_once_config
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_replayed_from_before_a_rename_map_to_the_table_as_configured_now() {
+    let mut daemon = Daemon::prepare("ev_renamed_stopped", Setup::default()).await;
+    daemon.start().await;
+    let pg = daemon.pg().await;
+    insert_user(&pg, "users", "Ada").await;
+    wait_confirmed_to_now(&pg, &daemon.name).await;
+    assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
+
+    // While walcast is stopped: a change, the rename, another change; the configuration
+    // is brought up to date before the start.
+    insert_user(&pg, "users", "Grace").await;
+    pg.batch_execute("ALTER TABLE users RENAME TO members")
+        .await
+        .unwrap();
+    insert_user(&pg, "members", "Edsger").await;
+    let config = std::fs::read_to_string(&daemon.config).unwrap();
+    std::fs::write(
+        &daemon.config,
+        config.replace("table = \"public.users\"", "table = \"public.members\""),
+    )
+    .unwrap();
+    daemon.start().await;
+    let events = decode(&daemon.topic, 3).await;
+    let mut names: Vec<&str> = events
+        .iter()
+        .map(|e| e.value.as_ref().unwrap()["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names, ["Ada", "Edsger", "Grace"], "{}", daemon.log_text());
+    assert!(daemon.exited().is_none(), "{}", daemon.log_text());
+    assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
+    pg.execute("SELECT pg_drop_replication_slot($1)", &[&daemon.name])
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_replayed_of_a_table_taken_out_of_the_publication_since_are_skipped() {
+    let mut daemon = Daemon::prepare("ev_unpublished", Setup::default()).await;
+    daemon.start().await;
+    let pg = daemon.pg().await;
+    wait_confirmed_to_now(&pg, &daemon.name).await;
+    assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
+
+    // While walcast is stopped, a table is published by mistake, written, and taken out
+    // again, as the start check would demand.
+    pg.batch_execute(&format!(
+        "CREATE TABLE audit (id int PRIMARY KEY); ALTER PUBLICATION \"{0}\" ADD TABLE audit;
+         INSERT INTO audit VALUES (1)",
+        daemon.name
+    ))
+    .await
+    .unwrap();
+    insert_user(&pg, "users", "Ada").await;
+    pg.batch_execute(&format!(
+        "ALTER PUBLICATION \"{}\" DROP TABLE audit",
+        daemon.name
+    ))
+    .await
+    .unwrap();
+    daemon.start().await;
+    assert_eq!(decode(&daemon.topic, 1).await.len(), 1);
+    wait_confirmed_to_now(&pg, &daemon.name).await;
+    let log = daemon.log_text();
+    assert!(log.contains("replayed changes of a table the publication no longer sends are skipped"), "{log}");
+    assert!(daemon.exited().is_none(), "{log}");
+    // A live one is not skipped.
+    pg.batch_execute(&format!(
+        "ALTER PUBLICATION \"{}\" ADD TABLE audit; INSERT INTO audit VALUES (2)",
+        daemon.name
+    ))
+    .await
+    .unwrap();
+    assert_eq!(daemon.stops("on the live unmapped change").await.code(), Some(1));
+    pg.execute("SELECT pg_drop_replication_slot($1)", &[&daemon.name])
+        .await
+        .unwrap();
+}
