@@ -28,7 +28,7 @@ impl std::fmt::Display for TableName {
 }
 
 impl TableName {
-    fn sql(&self) -> String {
+    pub(super) fn sql(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
     }
 }

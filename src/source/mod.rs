@@ -180,6 +180,13 @@ pub async fn prepare(settings: &SourceSettings) -> Result<Catalog, SourceError> 
     catalog
         .ensure_publication(&settings.publication, &settings.tables)
         .await?;
+    catalog
+        .check_publication_contents(
+            &settings.publication,
+            &settings.tables,
+            settings.read_columns.as_ref(),
+        )
+        .await?;
     Ok(catalog)
 }
 

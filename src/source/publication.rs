@@ -197,3 +197,115 @@ impl Catalog {
         Ok(row.get(0))
     }
 }
+
+/// `server_version_num` of the first release with row filters and column lists.
+const FILTERS_SINCE: i32 = 150_000;
+
+impl Catalog {
+    /// An existing publication (the user's own, or walcast's altered by hand) sends every
+    /// change of the configured tables: inserts, updates, deletes and truncates, every row
+    /// (no row filter) and every column a mapping reads (no column list leaving one out).
+    /// Each of these would drop changes without a word (a row filter also turns an update
+    /// that moves a row out of it into a delete), so each is refused, naming the fix; the
+    /// publication is never altered. `read` is as in [`Catalog::check_generated_columns`].
+    pub async fn check_publication_contents(
+        &self,
+        publication: &str,
+        tables: &[TableName],
+        read: Option<&HashMap<TableName, Vec<String>>>,
+    ) -> Result<(), SourceError> {
+        let source = self.source_name();
+        let quoted = quote_ident(publication);
+        let Some(row) = self
+            .client()
+            .query_opt(
+                "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = $1",
+                &[&publication],
+            )
+            .await
+            .map_err(catalog_error)?
+        else {
+            return Ok(());
+        };
+        let missing: Vec<&str> = ["insert", "update", "delete", "truncate"]
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !row.get::<_, bool>(*i))
+            .map(|(_, op)| *op)
+            .collect();
+        if !missing.is_empty() {
+            return Err(SourceError::setup(
+                format!(
+                    "source {source}: publication {publication} does not publish {}, so replicas would never see them",
+                    missing.iter().map(|op| format!("{op}s")).collect::<Vec<_>>().join(" or ")
+                ),
+                format!("run ALTER PUBLICATION {quoted} SET (publish = 'insert, update, delete, truncate'), then restart (a table that should ignore truncates says skip_truncate = true)"),
+            ));
+        }
+        if self.server_version_num().await? < FILTERS_SINCE {
+            return Ok(());
+        }
+        let list = tables
+            .iter()
+            .map(TableName::sql)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = self
+            .client()
+            .query(
+                "SELECT schemaname::text, tablename::text, attnames::text[], rowfilter FROM pg_publication_tables WHERE pubname = $1",
+                &[&publication],
+            )
+            .await
+            .map_err(catalog_error)?;
+        for r in rows {
+            let table = TableName {
+                schema: r.get(0),
+                name: r.get(1),
+            };
+            let columns: Option<Vec<String>> = r.get(2);
+            let filter: Option<String> = r.get(3);
+            if let Some(filter) = filter {
+                return Err(SourceError::setup(
+                    format!("source {source}: publication {publication} sends only the rows of {table} matching WHERE {filter}: changes of other rows never reach replicas, and an update moving a row out of the filter arrives as a delete"),
+                    format!("run ALTER PUBLICATION {quoted} SET TABLE {list} (no WHERE, no column lists), or give the source a publication of its own, then restart"),
+                ));
+            }
+            let (Some(columns), Some(read)) = (columns, read.and_then(|read| read.get(&table)))
+            else {
+                continue;
+            };
+            if let Some(column) = read.iter().find(|c| !columns.contains(c)) {
+                // A generated column is left out unless published (checked on its own).
+                let generated = self
+                    .client()
+                    .query_opt(
+                        "SELECT 1 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+                         JOIN pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE n.nspname = $1 AND c.relname = $2 AND a.attname = $3 AND a.attgenerated <> ''",
+                        &[&table.schema, &table.name, column],
+                    )
+                    .await
+                    .map_err(catalog_error)?;
+                let exists = self
+                    .client()
+                    .query_opt(
+                        "SELECT 1 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+                         JOIN pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE n.nspname = $1 AND c.relname = $2 AND a.attname = $3 AND NOT a.attisdropped",
+                        &[&table.schema, &table.name, column],
+                    )
+                    .await
+                    .map_err(catalog_error)?;
+                if generated.is_some() || exists.is_none() {
+                    continue;
+                }
+                return Err(SourceError::setup(
+                    format!("source {source}: publication {publication} sends table {table} without column {column} (its column list leaves it out), which an event field reads: streamed events could not carry it"),
+                    format!("run ALTER PUBLICATION {quoted} SET TABLE {list} (no column lists), or add {column} to the table's column list, then restart"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

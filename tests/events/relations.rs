@@ -222,7 +222,10 @@ async fn changes_replayed_of_a_table_taken_out_of_the_publication_since_are_skip
     assert_eq!(decode(&daemon.topic, 1).await.len(), 1);
     wait_confirmed_to_now(&pg, &daemon.name).await;
     let log = daemon.log_text();
-    assert!(log.contains("replayed changes of a table the publication no longer sends are skipped"), "{log}");
+    assert!(
+        log.contains("replayed changes of a table the publication no longer sends are skipped"),
+        "{log}"
+    );
     assert!(daemon.exited().is_none(), "{log}");
     // A live one is not skipped.
     pg.batch_execute(&format!(
@@ -231,7 +234,10 @@ async fn changes_replayed_of_a_table_taken_out_of_the_publication_since_are_skip
     ))
     .await
     .unwrap();
-    assert_eq!(daemon.stops("on the live unmapped change").await.code(), Some(1));
+    assert_eq!(
+        daemon.stops("on the live unmapped change").await.code(),
+        Some(1)
+    );
     pg.execute("SELECT pg_drop_replication_slot($1)", &[&daemon.name])
         .await
         .unwrap();

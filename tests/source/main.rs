@@ -11,6 +11,7 @@ mod errors;
 mod golden;
 mod invalidated;
 mod partitions;
+mod publications;
 mod streaming;
 mod tls;
 mod types;
