@@ -164,6 +164,19 @@ async fn probe_source(settings: SourceSettings) -> Outcome {
         }
         Err(e) => return one_line(e),
     }
+    // An existing publication that would drop changes (read-only: nothing is altered).
+    if let Err(e) = catalog
+        .check_partition_root(&settings.publication, &settings.tables)
+        .await
+    {
+        return one_line(e);
+    }
+    if let Err(e) = catalog
+        .check_publication_contents(&settings.publication, &settings.tables, None)
+        .await
+    {
+        return one_line(e);
+    }
     match catalog
         .client()
         .query_one("SELECT current_setting('server_version')", &[])
