@@ -309,3 +309,25 @@ impl Catalog {
         Ok(())
     }
 }
+
+impl Catalog {
+    /// The role owning `publication` when it is not walcast's (the connecting role, or a
+    /// role it is a direct member of): a publication walcast must not alter, even as a
+    /// superuser (which may alter any). `None` for walcast's own, or no such publication.
+    pub async fn foreign_publication_owner(
+        &self,
+        publication: &str,
+    ) -> Result<Option<String>, SourceError> {
+        let row = self
+            .client()
+            .query_opt(
+                "SELECT pg_get_userbyid(p.pubowner)::text, \
+                        p.pubowner = r.oid OR EXISTS (SELECT FROM pg_auth_members m WHERE m.member = r.oid AND m.roleid = p.pubowner) \
+                 FROM pg_publication p, pg_roles r WHERE p.pubname = $1 AND r.rolname = current_user",
+                &[&publication],
+            )
+            .await
+            .map_err(catalog_error)?;
+        Ok(row.and_then(|r| (!r.get::<_, bool>(1)).then(|| r.get(0))))
+    }
+}
