@@ -109,6 +109,26 @@ async fn every_change_of_a_partitioned_table_arrives_under_its_root() {
     );
     assert_eq!(changes[2].lsn, changes[3].lsn, "a move is one transaction");
     assert!(changes[2].seq < changes[3].seq);
+
+    // What PostgreSQL does not send through the root: a TRUNCATE of one partition (its
+    // rows stay in replicas, see the README); a TRUNCATE of the root arrives as the root's.
+    for sql in [
+        "TRUNCATE orders_eu",
+        "INSERT INTO orders VALUES (5, 'eu', 'e')",
+        "TRUNCATE orders",
+    ] {
+        pg.batch_execute(sql).await.unwrap();
+    }
+    let changes = source.changes(2, Duration::from_secs(30)).await;
+    let ops: Vec<(Op, &str)> = changes
+        .iter()
+        .map(|c| (c.op, c.table.name.as_str()))
+        .collect();
+    assert_eq!(
+        ops,
+        [(Op::Insert, "orders"), (Op::Truncate, "orders")],
+        "{changes:#?}"
+    );
     source.stop().await.unwrap();
     drop_slot(&pg, &db).await;
 }
