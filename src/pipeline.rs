@@ -724,7 +724,7 @@ impl Pipeline {
         catalog: &mut Catalog,
     ) -> Result<(), PipelineError> {
         let live = self.current.is_none_or(|c| c.lsn >= self.started_at);
-        let Some((spec, ids)) = self.spec_of(&table, live)? else {
+        let Some((spec, ids)) = self.spec_of(&table, live).map_err(|e| *e)? else {
             // Unmapped: its first change stops the source.
             return Ok(());
         };

@@ -39,7 +39,7 @@ impl Pipeline {
         &self,
         table: &Table,
         live: bool,
-    ) -> Result<Option<(Arc<TableSpec>, SchemaIds)>, PipelineError> {
+    ) -> Result<Option<(Arc<TableSpec>, SchemaIds)>, Box<PipelineError>> {
         let by_name = self
             .specs
             .iter()
@@ -51,13 +51,13 @@ impl Pipeline {
             return Ok(None);
         };
         if live {
-            return Err(PipelineError::Renamed {
+            return Err(Box::new(PipelineError::Renamed {
                 source_name: self.name.clone(),
                 oid: table.oid,
                 was: mapped.spec.table.to_string(),
                 now: table.to_string(),
                 lsn: self.current.map_or(Lsn::ZERO, |c| c.lsn),
-            });
+            }));
         }
         tracing::info!(source = %self.name, table = %mapped.spec.table, was = %table, "a change replayed from before a rename: mapped to the table as it is named now");
         Ok(self

@@ -127,10 +127,8 @@ impl Catalog {
                 .map_err(catalog_error)?;
             for r in rows {
                 let (column, kind): (String, String) = (r.get(0), r.get(1));
-                let is_read = read.is_none_or(|read| {
-                    read.get(t)
-                        .is_some_and(|cols| cols.iter().any(|c| *c == column))
-                });
+                let is_read =
+                    read.is_none_or(|read| read.get(t).is_some_and(|cols| cols.contains(&column)));
                 if is_read {
                     generated.push((t.clone(), column, kind));
                 }

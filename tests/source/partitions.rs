@@ -27,6 +27,9 @@ async fn orders_db(stack: &Stack, prefix: &str, more: &str) -> (String, tokio_po
     (db, pg)
 }
 
+/// A row's `(id, region)`.
+type Key = (Value, Value);
+
 async fn drop_slot(pg: &tokio_postgres::Client, slot: &str) {
     pg.execute(
         "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
@@ -77,7 +80,7 @@ async fn every_change_of_a_partitioned_table_arrives_under_its_root() {
         );
     }
     let value = |row: &walcast::source::Row, table, col| row.get(table, col).unwrap().unwrap();
-    let summary: Vec<(Op, Option<(Value, Value)>, Option<(Value, Value)>)> = changes
+    let summary: Vec<(Op, Option<Key>, Option<Key>)> = changes
         .iter()
         .map(|c| {
             let key = |row: &Option<walcast::source::Row>| {
