@@ -154,6 +154,9 @@ async fn probe_source(settings: SourceSettings) -> Outcome {
     if let Err(e) = catalog.check_tables(&settings.tables).await {
         return one_line(e);
     }
+    if let Err(e) = catalog.check_nested_partitions(&settings.tables).await {
+        return one_line(e);
+    }
     match catalog.unsupported_columns(&settings.tables).await {
         Ok(found) => {
             if let Some((table, column, ty)) = found.into_iter().next() {

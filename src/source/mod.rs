@@ -150,6 +150,7 @@ pub async fn prepare(settings: &SourceSettings) -> Result<Catalog, SourceError> 
     let mut catalog = Catalog::connect(&settings.url, &settings.name, &settings.tls).await?;
     catalog.check_server().await?;
     catalog.check_tables(&settings.tables).await?;
+    catalog.check_nested_partitions(&settings.tables).await?;
     if let Some((table, column, ty)) = catalog
         .unsupported_columns(&settings.tables)
         .await?

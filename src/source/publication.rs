@@ -52,6 +52,32 @@ impl Catalog {
         Ok(format!("WITH ({})", options.join(", ")))
     }
 
+    /// Refuses a configured partition whose ancestor is configured too: through the root,
+    /// its changes arrive as the ancestor's, never under its own name.
+    pub async fn check_nested_partitions(&self, tables: &[TableName]) -> Result<(), SourceError> {
+        for t in tables {
+            let ancestors = self
+                .client()
+                .query(
+                    "SELECT n.nspname::text, c.relname::text FROM pg_class p                      JOIN pg_namespace pn ON pn.oid = p.relnamespace                      JOIN LATERAL pg_partition_ancestors(p.oid) a(relid) ON a.relid <> p.oid                      JOIN pg_class c ON c.oid = a.relid JOIN pg_namespace n ON n.oid = c.relnamespace                      WHERE pn.nspname = $1 AND p.relname = $2 AND p.relispartition",
+                    &[&t.schema, &t.name],
+                )
+                .await
+                .map_err(catalog_error)?;
+            let configured = ancestors.iter().map(|r| TableName {
+                schema: r.get(0),
+                name: r.get(1),
+            });
+            if let Some(ancestor) = configured.into_iter().find(|a| tables.contains(a)) {
+                return Err(SourceError::setup(
+                    format!("source {}: table {t} is a partition of {ancestor}, which is configured too: published through the root, its changes arrive as {ancestor}'s", self.source_name()),
+                    format!("remove {t} from the source's [[source.table]] list: {ancestor}'s mapping covers its rows"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// An existing publication sends each configured partitioned table under its root's
     /// name: refuses one without `publish_via_partition_root`, naming the tables and the fix.
     pub async fn check_partition_root(

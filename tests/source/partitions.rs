@@ -185,3 +185,21 @@ async fn a_publication_of_partitions_is_refused_naming_the_fix_and_left_as_it_is
         .unwrap();
     prepare(&settings).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_partition_configured_beside_its_root_is_refused() {
+    let stack = Stack::get();
+    let (db, _pg) = orders_db(stack, "src_part_both", "SELECT 1").await;
+    let settings = source_settings(stack, &db, &db, &["public.orders", "public.orders_eu"]);
+    let refusal = match prepare(&settings).await {
+        Ok(_) => panic!("a partition beside its root was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert_eq!(
+        refusal,
+        format!("source {db}: table public.orders_eu is a partition of public.orders, which is configured too: published through the root, its changes arrive as public.orders's\n  hint: remove public.orders_eu from the source's [[source.table]] list: public.orders's mapping covers its rows")
+    );
+    // A partition alone is accepted: it has no published ancestor to be sent as.
+    let alone = source_settings(stack, &db, &db, &["public.orders_eu"]);
+    prepare(&alone).await.unwrap();
+}
