@@ -261,7 +261,12 @@ impl Catalog {
                     names(&published),
                     names(&wanted)
                 ),
-                format!("run ALTER PUBLICATION {} SET TABLE {list}", quote_ident(publication)),
+                if exists.is_some_and(|r| r.get::<_, bool>(0)) {
+                    // Tables cannot be set on a FOR ALL TABLES publication.
+                    format!("publication {publication} is FOR ALL TABLES; give the source a publication of its own (publication = \"…\" in its [[source]], which walcast creates), or run DROP PUBLICATION {0}; CREATE PUBLICATION {0} FOR TABLE {list} {1}", quote_ident(publication), self.publication_options().await?)
+                } else {
+                    format!("run ALTER PUBLICATION {} SET TABLE {list}", quote_ident(publication))
+                },
             ));
         }
         Ok(())

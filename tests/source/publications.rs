@@ -91,3 +91,37 @@ async fn a_publication_that_would_drop_changes_is_refused_naming_the_fix() {
         .unwrap();
     prepare(&settings).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_publication_for_all_tables_with_others_is_refused_naming_a_fix_that_works() {
+    let stack = Stack::get();
+    let name = unique("src_allpub");
+    let db = stack.fresh_pg_database(&name).await;
+    let pg = stack.pg(&db).await;
+    pg.batch_execute(&format!(
+        "CREATE TABLE users (id bigint PRIMARY KEY); CREATE TABLE other (id bigint PRIMARY KEY);
+         ALTER TABLE users OWNER TO walcast; GRANT CREATE ON DATABASE {name} TO walcast;
+         CREATE PUBLICATION everything FOR ALL TABLES"
+    ))
+    .await
+    .unwrap();
+    let mut settings = source_settings(stack, &name, &db, &["public.users"]);
+    settings.publication = "everything".into();
+    let refusal = prepare(&settings).await.err().expect("refused").to_string();
+    let options = if stack.pg_major >= 18 {
+        "publish_via_partition_root = true, publish_generated_columns = stored"
+    } else {
+        "publish_via_partition_root = true"
+    };
+    assert_eq!(
+        refusal,
+        format!("source {name}: publication everything publishes [public.other, public.users], but the configuration lists [public.users]\n  hint: publication everything is FOR ALL TABLES; give the source a publication of its own (publication = \"…\" in its [[source]], which walcast creates), or run DROP PUBLICATION \"everything\"; CREATE PUBLICATION \"everything\" FOR TABLE \"public\".\"users\" WITH ({options})")
+    );
+    // The hint's second fix works.
+    pg.batch_execute(&format!(
+        "DROP PUBLICATION \"everything\"; CREATE PUBLICATION \"everything\" FOR TABLE \"public\".\"users\" WITH ({options})"
+    ))
+    .await
+    .unwrap();
+    prepare(&settings).await.unwrap();
+}
