@@ -20,6 +20,8 @@
 //! # No loss
 //! The source confirms to PostgreSQL only the position the producer reports as acknowledged
 //! (see [`crate::kafka::producer`]): every event of every transaction up to it is in Kafka.
+//! A change of a relation no mapping covers, or of a mapped one under a new name, stops the
+//! source instead of being skipped (see `src/pipeline/relations.rs`).
 //!
 //! # Exactly once
 //! With `kafka.exactly_once`, Kafka transactions hold whole source transactions. On start the
@@ -89,7 +91,7 @@ pub enum PipelineError {
         /// Commit LSN of the truncating transaction.
         lsn: Lsn,
     },
-    /// A change arrived for a relation no `[[source.table]]` maps (see [`relations`]).
+    /// A change arrived for a relation no `[[source.table]]` maps (see `src/pipeline/relations.rs`).
     #[error("source {source_name}: a change of {table} (relation {oid}) arrived in the transaction committed at {lsn}, and no [[source.table]] maps it; skipping it would lose it, so nothing from it on is published or confirmed\n  hint: publication {publication} sends a table the configuration does not list: add {table} to the source's [[source.table]] list, or remove it from the publication (ALTER PUBLICATION {publication} DROP TABLE {table}); if it is a partition of a configured table, run ALTER PUBLICATION {publication} SET (publish_via_partition_root = true); then restart")]
     Unmapped {
         /// Name of the source.
