@@ -107,7 +107,7 @@ async fn a_publication_for_all_tables_with_others_is_refused_naming_a_fix_that_w
     .unwrap();
     let mut settings = source_settings(stack, &name, &db, &["public.users"]);
     settings.publication = "everything".into();
-    let refusal = prepare(&settings).await.err().expect("refused").to_string();
+    let refusal = prepare(&settings).await.expect_err("refused").to_string();
     let options = if stack.pg_major >= 18 {
         "publish_via_partition_root = true, publish_generated_columns = stored"
     } else {
