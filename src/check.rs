@@ -154,6 +154,9 @@ async fn probe_source(settings: SourceSettings) -> Outcome {
     if let Err(e) = catalog.check_tables(&settings.tables).await {
         return one_line(e);
     }
+    if let Err(e) = catalog.check_nested_partitions(&settings.tables).await {
+        return one_line(e);
+    }
     match catalog.unsupported_columns(&settings.tables).await {
         Ok(found) => {
             if let Some((table, column, ty)) = found.into_iter().next() {
@@ -163,6 +166,19 @@ async fn probe_source(settings: SourceSettings) -> Outcome {
             }
         }
         Err(e) => return one_line(e),
+    }
+    // An existing publication that would drop changes (read-only: nothing is altered).
+    if let Err(e) = catalog
+        .check_partition_root(&settings.publication, &settings.tables)
+        .await
+    {
+        return one_line(e);
+    }
+    if let Err(e) = catalog
+        .check_publication_contents(&settings.publication, &settings.tables, None)
+        .await
+    {
+        return one_line(e);
     }
     match catalog
         .client()

@@ -20,6 +20,8 @@
 //! # No loss
 //! The source confirms to PostgreSQL only the position the producer reports as acknowledged
 //! (see [`crate::kafka::producer`]): every event of every transaction up to it is in Kafka.
+//! A change of a relation no mapping covers, or of a mapped one under a new name, stops the
+//! source instead of being skipped (see `src/pipeline/relations.rs`).
 //!
 //! # Exactly once
 //! With `kafka.exactly_once`, Kafka transactions hold whole source transactions. On start the
@@ -56,6 +58,8 @@ use crate::source::change::PG_EPOCH_OFFSET_MICROS;
 use crate::source::{self, SourceError, SourceEvent, SourceSettings};
 use prometheus_client::metrics::counter::Counter;
 
+mod relations;
+
 /// Why a source's pipeline stopped or restarts.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -85,6 +89,34 @@ pub enum PipelineError {
         /// The table, `schema.table`.
         table: String,
         /// Commit LSN of the truncating transaction.
+        lsn: Lsn,
+    },
+    /// A change arrived for a relation no `[[source.table]]` maps (see `src/pipeline/relations.rs`).
+    #[error("source {source_name}: a change of {table} (relation {oid}) arrived in the transaction committed at {lsn}, and no [[source.table]] maps it; skipping it would lose it, so nothing from it on is published or confirmed\n  hint: publication {publication} sends a table the configuration does not list: add {table} to the source's [[source.table]] list, or remove it from the publication (ALTER PUBLICATION {publication} DROP TABLE {table}); if it is a partition of a configured table, run ALTER PUBLICATION {publication} SET (publish_via_partition_root = true); then restart")]
+    Unmapped {
+        /// Name of the source.
+        source_name: String,
+        /// The relation as the change names it, `schema.table`.
+        table: String,
+        /// The relation's OID.
+        oid: u32,
+        /// Commit LSN of the transaction holding the change.
+        lsn: Lsn,
+        /// The source's publication, quoted for SQL.
+        publication: String,
+    },
+    /// A mapped relation arrives under another name: renamed or moved to another schema.
+    #[error("source {source_name}: relation {oid} was mapped as {was} and now arrives as {now} (in the transaction committed at {lsn}): the table was renamed or moved to another schema (ALTER TABLE … RENAME or SET SCHEMA), and the configuration names it as it was, so nothing from it on is published or confirmed\n  hint: set table = \"{now}\" in the [[source.table]] that says table = \"{was}\" (its topic and contracts stay as they are), then restart; the publication follows the table by itself")]
+    Renamed {
+        /// Name of the source.
+        source_name: String,
+        /// The relation's OID.
+        oid: u32,
+        /// The name it was mapped under, `schema.table`.
+        was: String,
+        /// The name it arrives under now, `schema.table`.
+        now: String,
+        /// Commit LSN of the transaction whose change announced the new name.
         lsn: Lsn,
     },
     /// The snapshot of the source's tables failed.
@@ -126,7 +158,9 @@ impl PipelineError {
             PipelineError::Interrupted { .. } => true,
             PipelineError::ForeignProgress { .. }
             | PipelineError::Task { .. }
-            | PipelineError::Truncated { .. } => false,
+            | PipelineError::Truncated { .. }
+            | PipelineError::Unmapped { .. }
+            | PipelineError::Renamed { .. } => false,
         }
     }
 }
@@ -226,6 +260,15 @@ async fn run_once(
     );
 
     let mut catalog = Catalog::connect(&settings.url, &settings.name, &settings.tls).await?;
+    // Before anything is compiled or read: a snapshot would publish a generated column's
+    // values that streamed changes cannot carry.
+    catalog
+        .check_generated_columns(
+            &settings.publication,
+            &settings.tables,
+            settings.read_columns.as_ref(),
+        )
+        .await?;
     // Standby: while another instance streams from the slot, this one waits before touching
     // anything it shares (above all the transactional ids, which would fence the active one).
     if let Some(state) = catalog.slot_state(&settings.slot).await? {
@@ -336,6 +379,8 @@ async fn run_once(
     let from_start = specs.iter().map(|(s, _)| s.table.to_string()).collect();
     let mut pipeline = Pipeline {
         name: source.name.clone(),
+        publication: settings.publication.clone(),
+        unpublished: Default::default(),
         specs,
         mappings,
         started_at,
@@ -447,10 +492,18 @@ async fn measure_slot(catalog: &Catalog, source_name: &str, slot: &str) {
 struct Mappings(Vec<Mapping>);
 
 impl Mappings {
+    /// The mapping of `table` by its name, or else by its OID: a relation replayed under
+    /// the name it had before a rename (see [`relations`]).
     fn get(&self, table: &crate::source::Table) -> Option<&Mapping> {
         self.0
             .iter()
             .find(|m| m.spec.table.schema == table.schema && m.spec.table.name == table.name)
+            .or_else(|| self.by_oid(table.oid))
+    }
+
+    /// The mapping whose table has relation OID `oid`.
+    fn by_oid(&self, oid: u32) -> Option<&Mapping> {
+        self.0.iter().find(|m| m.table.oid == oid)
     }
 
     /// Adds `mapping`, replacing the one of the same table.
@@ -474,6 +527,10 @@ struct Current {
 
 struct Pipeline {
     name: String,
+    /// The source's publication.
+    publication: String,
+    /// Relations whose replayed changes are skipped: no longer published (see [`relations`]).
+    unpublished: std::collections::HashSet<u32>,
     specs: Vec<(Arc<TableSpec>, SchemaIds)>,
     mappings: Mappings,
     /// Where the server's WAL ended when the source started: a change of a table's shape
@@ -592,7 +649,7 @@ impl Pipeline {
                     });
                 }
                 SourceEvent::Schema { new, .. } => self.reshape(new, catalog).await?,
-                SourceEvent::Change(change) => self.change(&change).await?,
+                SourceEvent::Change(change) => self.change(&change, catalog).await?,
                 SourceEvent::Commit { end_lsn, .. } => {
                     if let Some(current) = self.current.take() {
                         if current.sent && !current.skipped {
@@ -673,12 +730,9 @@ impl Pipeline {
         table: Arc<crate::source::Table>,
         catalog: &mut Catalog,
     ) -> Result<(), PipelineError> {
-        let Some((spec, ids)) = self
-            .specs
-            .iter()
-            .find(|(s, _)| s.table.schema == table.schema && s.table.name == table.name)
-            .cloned()
-        else {
+        let live = self.current.is_none_or(|c| c.lsn >= self.started_at);
+        let Some((spec, ids)) = self.spec_of(&table, live).map_err(|e| *e)? else {
+            // Unmapped: its first change stops the source.
             return Ok(());
         };
         if self
@@ -704,7 +758,6 @@ impl Pipeline {
         // (a column added since). Later changes in history are judged, but a field no column
         // fed at start keeps its default (dropped on purpose, then a restart).
         let table_key = key.to_string();
-        let live = self.current.is_none_or(|c| c.lsn >= self.started_at);
         let first_in_history = !live && self.from_start.contains(&table_key);
         self.from_start.remove(&table_key);
         if let Some(lost) = self
@@ -728,7 +781,11 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn change(&mut self, change: &source::Change) -> Result<(), PipelineError> {
+    async fn change(
+        &mut self,
+        change: &source::Change,
+        catalog: &Catalog,
+    ) -> Result<(), PipelineError> {
         let Some(current) = self.current else {
             // The assembler only hands over changes between a Begin and its Commit.
             return Err(SourceError::Protocol(format!(
@@ -741,7 +798,7 @@ impl Pipeline {
             return Ok(());
         }
         let Some(mapping) = self.mappings.get(&change.table) else {
-            return Ok(());
+            return self.unmapped(change, current.lsn, catalog).await;
         };
         let lsn = current.lsn;
         let topic = &mapping.spec.topic;

@@ -348,6 +348,16 @@ pub async fn start(
                     quote_ident(&table.schema),
                     quote_ident(&table.name)
                 );
+                // Recorded pending first: once the operator adds it, it is still read.
+                if let Some(owner) = catalog
+                    .foreign_publication_owner(&settings.publication)
+                    .await?
+                {
+                    return Err(SnapshotError::Source(SourceError::setup(
+                        format!("source {}: table {table} is new to the configuration, and publication {}, which role {owner} owns, does not publish it; walcast alters only a publication its own role owns", source.name, settings.publication),
+                        format!("run {sql}, then restart (its rows are read then)"),
+                    )));
+                }
                 catalog.client().batch_execute(&sql).await.map_err(|e| SnapshotError::Source(SourceError::setup(
                     format!("source {}: cannot add table {table} to publication {}: {}", source.name, settings.publication, walcast_text::describe(&e)),
                     format!("run {sql} yourself, or make walcast's role a member of the role owning the table"),

@@ -28,7 +28,7 @@ impl std::fmt::Display for TableName {
 }
 
 impl TableName {
-    fn sql(&self) -> String {
+    pub(super) fn sql(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
     }
 }
@@ -66,7 +66,7 @@ impl std::fmt::Debug for Catalog {
     }
 }
 
-fn catalog_error(e: tokio_postgres::Error) -> SourceError {
+pub(super) fn catalog_error(e: tokio_postgres::Error) -> SourceError {
     match e.as_db_error() {
         Some(db) if matches!(db.code().code(), "28P01" | "28000") => {
             SourceError::Auth(db.message().to_string())
@@ -122,6 +122,11 @@ impl Catalog {
     /// The ordinary (non-replication) connection, for queries outside this type.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The name of the source, for messages.
+    pub fn source_name(&self) -> &str {
+        &self.source
     }
 
     /// wal_level and the REPLICATION attribute.
@@ -197,7 +202,9 @@ impl Catalog {
         Ok(())
     }
 
-    /// Creates the publication for exactly `tables` when missing; verifies it when present.
+    /// Creates the publication for exactly `tables` when missing, with the options of
+    /// [`Catalog::publication_options`]; verifies it when present, never altering it (see
+    /// [`super::publication`]).
     pub async fn ensure_publication(
         &self,
         publication: &str,
@@ -218,8 +225,9 @@ impl Catalog {
             .join(", ");
         if exists.is_none() {
             let sql = format!(
-                "CREATE PUBLICATION {} FOR TABLE {list}",
-                quote_ident(publication)
+                "CREATE PUBLICATION {} FOR TABLE {list} {}",
+                quote_ident(publication),
+                self.publication_options().await?
             );
             return self.client.batch_execute(&sql).await.map_err(|e| {
                 let why = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
@@ -229,6 +237,8 @@ impl Catalog {
                 )
             });
         }
+        // Before the list: without the root setting, the list names partitions.
+        self.check_partition_root(publication, tables).await?;
         let rows = self
             .client
             .query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1", &[&publication])
@@ -258,7 +268,12 @@ impl Catalog {
                     names(&published),
                     names(&wanted)
                 ),
-                format!("run ALTER PUBLICATION {} SET TABLE {list}", quote_ident(publication)),
+                if exists.is_some_and(|r| r.get::<_, bool>(0)) {
+                    // Tables cannot be set on a FOR ALL TABLES publication.
+                    format!("publication {publication} is FOR ALL TABLES; give the source a publication of its own (publication = \"…\" in its [[source]], which walcast creates), or run DROP PUBLICATION {0}; CREATE PUBLICATION {0} FOR TABLE {list} {1}", quote_ident(publication), self.publication_options().await?)
+                } else {
+                    format!("run ALTER PUBLICATION {} SET TABLE {list}", quote_ident(publication))
+                },
             ));
         }
         Ok(())

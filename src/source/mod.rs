@@ -22,7 +22,8 @@
 //! # Layout
 //! [`pgoutput`] and [`value`] are the pure protocol core; [`assembler`] turns messages into
 //! ordered events and buffers streamed transactions via [`spill`]; [`protocol`] and
-//! [`catalog`] are the I/O shell; this module runs them.
+//! [`catalog`] are the I/O shell, with [`publication`] the checks of what the publication
+//! sends (partitions through their root, generated columns, filters); this module runs them.
 
 pub mod assembler;
 pub mod catalog;
@@ -33,6 +34,7 @@ pub mod frame;
 pub(crate) mod hostile;
 pub mod pgoutput;
 pub mod protocol;
+pub mod publication;
 pub mod spill;
 pub mod tls;
 pub mod value;
@@ -155,6 +157,7 @@ pub async fn prepare(settings: &SourceSettings) -> Result<Catalog, SourceError> 
     let mut catalog = Catalog::connect(&settings.url, &settings.name, &settings.tls).await?;
     catalog.check_server().await?;
     catalog.check_tables(&settings.tables).await?;
+    catalog.check_nested_partitions(&settings.tables).await?;
     if let Some((table, column, ty)) = catalog
         .unsupported_columns(&settings.tables)
         .await?
@@ -171,12 +174,26 @@ pub async fn prepare(settings: &SourceSettings) -> Result<Catalog, SourceError> 
             format!("leave {column} out of the table's event mapping, or change its type (e.g. ALTER TABLE {table} ALTER COLUMN {column} TYPE text)"),
         ));
     }
+    catalog
+        .check_generated_columns(
+            &settings.publication,
+            &settings.tables,
+            settings.read_columns.as_ref(),
+        )
+        .await?;
     // The slot first: a refusal should leave nothing behind.
     if let Some(state) = catalog.slot_state(&settings.slot).await? {
         catalog.check_slot(&settings.slot, &state).await?;
     }
     catalog
         .ensure_publication(&settings.publication, &settings.tables)
+        .await?;
+    catalog
+        .check_publication_contents(
+            &settings.publication,
+            &settings.tables,
+            settings.read_columns.as_ref(),
+        )
         .await?;
     Ok(catalog)
 }

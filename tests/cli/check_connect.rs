@@ -153,6 +153,25 @@ async fn a_table_the_source_cannot_use_is_named_by_check() {
 }
 
 #[tokio::test]
+async fn a_publication_that_would_drop_changes_is_named_by_check() {
+    let text = stack_config(
+        "check_pub",
+        "CREATE TABLE users (id bigint NOT NULL, region text NOT NULL, name text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+         CREATE TABLE users_eu PARTITION OF users FOR VALUES IN ('eu');
+         CREATE PUBLICATION walcast_users FOR TABLE users",
+    )
+    .await;
+    let (out, stdout) = check_connect(&text);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        line(&stdout, "source users").ends_with(
+            "FAIL source users: publication walcast_users lacks publish_via_partition_root, so the changes of partitioned table public.users arrive under its partitions' names, which the configuration does not map; hint: run ALTER PUBLICATION \"walcast_users\" SET (publish_via_partition_root = true), then restart"
+        ),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
 async fn unusable_servers_are_named_with_the_reason_and_exit_1() {
     let stack = Stack::get();
     let db = stack.fresh_pg_database(&unique("check_fail")).await;

@@ -8,4 +8,6 @@ mod support;
 mod admin;
 mod broker;
 mod exactly_once;
+mod generated;
 mod publishing;
+mod relations;

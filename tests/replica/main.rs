@@ -9,6 +9,7 @@ mod carried;
 mod convergence;
 mod foreign;
 mod named;
+mod partitions;
 mod retention;
 mod strict;
 mod tombstones;

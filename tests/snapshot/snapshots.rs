@@ -700,3 +700,86 @@ async fn walcast_snapshot_says_why_when_it_cannot_ask_or_nobody_answers() {
         .get(0);
     assert_eq!(pending, "requested");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_added_to_a_publication_walcast_does_not_own_is_named_with_the_fix_and_read_once_added(
+) {
+    let mut daemon = Daemon::prepare("snap_theirs", Setup::default()).await;
+    snapshots_on(&daemon, "publication = \"theirs\"");
+    // As a superuser, which may alter any publication; this one is another role's.
+    let config = std::fs::read_to_string(&daemon.config).unwrap();
+    std::fs::write(
+        &daemon.config,
+        config.replace("postgres://walcast@", "postgres://postgres@"),
+    )
+    .unwrap();
+    let source = daemon.pg().await;
+    source
+        .batch_execute(
+            "CREATE PUBLICATION theirs FOR TABLE users WITH (publish_via_partition_root = true);
+             ALTER PUBLICATION theirs OWNER TO walcast;
+             CREATE TABLE archive (LIKE users INCLUDING ALL);
+             INSERT INTO archive (full_name, email, password_hash)
+             SELECT 'old ' || g, 'old' || g || '@example.com', 'x' FROM generate_series(1, 50) g",
+        )
+        .await
+        .unwrap();
+    daemon.start().await;
+    snapshot_done(&daemon, "public.users", 1).await;
+    assert_eq!(
+        daemon.terminate().await,
+        Some(0),
+        "{}",
+        tail(&daemon.log_text())
+    );
+
+    let archive_topic = format!("{}.archive", daemon.name);
+    add_table(&daemon, "archive", &archive_topic);
+    daemon.spawn();
+    assert_eq!(
+        daemon
+            .stops("on the publication it does not own")
+            .await
+            .code(),
+        Some(1)
+    );
+    let log = daemon.log_text();
+    assert!(
+        log.contains(&format!("source {}: table public.archive is new to the configuration, and publication theirs, which role walcast owns, does not publish it; walcast alters only a publication its own role owns\n  hint: run ALTER PUBLICATION \"theirs\" ADD TABLE \"public\".\"archive\", then restart (its rows are read then)", daemon.name)),
+        "{}",
+        tail(&log)
+    );
+    let published: i64 = source
+        .query_one(
+            "SELECT count(*) FROM pg_publication_tables WHERE pubname = 'theirs'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(published, 1, "the publication is left as it was");
+
+    // The hint's fix: the table's existing rows are read all the same.
+    source
+        .batch_execute("ALTER PUBLICATION theirs ADD TABLE archive")
+        .await
+        .unwrap();
+    daemon.start().await;
+    snapshot_done(&daemon, "public.archive", 1).await;
+    let reads = records(&archive_topic)
+        .await
+        .iter()
+        .filter(|r| r.0 == "snapshot")
+        .count();
+    assert_eq!(reads, 50, "every existing row of the added table arrives");
+    assert_eq!(
+        daemon.terminate().await,
+        Some(0),
+        "{}",
+        tail(&daemon.log_text())
+    );
+    source
+        .execute("SELECT pg_drop_replication_slot($1)", &[&daemon.name])
+        .await
+        .unwrap();
+}

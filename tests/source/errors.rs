@@ -141,10 +141,16 @@ async fn a_publication_with_other_tables_is_refused() {
 async fn a_publication_walcast_may_not_create_names_the_reason() {
     let stack = Stack::get();
     let (name, db) = database(stack, "err_owner", "CREATE TABLE a (id int PRIMARY KEY)").await;
+    // The options walcast creates its publications with: the highest the server offers.
+    let options = if stack.pg_major >= 18 {
+        "publish_via_partition_root = true, publish_generated_columns = stored"
+    } else {
+        "publish_via_partition_root = true"
+    };
     assert_eq!(
         refusal(&source_settings(stack, &name, &db, &["public.a"])).await,
         format!(
-            "source {name}: cannot create publication {name}: must be owner of table a\n  hint: run CREATE PUBLICATION \"{name}\" FOR TABLE \"public\".\"a\" yourself, or give walcast's role CREATE on the database and membership in the role that owns the tables"
+            "source {name}: cannot create publication {name}: must be owner of table a\n  hint: run CREATE PUBLICATION \"{name}\" FOR TABLE \"public\".\"a\" WITH ({options}) yourself, or give walcast's role CREATE on the database and membership in the role that owns the tables"
         )
     );
 }

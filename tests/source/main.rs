@@ -10,6 +10,8 @@ mod basics;
 mod errors;
 mod golden;
 mod invalidated;
+mod partitions;
+mod publications;
 mod streaming;
 mod tls;
 mod types;

@@ -42,6 +42,8 @@ pub struct Daemon {
     pub admin: Option<String>,
     child: Option<Child>,
     pub log: PathBuf,
+    /// The stack, with the cluster the daemon's source is on.
+    stack: Stack,
 }
 
 /// How the test's configuration differs from the default.
@@ -68,12 +70,18 @@ pub struct Setup {
     pub pg_addr: Option<String>,
     /// Another registry URL than the stack's (a fault proxy in front of it).
     pub registry_url: Option<String>,
+    /// The stack's cluster of this PostgreSQL major instead of the run's (`Stack::pg_of`).
+    pub pg_major: Option<u32>,
 }
 
 impl Daemon {
     /// A fresh database with the users table, and a configuration for it (not started).
     pub async fn prepare(prefix: &str, setup: Setup) -> Daemon {
-        let stack = Stack::get();
+        let on = match setup.pg_major {
+            Some(major) => Stack::get().for_major(major),
+            None => Stack::get().clone(),
+        };
+        let stack = &on;
         let name = unique(prefix);
         let db = stack.fresh_pg_database(&name).await;
         stack
@@ -182,6 +190,7 @@ delete = "UserDeleted.avsc"
             admin: setup.admin.then(|| format!("http://{admin_listen}")),
             child: None,
             log,
+            stack: on,
         }
     }
 
@@ -201,6 +210,7 @@ delete = "UserDeleted.avsc"
             admin: self.admin.clone(),
             child: None,
             log,
+            stack: self.stack.clone(),
         }
     }
 
@@ -217,7 +227,7 @@ delete = "UserDeleted.avsc"
 
     /// [`Daemon::start`] with extra environment variables (secrets the configuration names).
     pub async fn start_with(&mut self, env: &[(&str, &str)]) {
-        let pg = Stack::get().pg(&self.db).await;
+        let pg = self.stack.pg(&self.db).await;
         let before: Option<i32> = pg
             .query_opt(
                 "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
@@ -353,7 +363,7 @@ delete = "UserDeleted.avsc"
     }
 
     pub async fn pg(&self) -> tokio_postgres::Client {
-        Stack::get().pg(&self.db).await
+        self.stack.pg(&self.db).await
     }
 }
 

@@ -214,6 +214,15 @@ impl Stack {
             })
     }
 
+    /// This stack with the cluster of `major` in place of the run's (`pg_url`, `pg_major`).
+    pub fn for_major(&self, major: u32) -> Stack {
+        Stack {
+            pg_url: self.pg_of(major).url.clone(),
+            pg_major: major,
+            ..self.clone()
+        }
+    }
+
     /// The server binaries (initdb, pg_ctl, postgres) of the major at `pg_url`.
     pub fn pg_server_bin(&self) -> &std::path::Path {
         &self.pg_of(self.pg_major).server_bin
