@@ -98,8 +98,9 @@ pub(crate) fn network_cause(error: &(dyn std::error::Error + 'static)) -> Option
         }
         cause = e.source();
     }
-    // OpenSSL reports a peer that hung up mid-handshake as an EOF without an io::Error.
-    let text = error.to_string();
+    // OpenSSL reports a peer that hung up mid-handshake as an EOF without an io::Error, in
+    // a cause of the error rather than its own text.
+    let text = walcast_text::describe(error);
     [
         "Broken pipe",
         "Connection reset",
@@ -123,6 +124,20 @@ mod network_cause_tests {
             "error performing TLS handshake: Broken pipe (os error 32) (unable to get local issuer certificate)",
         );
         assert!(network_cause(&pipe).is_some());
+        #[derive(Debug)]
+        struct Handshake(std::io::Error);
+        impl std::fmt::Display for Handshake {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("error performing TLS handshake")
+            }
+        }
+        impl std::error::Error for Handshake {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let eof = Handshake(std::io::Error::other("unexpected EOF"));
+        assert!(network_cause(&eof).is_some(), "an EOF in a cause");
         let untrusted = std::io::Error::other(
             "error performing TLS handshake: certificate verify failed (unable to get local issuer certificate)",
         );

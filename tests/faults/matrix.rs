@@ -123,6 +123,11 @@ async fn cell(name: &str, server: Server, fault: Injected, hold: Duration) {
 
     // The fault, held; while it holds, a path to Kafka that carries nothing back means
     // nothing written from now on can be confirmed to PostgreSQL.
+    match fault {
+        Injected::Fault(f) => proxy.set(f),
+        Injected::Resets => proxy.reset(),
+    }
+    // Read once the fault holds: whatever reached Kafka before it was written before this.
     let at_fault: String = pg
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
@@ -133,10 +138,6 @@ async fn cell(name: &str, server: Server, fault: Injected, hold: Duration) {
             fault,
             Injected::Fault(Fault::Stall | Fault::CutToServer | Fault::CutToClient)
         );
-    match fault {
-        Injected::Fault(f) => proxy.set(f),
-        Injected::Resets => proxy.reset(),
-    }
     let written_at_fault = written.lock().unwrap().len();
     let held = tokio::time::Instant::now();
     while held.elapsed() < hold {
