@@ -164,6 +164,8 @@ async fn walcast_drain(stack: &Stack, db: &str, slot: &str, shape: &Shape, end: 
             ca_file: None,
         },
         read_columns: None,
+        slot_failover: false,
+        signal_table: false,
     };
     let (tx, mut rx) = mpsc::channel(16);
     let (_acked, acked_rx) = watch::channel(Lsn::ZERO);

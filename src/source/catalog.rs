@@ -12,6 +12,11 @@ use super::protocol::quote_ident;
 use super::tls::TlsSettings;
 use super::value::{PgType, ScalarType};
 
+/// Where the server's WAL ends, as SQL: `pg_current_wal_lsn()` on a primary; on a standby
+/// (which decodes from 16 on, and where that function fails) the position it replayed.
+pub const WAL_END: &str =
+    "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END";
+
 /// A table the source publishes, by name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TableName {
@@ -28,7 +33,8 @@ impl std::fmt::Display for TableName {
 }
 
 impl TableName {
-    fn sql(&self) -> String {
+    /// The table's name quoted for SQL.
+    pub fn sql(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
     }
 }
@@ -284,9 +290,10 @@ impl Catalog {
         let row = self
             .client
             .query_opt(
-                "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, \
-                        (pg_current_wal_lsn() - restart_lsn)::bigint \
-                 FROM pg_replication_slots WHERE slot_name = $1",
+                &format!(
+                    "SELECT ({WAL_END} - confirmed_flush_lsn)::bigint, ({WAL_END} - restart_lsn)::bigint \
+                     FROM pg_replication_slots WHERE slot_name = $1"
+                ),
                 &[&slot],
             )
             .await
@@ -298,11 +305,11 @@ impl Catalog {
         }))
     }
 
-    /// Where the server's WAL ends now (`pg_current_wal_lsn()`).
+    /// Where the server's WAL ends now ([`WAL_END`]: on a standby, what it replayed).
     pub async fn current_wal_lsn(&self) -> Result<crate::lsn::Lsn, SourceError> {
         let row = self
             .client
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .query_one(&format!("SELECT {WAL_END}::text"), &[])
             .await
             .map_err(catalog_error)?;
         let text: String = row.get(0);

@@ -55,6 +55,16 @@ pub enum SourceError {
         /// Process id of the backend holding the slot (`pg_replication_slots.active_pid`).
         pid: i32,
     },
+    /// No server of the URL's host list took the connection as its `target_session_attrs`
+    /// asks (say, every one is read-only while a standby is being promoted). Transient: a
+    /// promotion, or a primary coming back, takes seconds.
+    #[error("no server of the source's URL is {wanted} (target_session_attrs): {tried}\n  hint: during a failover this passes once the standby is promoted; otherwise list the primary in the source's url")]
+    NoHost {
+        /// `read-write` or `read-only`.
+        wanted: String,
+        /// Each host tried and what it was or why it failed.
+        tried: String,
+    },
 }
 
 impl SourceError {
@@ -65,6 +75,7 @@ impl SourceError {
             SourceError::Server(e) => e.is_transient(),
             SourceError::Catalog { code, .. } => code.as_deref().is_none_or(sqlstate_is_transient),
             SourceError::SlotActive { .. } => true,
+            SourceError::NoHost { .. } => true,
             _ => false,
         }
     }

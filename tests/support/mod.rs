@@ -483,6 +483,8 @@ pub fn source_settings(
         heartbeat_table: None,
         tls: Default::default(),
         read_columns: None,
+        slot_failover: false,
+        signal_table: false,
     }
 }
 
