@@ -63,6 +63,12 @@ pub struct Setup {
     pub admin: bool,
     /// Extra `[admin]` keys, e.g. `log_format = "json"`.
     pub admin_keys: String,
+    /// The source's `url`, when not the stack's database (a cluster of the test's own; the
+    /// test creates the users table there). `Daemon::start` waits on the stack's database,
+    /// so such a test spawns the daemon and waits itself.
+    pub source_url: Option<String>,
+    /// Extra `[[source]]` keys, e.g. `slot_failover = true`.
+    pub source_keys: String,
 }
 
 impl Daemon {
@@ -147,6 +153,7 @@ url = "{url}"
 slot = "{name}"
 snapshot = "never"
 status_interval_ms = 200
+{source_keys}
 
 [[source.table]]
 table = "public.users"
@@ -157,7 +164,11 @@ update = "UserUpdated.avsc"
 delete = "UserDeleted.avsc"
 {table_keys}
 "#,
-                url = stack.pg_url_for("walcast", &db),
+                url = setup
+                    .source_url
+                    .clone()
+                    .unwrap_or_else(|| stack.pg_url_for("walcast", &db)),
+                source_keys = setup.source_keys,
             ),
         )
         .unwrap();
