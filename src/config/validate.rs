@@ -130,7 +130,9 @@ impl Validator<'_> {
                 &["postgres", "postgresql"],
             );
             if !source.resolved_url.is_empty() {
-                if let Err(e) = tokio_postgres::Config::from_str(&source.resolved_url) {
+                if let Some(why) = unsupported_session_attrs(&source.resolved_url) {
+                    self.push(format!("{prefix}.url"), why);
+                } else if let Err(e) = tokio_postgres::Config::from_str(&source.resolved_url) {
                     self.push(
                         format!("{prefix}.url"),
                         format!("not a valid PostgreSQL URL ({e})"),
@@ -390,6 +392,27 @@ fn check_pg_identifier(name: &str) -> Result<(), String> {
             "found \"{name}\", expected an identifier of 1 to 63 characters without '\"'"
         ))
     }
+}
+
+/// A `target_session_attrs` the source's connections cannot honour. libpq's `primary`,
+/// `standby` and `prefer-standby` ask whether the server is in recovery; tokio-postgres and
+/// the replication connection check `transaction_read_only` (read-write, read-only, any).
+fn unsupported_session_attrs(url: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    let value = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == "target_session_attrs")?
+        .1;
+    let hint = match value {
+        "any" | "read-write" | "read-only" => return None,
+        "primary" => " (read-write finds the primary)",
+        "standby" | "prefer-standby" => " (read-only finds a standby)",
+        _ => "",
+    };
+    Some(format!(
+        "found target_session_attrs={value}, expected one of: read-write, read-only, any{hint}"
+    ))
 }
 
 /// `scheme://user:password@host…` with `password` set, percent-encoding what URLs reserve.

@@ -91,12 +91,21 @@ impl Catalog {
     /// Connects the catalog connection with `url` (a libpq URL) over `tls`; `source` names the
     /// source in messages.
     pub async fn connect(url: &str, source: &str, tls: &TlsSettings) -> Result<Self, SourceError> {
-        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+        let config: tokio_postgres::Config = url.parse().map_err(|e| {
             SourceError::setup(
                 format!("invalid connection URL: {e}"),
                 "fix the source's url",
             )
         })?;
+        Self::connect_config(config, source, tls).await
+    }
+
+    /// [`Catalog::connect`] with the URL already parsed (one host of a list, for instance).
+    pub async fn connect_config(
+        mut config: tokio_postgres::Config,
+        source: &str,
+        tls: &TlsSettings,
+    ) -> Result<Self, SourceError> {
         config.ssl_mode(tls.ssl_mode());
         let client = match tls.connector()? {
             None => {

@@ -33,6 +33,7 @@ pub mod hosts;
 pub mod pgoutput;
 pub mod protocol;
 pub mod slot;
+pub mod slot_sync;
 pub mod spill;
 pub mod tls;
 pub mod value;

@@ -173,7 +173,22 @@ pub async fn ensure_failover(
     conn: &mut super::protocol::ReplicationConn,
     settings: &super::SourceSettings,
 ) -> Result<(), SourceError> {
-    if !settings.slot_failover || is_failover(catalog, &settings.slot).await? != Some(false) {
+    if !settings.slot_failover {
+        return Ok(());
+    }
+    let waits_for_standbys = catalog
+        .client()
+        .query_one(
+            "SELECT coalesce(current_setting('synchronized_standby_slots', true), '') <> ''",
+            &[],
+        )
+        .await
+        .map_err(|e| SourceError::catalog(walcast_text::describe(&e)))?
+        .get::<_, bool>(0);
+    if !waits_for_standbys {
+        tracing::warn!(source = %settings.name, slot = %settings.slot, "slot_failover = true, but the primary's synchronized_standby_slots is empty: walcast may receive changes a standby lacks, and after a failover Kafka could hold changes the promoted standby never had; set it to the standbys' physical slots (walcast check --connect says what else slot synchronisation lacks)");
+    }
+    if is_failover(catalog, &settings.slot).await? != Some(false) {
         return Ok(());
     }
     conn.make_failover(&settings.slot).await?;

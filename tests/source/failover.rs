@@ -358,3 +358,71 @@ async fn an_existing_slot_is_made_a_failover_slot_and_never_unmade() {
         .await
         .unwrap();
 }
+
+/// `walcast check --connect` on `config`: its exit code and the source's line.
+pub(super) fn check_connect(config: &std::path::Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
+        .args(["check", "--connect", "--timeout-ms", "8000", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("source "))
+        .unwrap_or_else(|| panic!("no source line in:\n{stdout}"))
+        .to_string();
+    (out.status.code(), line)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_connect_says_what_slot_synchronisation_lacks_on_each_server() {
+    let primary = OwnPostgres::start_logical(&unique("fo_check_p"), 17).await;
+    let standby_name = unique("fo_check_s");
+    let standby = OwnPostgres::standby_of(&primary, &standby_name).await;
+    let admin = primary.client("postgres").await;
+    admin.batch_execute("CREATE DATABASE users").await.unwrap();
+    primary
+        .client("users")
+        .await
+        .batch_execute(USERS_DDL)
+        .await
+        .unwrap();
+    let daemon = Daemon::prepare(
+        "fo_check",
+        Setup {
+            source_url: Some(format!(
+                "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/users?target_session_attrs=read-write",
+                primary.port, standby.port
+            )),
+            source_keys: "slot_failover = true\n".into(),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let (code, line) = check_connect(&daemon.config);
+    assert_eq!(code, Some(0), "{line}");
+    assert!(
+        line.ends_with(&format!(
+            " OK   PostgreSQL 17.6, wal_level=logical, failover slot; standby 127.0.0.1:{} synchronises slots",
+            standby.port
+        )),
+        "{line}"
+    );
+
+    for sql in [
+        "ALTER SYSTEM RESET synchronized_standby_slots",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.batch_execute(sql).await.unwrap();
+    }
+    let (code, line) = check_connect(&daemon.config);
+    assert_eq!(code, Some(1), "{line}");
+    assert!(
+        line.ends_with(&format!(
+            " FAIL slot_failover = true, but slot synchronisation lacks: on the primary 127.0.0.1:{0}, synchronized_standby_slots is empty, so walcast may receive changes a standby lacks (fix: ALTER SYSTEM SET synchronized_standby_slots = '{1}'; SELECT pg_reload_conf())",
+            primary.port, standby_name
+        )),
+        "{line}"
+    );
+}

@@ -69,6 +69,22 @@ async fn a_source_on_a_standby_streams_while_the_primary_takes_writes() {
         .await
         .unwrap();
 
+    let (code, line) = crate::failover::check_connect(&daemon.config);
+    assert_eq!(code, Some(0), "{line}");
+    assert!(
+        line.ends_with(&format!(
+            " OK   PostgreSQL {}, wal_level=logical, a standby: decoding there",
+            standby
+                .client("users")
+                .await
+                .query_one("SHOW server_version", &[])
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+        )),
+        "{line}"
+    );
+
     // The rows already there come from the initial snapshot, read on the standby.
     let config = std::fs::read_to_string(&daemon.config).unwrap();
     std::fs::write(
