@@ -1,6 +1,7 @@
 //! Spec: from PostgreSQL 16 on, a source can decode on a physical standby, so the primary
-//! carries no decoding load: the slot lives on the standby, the initial snapshot is read
-//! there, and events arrive while the primary takes writes. The publication, which a
+//! carries no decoding load: a multi-host URL with `target_session_attrs=read-only` picks
+//! the standby, the slot lives there, the initial snapshot is read there, and events
+//! arrive while the primary takes writes. The publication, which a
 //! standby cannot create, is refused with the SQL to run on the primary.
 
 use std::collections::HashSet;
@@ -34,7 +35,11 @@ async fn a_source_on_a_standby_streams_while_the_primary_takes_writes() {
         )
         .await
         .unwrap();
-    let url = format!("postgres://postgres@127.0.0.1:{}/users", standby.port);
+    // The primary first: read-only makes both connections pass it by for the standby.
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/users?target_session_attrs=read-only",
+        primary.port, standby.port
+    );
     let mut daemon = Daemon::prepare(
         "standby",
         Setup {
