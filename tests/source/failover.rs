@@ -1,4 +1,4 @@
-//! Spec: on PostgreSQL 17, a source with `slot_failover = true` and a URL listing the
+//! Spec: on PostgreSQL 17 (or the run's major, when newer), a source with `slot_failover = true` and a URL listing the
 //! primary and its standby (`target_session_attrs=read-write`) follows a failover: the
 //! primary dies by kill -9 while writes run, the standby is promoted, and walcast resumes
 //! from the slot the standby synchronised. With exactly-once, a read_committed consumer
@@ -100,9 +100,14 @@ async fn streams(pg: &tokio_postgres::Client, slot: &str) -> bool {
     .is_ok_and(|r| r.is_some())
 }
 
+/// The major these specs run on: the run's (`WALCAST_TEST_PG`), at least 17.
+fn major() -> u32 {
+    Stack::get().pg_major.max(17)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_promoted_standby_resumes_from_the_synchronised_slot_with_every_change_exactly_once() {
-    let primary = OwnPostgres::start_logical(&unique("fo_primary"), 17).await;
+    let primary = OwnPostgres::start_logical(&unique("fo_primary"), major()).await;
     let standby_name = unique("fo_standby");
     let standby = OwnPostgres::standby_of(&primary, &standby_name).await;
     // Commits wait for the standby, so a commit the writer saw acknowledged survives the
@@ -322,7 +327,7 @@ async fn slot_failover_is_refused_before_postgresql_17() {
 #[tokio::test]
 async fn an_existing_slot_is_made_a_failover_slot_and_never_unmade() {
     let name = unique("fo_alter");
-    let (url, pg) = fresh_database(17, &name).await;
+    let (url, pg) = fresh_database(major(), &name).await;
     // Made by hand, as before slot_failover existed: the publication, then a slot.
     pg.batch_execute(&format!("CREATE PUBLICATION {name} FOR TABLE users"))
         .await
@@ -377,7 +382,7 @@ pub(super) fn check_connect(config: &std::path::Path) -> (Option<i32>, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn check_connect_says_what_slot_synchronisation_lacks_on_each_server() {
-    let primary = OwnPostgres::start_logical(&unique("fo_check_p"), 17).await;
+    let primary = OwnPostgres::start_logical(&unique("fo_check_p"), major()).await;
     let standby_name = unique("fo_check_s");
     let standby = OwnPostgres::standby_of(&primary, &standby_name).await;
     let admin = primary.client("postgres").await;
@@ -400,11 +405,16 @@ async fn check_connect_says_what_slot_synchronisation_lacks_on_each_server() {
         },
     )
     .await;
+    let version: String = admin
+        .query_one("SHOW server_version", &[])
+        .await
+        .unwrap()
+        .get(0);
     let (code, line) = check_connect(&daemon.config);
     assert_eq!(code, Some(0), "{line}");
     assert!(
         line.ends_with(&format!(
-            " OK   PostgreSQL 17.6, wal_level=logical, failover slot; standby 127.0.0.1:{} synchronises slots",
+            " OK   PostgreSQL {version}, wal_level=logical, failover slot; standby 127.0.0.1:{} synchronises slots",
             standby.port
         )),
         "{line}"
