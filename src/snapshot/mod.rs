@@ -331,6 +331,8 @@ pub async fn start(
             )
             .await?;
             conn.identify_system().await?;
+            // The snapshot is imported on the catalog's server: it must be this one.
+            crate::source::hosts::same_server(catalog, &mut conn).await?;
             let (horizon, name) = conn
                 .create_slot_exporting(&settings.slot, settings.slot_failover)
                 .await?;

@@ -108,6 +108,37 @@ pub fn attrs_name(wanted: TargetSessionAttrs) -> &'static str {
     }
 }
 
+/// What tells servers apart: whether it is in recovery, and when its postmaster started.
+const FINGERPRINT: &str = "SELECT pg_is_in_recovery()::text, pg_postmaster_start_time()::text";
+
+/// Refuses a session whose two connections reached different servers of the URL's list
+/// (`any`, or two standbys with `read-only`, and a host that flapped between the two
+/// connects): the slot would be made on one and checked on the other, and an exported
+/// snapshot imported where it does not exist. Transient: the next attempt picks again.
+pub async fn same_server(
+    catalog: &super::catalog::Catalog,
+    conn: &mut super::protocol::ReplicationConn,
+) -> Result<(), SourceError> {
+    let row = catalog
+        .client()
+        .query_one(FINGERPRINT, &[])
+        .await
+        .map_err(|e| SourceError::catalog(walcast_text::describe(&e)))?;
+    let via_catalog: (Option<String>, Option<String>) = (row.get(0), row.get(1));
+    let rows = conn.simple_query(FINGERPRINT).await?;
+    let via_replication = rows
+        .into_iter()
+        .next()
+        .map(|r| (r.first().cloned().flatten(), r.get(1).cloned().flatten()))
+        .unwrap_or_default();
+    if via_catalog == via_replication {
+        return Ok(());
+    }
+    Err(SourceError::ServersDiffer {
+        replication: conn.target().to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -300,6 +300,7 @@ impl<'a> Session<'a> {
         let mut conn =
             ReplicationConn::connect(&s.url, &format!("walcast:{}", s.name), &s.tls).await?;
         conn.identify_system().await?;
+        hosts::same_server(&catalog, &mut conn).await?;
         if catalog.slot_state(&s.slot).await?.is_none() {
             let at = conn.create_slot(&s.slot, s.slot_failover).await?;
             tracing::info!(source = %s.name, slot = %s.slot, consistent_point = %at, failover = s.slot_failover, "created replication slot");
