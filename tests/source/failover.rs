@@ -223,6 +223,25 @@ async fn a_promoted_standby_resumes_from_the_synchronised_slot_with_every_change
     )
     .await;
 
+    // The pipeline's own catalog connection (slot lag for /metrics) follows too.
+    wait_for(
+        Duration::from_secs(30),
+        || {
+            format!(
+                "the pipeline's catalog connection to follow:\n{}",
+                daemon.log_text()
+            )
+        },
+        || {
+            let log = daemon.log_text();
+            async move {
+                log.contains("catalog connection opened again")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
     let (committed, in_doubt) = {
         let w = written.lock().unwrap();
         (w.committed.clone(), w.in_doubt.clone())
