@@ -171,6 +171,22 @@ async fn a_source_on_a_standby_streams_while_the_primary_takes_writes() {
     }
     let updates = seen.iter().filter(|(op, _, _)| op == "update").count();
     assert_eq!(updates, 25, "one update per even id: {seen:?}");
+    // walcast status reads the slot on the standby, where pg_current_wal_lsn() fails.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_walcast"))
+        .args(["status", "--config"])
+        .arg(&daemon.config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("source "))
+        .unwrap_or_else(|| panic!("no source line in:\n{stdout}"));
+    assert!(
+        line.contains(" active ") && line.contains(" lag ") && line.contains(" retained WAL "),
+        "{line}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
     // The primary decodes nothing: its only slot is the standby's physical one.
     let logical: i64 = on_primary
         .query_one(
