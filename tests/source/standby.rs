@@ -198,4 +198,30 @@ async fn a_source_on_a_standby_streams_while_the_primary_takes_writes() {
         .get(0);
     assert_eq!(logical, 0, "the primary holds a logical slot");
     assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
+
+    // Without hot_standby_feedback the primary's vacuum could take rows the slot needs.
+    let on_standby_admin = standby.client("postgres").await;
+    for sql in [
+        "ALTER SYSTEM SET hot_standby_feedback = off",
+        "SELECT pg_reload_conf()",
+    ] {
+        on_standby_admin.batch_execute(sql).await.unwrap();
+    }
+    let refusal = wait_for(
+        Duration::from_secs(10),
+        || "the standby to reload hot_standby_feedback = off".into(),
+        || {
+            let settings = &settings;
+            async move { walcast::source::prepare(settings).await.err() }
+        },
+    )
+    .await;
+    assert!(!refusal.is_transient(), "{refusal} must be permanent");
+    assert_eq!(
+        refusal.to_string(),
+        format!(
+            "source {0}: the source's url reaches a standby whose hot_standby_feedback is off, so the primary may remove catalog rows slot {0} needs, and the standby would invalidate the slot\n  hint: on the standby run ALTER SYSTEM SET hot_standby_feedback = on; SELECT pg_reload_conf(); and give it a physical slot on the primary (primary_slot_name)",
+            daemon.name
+        )
+    );
 }
