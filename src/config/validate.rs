@@ -397,13 +397,21 @@ fn check_pg_identifier(name: &str) -> Result<(), String> {
 /// A `target_session_attrs` the source's connections cannot honour. libpq's `primary`,
 /// `standby` and `prefer-standby` ask whether the server is in recovery; tokio-postgres and
 /// the replication connection check `transaction_read_only` (read-write, read-only, any).
+/// `load_balance_hosts=random` is refused too: the catalog connection would shuffle the
+/// hosts and the replication connection would not, so the two could reach different servers.
 fn unsupported_session_attrs(url: &str) -> Option<String> {
     let query = url.split_once('?')?.1;
-    let value = query
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == "target_session_attrs")?
-        .1;
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    };
+    if param("load_balance_hosts") == Some("random") {
+        return Some("found load_balance_hosts=random, expected the hosts tried in the order written (remove it): both of the source's connections must reach the same server".into());
+    }
+    let value = param("target_session_attrs")?;
     let hint = match value {
         "any" | "read-write" | "read-only" => return None,
         "primary" => " (read-write finds the primary)",

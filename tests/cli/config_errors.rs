@@ -462,4 +462,9 @@ fn a_source_url_may_list_several_hosts() {
         error_of(&primary),
         "walcast.toml: source[0].url: found target_session_attrs=primary, expected one of: read-write, read-only, any (read-write finds the primary)"
     );
+    let random = primary.replace("=primary", "=read-write&load_balance_hosts=random");
+    assert_eq!(
+        error_of(&random),
+        "walcast.toml: source[0].url: found load_balance_hosts=random, expected the hosts tried in the order written (remove it): both of the source's connections must reach the same server"
+    );
 }
