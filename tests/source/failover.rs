@@ -126,6 +126,7 @@ async fn a_promoted_standby_resumes_from_the_synchronised_slot_with_every_change
         .batch_execute(USERS_DDL)
         .await
         .unwrap();
+    standby.replayed(&primary).await;
     let url = format!(
         "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/users?target_session_attrs=read-write",
         primary.port, standby.port
@@ -412,6 +413,7 @@ async fn check_connect_says_what_slot_synchronisation_lacks_on_each_server() {
         .batch_execute(USERS_DDL)
         .await
         .unwrap();
+    standby.replayed(&primary).await;
     let daemon = Daemon::prepare(
         "fo_check",
         Setup {

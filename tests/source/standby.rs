@@ -35,6 +35,7 @@ async fn a_source_on_a_standby_streams_while_the_primary_takes_writes() {
         )
         .await
         .unwrap();
+    standby.replayed(&primary).await;
     // The primary first: read-only makes both connections pass it by for the standby.
     let url = format!(
         "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/users?target_session_attrs=read-only",

@@ -177,6 +177,37 @@ impl OwnPostgres {
         standby
     }
 
+    /// Waits until this standby has replayed everything `primary` has written so far
+    /// (a database created there, for one, exists here).
+    pub async fn replayed(&self, primary: &OwnPostgres) {
+        let end: String = primary
+            .client("postgres")
+            .await
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let standby = self.client("postgres").await;
+        wait_until(
+            &format!("the standby to replay the primary's WAL up to {end}"),
+            Duration::from_secs(30),
+            || {
+                let (standby, end) = (&standby, &end);
+                async move {
+                    standby
+                        .query_one(
+                            "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                            &[end],
+                        )
+                        .await
+                        .unwrap()
+                        .get::<_, bool>(0)
+                }
+            },
+        )
+        .await;
+    }
+
     /// Promotes a standby and waits until it takes writes.
     pub async fn promote(&self) {
         run(Command::new("runuser")
