@@ -50,6 +50,25 @@ async fn a_source_on_a_standby_streams_while_the_primary_takes_writes() {
     )
     .await;
 
+    // No server fits read-write while the standby is not promoted: retried, not fatal,
+    // and the message says what each server was.
+    let read_write = format!(
+        "postgres://postgres@127.0.0.1:{}/users?target_session_attrs=read-write",
+        standby.port
+    );
+    let e = walcast::source::protocol::ReplicationConn::connect(
+        &read_write,
+        "walcast:test",
+        &Default::default(),
+    )
+    .await
+    .expect_err("a standby was taken for read-write");
+    assert!(e.is_transient(), "{e} must be retried");
+    assert_eq!(
+        e.to_string(),
+        format!("no server of the source's URL is read-write (target_session_attrs): 127.0.0.1:{} is read-only\n  hint: during a failover this passes once the standby is promoted; otherwise list the primary in the source's url", standby.port)
+    );
+
     // The publication first: a standby cannot create it, and says what to run where.
     let mut settings = source_settings(Stack::get(), &daemon.name, "users", &["public.users"]);
     settings.url = url;
