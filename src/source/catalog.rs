@@ -70,7 +70,8 @@ impl std::fmt::Debug for Catalog {
     }
 }
 
-fn catalog_error(e: tokio_postgres::Error) -> SourceError {
+/// A catalog query's error, classified: its SQLSTATE decides whether it is transient.
+pub(crate) fn catalog_error(e: tokio_postgres::Error) -> SourceError {
     match e.as_db_error() {
         Some(db) if matches!(db.code().code(), "28P01" | "28000") => {
             SourceError::Auth(db.message().to_string())

@@ -123,7 +123,7 @@ pub async fn same_server(
         .client()
         .query_one(FINGERPRINT, &[])
         .await
-        .map_err(|e| SourceError::catalog(walcast_text::describe(&e)))?;
+        .map_err(super::catalog::catalog_error)?;
     let via_catalog: (Option<String>, Option<String>) = (row.get(0), row.get(1));
     let rows = conn.simple_query(FINGERPRINT).await?;
     let via_replication = rows

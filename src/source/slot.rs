@@ -64,7 +64,7 @@ impl ServerRole {
                 &[],
             )
             .await
-            .map_err(|e| SourceError::catalog(walcast_text::describe(&e)))?;
+            .map_err(super::catalog::catalog_error)?;
         Ok(Self {
             major: row.get::<_, i32>(0).max(0) as u32,
             standby: row.get(1),
@@ -161,7 +161,7 @@ pub async fn is_failover(catalog: &Catalog, slot: &str) -> Result<Option<bool>, 
             &[&slot],
         )
         .await
-        .map_err(|e| SourceError::catalog(walcast_text::describe(&e)))?;
+        .map_err(super::catalog::catalog_error)?;
     Ok(row.map(|r| r.get(0)))
 }
 
@@ -183,7 +183,7 @@ pub async fn ensure_failover(
             &[],
         )
         .await
-        .map_err(|e| SourceError::catalog(walcast_text::describe(&e)))?
+        .map_err(super::catalog::catalog_error)?
         .get::<_, bool>(0);
     if !waits_for_standbys {
         tracing::warn!(source = %settings.name, slot = %settings.slot, "slot_failover = true, but the primary's synchronized_standby_slots is empty: walcast may receive changes a standby lacks, and after a failover Kafka could hold changes the promoted standby never had; set it to the standbys' physical slots (walcast check --connect says what else slot synchronisation lacks)");
@@ -211,7 +211,7 @@ pub async fn publication_exists(
             &[&publication],
         )
         .await
-        .map_err(|e| SourceError::catalog(walcast_text::describe(&e)))?
+        .map_err(super::catalog::catalog_error)?
         .is_some();
     if exists {
         return Ok(());
