@@ -402,6 +402,19 @@ async fn an_existing_slot_is_made_a_failover_slot_and_never_unmade() {
     pg.execute("SELECT pg_drop_replication_slot($1)", &[&name])
         .await
         .unwrap();
+    drop(pg);
+    // On the stack's 17, which a run's leftover clean-up may not cover.
+    let (admin, conn) = tokio_postgres::connect(
+        &format!("{}/postgres", Stack::get().pg_of(major()).url),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
 }
 
 /// `walcast check --connect` on `config`: its exit code and the source's line.
