@@ -165,6 +165,8 @@ async fn walcast_drain(stack: &Stack, db: &str, slot: &str, shape: &Shape, end: 
         },
         read_columns: None,
         part: Default::default(),
+        slot_failover: false,
+        signal_table: false,
     };
     let (tx, mut rx) = mpsc::channel(16);
     let (_acked, acked_rx) = watch::channel(Lsn::ZERO);

@@ -3,7 +3,10 @@
 //! Probes run concurrently, each under the same deadline, so one unreachable host does not
 //! hide the others. A source probe also checks what logical replication needs from the
 //! server (`wal_level`, the REPLICATION attribute), because that is the first thing an
-//! operator gets wrong and the cheapest to report before anything starts.
+//! operator gets wrong and the cheapest to report before anything starts. It names the
+//! server's version (walcast supports the majors of [`SUPPORTED_MAJORS`]), whether it is a
+//! standby, and with `slot_failover` what slot synchronisation still needs on each server
+//! of the URL ([`crate::source::slot_sync`]).
 
 use std::time::Duration;
 
@@ -12,7 +15,8 @@ use tokio::task::JoinSet;
 use crate::config::{Config, StoreVisitor};
 use crate::redact;
 use crate::source::catalog::Catalog;
-use crate::source::{SourceError, SourceSettings};
+use crate::source::slot::{self, ServerRole};
+use crate::source::{slot_sync, SourceError, SourceSettings};
 
 /// The result of reaching one server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,18 +184,62 @@ async fn probe_source(settings: SourceSettings) -> Outcome {
     {
         return one_line(e);
     }
-    match catalog
+    let version: String = match catalog
         .client()
         .query_one("SELECT current_setting('server_version')", &[])
         .await
     {
-        Ok(row) => Outcome::Ok(format!(
-            "PostgreSQL {}, wal_level=logical",
-            row.get::<_, String>(0)
-        )),
-        Err(e) => Outcome::Failed(walcast_text::describe(&e)),
+        Ok(row) => row.get(0),
+        Err(e) => return Outcome::Failed(walcast_text::describe(&e)),
+    };
+    let role = match ServerRole::read(&catalog).await {
+        Ok(role) => role,
+        Err(e) => return one_line(e),
+    };
+    if role.major < SUPPORTED_MAJORS.0 {
+        return Outcome::Failed(format!(
+            "PostgreSQL {version}: walcast supports PostgreSQL {} to {}; hint: upgrade the server",
+            SUPPORTED_MAJORS.0, SUPPORTED_MAJORS.1
+        ));
     }
+    // What `run` refuses on this server (failover slots before 17, a standby before 16…).
+    if let Err(e) = slot::check_server(
+        &settings.name,
+        &settings.slot,
+        &role,
+        settings.slot_wishes(),
+    ) {
+        return one_line(e);
+    }
+    let mut detail = format!("PostgreSQL {version}, wal_level=logical");
+    if role.major > SUPPORTED_MAJORS.1 {
+        detail.push_str(&format!(
+            " (newer than PostgreSQL {}, the last major walcast is tested on)",
+            SUPPORTED_MAJORS.1
+        ));
+    }
+    if role.standby {
+        detail.push_str(", a standby: decoding there");
+    }
+    if settings.slot_failover {
+        let found = slot_sync::check(&settings).await;
+        if !found.problems.is_empty() {
+            return Outcome::Failed(format!(
+                "slot_failover = true, but slot synchronisation lacks: {}",
+                found.problems.join("; ")
+            ));
+        }
+        detail.push_str(", failover slot");
+        for note in found.notes {
+            detail.push_str("; ");
+            detail.push_str(&note);
+        }
+    }
+    Outcome::Ok(detail)
 }
+
+/// The PostgreSQL majors walcast supports and is tested on (the stack runs each).
+pub const SUPPORTED_MAJORS: (u32, u32) = (15, 18);
 
 /// An error's text on one line: hints follow a `; `.
 fn one_line(e: impl std::fmt::Display) -> String {

@@ -397,6 +397,7 @@ async fn run_once(
     let (events_tx, mut events) = mpsc::channel(16);
     let (stop_source, source_stopped) = oneshot::channel::<()>();
     let mut acked_for_latency = acked_rx.clone();
+    let catalog_target = (settings.url.clone(), settings.tls.clone());
     let mut source_task = tokio::spawn(source::run(settings, events_tx, acked_rx, async {
         let _ = source_stopped.await;
     }));
@@ -438,7 +439,18 @@ async fn run_once(
                 let acked = *acked_for_latency.borrow_and_update();
                 pipeline.latency.acknowledged(acked);
             }
-            _ = measure.tick() => measure_slot(&catalog, &source.name, &slot).await,
+            _ = measure.tick() => {
+                if catalog.client().is_closed() {
+                    // Its server went away (a failover): the source reconnects by itself,
+                    // and so does this connection, or the lag would stay as it was.
+                    let (url, tls) = &catalog_target;
+                    if let Ok(fresh) = Catalog::connect(url, &source.name, tls).await {
+                        tracing::info!(source = %source.name, "catalog connection opened again (its server went away)");
+                        catalog = fresh;
+                    }
+                }
+                measure_slot(&catalog, &source.name, &slot).await
+            }
             _ = shutdown.wait() => break Ok(()),
         }
         if let Some(failure) = pipeline.producer.failure() {

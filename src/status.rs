@@ -140,10 +140,12 @@ async fn source_status(source: &SourceConfig) -> SourceStatus {
     let row = catalog
         .client()
         .query_opt(
-            "SELECT active, confirmed_flush_lsn::text, \
-                    (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, \
-                    (pg_current_wal_lsn() - restart_lsn)::bigint \
-             FROM pg_replication_slots WHERE slot_name = $1",
+            &format!(
+                "SELECT active, confirmed_flush_lsn::text, \
+                        ({end} - confirmed_flush_lsn)::bigint, ({end} - restart_lsn)::bigint \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                end = crate::source::catalog::WAL_END
+            ),
             &[&settings.slot],
         )
         .await;

@@ -367,6 +367,10 @@ pub struct SourceConfig {
     pub slot: Option<String>,
     /// Publication; default the slot's name.
     pub publication: Option<String>,
+    /// Create the slot as a failover slot (PostgreSQL 17+), which standbys with
+    /// `sync_replication_slots = on` keep a copy of; an existing slot is made one.
+    #[serde(default)]
+    pub slot_failover: bool,
     #[serde(default)]
     /// Whether a new slot starts with a snapshot of the tables.
     pub snapshot: SnapshotMode,

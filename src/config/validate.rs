@@ -130,7 +130,9 @@ impl Validator<'_> {
                 &["postgres", "postgresql"],
             );
             if !source.resolved_url.is_empty() {
-                if let Err(e) = tokio_postgres::Config::from_str(&source.resolved_url) {
+                if let Some(why) = unsupported_session_attrs(&source.resolved_url) {
+                    self.push(format!("{prefix}.url"), why);
+                } else if let Err(e) = tokio_postgres::Config::from_str(&source.resolved_url) {
                     self.push(
                         format!("{prefix}.url"),
                         format!("not a valid PostgreSQL URL ({e})"),
@@ -390,6 +392,35 @@ fn check_pg_identifier(name: &str) -> Result<(), String> {
             "found \"{name}\", expected an identifier of 1 to 63 characters without '\"'"
         ))
     }
+}
+
+/// A `target_session_attrs` the source's connections cannot honour. libpq's `primary`,
+/// `standby` and `prefer-standby` ask whether the server is in recovery; tokio-postgres and
+/// the replication connection check `transaction_read_only` (read-write, read-only, any).
+/// `load_balance_hosts=random` is refused too: the catalog connection would shuffle the
+/// hosts and the replication connection would not, so the two could reach different servers.
+fn unsupported_session_attrs(url: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    };
+    if param("load_balance_hosts") == Some("random") {
+        return Some("found load_balance_hosts=random, expected the hosts tried in the order written (remove it): both of the source's connections must reach the same server".into());
+    }
+    let value = param("target_session_attrs")?;
+    let hint = match value {
+        "any" | "read-write" | "read-only" => return None,
+        "primary" => " (read-write finds the primary)",
+        "standby" | "prefer-standby" => " (read-only finds a standby)",
+        _ => "",
+    };
+    Some(format!(
+        "found target_session_attrs={value}, expected one of: read-write, read-only, any{hint}"
+    ))
 }
 
 /// `scheme://user:password@host…` with `password` set, percent-encoding what URLs reserve.

@@ -331,7 +331,11 @@ pub async fn start(
             )
             .await?;
             conn.identify_system().await?;
-            let (horizon, name) = conn.create_slot_exporting(&settings.slot).await?;
+            // The snapshot is imported on the catalog's server: it must be this one.
+            crate::source::hosts::same_server(catalog, &mut conn).await?;
+            let (horizon, name) = conn
+                .create_slot_exporting(&settings.slot, settings.slot_failover)
+                .await?;
             tracing::info!(source = %source.name, slot = %settings.slot, consistent_point = %horizon, snapshot = %name, "created replication slot with an exported snapshot");
             exported = Some(Exported {
                 _conn: conn,
@@ -358,10 +362,18 @@ pub async fn start(
                         format!("run {sql}, then restart (its rows are read then)"),
                     )));
                 }
-                catalog.client().batch_execute(&sql).await.map_err(|e| SnapshotError::Source(SourceError::setup(
-                    format!("source {}: cannot add table {table} to publication {}: {}", source.name, settings.publication, walcast_text::describe(&e)),
-                    format!("run {sql} yourself, or make walcast's role a member of the role owning the table"),
-                )))?;
+                catalog.client().batch_execute(&sql).await.map_err(|e| {
+                    // 25006: read-only transaction, i.e. the source decodes on a standby.
+                    let on_standby = e.code().is_some_and(|c| c.code() == "25006");
+                    SnapshotError::Source(SourceError::setup(
+                        format!("source {}: cannot add table {table} to publication {}: {}", source.name, settings.publication, walcast_text::describe(&e)),
+                        if on_standby {
+                            format!("the source's url reaches a standby: on the primary run {sql}")
+                        } else {
+                            format!("run {sql} yourself, or make walcast's role a member of the role owning the table")
+                        },
+                    ))
+                })?;
                 tracing::info!(source = %source.name, %table, "table added to the publication; its rows are read while the others stream");
                 progress.insert(p.table.clone(), p);
             }

@@ -12,6 +12,11 @@ use super::protocol::quote_ident;
 use super::tls::TlsSettings;
 use super::value::{PgType, ScalarType};
 
+/// Where the server's WAL ends, as SQL: `pg_current_wal_lsn()` on a primary; on a standby
+/// (which decodes from 16 on, and where that function fails) the position it replayed.
+pub const WAL_END: &str =
+    "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END";
+
 /// A table the source publishes, by name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TableName {
@@ -28,7 +33,8 @@ impl std::fmt::Display for TableName {
 }
 
 impl TableName {
-    pub(super) fn sql(&self) -> String {
+    /// The table's name quoted for SQL.
+    pub fn sql(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
     }
 }
@@ -66,7 +72,8 @@ impl std::fmt::Debug for Catalog {
     }
 }
 
-pub(super) fn catalog_error(e: tokio_postgres::Error) -> SourceError {
+/// A catalog query's error, classified: its SQLSTATE decides whether it is transient.
+pub(crate) fn catalog_error(e: tokio_postgres::Error) -> SourceError {
     match e.as_db_error() {
         Some(db) if matches!(db.code().code(), "28P01" | "28000") => {
             SourceError::Auth(db.message().to_string())
@@ -91,12 +98,21 @@ impl Catalog {
     /// Connects the catalog connection with `url` (a libpq URL) over `tls`; `source` names the
     /// source in messages.
     pub async fn connect(url: &str, source: &str, tls: &TlsSettings) -> Result<Self, SourceError> {
-        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+        let config: tokio_postgres::Config = url.parse().map_err(|e| {
             SourceError::setup(
                 format!("invalid connection URL: {e}"),
                 "fix the source's url",
             )
         })?;
+        Self::connect_config(config, source, tls).await
+    }
+
+    /// [`Catalog::connect`] with the URL already parsed (one host of a list, for instance).
+    pub async fn connect_config(
+        mut config: tokio_postgres::Config,
+        source: &str,
+        tls: &TlsSettings,
+    ) -> Result<Self, SourceError> {
         config.ssl_mode(tls.ssl_mode());
         let client = match tls.connector()? {
             None => {
@@ -306,9 +322,10 @@ impl Catalog {
         let row = self
             .client
             .query_opt(
-                "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, \
-                        (pg_current_wal_lsn() - restart_lsn)::bigint \
-                 FROM pg_replication_slots WHERE slot_name = $1",
+                &format!(
+                    "SELECT ({WAL_END} - confirmed_flush_lsn)::bigint, ({WAL_END} - restart_lsn)::bigint \
+                     FROM pg_replication_slots WHERE slot_name = $1"
+                ),
                 &[&slot],
             )
             .await
@@ -320,11 +337,11 @@ impl Catalog {
         }))
     }
 
-    /// Where the server's WAL ends now (`pg_current_wal_lsn()`).
+    /// Where the server's WAL ends now ([`WAL_END`]: on a standby, what it replayed).
     pub async fn current_wal_lsn(&self) -> Result<crate::lsn::Lsn, SourceError> {
         let row = self
             .client
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .query_one(&format!("SELECT {WAL_END}::text"), &[])
             .await
             .map_err(catalog_error)?;
         let text: String = row.get(0);

@@ -55,6 +55,23 @@ pub enum SourceError {
         /// Process id of the backend holding the slot (`pg_replication_slots.active_pid`).
         pid: i32,
     },
+    /// No server of the URL's host list took the connection as its `target_session_attrs`
+    /// asks (say, every one is read-only while a standby is being promoted). Transient: a
+    /// promotion, or a primary coming back, takes seconds.
+    #[error("no server of the source's URL is {wanted} (target_session_attrs): {tried}\n  hint: during a failover this passes once the standby is promoted; otherwise list the primary in the source's url")]
+    NoHost {
+        /// `read-write` or `read-only`.
+        wanted: String,
+        /// Each host tried and what it was or why it failed.
+        tried: String,
+    },
+    /// The catalog and replication connections reached different servers of a multi-host
+    /// URL. Transient: the next attempt picks the host again.
+    #[error("the source's catalog and replication connections reached different servers (the replication connection {replication}); connecting again\n  hint: if it persists, list only the wanted servers in the source's url, or set target_session_attrs")]
+    ServersDiffer {
+        /// The server the replication connection reached.
+        replication: String,
+    },
 }
 
 impl SourceError {
@@ -65,6 +82,7 @@ impl SourceError {
             SourceError::Server(e) => e.is_transient(),
             SourceError::Catalog { code, .. } => code.as_deref().is_none_or(sqlstate_is_transient),
             SourceError::SlotActive { .. } => true,
+            SourceError::NoHost { .. } | SourceError::ServersDiffer { .. } => true,
             _ => false,
         }
     }
@@ -170,5 +188,19 @@ mod tests {
             assert!(!catalog(code).is_transient(), "{code} stays until fixed");
         }
         assert!(SourceError::catalog("connection reset").is_transient());
+    }
+
+    #[test]
+    fn a_url_whose_hosts_do_not_fit_yet_is_retried() {
+        // A standby being promoted: the old primary refuses, the standby is still read-only.
+        let no_host = SourceError::NoHost {
+            wanted: "read-write".into(),
+            tried: "a:1: connection refused; b:2 is read-only".into(),
+        };
+        assert!(no_host.is_transient());
+        assert!(SourceError::ServersDiffer {
+            replication: "b:2".into()
+        }
+        .is_transient());
     }
 }

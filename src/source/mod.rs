@@ -32,9 +32,12 @@ pub mod error;
 pub mod frame;
 #[cfg(test)]
 pub(crate) mod hostile;
+pub mod hosts;
 pub mod pgoutput;
 pub mod protocol;
 pub mod publication;
+pub mod slot;
+pub mod slot_sync;
 pub mod spill;
 pub mod tls;
 pub mod value;
@@ -98,6 +101,11 @@ pub struct SourceSettings {
     /// Where the source reports its state: running once it streams from its slot, waiting
     /// while it reconnects.
     pub part: crate::parts::PartHandle,
+    /// `slot_failover`: the slot is a failover slot, synchronised to standbys (17+; see
+    /// [`slot`]).
+    pub slot_failover: bool,
+    /// A signal table is configured (on-demand snapshots write to it).
+    pub signal_table: bool,
 }
 
 impl SourceSettings {
@@ -134,6 +142,17 @@ impl SourceSettings {
             },
             read_columns: None,
             part: crate::parts::PartHandle::default(),
+            slot_failover: c.slot_failover,
+            signal_table: c.signal_table.is_some(),
+        }
+    }
+
+    /// What this source asks of its slot and server, for [`slot::check_server`].
+    pub fn slot_wishes(&self) -> slot::SlotWishes {
+        slot::SlotWishes {
+            failover: self.slot_failover,
+            heartbeat: self.heartbeat_interval.is_some(),
+            signal_table: self.signal_table,
         }
     }
 }
@@ -153,9 +172,17 @@ fn tls_mode_of_url(url: &str) -> tls::TlsMode {
 
 /// Checks the database, creates the publication and the slot when missing, and verifies
 /// them when present. Runs before anything is streamed; every failure is permanent.
+/// On a standby ([`slot`]) the publication must exist already: it is created on the primary.
 pub async fn prepare(settings: &SourceSettings) -> Result<Catalog, SourceError> {
     let mut catalog = Catalog::connect(&settings.url, &settings.name, &settings.tls).await?;
     catalog.check_server().await?;
+    let role = slot::ServerRole::read(&catalog).await?;
+    slot::check_server(
+        &settings.name,
+        &settings.slot,
+        &role,
+        settings.slot_wishes(),
+    )?;
     catalog.check_tables(&settings.tables).await?;
     catalog.check_nested_partitions(&settings.tables).await?;
     if let Some((table, column, ty)) = catalog
@@ -184,6 +211,17 @@ pub async fn prepare(settings: &SourceSettings) -> Result<Catalog, SourceError> 
     // The slot first: a refusal should leave nothing behind.
     if let Some(state) = catalog.slot_state(&settings.slot).await? {
         catalog.check_slot(&settings.slot, &state).await?;
+    } else if role.standby {
+        tracing::info!(source = %settings.name, slot = %settings.slot, "{}", slot::STANDBY_CREATE_WAIT);
+    }
+    if role.standby {
+        slot::publication_exists(
+            &catalog,
+            &settings.name,
+            &settings.publication,
+            &settings.tables,
+        )
+        .await?;
     }
     catalog
         .ensure_publication(&settings.publication, &settings.tables)
@@ -288,10 +326,12 @@ impl<'a> Session<'a> {
         let mut conn =
             ReplicationConn::connect(&s.url, &format!("walcast:{}", s.name), &s.tls).await?;
         conn.identify_system().await?;
+        hosts::same_server(&catalog, &mut conn).await?;
         if catalog.slot_state(&s.slot).await?.is_none() {
-            let at = conn.create_slot(&s.slot).await?;
-            tracing::info!(source = %s.name, slot = %s.slot, consistent_point = %at, "created replication slot");
+            let at = conn.create_slot(&s.slot, s.slot_failover).await?;
+            tracing::info!(source = %s.name, slot = %s.slot, consistent_point = %at, failover = s.slot_failover, "created replication slot");
         }
+        slot::ensure_failover(&catalog, &mut conn, s).await?;
         let publications = format!("\"{}\"", s.publication.replace('"', "\"\""));
         conn.start_replication(
             &s.slot,

@@ -24,7 +24,6 @@ use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::{backend, frontend};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_postgres::config::Host;
 
 use super::error::SourceError;
 use super::frame::{
@@ -117,7 +116,10 @@ impl std::fmt::Debug for ReplicationConn {
 
 impl ReplicationConn {
     /// Connects and authenticates with `url` (a libpq-style URL), in database replication
-    /// mode, over TLS as `tls` says (Unix sockets never use TLS, as with libpq).
+    /// mode, over TLS as `tls` says (Unix sockets never use TLS, as with libpq). A URL that
+    /// lists several hosts is tried host by host, keeping the first that
+    /// `target_session_attrs` accepts ([`super::hosts`]); each host gets the URL's
+    /// `connect_timeout`.
     pub async fn connect(
         url: &str,
         application_name: &str,
@@ -129,8 +131,96 @@ impl ReplicationConn {
                 "fix the source's url",
             )
         })?;
+        let candidates = super::hosts::candidates(&config)?;
+        let wanted = config.get_target_session_attrs();
+        if candidates.len() == 1
+            && super::hosts::fits(wanted, true)
+            && super::hosts::fits(wanted, false)
+        {
+            return Self::connect_to(&config, &candidates[0], application_name, tls).await;
+        }
+        let mut tried = Vec::new();
+        let mut any_transient = false;
+        let mut first_permanent = None;
+        for candidate in &candidates {
+            match Self::connect_to(&config, candidate, application_name, tls).await {
+                Ok(mut conn) => {
+                    let read_only = conn.read_only().await?;
+                    if super::hosts::fits(wanted, read_only) {
+                        return Ok(conn);
+                    }
+                    any_transient = true;
+                    let what = if read_only { "read-only" } else { "read-write" };
+                    tried.push(format!("{candidate} is {what}"));
+                    // Not the server wanted; it was reached, so end politely.
+                    conn.terminate().await;
+                }
+                Err(e) => {
+                    any_transient |= e.is_transient();
+                    tried.push(format!("{candidate}: {e}"));
+                    first_permanent.get_or_insert(e);
+                }
+            }
+        }
+        match first_permanent {
+            Some(e) if !any_transient => Err(e),
+            _ => Err(SourceError::NoHost {
+                wanted: super::hosts::attrs_name(wanted).to_string(),
+                tried: tried.join("; "),
+            }),
+        }
+    }
 
-        let port = config.get_ports().first().copied().unwrap_or(5432);
+    /// Whether the server takes only reads (`transaction_read_only`): a standby does.
+    async fn read_only(&mut self) -> Result<bool, SourceError> {
+        let rows = self.simple_query("SHOW transaction_read_only").await?;
+        match rows.first().and_then(|r| r.first().cloned().flatten()) {
+            Some(v) => Ok(v == "on"),
+            None => Err(SourceError::protocol(
+                "SHOW transaction_read_only returned no value",
+            )),
+        }
+    }
+
+    /// Ends a connection that has not started streaming.
+    async fn terminate(mut self) {
+        frontend::terminate(&mut self.write);
+        let _ = self.flush().await;
+    }
+
+    /// Connects and authenticates to one server of the URL's list.
+    async fn connect_to(
+        config: &tokio_postgres::Config,
+        candidate: &super::hosts::Candidate,
+        application_name: &str,
+        tls: &TlsSettings,
+    ) -> Result<Self, SourceError> {
+        let timeout = config.get_connect_timeout().copied();
+        let target = candidate.to_string();
+        let attempt = Self::connect_unbounded(config, candidate, application_name, tls);
+        match timeout {
+            None => attempt.await,
+            Some(limit) => tokio::time::timeout(limit, attempt)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(SourceError::Io {
+                        target,
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no connection within connect_timeout ({limit:?})"),
+                        ),
+                    })
+                }),
+        }
+    }
+
+    async fn connect_unbounded(
+        config: &tokio_postgres::Config,
+        candidate: &super::hosts::Candidate,
+        application_name: &str,
+        tls: &TlsSettings,
+    ) -> Result<Self, SourceError> {
+        use super::hosts::Candidate;
         let user = config
             .get_user()
             .ok_or_else(|| {
@@ -141,33 +231,27 @@ impl ReplicationConn {
             })?
             .to_string();
         let database = config.get_dbname().unwrap_or(&user).to_string();
-        let (io, target): (Box<dyn Io>, String) = match config.get_hosts().first() {
-            Some(Host::Unix(dir)) => {
+        let target = candidate.to_string();
+        let io: Box<dyn Io> = match candidate {
+            Candidate::Unix { dir, port } => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
-                let target = path.display().to_string();
                 let s = tokio::net::UnixStream::connect(&path)
                     .await
                     .map_err(|source| SourceError::Io {
                         target: target.clone(),
                         source,
                     })?;
-                (Box::new(s), target)
+                Box::new(s)
             }
-            tcp => {
-                // No host means localhost, as with libpq.
-                let host = match tcp {
-                    Some(Host::Tcp(host)) => host.as_str(),
-                    _ => "localhost",
-                };
-                let target = format!("{host}:{port}");
-                let s = tokio::net::TcpStream::connect(&target)
+            Candidate::Tcp { host, port } => {
+                let s = tokio::net::TcpStream::connect((host.as_str(), *port))
                     .await
                     .map_err(|source| SourceError::Io {
                         target: target.clone(),
                         source,
                     })?;
                 s.set_nodelay(true).ok();
-                (negotiate_tls(s, host, &target, tls).await?, target)
+                negotiate_tls(s, host, &target, tls).await?
             }
         };
         let mut conn = ReplicationConn {
@@ -352,13 +436,11 @@ impl ReplicationConn {
         })
     }
 
-    /// Creates a logical slot with pgoutput; returns its consistent point.
-    pub async fn create_slot(&mut self, slot: &str) -> Result<Lsn, SourceError> {
+    /// Creates a logical slot with pgoutput, a failover slot with `failover`
+    /// ([`super::slot`]); returns its consistent point.
+    pub async fn create_slot(&mut self, slot: &str, failover: bool) -> Result<Lsn, SourceError> {
         let rows = self
-            .simple_query(&format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'nothing')",
-                quote_ident(slot)
-            ))
+            .simple_query(&super::slot::create_sql(slot, "nothing", failover))
             .await?;
         let lsn = rows
             .first()
@@ -371,15 +453,14 @@ impl ReplicationConn {
     /// Creates a logical slot with pgoutput and exports the snapshot it starts from;
     /// returns its consistent point and the snapshot's name. The snapshot can be imported
     /// (`SET TRANSACTION SNAPSHOT`) until this connection runs another command or closes.
+    /// With `failover`, the slot is a failover slot ([`super::slot`]).
     pub async fn create_slot_exporting(
         &mut self,
         slot: &str,
+        failover: bool,
     ) -> Result<(Lsn, String), SourceError> {
         let rows = self
-            .simple_query(&format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
-                quote_ident(slot)
-            ))
+            .simple_query(&super::slot::create_sql(slot, "export", failover))
             .await?;
         let row = rows
             .first()
@@ -392,6 +473,13 @@ impl ReplicationConn {
         let snapshot = field(2)
             .ok_or_else(|| SourceError::protocol("CREATE_REPLICATION_SLOT exported no snapshot"))?;
         Ok((lsn, snapshot))
+    }
+
+    /// Makes `slot` a failover slot (17+; the slot must be free).
+    pub async fn make_failover(&mut self, slot: &str) -> Result<(), SourceError> {
+        self.simple_query(&super::slot::make_failover_sql(slot))
+            .await
+            .map(drop)
     }
 
     /// Starts streaming from `slot`; afterwards only [`Self::next_message`] and

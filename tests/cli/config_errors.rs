@@ -438,3 +438,33 @@ fn the_dashboard_charts_every_metric_and_compose_mounts_real_files() {
         );
     }
 }
+
+#[test]
+fn a_source_url_may_list_several_hosts() {
+    let url = "url = \"postgres://walcast@127.0.0.1:54329/users\"";
+    let text = format!(
+        "{HEAD}{}",
+        USERS_SOURCE.replace(
+            url,
+            "url = \"postgres://walcast@db-a:5432,db-b:5433/users?target_session_attrs=read-write\"\npassword_env = \"USERS_DB_PASSWORD\"\nslot_failover = true"
+        )
+    );
+    let config = parse_with_env(&text, &[("USERS_DB_PASSWORD", "pw")]).unwrap();
+    assert_eq!(
+        config.sources[0].resolved_url,
+        "postgres://walcast:pw@db-a:5432,db-b:5433/users?target_session_attrs=read-write"
+    );
+    assert!(config.sources[0].slot_failover);
+    let primary = text
+        .replace("read-write", "primary")
+        .replace("password_env = \"USERS_DB_PASSWORD\"\n", "");
+    assert_eq!(
+        error_of(&primary),
+        "walcast.toml: source[0].url: found target_session_attrs=primary, expected one of: read-write, read-only, any (read-write finds the primary)"
+    );
+    let random = primary.replace("=primary", "=read-write&load_balance_hosts=random");
+    assert_eq!(
+        error_of(&random),
+        "walcast.toml: source[0].url: found load_balance_hosts=random, expected the hosts tried in the order written (remove it): both of the source's connections must reach the same server"
+    );
+}

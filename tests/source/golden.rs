@@ -154,7 +154,7 @@ async fn capture() {
         let slot = format!("golden_{capture}");
         let mut conn = ReplicationConn::connect(&url, "walcast:golden", &Default::default()).await.unwrap();
         let _ = conn.simple_query(&format!("DROP_REPLICATION_SLOT {slot}")).await;
-        conn.create_slot(&slot).await.unwrap();
+        conn.create_slot(&slot, false).await.unwrap();
         for statement in workload.split(";\n") {
             pg.batch_execute(statement).await.unwrap();
         }

@@ -72,6 +72,12 @@ pub struct Setup {
     pub registry_url: Option<String>,
     /// The stack's cluster of this PostgreSQL major instead of the run's (`Stack::pg_of`).
     pub pg_major: Option<u32>,
+    /// The source's `url`, when not the stack's database (a cluster of the test's own; the
+    /// test creates the users table there). `Daemon::start` waits on the stack's database,
+    /// so such a test spawns the daemon and waits itself.
+    pub source_url: Option<String>,
+    /// Extra `[[source]]` keys, e.g. `slot_failover = true`.
+    pub source_keys: String,
 }
 
 impl Daemon {
@@ -161,6 +167,7 @@ url = "{url}"
 slot = "{name}"
 snapshot = "never"
 status_interval_ms = 200
+{source_keys}
 
 [[source.table]]
 table = "public.users"
@@ -171,10 +178,12 @@ update = "UserUpdated.avsc"
 delete = "UserDeleted.avsc"
 {table_keys}
 "#,
-                url = match &setup.pg_addr {
-                    Some(addr) => format!("postgres://walcast@{addr}/{db}"),
-                    None => stack.pg_url_for("walcast", &db),
+                url = match (&setup.source_url, &setup.pg_addr) {
+                    (Some(url), _) => url.clone(),
+                    (None, Some(addr)) => format!("postgres://walcast@{addr}/{db}"),
+                    (None, None) => stack.pg_url_for("walcast", &db),
                 },
+                source_keys = setup.source_keys,
             ),
         )
         .unwrap();

@@ -498,6 +498,8 @@ pub fn source_settings(
         tls: Default::default(),
         read_columns: None,
         part: Default::default(),
+        slot_failover: false,
+        signal_table: false,
     }
 }
 

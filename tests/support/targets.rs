@@ -24,6 +24,21 @@ pub struct OwnPostgres {
     pub port: u16,
     pub data: PathBuf,
     pub bin: PathBuf,
+    /// The cluster's major (15 to 18).
+    pub major: u32,
+}
+
+/// Adds `conf` to the cluster's postgresql.conf.
+fn append_conf(data: &std::path::Path, conf: &str) {
+    if conf.is_empty() {
+        return;
+    }
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("postgresql.conf"))
+        .unwrap();
+    writeln!(file, "{conf}").unwrap();
 }
 
 impl OwnPostgres {
@@ -33,6 +48,11 @@ impl OwnPostgres {
 
     /// A cluster of PostgreSQL `major` (15 to 18).
     pub async fn start_major(name: &str, major: u32) -> OwnPostgres {
+        Self::start_major_with(name, major, "").await
+    }
+
+    /// A cluster of PostgreSQL `major` with `conf` (lines of postgresql.conf) added.
+    pub async fn start_major_with(name: &str, major: u32, conf: &str) -> OwnPostgres {
         let bin = Stack::get().pg_of(major).server_bin.clone();
         let data = PathBuf::from(format!("/var/tmp/walcast-stack/targets/{name}"));
         let _ = std::fs::remove_dir_all(&data);
@@ -43,6 +63,8 @@ impl OwnPostgres {
             .args(["-u", "postgres", "--"])
             .arg(bin.join("initdb"))
             .args([
+                // A test's cluster need not survive a machine crash: skip the fsyncs.
+                "--no-sync",
                 "-U",
                 "postgres",
                 "--auth=trust",
@@ -52,13 +74,173 @@ impl OwnPostgres {
                 "-D",
             ])
             .arg(&data));
+        append_conf(&data, conf);
         let pg = OwnPostgres {
             port: free_port(),
             data,
             bin,
+            major,
         };
         pg.pg_ctl_start().await;
         pg
+    }
+
+    /// A cluster of PostgreSQL `major` that logical replication can read, and a physical
+    /// standby can follow (`wal_level = logical`).
+    pub async fn start_logical(name: &str, major: u32) -> OwnPostgres {
+        Self::start_major_with(
+            name,
+            major,
+            "wal_level = logical\nmax_wal_senders = 20\nmax_replication_slots = 20\n",
+        )
+        .await
+    }
+
+    /// A hot standby of `primary` (which must be logical: [`OwnPostgres::start_logical`]),
+    /// made by copying the primary's cleanly stopped data directory. It streams from a
+    /// physical slot on the primary named `name` (also its `application_name` there), with
+    /// `hot_standby_feedback = on`; from 17 on, with `sync_replication_slots = on`, and the
+    /// primary waits for it before sending logical changes (`synchronized_standby_slots`).
+    /// Returns once the standby streams.
+    pub async fn standby_of(primary: &OwnPostgres, name: &str) -> OwnPostgres {
+        let admin = primary.client("postgres").await;
+        admin
+            .execute(
+                "SELECT pg_create_physical_replication_slot($1, true)",
+                &[&name],
+            )
+            .await
+            .unwrap();
+        drop(admin);
+        primary.pg_ctl("fast");
+        let data = PathBuf::from(format!("/var/tmp/walcast-stack/targets/{name}"));
+        let _ = std::fs::remove_dir_all(&data);
+        run(Command::new("install")
+            .args(["-d", "-o", "postgres", "-g", "postgres", "-m", "700"])
+            .arg(&data));
+        run(Command::new("runuser")
+            .args(["-u", "postgres", "--", "cp", "-a"])
+            .arg(primary.data.join("."))
+            .arg(&data));
+        primary.pg_ctl_start().await;
+        // The copy's slots are the primary's, not the standby's own.
+        for slot in std::fs::read_dir(data.join("pg_replslot")).unwrap() {
+            std::fs::remove_dir_all(slot.unwrap().path()).unwrap();
+        }
+        let _ = std::fs::remove_file(data.join("log"));
+        run(Command::new("runuser")
+            .args(["-u", "postgres", "--", "touch"])
+            .arg(data.join("standby.signal")));
+        let mut conf = format!(
+            "primary_conninfo = 'host=127.0.0.1 port={} user=postgres dbname=postgres application_name={name}'\n\
+             primary_slot_name = '{name}'\nhot_standby = on\nhot_standby_feedback = on\n",
+            primary.port
+        );
+        if primary.major >= 17 {
+            conf.push_str("sync_replication_slots = on\n");
+        }
+        append_conf(&data, &conf);
+        let standby = OwnPostgres {
+            port: free_port(),
+            data,
+            bin: primary.bin.clone(),
+            major: primary.major,
+        };
+        standby.pg_ctl_start().await;
+        let admin = primary.client("postgres").await;
+        if primary.major >= 17 {
+            for sql in [
+                format!("ALTER SYSTEM SET synchronized_standby_slots = '{name}'"),
+                "SELECT pg_reload_conf()".to_string(),
+            ] {
+                admin.batch_execute(&sql).await.unwrap();
+            }
+        }
+        wait_until(
+            &format!("standby {name} to stream from the primary"),
+            Duration::from_secs(60),
+            || {
+                let admin = &admin;
+                async move {
+                    admin
+                        .query_opt(
+                            "SELECT 1 FROM pg_stat_replication WHERE application_name = $1 AND state = 'streaming'",
+                            &[&name],
+                        )
+                        .await
+                        .unwrap()
+                        .is_some()
+                }
+            },
+        )
+        .await;
+        standby
+    }
+
+    /// Waits until this standby has replayed everything `primary` has written so far
+    /// (a database created there, for one, exists here).
+    pub async fn replayed(&self, primary: &OwnPostgres) {
+        let end: String = primary
+            .client("postgres")
+            .await
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let standby = self.client("postgres").await;
+        wait_until(
+            &format!("the standby to replay the primary's WAL up to {end}"),
+            Duration::from_secs(30),
+            || {
+                let (standby, end) = (&standby, &end);
+                async move {
+                    standby
+                        .query_one(
+                            "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                            &[end],
+                        )
+                        .await
+                        .unwrap()
+                        .get::<_, bool>(0)
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Promotes a standby and waits until it takes writes.
+    pub async fn promote(&self) {
+        run(Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-t", "60", "promote"])
+            .stdout(Stdio::null()));
+        let client = self.client("postgres").await;
+        wait_until(
+            "the promoted standby to take writes",
+            Duration::from_secs(60),
+            || {
+                let client = &client;
+                async move {
+                    !client
+                        .query_one("SELECT pg_is_in_recovery()", &[])
+                        .await
+                        .unwrap()
+                        .get::<_, bool>(0)
+                }
+            },
+        )
+        .await;
+    }
+
+    /// SIGKILL to the postmaster: the server dies without a shutdown checkpoint, and its
+    /// port refuses connections at once (its backends exit as they notice).
+    pub fn kill9(&self) {
+        let pid = std::fs::read_to_string(self.data.join("postmaster.pid")).unwrap();
+        let pid = pid.lines().next().unwrap().trim().to_string();
+        run(Command::new("kill").args(["-9", &pid]));
     }
 
     async fn pg_ctl_start(&self) {
@@ -105,6 +287,8 @@ impl OwnPostgres {
             .arg(&self.data)
             .args(["-m", mode, "-w", "stop"])
             .stdout(Stdio::null())
+            // A server killed by kill9 has nothing left to stop.
+            .stderr(Stdio::null())
             .status();
     }
 }
