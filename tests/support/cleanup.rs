@@ -36,7 +36,11 @@ pub fn on_thread_end(psql: PathBuf, server: &str, db: &str) {
             psql,
             databases: Vec::new(),
         });
-        if !created.databases.iter().any(|(s, d)| s == server && d == db) {
+        if !created
+            .databases
+            .iter()
+            .any(|(s, d)| s == server && d == db)
+        {
             created.databases.push((server.to_string(), db.to_string()));
         }
     });
