@@ -55,6 +55,9 @@ pub enum SourceError {
         /// Process id of the backend holding the slot (`pg_replication_slots.active_pid`).
         pid: i32,
     },
+    /// The slot is gone, or the server is in another LSN space than before. Permanent.
+    #[error(transparent)]
+    Slot(#[from] super::slot::SlotError),
 }
 
 impl SourceError {

@@ -31,6 +31,7 @@ pub mod error;
 pub mod frame;
 pub mod pgoutput;
 pub mod protocol;
+pub mod slot;
 pub mod spill;
 pub mod tls;
 pub mod value;
@@ -179,6 +180,10 @@ pub async fn prepare(settings: &SourceSettings) -> Result<Catalog, SourceError> 
 /// reconnect with capped exponential backoff and resume from the slot, which resends every
 /// transaction not yet confirmed. After a reconnect, a `Begin` may arrive while the previous
 /// transaction has no `Commit`: that transaction is void and will be sent again.
+///
+/// Only the first connection creates the slot when it is missing; a reconnect that finds it
+/// gone, or reaches another cluster or WAL that ends before what was confirmed, stops with
+/// [`slot::SlotError`] (see [`slot::Continuity`]).
 pub async fn run(
     settings: SourceSettings,
     events: mpsc::Sender<Vec<SourceEvent>>,
@@ -188,10 +193,11 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut backoff =
         crate::retry::Backoff::new(Duration::from_millis(100), settings.reconnect_max_backoff);
+    let mut continuity = slot::Continuity::default();
     loop {
         let session = Session::new(&settings, events.clone(), acked.clone());
         let started = std::time::Instant::now();
-        let result = session.run(&mut shutdown).await;
+        let result = session.run(&mut shutdown, &mut continuity).await;
         match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() => {
@@ -256,16 +262,22 @@ impl<'a> Session<'a> {
     async fn run(
         mut self,
         shutdown: &mut (impl Future<Output = ()> + Unpin),
+        continuity: &mut slot::Continuity,
     ) -> Result<(), SourceError> {
         let s = self.settings;
         let mut catalog = prepare(s).await?;
         let mut conn =
             ReplicationConn::connect(&s.url, &format!("walcast:{}", s.name), &s.tls).await?;
-        conn.identify_system().await?;
+        let server = conn.identify_system().await?;
+        let may_create = continuity.connected(s, &server)?;
         if catalog.slot_state(&s.slot).await?.is_none() {
+            if !may_create {
+                return Err(continuity.vanished(s).into());
+            }
             let at = conn.create_slot(&s.slot).await?;
             tracing::info!(source = %s.name, slot = %s.slot, consistent_point = %at, "created replication slot");
         }
+        continuity.slot_present();
         let publications = format!("\"{}\"", s.publication.replace('"', "\"\""));
         conn.start_replication(
             &s.slot,
@@ -375,6 +387,7 @@ impl<'a> Session<'a> {
                     .set(flush.0);
             }
             self.confirmed = flush;
+            continuity.confirmed(flush);
             reply_due = false;
         }
     }

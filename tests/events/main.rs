@@ -9,3 +9,4 @@ mod admin;
 mod broker;
 mod exactly_once;
 mod publishing;
+mod slots;

@@ -33,6 +33,17 @@ impl OwnPostgres {
 
     /// A cluster of PostgreSQL `major` (15 to 18).
     pub async fn start_major(name: &str, major: u32) -> OwnPostgres {
+        Self::start_major_with(name, major, &[]).await
+    }
+
+    /// [`OwnPostgres::start_major`] with extra `postgresql.conf` settings, e.g.
+    /// `("idle_replication_slot_timeout", "1")`. Every cluster has `wal_level = logical`,
+    /// so it can be a source too.
+    pub async fn start_major_with(
+        name: &str,
+        major: u32,
+        settings: &[(&str, &str)],
+    ) -> OwnPostgres {
         let bin = Stack::get().pg_of(major).server_bin.clone();
         let data = PathBuf::from(format!("/var/tmp/walcast-stack/targets/{name}"));
         let _ = std::fs::remove_dir_all(&data);
@@ -52,6 +63,13 @@ impl OwnPostgres {
                 "-D",
             ])
             .arg(&data));
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("\nwal_level = logical\n");
+        for (key, value) in settings {
+            text.push_str(&format!("{key} = '{value}'\n"));
+        }
+        std::fs::write(&conf, text).unwrap();
         let pg = OwnPostgres {
             port: free_port(),
             data,

@@ -1,0 +1,301 @@
+//! Spec: a slot that is gone is never recreated silently, and a source never resumes in
+//! another cluster's LSN space. A source that has published before (its progress record in
+//! Kafka says so, in both delivery modes) and finds no slot, or finds another system
+//! identifier, stops naming the slot, the position Kafka holds and the fix, publishing
+//! nothing and creating nothing; `walcast slot recreate --snapshot` is the way on, and
+//! re-reads every table.
+
+use std::process::Command;
+
+use crate::support::daemon::{decode, Daemon, Decoded, Setup, USERS_DDL};
+use crate::support::targets::OwnPostgres;
+use walcast::lsn::Lsn;
+
+async fn insert(pg: &tokio_postgres::Client, names: &[&str]) {
+    for name in names {
+        pg.execute(
+            "INSERT INTO users (full_name, email, password_hash) VALUES ($1, $1 || '@example.com', 'x')",
+            &[name],
+        )
+        .await
+        .unwrap();
+    }
+}
+
+async fn wal_end(pg: &tokio_postgres::Client) -> Lsn {
+    let text: String = pg
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    text.parse().unwrap()
+}
+
+async fn slots(pg: &tokio_postgres::Client, slot: &str) -> i64 {
+    pg.query_one(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// `walcast slot recreate` with `args`: exit code, stdout, stderr.
+fn recreate(daemon: &Daemon, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_walcast"))
+        .args(["slot", "recreate", "--source", &daemon.name, "--config"])
+        .arg(&daemon.config)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn names(events: &[Decoded], op: &str) -> Vec<String> {
+    let mut names: Vec<String> = events
+        .iter()
+        .filter(|e| e.headers.get("op").map(String::as_str) == Some(op))
+        .map(|e| {
+            e.value.as_ref().unwrap()["name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// The LSN after `prefix` in `text`, up to the next space.
+fn lsn_after(text: &str, prefix: &str) -> Lsn {
+    let at = text
+        .find(prefix)
+        .unwrap_or_else(|| panic!("{prefix:?} in {text}"))
+        + prefix.len();
+    text[at..].split(' ').next().unwrap().parse().unwrap()
+}
+
+/// The daemon stopped; the slot is dropped (what a promotion without it does), an insert and
+/// a delete are committed in the gap. The next start stops with the named error, publishes
+/// nothing and creates no slot; `walcast slot recreate --snapshot` then re-reads every table
+/// (even with `snapshot = "never"`, as the test daemon has), and streaming goes on.
+async fn a_slot_dropped_while_stopped_is_never_recreated_silently(
+    prefix: &str,
+    exactly_once: bool,
+) {
+    let mut daemon = Daemon::prepare(
+        prefix,
+        Setup {
+            exactly_once,
+            ..Setup::default()
+        },
+    )
+    .await;
+    daemon.start().await;
+    let pg = daemon.pg().await;
+    let before = wal_end(&pg).await;
+    insert(&pg, &["Ada", "Grace"]).await;
+    assert_eq!(decode(&daemon.topic, 2).await.len(), 2);
+    crate::support::wait_confirmed_to_now(&pg, &daemon.name).await;
+    assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
+    let confirmed = crate::support::confirmed_flush(&pg, &daemon.name).await;
+
+    pg.execute("SELECT pg_drop_replication_slot($1)", &[&daemon.name])
+        .await
+        .unwrap();
+    insert(&pg, &["Linus"]).await;
+    pg.execute("DELETE FROM users WHERE full_name = 'Ada'", &[])
+        .await
+        .unwrap();
+
+    daemon.spawn();
+    let status = daemon.stops("on the missing slot").await;
+    assert_eq!(status.code(), Some(1), "{}", daemon.log_text());
+    let log = daemon.log_text();
+    let name = &daemon.name;
+    let expected = format!(
+        "source {name}: replication slot {name} does not exist, but this source has published before: Kafka holds its changes up to "
+    );
+    assert!(log.contains(&expected), "{log}");
+    let held = lsn_after(&log, &expected);
+    assert!(
+        before < held && held <= confirmed,
+        "Kafka holds up to {held}: after {before}, at most the slot's last confirmed {confirmed}"
+    );
+    assert!(
+        log.contains(&format!("{held} (progress topic walcast.progress.{name}). The changes committed since then went with the slot")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "run walcast slot recreate --source {name} --snapshot and start again"
+        )),
+        "{log}"
+    );
+    assert_eq!(slots(&pg, name).await, 0, "no slot was created");
+    assert_eq!(
+        decode(&daemon.topic, 2).await.len(),
+        2,
+        "nothing was published"
+    );
+
+    // The way on is explicit, and snapshots.
+    let (code, _, stderr) = recreate(&daemon, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("walcast: walcast slot recreate needs --snapshot"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = recreate(&daemon, &["--snapshot"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        stdout,
+        format!("source {name}: there is no replication slot {name}; the next run creates it and reads every table in a snapshot\n")
+    );
+    daemon.start().await;
+    let events = decode(&daemon.topic, 4).await;
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert_eq!(names(&events, "insert"), ["Ada", "Grace"]);
+    // Every row the table holds comes back; Ada, deleted in the gap, does not (her delete
+    // is lost with the slot: README, Slot safety, says how to rebuild replicas).
+    assert_eq!(names(&events, "snapshot"), ["Grace", "Linus"]);
+    insert(&pg, &["Margaret"]).await;
+    let events = decode(&daemon.topic, 5).await;
+    assert_eq!(names(&events, "insert"), ["Ada", "Grace", "Margaret"]);
+
+    // Once recreated, the source restarts as any other: no snapshot again, no refusal.
+    assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
+    daemon.start().await;
+    insert(&pg, &["Barbara"]).await;
+    let events = decode(&daemon.topic, 6).await;
+    assert_eq!(events.len(), 6, "{events:?}");
+    assert_eq!(names(&events, "snapshot"), ["Grace", "Linus"]);
+    assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_least_once_a_slot_dropped_while_stopped_is_never_recreated_silently() {
+    a_slot_dropped_while_stopped_is_never_recreated_silently("slot_gone", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exactly_once_a_slot_dropped_while_stopped_is_never_recreated_silently() {
+    a_slot_dropped_while_stopped_is_never_recreated_silently("slot_gone_eos", true).await;
+}
+
+async fn system_identifier(pg: &tokio_postgres::Client) -> String {
+    let id: i64 = pg
+        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    id.to_string()
+}
+
+/// The source's database is dumped and reloaded into another cluster, slot and publication
+/// made again there, and the same source is pointed at it: its positions are another LSN
+/// space. The source stops naming both system identifiers and the fix, and publishes
+/// nothing; `walcast slot recreate --snapshot` moves it on purpose.
+async fn a_database_moved_to_another_cluster_is_refused(prefix: &str, exactly_once: bool) {
+    let mut daemon = Daemon::prepare(
+        prefix,
+        Setup {
+            exactly_once,
+            ..Setup::default()
+        },
+    )
+    .await;
+    daemon.start().await;
+    let pg = daemon.pg().await;
+    insert(&pg, &["Ada"]).await;
+    assert_eq!(decode(&daemon.topic, 1).await.len(), 1);
+    crate::support::wait_confirmed_to_now(&pg, &daemon.name).await;
+    assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
+    let old_id = system_identifier(&pg).await;
+
+    let moved = OwnPostgres::start(&daemon.name).await;
+    let admin = moved.client("postgres").await;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {}", daemon.db))
+        .await
+        .unwrap();
+    let target = moved.client(&daemon.db).await;
+    target.batch_execute(USERS_DDL).await.unwrap();
+    insert(&target, &["Ada", "Grace"]).await;
+    for sql in [
+        format!("CREATE PUBLICATION {0} FOR TABLE users", daemon.name),
+        format!(
+            "SELECT pg_create_logical_replication_slot('{0}', 'pgoutput')",
+            daemon.name
+        ),
+    ] {
+        target.batch_execute(&sql).await.unwrap();
+    }
+    let new_id = system_identifier(&target).await;
+    assert_ne!(old_id, new_id);
+    let config = std::fs::read_to_string(&daemon.config).unwrap();
+    let url_line = config
+        .lines()
+        .find(|l| l.starts_with("url = \"postgres://"))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &daemon.config,
+        config.replace(&url_line, &format!("url = \"{}\"", moved.url(&daemon.db))),
+    )
+    .unwrap();
+
+    daemon.spawn();
+    let status = daemon.stops("on another cluster").await;
+    assert_eq!(status.code(), Some(1), "{}", daemon.log_text());
+    let log = daemon.log_text();
+    let name = &daemon.name;
+    assert!(
+        log.contains(&format!(
+            "source {name}: the database is another PostgreSQL cluster (system identifier {new_id}) than the one this source published from (system identifier {old_id}, up to "
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "if it moved on purpose, run walcast slot recreate --source {name} --snapshot and start again"
+        )),
+        "{log}"
+    );
+    insert(&target, &["Linus"]).await;
+    assert_eq!(
+        decode(&daemon.topic, 1).await.len(),
+        1,
+        "nothing was published"
+    );
+
+    // Moved on purpose: the new cluster's rows are read through a new slot.
+    let (code, stdout, stderr) = recreate(&daemon, &["--snapshot"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.starts_with(&format!("dropped replication slot {name} of source {name}")),
+        "{stdout}"
+    );
+    daemon.spawn();
+    let events = decode(&daemon.topic, 4).await;
+    assert_eq!(names(&events, "snapshot"), ["Ada", "Grace", "Linus"]);
+    assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
+    pg.execute("SELECT pg_drop_replication_slot($1)", &[&daemon.name])
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_least_once_a_database_moved_to_another_cluster_is_refused() {
+    a_database_moved_to_another_cluster_is_refused("slot_moved", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exactly_once_a_database_moved_to_another_cluster_is_refused() {
+    a_database_moved_to_another_cluster_is_refused("slot_moved_eos", true).await;
+}
