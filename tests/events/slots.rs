@@ -299,3 +299,75 @@ async fn at_least_once_a_database_moved_to_another_cluster_is_refused() {
 async fn exactly_once_a_database_moved_to_another_cluster_is_refused() {
     a_database_moved_to_another_cluster_is_refused("slot_moved_eos", true).await;
 }
+
+/// A slot dropped while walcast streams from it (its walsender ended first, as a failover
+/// or an operator does): the reconnect never creates a new one, and the source stops
+/// naming the slot and the fix; nothing committed after the drop is published.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_dropped_while_streaming_is_never_recreated() {
+    let mut daemon = Daemon::prepare("slot_vanished", Setup::default()).await;
+    daemon.start().await;
+    let pg = daemon.pg().await;
+    insert(&pg, &["Ada"]).await;
+    assert_eq!(decode(&daemon.topic, 1).await.len(), 1);
+    crate::support::wait_confirmed_to_now(&pg, &daemon.name).await;
+    // End the walsender and drop the slot before walcast reconnects (50 ms at the
+    // earliest); when it wins the race, end the new walsender again.
+    crate::support::wait_until(
+        "the slot to be dropped between two connections",
+        std::time::Duration::from_secs(60),
+        || {
+            let (pg, slot) = (&pg, &daemon.name);
+            async move {
+                pg.execute(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                    &[slot],
+                )
+                .await
+                .unwrap();
+                for _ in 0..20 {
+                    // Fails when the slot became active again in between: try again.
+                    let _ = pg
+                        .execute(
+                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                            &[slot],
+                        )
+                        .await;
+                    if slots(pg, slot).await == 0 {
+                        return true;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                false
+            }
+        },
+    )
+    .await;
+    insert(&pg, &["Grace"]).await;
+    let status = daemon.stops("on the slot gone").await;
+    assert_eq!(status.code(), Some(1), "{}", daemon.log_text());
+    let log = daemon.log_text();
+    let name = &daemon.name;
+    // The source's reconnect sees it first; a restart of the whole pipeline would say it
+    // from the progress record.
+    assert!(
+        log.contains(&format!(
+            "source {name}: replication slot {name} disappeared while walcast streamed from it"
+        )) || log.contains(&format!(
+            "source {name}: replication slot {name} does not exist, but this source has published before"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "run walcast slot recreate --source {name} --snapshot"
+        )),
+        "{log}"
+    );
+    assert_eq!(slots(&pg, name).await, 0, "no slot was created");
+    assert_eq!(
+        decode(&daemon.topic, 1).await.len(),
+        1,
+        "nothing was published"
+    );
+}
