@@ -271,15 +271,8 @@ async fn slot(action: SlotAction) -> Result<(), Failure> {
         walcast::source::catalog::Catalog::connect(&settings.url, &settings.name, &settings.tls)
             .await
             .map_err(runtime)?;
-    let dropped = catalog.drop_slot(&slot).await.map_err(runtime)?;
-    if dropped.is_none() && reset == Reset::Dropped {
-        return Err(Failure::Runtime(anyhow::anyhow!(
-            "source {}: there is no replication slot {slot}; nothing was dropped",
-            source.name
-        )));
-    }
-    // The operator's decision, where the next start looks: without it, a source that has
-    // published before and finds no slot stops.
+    // Kafka first: the decision is recorded where the next start looks, and a slot is only
+    // dropped once that is possible.
     let kafka = |e: walcast::kafka::KafkaError| Failure::Runtime(e.into());
     let topic = walcast::kafka::progress::topic(&cfg.kafka, &source.name);
     walcast::kafka::progress::ensure(&cfg.kafka, &topic)
@@ -288,6 +281,14 @@ async fn slot(action: SlotAction) -> Result<(), Failure> {
     let held = walcast::kafka::progress::read(&cfg.kafka, &topic, &source.name)
         .await
         .map_err(kafka)?;
+    let dropped = catalog.drop_slot(&slot).await.map_err(runtime)?;
+    if dropped.is_none() && reset == Reset::Dropped {
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "source {}: there is no replication slot {slot}; nothing was dropped",
+            source.name
+        )));
+    }
+    // Without this record, a source that has published before and finds no slot stops.
     let progress = walcast::kafka::progress::Progress {
         lsn: held.map(|p| p.lsn).unwrap_or_default(),
         origin: None,

@@ -17,6 +17,15 @@
 //! the standby takes over from the slot's confirmed position (and, with exactly-once, its
 //! progress record), so nothing is lost or, exactly-once, doubled.
 //!
+//! # Slot safety
+//! Before anything is created or published, the source's progress record (written in both
+//! delivery modes, with the cluster's system identifier and timeline) is read and the slot
+//! and server judged against it ([`crate::source::slot`]): a source that has published
+//! before stops when its slot is gone, the server is another cluster, or its WAL ends before
+//! what Kafka holds. A new source (no record, or one `walcast slot recreate` reset) creates
+//! its slot here and records it at once. At-least-once, the record then follows the
+//! acknowledged position at most once a second ([`PROGRESS_INTERVAL`]) and at a clean stop.
+//!
 //! # No loss
 //! The source confirms to PostgreSQL only the position the producer reports as acknowledged
 //! (see [`crate::kafka::producer`]): every event of every transaction up to it is in Kafka.
@@ -303,6 +312,9 @@ async fn run_once(
         // A new source's slot, created now, and its first progress record: from here on
         // a missing slot is a gap, never a new start.
         if catalog.slot_state(&settings.slot).await?.is_none() {
+            // The publication first, as a snapshot's slot creation does: a refusal leaves
+            // no slot behind, and the slot decodes with its publication in place.
+            source::prepare(&settings).await?;
             source::slot::create(&settings).await?;
         }
         progress_written = catalog

@@ -22,7 +22,8 @@
 //! # Layout
 //! [`pgoutput`] and [`value`] are the pure protocol core; [`assembler`] turns messages into
 //! ordered events and buffers streamed transactions via [`spill`]; [`protocol`] and
-//! [`catalog`] are the I/O shell; this module runs them.
+//! [`catalog`] are the I/O shell; [`slot`] keeps a lost slot or another cluster from being
+//! resumed silently; this module runs them.
 
 pub mod assembler;
 pub mod catalog;

@@ -56,6 +56,13 @@ fn recreate(daemon: &Daemon, args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// How many distinct events (by `event_id`): at-least-once may deliver one twice.
+fn distinct(events: &[Decoded]) -> usize {
+    let ids: std::collections::HashSet<&String> =
+        events.iter().map(|e| &e.headers["event_id"]).collect();
+    ids.len()
+}
+
 fn names(events: &[Decoded], op: &str) -> Vec<String> {
     let mut names: Vec<String> = events
         .iter()
@@ -238,17 +245,7 @@ async fn a_database_moved_to_another_cluster_is_refused(prefix: &str, exactly_on
     }
     let new_id = system_identifier(&target).await;
     assert_ne!(old_id, new_id);
-    let config = std::fs::read_to_string(&daemon.config).unwrap();
-    let url_line = config
-        .lines()
-        .find(|l| l.starts_with("url = \"postgres://"))
-        .unwrap()
-        .to_string();
-    std::fs::write(
-        &daemon.config,
-        config.replace(&url_line, &format!("url = \"{}\"", moved.url(&daemon.db))),
-    )
-    .unwrap();
+    point_at(&daemon, &moved.url(&daemon.db));
 
     daemon.spawn();
     let status = daemon.stops("on another cluster").await;
@@ -370,4 +367,120 @@ async fn a_slot_dropped_while_streaming_is_never_recreated() {
         1,
         "nothing was published"
     );
+}
+
+/// Replaces the URL line of the daemon's configuration with `url`.
+fn point_at(daemon: &Daemon, url: &str) {
+    let config = std::fs::read_to_string(&daemon.config).unwrap();
+    let line = config
+        .lines()
+        .find(|l| l.starts_with("url = \"postgres://"))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &daemon.config,
+        config.replace(&line, &format!("url = \"{url}\"")),
+    )
+    .unwrap();
+}
+
+/// The source's database is restored from a backup taken before its last changes were
+/// published (same cluster, same system identifier, the slot in the backup): its WAL ends
+/// before what Kafka holds, and its next changes would reuse positions the replicas hold.
+/// The source stops naming both positions and the fix, publishing nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_restored_from_an_earlier_backup_is_refused() {
+    let mut daemon = Daemon::prepare("slot_restored", Setup::default()).await;
+    let own = OwnPostgres::start(&daemon.name).await;
+    own.client("postgres")
+        .await
+        .batch_execute(&format!("CREATE DATABASE {}", daemon.db))
+        .await
+        .unwrap();
+    let pg = own.client(&daemon.db).await;
+    pg.batch_execute(USERS_DDL).await.unwrap();
+    point_at(&daemon, &own.url(&daemon.db));
+    daemon.spawn();
+    // The new source's slot decodes what is committed once it exists.
+    crate::support::wait_until(
+        "the slot to stream",
+        std::time::Duration::from_secs(60),
+        || {
+            let (pg, slot) = (&pg, &daemon.name);
+            async move {
+                pg.query_opt(
+                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                    &[slot],
+                )
+                .await
+                .unwrap()
+                .is_some()
+            }
+        },
+    )
+    .await;
+    insert(&pg, &["Ada"]).await;
+    assert_eq!(decode(&daemon.topic, 1).await.len(), 1);
+    crate::support::wait_confirmed_to_now(&pg, &daemon.name).await;
+    assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
+
+    // The backup: a copy of the stopped cluster, slot included.
+    drop(pg);
+    own.stop();
+    let backup = own.data.with_extension("backup");
+    let _ = std::fs::remove_dir_all(&backup);
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        assert!(Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap()
+            .success());
+    };
+    copy(&own.data, &backup);
+    own.start_again().await;
+    daemon.spawn();
+    let pg = own.client(&daemon.db).await;
+    // Enough WAL that the restored cluster's end stays behind what Kafka holds.
+    insert(&pg, &["Grace", "Linus"]).await;
+    pg.batch_execute("SELECT pg_switch_wal()").await.unwrap();
+    insert(&pg, &["Margaret"]).await;
+    assert_eq!(distinct(&decode(&daemon.topic, 4).await), 4);
+    crate::support::wait_confirmed_to_now(&pg, &daemon.name).await;
+    assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
+
+    // The restore.
+    drop(pg);
+    own.stop();
+    std::fs::remove_dir_all(&own.data).unwrap();
+    copy(&backup, &own.data);
+    std::fs::remove_dir_all(&backup).unwrap();
+    own.start_again().await;
+
+    daemon.spawn();
+    let status = daemon.stops("on the restored database").await;
+    assert_eq!(status.code(), Some(1), "{}", daemon.log_text());
+    let log = daemon.log_text();
+    let name = &daemon.name;
+    assert!(
+        log.contains(&format!("source {name}: the database's WAL ends at ")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "up to where Kafka holds this source's changes (progress topic walcast.progress.{name}): it was restored from an earlier backup"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "if the restore is meant to stay, run walcast slot recreate --source {name} --snapshot and start again"
+        )),
+        "{log}"
+    );
+    let pg = own.client(&daemon.db).await;
+    insert(&pg, &["Barbara"]).await;
+    let events = decode(&daemon.topic, 4).await;
+    assert_eq!(distinct(&events), 4, "nothing was published: {events:?}");
 }

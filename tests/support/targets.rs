@@ -109,6 +109,16 @@ impl OwnPostgres {
         client
     }
 
+    /// Stops the server cleanly (fast shutdown), e.g. to copy its data directory.
+    pub fn stop(&self) {
+        self.pg_ctl("fast");
+    }
+
+    /// Starts the server again after [`OwnPostgres::stop`].
+    pub async fn start_again(&self) {
+        self.pg_ctl_start().await;
+    }
+
     /// Stops the server the way a crash does (immediate shutdown), then starts it again.
     pub async fn restart(&self) {
         self.pg_ctl("immediate");
