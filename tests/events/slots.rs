@@ -9,6 +9,7 @@ use std::process::Command;
 
 use crate::support::daemon::{decode, Daemon, Decoded, Setup, USERS_DDL};
 use crate::support::targets::OwnPostgres;
+use crate::support::Stack;
 use walcast::lsn::Lsn;
 
 async fn insert(pg: &tokio_postgres::Client, names: &[&str]) {
@@ -225,7 +226,7 @@ async fn a_database_moved_to_another_cluster_is_refused(prefix: &str, exactly_on
     assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
     let old_id = system_identifier(&pg).await;
 
-    let moved = OwnPostgres::start(&daemon.name).await;
+    let moved = logical_cluster(&daemon.name).await;
     let admin = moved.client("postgres").await;
     admin
         .batch_execute(&format!("CREATE DATABASE {}", daemon.db))
@@ -369,6 +370,11 @@ async fn a_slot_dropped_while_streaming_is_never_recreated() {
     );
 }
 
+/// A cluster of the test's own, of the major under test, that can be a source.
+async fn logical_cluster(name: &str) -> OwnPostgres {
+    OwnPostgres::start_major_with(name, Stack::get().pg_major, &[("wal_level", "logical")]).await
+}
+
 /// Replaces the URL line of the daemon's configuration with `url`.
 fn point_at(daemon: &Daemon, url: &str) {
     let config = std::fs::read_to_string(&daemon.config).unwrap();
@@ -391,7 +397,7 @@ fn point_at(daemon: &Daemon, url: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_database_restored_from_an_earlier_backup_is_refused() {
     let mut daemon = Daemon::prepare("slot_restored", Setup::default()).await;
-    let own = OwnPostgres::start(&daemon.name).await;
+    let own = logical_cluster(&daemon.name).await;
     own.client("postgres")
         .await
         .batch_execute(&format!("CREATE DATABASE {}", daemon.db))

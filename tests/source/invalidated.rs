@@ -181,7 +181,10 @@ async fn a_slot_invalidated_for_idling_is_refused_naming_the_timeout() {
     let cluster = OwnPostgres::start_major_with(
         &format!("idle_slot_{}", std::process::id()),
         18,
-        &[("idle_replication_slot_timeout", "1")],
+        &[
+            ("wal_level", "logical"),
+            ("idle_replication_slot_timeout", "1"),
+        ],
     )
     .await;
     let pg = cluster.client("postgres").await;

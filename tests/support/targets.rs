@@ -37,8 +37,7 @@ impl OwnPostgres {
     }
 
     /// [`OwnPostgres::start_major`] with extra `postgresql.conf` settings, e.g.
-    /// `("idle_replication_slot_timeout", "1")`. Every cluster has `wal_level = logical`,
-    /// so it can be a source too.
+    /// `("wal_level", "logical")` for a source.
     pub async fn start_major_with(
         name: &str,
         major: u32,
@@ -65,7 +64,7 @@ impl OwnPostgres {
             .arg(&data));
         let conf = data.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf).unwrap();
-        text.push_str("\nwal_level = logical\n");
+        text.push('\n');
         for (key, value) in settings {
             text.push_str(&format!("{key} = '{value}'\n"));
         }
