@@ -389,4 +389,55 @@ mod tests {
             Verdict::Resume
         );
     }
+
+    fn settings() -> SourceSettings {
+        SourceSettings {
+            name: "users".into(),
+            url: "postgres://localhost/users".into(),
+            slot: "walcast_users".into(),
+            publication: "walcast_users".into(),
+            tables: Vec::new(),
+            status_interval: std::time::Duration::from_secs(1),
+            spill_threshold_bytes: 1,
+            spill_dir: std::env::temp_dir(),
+            reconnect_max_backoff: std::time::Duration::from_secs(1),
+            heartbeat_interval: None,
+            heartbeat_table: None,
+            tls: Default::default(),
+            read_columns: None,
+        }
+    }
+
+    #[test]
+    fn only_the_first_connection_of_a_run_may_create_the_slot() {
+        let s = settings();
+        let mut c = Continuity::default();
+        assert!(c.connected(&s, &server("1", 1, "0/5000")).unwrap());
+        c.slot_present();
+        c.confirmed("0/4000".parse().unwrap());
+        assert!(!c.connected(&s, &server("1", 1, "0/5000")).unwrap());
+        assert!(c
+            .vanished(&s)
+            .to_string()
+            .starts_with("source users: replication slot walcast_users disappeared while walcast streamed from it (dropped, or the server failed over to one without it); the changes committed since 0/4000 went with it"));
+    }
+
+    #[test]
+    fn a_reconnect_to_another_cluster_or_to_wal_behind_what_was_confirmed_stops() {
+        let s = settings();
+        let mut c = Continuity::default();
+        c.connected(&s, &server("1", 1, "0/5000")).unwrap();
+        c.slot_present();
+        c.confirmed("0/4000".parse().unwrap());
+        assert!(matches!(
+            c.connected(&s, &server("2", 1, "0/9000")),
+            Err(SlotError::OtherCluster { .. })
+        ));
+        assert!(matches!(
+            c.connected(&s, &server("1", 1, "0/3000")),
+            Err(SlotError::WalBehind { .. })
+        ));
+        // A promotion of a standby that had everything confirmed goes on.
+        assert!(!c.connected(&s, &server("1", 2, "0/4000")).unwrap());
+    }
 }
