@@ -56,8 +56,15 @@ pub enum SourceError {
         pid: i32,
     },
     /// The slot is gone, or the server is in another LSN space than before. Permanent.
+    /// Boxed: it is large, and every source result carries the error type.
     #[error(transparent)]
-    Slot(#[from] super::slot::SlotError),
+    Slot(Box<super::slot::SlotError>),
+}
+
+impl From<super::slot::SlotError> for SourceError {
+    fn from(e: super::slot::SlotError) -> Self {
+        SourceError::Slot(Box::new(e))
+    }
 }
 
 impl SourceError {

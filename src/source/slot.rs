@@ -49,16 +49,11 @@ use super::error::SourceError;
 use super::protocol::{ReplicationConn, SystemId};
 use super::SourceSettings;
 
-/// The fix every refusal names: re-read the tables through a new slot.
-fn recreate(source: &str) -> String {
-    format!("walcast slot recreate --source {source} --snapshot")
-}
-
 /// A lost slot or another LSN space: permanent, each with the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
     /// The slot does not exist, and Kafka holds this source's changes from before.
-    #[error("source {source_name}: replication slot {slot} does not exist, but this source has published before: Kafka holds its changes up to {lsn} ({topic}). The changes committed since then went with the slot (dropped while walcast was stopped, or a standby promoted without it), so walcast publishes nothing and creates no slot rather than resume over the gap\n  hint: if the slot is on another server (a failover), point the source's url there; otherwise run {fix} and start again: a new slot is created with a snapshot of every table (rows deleted in the gap stay in the replicas, so rebuild them: see README, Slot safety)")]
+    #[error("source {source_name}: replication slot {slot} does not exist, but this source has published before: Kafka holds its changes up to {lsn} ({topic}). The changes committed since then went with the slot (dropped while walcast was stopped, or a standby promoted without it), so walcast publishes nothing and creates no slot rather than resume over the gap\n  hint: if the slot is on another server (a failover), point the source's url there; otherwise run walcast slot recreate --source {source_name} --snapshot and start again: a new slot is created with a snapshot of every table (rows deleted in the gap stay in the replicas, so rebuild them: see README, Slot safety)")]
     Gone {
         /// Name of the source.
         source_name: String,
@@ -68,11 +63,9 @@ pub enum SlotError {
         lsn: Lsn,
         /// Where that position comes from: `progress topic <name>`.
         topic: String,
-        /// The command that recreates the slot with a snapshot.
-        fix: String,
     },
     /// The server is another PostgreSQL cluster than the one Kafka's events came from.
-    #[error("source {source_name}: the database is another PostgreSQL cluster (system identifier {found}) than the one this source published from (system identifier {recorded}, up to {lsn}, {topic}). Its positions are another LSN space (a restore, a dump and reload, a move to a new cluster): replicas would skip its changes as stale, so walcast publishes nothing\n  hint: point the source's url back at the cluster it published from; if it moved on purpose, run {fix} and start again: every table is re-read through a new slot (rows deleted meanwhile stay in the replicas, so rebuild them: see README, Slot safety)")]
+    #[error("source {source_name}: the database is another PostgreSQL cluster (system identifier {found}) than the one this source published from (system identifier {recorded}, up to {lsn}, {topic}). Its positions are another LSN space (a restore, a dump and reload, a move to a new cluster): replicas would skip its changes as stale, so walcast publishes nothing\n  hint: point the source's url back at the cluster it published from; if it moved on purpose, run walcast slot recreate --source {source_name} --snapshot and start again: every table is re-read through a new slot (rows deleted meanwhile stay in the replicas, so rebuild them: see README, Slot safety)")]
     OtherCluster {
         /// Name of the source.
         source_name: String,
@@ -84,11 +77,9 @@ pub enum SlotError {
         lsn: Lsn,
         /// Where that position comes from: `progress topic <name>`.
         topic: String,
-        /// The command that recreates the slot with a snapshot.
-        fix: String,
     },
     /// The server's WAL ends before the position Kafka holds changes up to.
-    #[error("source {source_name}: the database's WAL ends at {current}, before {lsn}, up to where Kafka holds this source's changes ({topic}): it was restored from an earlier backup, or it is another database, and its next changes would reuse positions the replicas hold (skipped as stale), so walcast publishes nothing\n  hint: point the source's url at the database it published from; if the restore is meant to stay, run {fix} and start again: every table is re-read through a new slot (rows deleted since the backup stay in the replicas, so rebuild them: see README, Slot safety)")]
+    #[error("source {source_name}: the database's WAL ends at {current}, before {lsn}, up to where Kafka holds this source's changes ({topic}): it was restored from an earlier backup, or it is another database, and its next changes would reuse positions the replicas hold (skipped as stale), so walcast publishes nothing\n  hint: point the source's url at the database it published from; if the restore is meant to stay, run walcast slot recreate --source {source_name} --snapshot and start again: every table is re-read through a new slot (rows deleted since the backup stay in the replicas, so rebuild them: see README, Slot safety)")]
     WalBehind {
         /// Name of the source.
         source_name: String,
@@ -98,11 +89,9 @@ pub enum SlotError {
         lsn: Lsn,
         /// Where that position comes from: `progress topic <name>`.
         topic: String,
-        /// The command that recreates the slot with a snapshot.
-        fix: String,
     },
     /// The slot disappeared while the source streamed from it.
-    #[error("source {source_name}: replication slot {slot} disappeared while walcast streamed from it (dropped, or the server failed over to one without it); the changes committed since {confirmed} went with it, so walcast stops instead of creating a new one\n  hint: if the slot is on another server (a failover), point the source's url there; otherwise run {fix} and start again (rows deleted in the gap stay in the replicas, so rebuild them: see README, Slot safety)")]
+    #[error("source {source_name}: replication slot {slot} disappeared while walcast streamed from it (dropped, or the server failed over to one without it); the changes committed since {confirmed} went with it, so walcast stops instead of creating a new one\n  hint: if the slot is on another server (a failover), point the source's url there; otherwise run walcast slot recreate --source {source_name} --snapshot and start again (rows deleted in the gap stay in the replicas, so rebuild them: see README, Slot safety)")]
     Vanished {
         /// Name of the source.
         source_name: String,
@@ -110,8 +99,6 @@ pub enum SlotError {
         slot: String,
         /// The last position confirmed to the slot.
         confirmed: Lsn,
-        /// The command that recreates the slot with a snapshot.
-        fix: String,
     },
 }
 
@@ -173,7 +160,6 @@ pub fn judge(
             found: server.system_id.clone(),
             lsn: p.lsn,
             topic: p.topic.to_string(),
-            fix: recreate(source_name),
         });
     }
     if server.xlog_pos < p.lsn {
@@ -182,7 +168,6 @@ pub fn judge(
             current: server.xlog_pos,
             lsn: p.lsn,
             topic: p.topic.to_string(),
-            fix: recreate(source_name),
         });
     }
     if !slot_exists {
@@ -191,7 +176,6 @@ pub fn judge(
             slot: slot.to_string(),
             lsn: p.lsn,
             topic: p.topic.to_string(),
-            fix: recreate(source_name),
         });
     }
     Ok(match p.timeline {
@@ -285,7 +269,6 @@ impl Continuity {
             source_name: settings.name.clone(),
             slot: settings.slot.clone(),
             confirmed: self.confirmed,
-            fix: recreate(&settings.name),
         }
     }
 
