@@ -490,3 +490,40 @@ async fn a_database_restored_from_an_earlier_backup_is_refused() {
     let events = decode(&daemon.topic, 4).await;
     assert_eq!(distinct(&events), 4, "nothing was published: {events:?}");
 }
+
+/// `walcast slot drop` is the operator saying the slot may go: the next start is a new
+/// source's (a new slot; with `snapshot = "never"`, as here, no snapshot), not a refusal.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_walcast_slot_drop_dropped_starts_anew() {
+    let mut daemon = Daemon::prepare("slot_drop_anew", Setup::default()).await;
+    daemon.start().await;
+    let pg = daemon.pg().await;
+    insert(&pg, &["Ada"]).await;
+    assert_eq!(decode(&daemon.topic, 1).await.len(), 1);
+    assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
+    let out = Command::new(env!("CARGO_BIN_EXE_walcast"))
+        .args(["slot", "drop", "--source", &daemon.name, "--config"])
+        .arg(&daemon.config)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with(
+        "; the next run starts with a new slot (and a new snapshot unless snapshot = \"never\")\n"
+    ));
+    daemon.start().await;
+    insert(&pg, &["Grace"]).await;
+    let events = decode(&daemon.topic, 2).await;
+    assert_eq!(names(&events, "insert"), ["Ada", "Grace"]);
+    assert!(names(&events, "snapshot").is_empty());
+    assert!(
+        daemon.log_text().contains("this source starts anew"),
+        "{}",
+        daemon.log_text()
+    );
+    assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
+}
