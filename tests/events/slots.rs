@@ -527,3 +527,61 @@ async fn a_slot_walcast_slot_drop_dropped_starts_anew() {
     );
     assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
 }
+
+/// The snapshot `walcast slot recreate --snapshot` asks for survives a kill -9 even with
+/// `snapshot = "never"`: the progress record says it is pending, so the next start reads on
+/// until every row arrived.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_snapshot_of_a_recreated_slot_resumes_after_a_kill_9() {
+    let mut daemon = Daemon::prepare("slot_resume", Setup::default()).await;
+    let config = std::fs::read_to_string(&daemon.config).unwrap();
+    std::fs::write(
+        &daemon.config,
+        config.replace(
+            "snapshot = \"never\"\n",
+            "snapshot = \"never\"\nsnapshot_chunk_rows = 100\nsnapshot_max_rows_per_sec = 300\n",
+        ),
+    )
+    .unwrap();
+    daemon.start().await;
+    let pg = daemon.pg().await;
+    insert(&pg, &["Ada"]).await;
+    assert_eq!(decode(&daemon.topic, 1).await.len(), 1);
+    assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
+    pg.execute("SELECT pg_drop_replication_slot($1)", &[&daemon.name])
+        .await
+        .unwrap();
+    pg.batch_execute("INSERT INTO users (full_name, email, password_hash) SELECT 'u' || g, 'u' || g || '@example.com', 'x' FROM generate_series(1, 3000) g")
+        .await
+        .unwrap();
+
+    let (code, _, stderr) = recreate(&daemon, &["--snapshot"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    daemon.start().await;
+    crate::support::wait_until(
+        "the snapshot to start",
+        std::time::Duration::from_secs(60),
+        || async { daemon.log_text().contains("snapshot of table started") },
+    )
+    .await;
+    daemon.kill9();
+    daemon.start().await;
+    let events = decode(&daemon.topic, 3001).await;
+    let read: std::collections::HashSet<i64> = events
+        .iter()
+        .filter(|e| e.headers["op"] == "snapshot")
+        .map(|e| e.value.as_ref().unwrap()["user_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(read.len(), 3001, "every row, Ada's included, is read");
+    let log = daemon.log_text();
+    assert_eq!(
+        log.matches("snapshot of table started").count(),
+        2,
+        "read again after the kill: {log}"
+    );
+    assert!(
+        log.contains("the snapshot walcast slot recreate asked for is complete"),
+        "{log}"
+    );
+    assert_eq!(daemon.terminate().await, Some(0), "{}", daemon.log_text());
+}
