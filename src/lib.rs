@@ -26,7 +26,8 @@
 //! ## Modules
 //! - [`config`]: the typed TOML configuration; parse and validate before connecting.
 //! - [`kafka`]: client settings, topics, each source's producer (at-least-once or
-//!   transactional), the acknowledged-LSN watermark and the exactly-once progress record.
+//!   transactional), the acknowledged-LSN watermark and the progress record (both modes, with
+//!   the cluster's identity).
 //! - [`check`]: `walcast check --connect`, one probe per configured server.
 //! - [`redact`]: connection strings made safe to print.
 //! - [`lsn`]: WAL positions.

@@ -105,6 +105,23 @@ enum SlotAction {
         #[arg(long)]
         source: String,
     },
+    /// Let a source start anew after its slot was lost (a promotion without it, a drop
+    /// while walcast was stopped) or its database moved to another cluster: drops the slot
+    /// if there is one, and records in Kafka that the next run creates it again with a
+    /// snapshot of every table, whatever `snapshot` says. Changes committed while there
+    /// was no slot are lost; the snapshot brings every row back, but rows deleted in the
+    /// gap stay in the replicas until they are rebuilt.
+    Recreate {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The `[[source]]` whose slot to recreate.
+        #[arg(long)]
+        source: String,
+        /// Read every table through the new slot (required: the only way to recover what
+        /// the gap held).
+        #[arg(long)]
+        snapshot: bool,
+    },
 }
 
 /// Why the command failed, which decides the exit code.
@@ -216,51 +233,86 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             .await
             .map_err(|e| Failure::Runtime(e.into()))
         }
-        Command::Slot {
-            action: SlotAction::Drop { config, source },
+        Command::Slot { action } => slot(action).await,
+    }
+}
+
+/// `walcast slot drop` and `walcast slot recreate`.
+async fn slot(action: SlotAction) -> Result<(), Failure> {
+    use walcast::kafka::progress::Reset;
+    let (config, source, reset) = match action {
+        SlotAction::Drop { config, source } => (config, source, Reset::Dropped),
+        SlotAction::Recreate {
+            config,
+            source,
+            snapshot,
         } => {
-            let cfg = load(&config)?;
-            if !cfg.sources.iter().any(|s| s.name == source) {
-                let names: Vec<&str> = cfg.sources.iter().map(|s| s.name.as_str()).collect();
+            if !snapshot {
                 return Err(Failure::Usage(format!(
-                    "--source {source}: no [[source]] has that name in {}; expected one of: {}",
-                    cfg.path.display(),
-                    names.join(", ")
+                    "walcast slot recreate needs --snapshot: changes committed while source {source} had no slot are lost, and only a snapshot of every table brings its rows back (run walcast slot recreate --source {source} --snapshot)"
                 )));
             }
-            let source = cfg
-                .sources
-                .iter()
-                .find(|s| s.name == source)
-                .expect("checked above");
-            let slot = source.slot_name();
-            let settings = walcast::source::SourceSettings::from_config(source);
-            let catalog = walcast::source::catalog::Catalog::connect(
-                &settings.url,
-                &settings.name,
-                &settings.tls,
-            )
-            .await
-            .map_err(|e| Failure::Runtime(e.into()))?;
-            match catalog
-                .drop_slot(&slot)
-                .await
-                .map_err(|e| Failure::Runtime(e.into()))?
-            {
-                Some(confirmed) => {
-                    println!(
-                        "dropped replication slot {slot} of source {} (it had confirmed {confirmed}); the next run starts with a new snapshot",
-                        source.name
-                    );
-                    Ok(())
-                }
-                None => Err(Failure::Runtime(anyhow::anyhow!(
-                    "source {}: there is no replication slot {slot}; nothing was dropped",
-                    source.name
-                ))),
-            }
+            (config, source, Reset::Snapshot)
         }
+    };
+    let cfg = load(&config)?;
+    let Some(source) = cfg.sources.iter().find(|s| s.name == source) else {
+        let names: Vec<&str> = cfg.sources.iter().map(|s| s.name.as_str()).collect();
+        return Err(Failure::Usage(format!(
+            "--source {source}: no [[source]] has that name in {}; expected one of: {}",
+            cfg.path.display(),
+            names.join(", ")
+        )));
+    };
+    let runtime = |e: walcast::source::SourceError| Failure::Runtime(e.into());
+    let slot = source.slot_name();
+    let settings = walcast::source::SourceSettings::from_config(source);
+    let catalog =
+        walcast::source::catalog::Catalog::connect(&settings.url, &settings.name, &settings.tls)
+            .await
+            .map_err(runtime)?;
+    // Kafka first: the decision is recorded where the next start looks, and a slot is only
+    // dropped once that is possible.
+    let kafka = |e: walcast::kafka::KafkaError| Failure::Runtime(e.into());
+    let topic = walcast::kafka::progress::topic(&cfg.kafka, &source.name);
+    walcast::kafka::progress::ensure(&cfg.kafka, &topic)
+        .await
+        .map_err(kafka)?;
+    let held = walcast::kafka::progress::read(&cfg.kafka, &topic, &source.name)
+        .await
+        .map_err(kafka)?;
+    let dropped = catalog.drop_slot(&slot).await.map_err(runtime)?;
+    if dropped.is_none() && reset == Reset::Dropped {
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "source {}: there is no replication slot {slot}; nothing was dropped",
+            source.name
+        )));
     }
+    // Without this record, a source that has published before and finds no slot stops.
+    let progress = walcast::kafka::progress::Progress {
+        lsn: held.map(|p| p.lsn).unwrap_or_default(),
+        origin: None,
+        reset: Some(reset),
+        snapshot_pending: false,
+    };
+    walcast::kafka::progress::write(&cfg.kafka, &topic, &source.name, &progress)
+        .await
+        .map_err(kafka)?;
+    match (reset, dropped) {
+        (Reset::Dropped, Some(confirmed)) => println!(
+            "dropped replication slot {slot} of source {} (it had confirmed {confirmed}); the next run starts with a new slot (and a new snapshot unless snapshot = \"never\")",
+            source.name
+        ),
+        (_, Some(confirmed)) => println!(
+            "dropped replication slot {slot} of source {} (it had confirmed {confirmed}); the next run creates it again and reads every table in a snapshot",
+            source.name
+        ),
+        (_, None) => println!(
+            "source {}: there is no replication slot {slot}; the next run creates it and reads every table in a snapshot",
+            source.name
+        ),
+    }
+    Ok(())
 }
 
 /// `walcast snapshot`: a request in the signal table, then its state until accepted (or,

@@ -17,6 +17,15 @@
 //! the standby takes over from the slot's confirmed position (and, with exactly-once, its
 //! progress record), so nothing is lost or, exactly-once, doubled.
 //!
+//! # Slot safety
+//! Before anything is created or published, the source's progress record (written in both
+//! delivery modes, with the cluster's system identifier and timeline) is read and the slot
+//! and server judged against it ([`crate::source::slot`]): a source that has published
+//! before stops when its slot is gone, the server is another cluster, or its WAL ends before
+//! what Kafka holds. A new source (no record, or one `walcast slot recreate` reset) creates
+//! its slot here and records it at once. At-least-once, the record then follows the
+//! acknowledged position at most once a second ([`PROGRESS_INTERVAL`]) and at a clean stop.
+//!
 //! # No loss
 //! The source confirms to PostgreSQL only the position the producer reports as acknowledged
 //! (see [`crate::kafka::producer`]): every event of every transaction up to it is in Kafka.
@@ -122,19 +131,6 @@ pub enum PipelineError {
     /// The snapshot of the source's tables failed.
     #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
-    /// Exactly-once only: the progress record is ahead of the database's WAL, so it was
-    /// written for another database.
-    #[error("source {source_name}: progress topic {topic} says Kafka holds its events up to {progress}, but the database's WAL ends at {current}, so the record belongs to another database. hint: point the source at the database it was written for, or delete topic {topic} if that database is gone for good (its events are then published again from the slot)")]
-    ForeignProgress {
-        /// Name of the source.
-        source_name: String,
-        /// The progress topic holding the record.
-        topic: String,
-        /// Position the progress record says Kafka holds events up to.
-        progress: Lsn,
-        /// The database's current end of WAL, behind `progress`.
-        current: Lsn,
-    },
     /// A task of the pipeline panicked or was cancelled.
     #[error("source {source_name}: its {what} task stopped abnormally: {message}")]
     Task {
@@ -156,8 +152,7 @@ impl PipelineError {
             PipelineError::Source(e) => e.is_transient(),
             PipelineError::Snapshot(e) => e.is_transient(),
             PipelineError::Interrupted { .. } => true,
-            PipelineError::ForeignProgress { .. }
-            | PipelineError::Task { .. }
+            PipelineError::Task { .. }
             | PipelineError::Truncated { .. }
             | PipelineError::Unmapped { .. }
             | PipelineError::Renamed { .. } => false,
@@ -323,7 +318,7 @@ async fn run_once(
     let transactions = transactions(config, source);
     let (acked_tx, acked_rx) = watch::channel(Lsn::ZERO);
     let watermark = Arc::new(Mutex::new(Watermark::default()));
-    let producer = SourceProducer::create(
+    let mut producer = SourceProducer::create(
         &config.kafka,
         &source.name,
         watermark.clone(),
@@ -331,50 +326,56 @@ async fn run_once(
         transactions.clone(),
     )
     .await?;
+    // Slot safety: whether this source published before, from which cluster, and whether
+    // its slot is still there, before anything is created or published.
+    let start = slot_start(config, source, &settings, &catalog).await?;
+    producer.set_progress(start.topic.clone(), start.stamp.clone());
     // What a committed Kafka transaction already holds is skipped, never published again.
     let mut skip_before = Lsn::ZERO;
-    if let Some(t) = &transactions {
-        let settings = crate::config::TopicSettings {
-            partitions: 1,
-            replication_factor: config
-                .kafka
-                .topic_settings(&t.progress_topic)
-                .replication_factor,
-            cleanup_policy: crate::config::CleanupPolicy::Compact,
-        };
-        crate::kafka::ensure_topic(&config.kafka, &t.progress_topic, &settings)
-            .await
-            .map_err(topic_error(&t.progress_topic))?;
-        if let Some(progress) =
-            crate::kafka::progress::read(&config.kafka, &t.progress_topic, &source.name).await?
-        {
-            let current = catalog.current_wal_lsn().await?;
-            if progress > current {
-                return Err(PipelineError::ForeignProgress {
-                    source_name: source.name.clone(),
-                    topic: t.progress_topic.clone(),
-                    progress,
-                    current,
-                });
-            }
-            tracing::info!(source = %source.name, %progress, "Kafka holds this source's events up to its progress record; transactions before it are skipped");
-            skip_before = progress;
-            // Kafka holds it: the slot may be confirmed up to here at once.
-            producer.acknowledge(progress);
-        }
+    if let (Some(progress), true) = (start.resumed, producer.is_transactional()) {
+        tracing::info!(source = %source.name, %progress, "Kafka holds this source's events up to its progress record; transactions before it are skipped");
+        skip_before = progress;
+        // Kafka holds it: the slot may be confirmed up to here at once.
+        producer.acknowledge(progress);
     }
 
     // Snapshots start before the stream: a new slot is created here, with the snapshot
     // its tables are read in.
+    let mode = if start.stamp.snapshot_pending {
+        crate::config::SnapshotMode::Initial
+    } else {
+        source.snapshot
+    };
     let mut snapshot = crate::snapshot::start(
         config,
         source,
+        mode,
         &settings,
         &catalog,
         mappings.0.clone(),
         acked_rx.clone(),
     )
     .await?;
+    let mut progress_written = start.resumed.unwrap_or(Lsn::ZERO);
+    if start.new {
+        // A new source's slot, created now, and its first progress record: from here on
+        // a missing slot is a gap, never a new start.
+        if catalog.slot_state(&settings.slot).await?.is_none() {
+            // The publication first, as a snapshot's slot creation does: a refusal leaves
+            // no slot behind, and the slot decodes with its publication in place.
+            source::prepare(&settings).await?;
+            source::safety::create(&settings).await?;
+        }
+        progress_written = catalog
+            .slot_state(&settings.slot)
+            .await?
+            .and_then(|s| s.confirmed_flush)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(Lsn::ZERO);
+        producer.write_progress(progress_written, true).await?;
+    } else if start.promoted {
+        producer.write_progress(progress_written, true).await?;
+    }
 
     let from_start = specs.iter().map(|(s, _)| s.table.to_string()).collect();
     let mut pipeline = Pipeline {
@@ -406,6 +407,12 @@ async fn run_once(
     let slot = source.slot_name();
     let mut measure = tokio::time::interval(SLOT_LAG_INTERVAL);
     measure.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // At-least-once: the progress record follows the acknowledged position, at most once a
+    // second (exactly-once writes it with every Kafka commit).
+    let at_least_once = !pipeline.producer.is_transactional();
+    let mut progress_tick = tokio::time::interval(PROGRESS_INTERVAL);
+    progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stamp_changed = false;
     let outcome = loop {
         // Exactly-once: when the open Kafka transaction is due to commit (far away otherwise).
         let deadline = pipeline
@@ -434,6 +441,21 @@ async fn run_once(
                 if let Err(e) = finished {
                     break Err(e.into());
                 }
+                if start.stamp.snapshot_pending {
+                    tracing::info!(source = %source.name, "the snapshot walcast slot recreate asked for is complete");
+                    pipeline.producer.set_snapshot_pending(false);
+                    stamp_changed = true;
+                }
+            }
+            _ = progress_tick.tick(), if at_least_once => {
+                let acked = *acked_for_latency.borrow();
+                if acked > progress_written || stamp_changed {
+                    if let Err(e) = pipeline.producer.write_progress(acked.max(progress_written), false).await {
+                        break Err(e.into());
+                    }
+                    progress_written = acked.max(progress_written);
+                    stamp_changed = false;
+                }
             }
             Ok(()) = acked_for_latency.changed() => {
                 let acked = *acked_for_latency.borrow_and_update();
@@ -460,6 +482,19 @@ async fn run_once(
     // Whatever chunk was in flight is read again on restart.
     drop(snapshot);
     pipeline.stop().await;
+    if at_least_once {
+        // Everything acknowledged is recorded before the source confirms it and stops.
+        let acked = *acked_for_latency.borrow();
+        if acked > progress_written || stamp_changed {
+            if let Err(e) = pipeline
+                .producer
+                .write_progress(acked.max(progress_written), true)
+                .await
+            {
+                tracing::warn!(source = %source.name, error = %e, "the final progress record was not written; the previous one stays, which only means redelivery");
+            }
+        }
+    }
     let _ = stop_source.send(());
     drop(events);
     let source_result = (&mut source_task).await.map_err(|e| PipelineError::Task {
@@ -470,6 +505,82 @@ async fn run_once(
     tracing::info!(source = %source.name, acked = %pipeline.watermark.lock().expect("watermark lock").acked(), "publisher stopped");
     outcome?;
     source_result.map_err(PipelineError::from)
+}
+
+/// At-least-once: how often, at most, the progress record follows the acknowledged position.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How a source starts, as [`slot_start`] judged it.
+struct SlotStart {
+    /// The source's progress topic.
+    topic: String,
+    /// What every progress record of this run carries besides its position.
+    stamp: crate::kafka::progress::Progress,
+    /// Where Kafka holds this source's events up to, when it resumes.
+    resumed: Option<Lsn>,
+    /// A new source (never published, or reset by the operator): its slot is created now.
+    new: bool,
+    /// The timeline moved on since the last record (a promotion with the slot).
+    promoted: bool,
+}
+
+/// Reads the source's progress record and judges its slot and server against it (see
+/// [`crate::source::slot`]): a slot gone, another cluster or WAL behind what Kafka holds
+/// stop the source before anything is created or published.
+async fn slot_start(
+    config: &Config,
+    source: &SourceConfig,
+    settings: &SourceSettings,
+    catalog: &Catalog,
+) -> Result<SlotStart, PipelineError> {
+    use crate::kafka::progress::{self, Origin, Progress, Reset};
+    use crate::source::safety::{self, Published, Verdict};
+    let topic = progress::topic(&config.kafka, &source.name);
+    progress::ensure(&config.kafka, &topic).await?;
+    let recorded = progress::read(&config.kafka, &topic, &source.name).await?;
+    let server = safety::identify(settings).await?;
+    let slot_exists = catalog.slot_state(&settings.slot).await?.is_some();
+    let held = format!("progress topic {topic}");
+    let published = recorded
+        .as_ref()
+        .filter(|p| p.reset.is_none())
+        .map(|p| Published {
+            lsn: p.lsn,
+            system_id: p.origin.as_ref().map(|o| o.system_id.as_str()),
+            timeline: p.origin.as_ref().map(|o| o.timeline),
+            topic: &held,
+        });
+    let verdict = safety::judge(
+        &source.name,
+        &settings.slot,
+        published.as_ref(),
+        &server,
+        slot_exists,
+    )
+    .map_err(SourceError::from)?;
+    let reset = recorded.as_ref().and_then(|p| p.reset);
+    if let Some(reset) = reset {
+        tracing::info!(source = %source.name, ?reset, "the operator let the slot go (walcast slot drop or recreate): this source starts anew");
+    }
+    if let Verdict::Promoted { from, to } = verdict {
+        tracing::info!(source = %source.name, slot = %settings.slot, from, to, "the server is on a new timeline (a promotion) and has the slot: streaming goes on from it");
+    }
+    Ok(SlotStart {
+        stamp: Progress {
+            lsn: Lsn::ZERO,
+            origin: Some(Origin {
+                system_id: server.system_id.clone(),
+                timeline: server.timeline,
+            }),
+            reset: None,
+            snapshot_pending: reset == Some(Reset::Snapshot)
+                || recorded.as_ref().is_some_and(|p| p.snapshot_pending),
+        },
+        resumed: published.map(|p| p.lsn),
+        new: verdict == Verdict::New,
+        promoted: matches!(verdict, Verdict::Promoted { .. }),
+        topic,
+    })
 }
 
 /// How often `walcast_source_slot_lag_bytes` and `walcast_source_retained_wal_bytes` are read.

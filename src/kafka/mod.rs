@@ -1,6 +1,7 @@
 //! Kafka: the client settings every walcast client shares, topic creation, the producer of
 //! each source ([`producer`]), its acknowledged-LSN [`watermark`], and the per-source
-//! [`progress`] record that makes exactly-once delivery survive a crash.
+//! [`progress`] record that makes exactly-once delivery survive a crash and keeps a lost slot
+//! or a moved database from being resumed silently.
 //!
 //! Users pass any librdkafka property through `[kafka.properties]`; the settings walcast's
 //! guarantees rest on (bootstrap list, idempotence, acks, transactional id) are owned by

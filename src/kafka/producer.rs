@@ -29,6 +29,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::ClientContext;
 use tokio::sync::watch;
 
+use super::progress::Progress;
 use super::watermark::{TxNo, Watermark};
 use super::KafkaError;
 use crate::config::KafkaConfig;
@@ -115,6 +116,9 @@ pub struct SourceProducer {
     source_name: String,
     transactions: Option<Transactions>,
     open: Option<Open>,
+    /// The progress topic and what every progress record carries besides its position
+    /// (origin, pending snapshot); `None` until [`Self::set_progress`].
+    progress: Option<(String, Progress)>,
 }
 
 impl std::fmt::Debug for SourceProducer {
@@ -182,6 +186,7 @@ impl SourceProducer {
             source_name: source_name.to_string(),
             transactions,
             open: None,
+            progress: None,
         };
         if producer.transactions.is_some() {
             producer
@@ -288,7 +293,7 @@ impl SourceProducer {
             self.acknowledge(end);
             return Ok(());
         }
-        let (key, value) = super::progress::record(&self.source_name, end);
+        let (key, value) = self.progress_record(end);
         let record = BaseRecord::with_opaque_to(&t.progress_topic, Box::new(TxNo::MAX))
             .key(&key[..])
             .payload(&value[..]);
@@ -318,6 +323,84 @@ impl SourceProducer {
             "committed the Kafka transaction"
         );
         self.acknowledge(end);
+        Ok(())
+    }
+
+    /// Sets the progress topic and what every progress record carries besides its position.
+    pub fn set_progress(&mut self, topic: String, stamp: Progress) {
+        self.progress = Some((topic, stamp));
+    }
+
+    /// Whether the next progress records say an operator's snapshot is still pending.
+    pub fn set_snapshot_pending(&mut self, pending: bool) {
+        if let Some((_, stamp)) = self.progress.as_mut() {
+            stamp.snapshot_pending = pending;
+        }
+    }
+
+    fn progress_record(&self, lsn: Lsn) -> (Vec<u8>, Vec<u8>) {
+        let mut progress = self
+            .progress
+            .as_ref()
+            .map(|(_, stamp)| stamp.clone())
+            .unwrap_or_default();
+        progress.lsn = lsn;
+        progress.reset = None;
+        super::progress::record(&self.source_name, &progress)
+    }
+
+    /// Writes a progress record at `lsn`, a position Kafka holds every event up to. With
+    /// transactions, in a Kafka transaction of its own (call it when none is open), waited
+    /// for. Otherwise outside transactions, after the events sent before it (idempotent,
+    /// one partition, in order); with `wait`, returns once the broker acknowledged it. A
+    /// delivery that fails freezes the watermark like any other, and the pipeline restarts.
+    pub async fn write_progress(&mut self, lsn: Lsn, wait: bool) -> Result<(), KafkaError> {
+        let Some((topic, _)) = self.progress.clone() else {
+            return Ok(());
+        };
+        let (key, value) = self.progress_record(lsn);
+        let transactional = self.transactions.is_some();
+        if transactional {
+            if self.open.is_some() {
+                return Err(KafkaError::Task {
+                    what: "writing the progress record",
+                    message: "a Kafka transaction is open".into(),
+                });
+            }
+            self.inner
+                .begin_transaction()
+                .map_err(|e| self.transaction_error("beginning", e))?;
+        }
+        let record = BaseRecord::with_opaque_to(&topic, Box::new(TxNo::MAX))
+            .key(&key[..])
+            .payload(&value[..]);
+        let acks = self.inner.context();
+        acks.outstanding
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if let Err((e, _)) = self.inner.send(record) {
+            acks.outstanding
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            if transactional {
+                let _ = self
+                    .blocking("aborting", |p| p.abort_transaction(TRANSACTION_CALL))
+                    .await;
+                return Err(self.transaction_error("writing the progress record", e));
+            }
+            return Err(KafkaError::Produce { topic, source: e });
+        }
+        if transactional {
+            self.drained(TRANSACTION_CALL).await;
+            return self
+                .blocking("committing", |p| p.commit_transaction(TRANSACTION_CALL))
+                .await;
+        }
+        if wait {
+            self.drained(TRANSACTION_CALL).await;
+            let failed = acks.failure.lock().expect("failure lock").is_some();
+            if failed {
+                return Err(self.failure().expect("checked"));
+            }
+        }
         Ok(())
     }
 

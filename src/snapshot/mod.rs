@@ -288,18 +288,20 @@ struct Exported {
 }
 
 /// Prepares the snapshots of `source` before its stream starts: creates the slot with an
-/// exported snapshot when it is new (`snapshot = "initial"`), adds tables new to the
+/// exported snapshot when it is new and `mode` (the source's `snapshot`, or `initial` when
+/// `walcast slot recreate --snapshot` asked for one) is `initial`, adds tables new to the
 /// configuration to the publication, reads the recorded progress, and starts reading
 /// whatever is pending. Returns `None` when there is nothing to do, now or later.
 pub async fn start(
     config: &Config,
     source: &SourceConfig,
+    mode: SnapshotMode,
     settings: &SourceSettings,
     catalog: &Catalog,
     mappings: Vec<Mapping>,
     acked: watch::Receiver<Lsn>,
 ) -> Result<Option<Snapshot>, SnapshotError> {
-    if source.snapshot == SnapshotMode::Never && source.signal_table.is_none() {
+    if mode == SnapshotMode::Never && source.signal_table.is_none() {
         return Ok(None);
     }
     let topic = store::topic(&config.kafka, &source.name);
@@ -314,7 +316,7 @@ pub async fn start(
 
     let mut exported = None;
     let slot = catalog.slot_state(&settings.slot).await?;
-    if source.snapshot == SnapshotMode::Initial {
+    if mode == SnapshotMode::Initial {
         if slot.is_none() {
             // The intent first: a crash between the slot's creation and the first chunk
             // must still leave every table pending.

@@ -53,6 +53,10 @@ pub struct SlotState {
     pub wal_status: Option<String>,
     /// `confirmed_flush_lsn` as text (`X/Y`): the position the slot resumes from.
     pub confirmed_flush: Option<String>,
+    /// `invalidation_reason` (PostgreSQL 17 and later): why PostgreSQL invalidated the
+    /// slot (`wal_removed`, `rows_removed`, `wal_level_insufficient`, and from 18
+    /// `idle_timeout`); `None` while it is valid, and on older servers.
+    pub invalidation_reason: Option<String>,
 }
 
 /// Catalog connection of one source.
@@ -300,8 +304,10 @@ impl Catalog {
         let row = self
             .client
             .query_opt(
-                "SELECT plugin::text, database::text, active_pid, wal_status, confirmed_flush_lsn::text \
-                 FROM pg_replication_slots WHERE slot_name = $1",
+                // to_jsonb: invalidation_reason exists from PostgreSQL 17 only.
+                "SELECT plugin::text, database::text, active_pid, wal_status, confirmed_flush_lsn::text, \
+                        to_jsonb(s) ->> 'invalidation_reason' \
+                 FROM pg_replication_slots s WHERE slot_name = $1",
                 &[&slot],
             )
             .await
@@ -312,6 +318,7 @@ impl Catalog {
             active_pid: r.get(2),
             wal_status: r.get(3),
             confirmed_flush: r.get(4),
+            invalidation_reason: r.get(5),
         }))
     }
 
@@ -392,10 +399,37 @@ impl Catalog {
                 "give this source its own slot name",
             ));
         }
-        if state.wal_status.as_deref() == Some("lost") {
+        if let Some(reason) = state
+            .invalidation_reason
+            .as_deref()
+            .or((state.wal_status.as_deref() == Some("lost")).then_some("wal_removed"))
+        {
+            let recreate = format!("run walcast slot recreate --source {source} --snapshot and restart: a new slot reads every table in a snapshot (rows deleted in the gap stay in the replicas: see README, Slot safety)");
+            let (why, hint) = match reason {
+                "wal_removed" => (
+                    "the WAL it needed has been removed".to_string(),
+                    format!("{recreate}; raise max_slot_wal_keep_size so it does not happen again"),
+                ),
+                "idle_timeout" => (
+                    "it was idle for longer than idle_replication_slot_timeout".to_string(),
+                    format!("{recreate}; raise idle_replication_slot_timeout (or set it to 0) so a stopped walcast keeps its slot"),
+                ),
+                "rows_removed" => (
+                    "rows its decoding needed were removed (a conflict on a standby)".to_string(),
+                    format!("{recreate}; on a standby, set hot_standby_feedback = on and use a physical slot between primary and standby"),
+                ),
+                "wal_level_insufficient" => (
+                    "the primary's wal_level is below logical".to_string(),
+                    format!("run ALTER SYSTEM SET wal_level = logical on the primary and restart it; then {recreate}"),
+                ),
+                other => (
+                    format!("PostgreSQL gives the reason {other}"),
+                    recreate.clone(),
+                ),
+            };
             return Err(SourceError::setup(
-                format!("source {source}: replication slot {slot} was invalidated: the WAL it needed has been removed"),
-                format!("run walcast slot drop --source {source} and restart to take a new snapshot; raise max_slot_wal_keep_size so it does not happen again"),
+                format!("source {source}: replication slot {slot} was invalidated: {why}"),
+                hint,
             ));
         }
         if let Some(pid) = state.active_pid {

@@ -72,6 +72,16 @@ pub enum SourceError {
         /// The server the replication connection reached.
         replication: String,
     },
+    /// The slot is gone, or the server is in another LSN space than before. Permanent.
+    /// Boxed: it is large, and every source result carries the error type.
+    #[error(transparent)]
+    Slot(Box<super::safety::SlotError>),
+}
+
+impl From<super::safety::SlotError> for SourceError {
+    fn from(e: super::safety::SlotError) -> Self {
+        SourceError::Slot(Box::new(e))
+    }
 }
 
 impl SourceError {

@@ -23,7 +23,9 @@
 //! [`pgoutput`] and [`value`] are the pure protocol core; [`assembler`] turns messages into
 //! ordered events and buffers streamed transactions via [`spill`]; [`protocol`] and
 //! [`catalog`] are the I/O shell, with [`publication`] the checks of what the publication
-//! sends (partitions through their root, generated columns, filters); this module runs them.
+//! sends (partitions through their root, generated columns, filters), [`slot`] the slot's
+//! options (failover) and [`safety`] what keeps a lost slot or another cluster from being
+//! resumed silently; this module runs them.
 
 pub mod assembler;
 pub mod catalog;
@@ -36,6 +38,7 @@ pub mod hosts;
 pub mod pgoutput;
 pub mod protocol;
 pub mod publication;
+pub mod safety;
 pub mod slot;
 pub mod slot_sync;
 pub mod spill;
@@ -240,6 +243,10 @@ pub async fn prepare(settings: &SourceSettings) -> Result<Catalog, SourceError> 
 /// reconnect with capped exponential backoff and resume from the slot, which resends every
 /// transaction not yet confirmed. After a reconnect, a `Begin` may arrive while the previous
 /// transaction has no `Commit`: that transaction is void and will be sent again.
+///
+/// Only the first connection creates the slot when it is missing; a reconnect that finds it
+/// gone, or reaches another cluster or WAL that ends before what was confirmed, stops with
+/// [`safety::SlotError`] (see [`safety::Continuity`]).
 pub async fn run(
     settings: SourceSettings,
     events: mpsc::Sender<Vec<SourceEvent>>,
@@ -249,10 +256,11 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut backoff =
         crate::retry::Backoff::new(Duration::from_millis(100), settings.reconnect_max_backoff);
+    let mut continuity = safety::Continuity::default();
     loop {
         let session = Session::new(&settings, events.clone(), acked.clone());
         let started = std::time::Instant::now();
-        let result = session.run(&mut shutdown).await;
+        let result = session.run(&mut shutdown, &mut continuity).await;
         match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() => {
@@ -320,17 +328,23 @@ impl<'a> Session<'a> {
     async fn run(
         mut self,
         shutdown: &mut (impl Future<Output = ()> + Unpin),
+        continuity: &mut safety::Continuity,
     ) -> Result<(), SourceError> {
         let s = self.settings;
         let mut catalog = prepare(s).await?;
         let mut conn =
             ReplicationConn::connect(&s.url, &format!("walcast:{}", s.name), &s.tls).await?;
-        conn.identify_system().await?;
+        let server = conn.identify_system().await?;
         hosts::same_server(&catalog, &mut conn).await?;
+        let may_create = continuity.connected(s, &server)?;
         if catalog.slot_state(&s.slot).await?.is_none() {
+            if !may_create {
+                return Err(continuity.vanished(s).into());
+            }
             let at = conn.create_slot(&s.slot, s.slot_failover).await?;
             tracing::info!(source = %s.name, slot = %s.slot, consistent_point = %at, failover = s.slot_failover, "created replication slot");
         }
+        continuity.slot_present();
         slot::ensure_failover(&catalog, &mut conn, s).await?;
         let publications = format!("\"{}\"", s.publication.replace('"', "\"\""));
         conn.start_replication(
@@ -443,6 +457,7 @@ impl<'a> Session<'a> {
                     .set(flush.0);
             }
             self.confirmed = flush;
+            continuity.confirmed(flush);
             reply_due = false;
         }
     }

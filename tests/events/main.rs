@@ -11,3 +11,4 @@ mod exactly_once;
 mod generated;
 mod publishing;
 mod relations;
+mod slots;

@@ -1,4 +1,5 @@
-//! Spec: a slot PostgreSQL invalidated (its WAL was removed) is refused with the way out.
+//! Spec: a slot PostgreSQL invalidated (its WAL was removed, or, from PostgreSQL 18, it was
+//! idle too long) is refused with the reason and the way out.
 //!
 //! Invalidating a slot needs a small `max_slot_wal_keep_size`, which would endanger every
 //! other slot on the shared stack cluster, so this test runs a throwaway cluster of its own.
@@ -6,7 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::support::{source_settings, Stack};
+use crate::support::targets::OwnPostgres;
+use crate::support::{source_settings, wait_until, Stack};
 use walcast::source::prepare;
 
 /// A PostgreSQL cluster in a temporary directory, stopped and removed on drop.
@@ -167,6 +169,62 @@ async fn an_invalidated_slot_is_refused_with_the_way_out() {
     assert!(!err.is_transient());
     assert_eq!(
         err.to_string(),
-        "source orders: replication slot lost was invalidated: the WAL it needed has been removed\n  hint: run walcast slot drop --source orders and restart to take a new snapshot; raise max_slot_wal_keep_size so it does not happen again"
+        "source orders: replication slot lost was invalidated: the WAL it needed has been removed\n  hint: run walcast slot recreate --source orders --snapshot and restart: a new slot reads every table in a snapshot (rows deleted in the gap stay in the replicas: see README, Slot safety); raise max_slot_wal_keep_size so it does not happen again"
+    );
+}
+
+/// PostgreSQL 18 invalidates a slot left idle longer than `idle_replication_slot_timeout`
+/// (a walcast stopped over a weekend): the refusal names that setting, not removed WAL.
+#[tokio::test]
+async fn a_slot_invalidated_for_idling_is_refused_naming_the_timeout() {
+    let stack = Stack::get();
+    let cluster = OwnPostgres::start_major_settings(
+        &format!("idle_slot_{}", std::process::id()),
+        18,
+        &[
+            ("wal_level", "logical"),
+            ("idle_replication_slot_timeout", "1"),
+        ],
+    )
+    .await;
+    let pg = cluster.client("postgres").await;
+    for sql in [
+        "CREATE TABLE t (id int PRIMARY KEY)",
+        "CREATE PUBLICATION idle FOR TABLE t",
+        "SELECT pg_create_logical_replication_slot('idle', 'pgoutput')",
+    ] {
+        pg.batch_execute(sql).await.unwrap();
+    }
+    // Idle invalidation happens at checkpoints, once the slot was inactive for a second.
+    wait_until(
+        "PostgreSQL 18 to invalidate the idle slot",
+        std::time::Duration::from_secs(60),
+        || {
+            let pg = &pg;
+            async move {
+                pg.batch_execute("CHECKPOINT").await.unwrap();
+                pg.query_one(
+                    "SELECT coalesce(invalidation_reason, '') = 'idle_timeout' FROM pg_replication_slots WHERE slot_name = 'idle'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
+            }
+        },
+    )
+    .await;
+
+    let mut settings = source_settings(stack, "orders", "postgres", &["public.t"]);
+    settings.url = cluster.url("postgres");
+    settings.slot = "idle".into();
+    settings.publication = "idle".into();
+    let err = prepare(&settings)
+        .await
+        .expect_err("an invalidated slot must be refused");
+    assert!(!err.is_transient());
+    assert_eq!(
+        err.to_string(),
+        "source orders: replication slot idle was invalidated: it was idle for longer than idle_replication_slot_timeout\n  hint: run walcast slot recreate --source orders --snapshot and restart: a new slot reads every table in a snapshot (rows deleted in the gap stay in the replicas: see README, Slot safety); raise idle_replication_slot_timeout (or set it to 0) so a stopped walcast keeps its slot"
     );
 }

@@ -87,6 +87,19 @@ impl OwnPostgres {
 
     /// A cluster of PostgreSQL `major` that logical replication can read, and a physical
     /// standby can follow (`wal_level = logical`).
+    /// [`OwnPostgres::start_major_with`], the settings given as `(key, value)` pairs.
+    pub async fn start_major_settings(
+        name: &str,
+        major: u32,
+        settings: &[(&str, &str)],
+    ) -> OwnPostgres {
+        let conf: String = settings
+            .iter()
+            .map(|(key, value)| format!("{key} = '{value}'\n"))
+            .collect();
+        Self::start_major_with(name, major, &conf).await
+    }
+
     pub async fn start_logical(name: &str, major: u32) -> OwnPostgres {
         Self::start_major_with(
             name,
@@ -271,6 +284,16 @@ impl OwnPostgres {
             .unwrap();
         tokio::spawn(conn);
         client
+    }
+
+    /// Stops the server cleanly (fast shutdown), e.g. to copy its data directory.
+    pub fn stop(&self) {
+        self.pg_ctl("fast");
+    }
+
+    /// Starts the server again after [`OwnPostgres::stop`].
+    pub async fn start_again(&self) {
+        self.pg_ctl_start().await;
     }
 
     /// Stops the server the way a crash does (immediate shutdown), then starts it again.
