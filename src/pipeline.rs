@@ -24,7 +24,7 @@
 //! before stops when its slot is gone, the server is another cluster, or its WAL ends before
 //! what Kafka holds. A new source (no record, or one `walcast slot recreate` reset) creates
 //! its slot here and records it at once. At-least-once, the record then follows the
-//! acknowledged position at most once a second ([`PROGRESS_INTERVAL`]) and at a clean stop.
+//! acknowledged position at most once a second (`PROGRESS_INTERVAL`) and at a clean stop.
 //!
 //! # No loss
 //! The source confirms to PostgreSQL only the position the producer reports as acknowledged

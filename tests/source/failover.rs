@@ -312,6 +312,96 @@ async fn follows_a_failover(exactly_once: bool) {
     );
 }
 
+/// The most common silent loss of change data capture, refused: the standby is promoted
+/// without the slot (not a failover slot, so never synchronised). walcast follows the URL to
+/// the new primary, finds no slot there, and stops naming it, instead of making a new slot
+/// that would start after the changes committed meanwhile. Nothing written on the promoted
+/// standby is published, and no slot is created there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_promotion_without_the_slot_stops_the_source_and_publishes_nothing_past_the_gap() {
+    let primary = OwnPostgres::start_logical(&unique("fo_nosync_p"), major()).await;
+    let standby = OwnPostgres::standby_of(&primary, &unique("fo_nosync_s")).await;
+    primary
+        .client("postgres")
+        .await
+        .batch_execute("CREATE DATABASE users")
+        .await
+        .unwrap();
+    let on_primary = primary.client("users").await;
+    on_primary.batch_execute(USERS_DDL).await.unwrap();
+    standby.replayed(&primary).await;
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/users?target_session_attrs=read-write",
+        primary.port, standby.port
+    );
+    let mut daemon = Daemon::prepare(
+        "failover_nosync",
+        Setup {
+            source_url: Some(url),
+            source_keys: "reconnect_max_backoff_ms = 1000\n".into(),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let slot = daemon.name.clone();
+    daemon.spawn();
+    wait_until(
+        "walcast to stream from the primary",
+        Duration::from_secs(60),
+        || streams(&on_primary, &slot),
+    )
+    .await;
+    on_primary
+        .batch_execute(
+            "INSERT INTO users (full_name, email, password_hash) VALUES ('Before', 'before@example.com', 'x')",
+        )
+        .await
+        .unwrap();
+    crate::support::wait_confirmed_to_now(&on_primary, &slot).await;
+    standby.replayed(&primary).await;
+
+    primary.kill9();
+    standby.promote().await;
+    let on_new_primary = standby.client("users").await;
+    wait_until("the standby to take writes", Duration::from_secs(30), || {
+        let pg = &on_new_primary;
+        async move {
+            pg.batch_execute(
+                "INSERT INTO users (full_name, email, password_hash) VALUES ('In the gap', 'gap@example.com', 'x')",
+            )
+            .await
+            .is_ok()
+        }
+    })
+    .await;
+
+    let status = daemon.stops("after the promotion without the slot").await;
+    assert!(!status.success(), "{}", daemon.log_text());
+    let log = daemon.log_text();
+    assert!(
+        log.contains(&format!("replication slot {slot}")) && log.contains("slot recreate"),
+        "the error names the slot and the way on:\n{log}"
+    );
+    let made: i64 = on_new_primary
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        made, 0,
+        "a slot was created on the promoted standby:\n{log}"
+    );
+    let events = decode_from(&daemon.registry_url, &daemon.brokers, &daemon.topic, 1).await;
+    let names: Vec<_> = events
+        .iter()
+        .filter_map(|e| e.value.as_ref().map(|v| v["name"].clone()))
+        .collect();
+    assert_eq!(names, [serde_json::json!("Before")], "{log}");
+}
+
 /// Whether `slot` is a failover slot.
 async fn failover(pg: &tokio_postgres::Client, slot: &str) -> bool {
     pg.query_one(
