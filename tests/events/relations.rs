@@ -38,7 +38,7 @@ async fn insert_user(pg: &tokio_postgres::Client, table: &str, name: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_change_no_mapping_covers_stops_the_source_before_it() {
-    let mut daemon = Daemon::prepare("ev_unmapped", Setup::default()).await;
+    let mut daemon = Daemon::prepare("ev_unmapped_rel", Setup::default()).await;
     daemon.start().await;
     let pg = daemon.pg().await;
     insert_user(&pg, "users", "Ada").await;
