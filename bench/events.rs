@@ -77,6 +77,10 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     write_small_contracts(dir.path());
     let topic = format!("bench_events_{}", std::process::id());
+    // Each walcast below is a source of its own (named after its slot, under a client id of
+    // this run): a source's progress record in Kafka would otherwise carry one run's position
+    // into the next (exactly-once would skip what the record covers) and one cluster's system
+    // identifier into a run on another major (slot safety refuses that).
     let write_config = |name: &str, brokers: &str, slot: &str, exactly_once: bool| {
         let path = dir.path().join(format!("{name}.toml"));
         std::fs::write(
@@ -87,12 +91,13 @@ listen = "127.0.0.1:0"
 [kafka]
 brokers = "{brokers}"
 exactly_once = {exactly_once}
+client_id = "walcast-bench-{pid}"
 [kafka.properties]
 "linger.ms" = 5
 [registry]
 url = "{registry}"
 [[source]]
-name = "bench"
+name = "{slot}"
 url = "postgres://walcast@{host}:{port}/{db}"
 slot = "{slot}"
 publication = "bench_pub"
@@ -106,6 +111,7 @@ insert = "Row.avsc"
 update = "Row.avsc"
 "#,
                 registry = s.registry,
+                pid = std::process::id(),
                 host = s.host,
                 port = s.port,
             ),
@@ -116,6 +122,10 @@ update = "Row.avsc"
     let mock = rdkafka::mocking::MockCluster::new(1).expect("librdkafka mock cluster");
     mock.create_topic(&topic, 3, 1)
         .expect("a topic on the mock cluster");
+    // The source's progress topic too: the mock cluster times out creating topics itself.
+    let progress = format!("walcast-bench-{}.progress.bench_mock", std::process::id());
+    mock.create_topic(&progress, 1, 1)
+        .expect("the progress topic on the mock cluster");
     let mock_config = write_config("mock", &mock.bootstrap_servers(), "bench_mock", false);
     let alo_config = write_config("alo", &s.brokers, "bench_alo", false);
     let eos_config = write_config("eos", &s.brokers, "bench_eos", true);
